@@ -1,0 +1,43 @@
+# PlusUltra: `make demo` runs the default experiment, `make test` runs the fast tests.
+# Both set up .venv first (Python 3.11 + pip only; torch pinned to the CPU wheel by constraints.txt).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup demo test test-slow test-full lint format clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or make PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install the package with dev tools
+
+demo: $(STAMP)  ## run the default experiment on the built-in synthetic data
+	$(BIN)/plusultra
+
+test: $(STAMP)  ## fast test tier (what CI runs first)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)  ## slow tier only: real CLI runs, multirun
+	$(BIN)/python -m pytest -q -m slow
+
+test-full: $(STAMP)  ## every tier except gpu
+	$(BIN)/python -m pytest -q -m 'not gpu'
+
+lint: $(STAMP)  ## ruff lint and format check
+	$(BIN)/ruff check src tests experiments
+	$(BIN)/ruff format --check src tests experiments
+
+format: $(STAMP)  ## apply ruff formatting and fixes
+	$(BIN)/ruff check --fix src tests experiments
+	$(BIN)/ruff format src tests experiments
+
+clean:  ## remove outputs/ (runs, catalogue, caches); keeps .venv
+	rm -rf outputs/runs outputs/multiruns outputs/catalogue outputs/cache

@@ -1,0 +1,163 @@
+"""Query the run catalogue with DuckDB.
+
+``connect`` opens an in-memory DuckDB connection with a view ``runs`` over every
+``<catalogue_dir>/*.parquet`` file, read with ``union_by_name=true`` so rows with different
+column sets line up (a column absent from a run is NULL there; a column that is an int in one
+run and a float in another is DOUBLE). Timestamps are shown in UTC. When the directory holds
+no parquet file yet, ``runs`` still exists with the core columns and no rows.
+
+Column names with dots or slashes must be double-quoted in SQL::
+
+    SELECT run_id, backbone, "backbone.depth", "trainer.max_epochs", test_sharpe
+    FROM runs WHERE status = 'completed' ORDER BY test_sharpe DESC
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+
+from plusultra.catalogue.rows import CORE_COLUMNS
+from plusultra.errors import PlusUltraError
+
+VIEW = "runs"
+_GLOB_CHARS = set("*?[]{}")
+
+
+class CatalogueError(PlusUltraError):
+    """The catalogue directory is missing or empty, or a query on it failed."""
+
+
+def _duckdb_type(typ: pa.DataType) -> str:
+    if pa.types.is_timestamp(typ):
+        return "TIMESTAMPTZ"
+    if pa.types.is_floating(typ):
+        return "DOUBLE"
+    if pa.types.is_integer(typ):
+        return "BIGINT"
+    if pa.types.is_boolean(typ):
+        return "BOOLEAN"
+    return "VARCHAR"
+
+
+def _sql_str(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def catalogue_files(catalogue_dir: str | os.PathLike) -> list[pathlib.Path]:
+    """Lists the run files of a catalogue.
+
+    Args:
+        catalogue_dir: The catalogue directory.
+
+    Returns:
+        The ``*.parquet`` files in it, sorted by name (which sorts by start time).
+
+    Raises:
+        CatalogueError: If the directory does not exist.
+    """
+    directory = pathlib.Path(catalogue_dir).expanduser()
+    if not directory.is_dir():
+        raise CatalogueError(
+            f"catalogue directory {directory} does not exist; runs are recorded there when a "
+            "`plusultra` job ends (pass --catalogue DIR or set PLUSULTRA_OUTPUT_DIR to look "
+            "elsewhere)"
+        )
+    return sorted(p for p in directory.glob("*.parquet") if p.is_file())
+
+
+def connect(catalogue_dir: str | os.PathLike) -> duckdb.DuckDBPyConnection:
+    """Opens an in-memory DuckDB connection with the view ``runs`` over the catalogue.
+
+    The view reads the files at query time, so runs recorded later show up; a run that adds
+    new columns may need a fresh connection.
+
+    Args:
+        catalogue_dir: The catalogue directory.
+
+    Returns:
+        The connection; close it when done.
+
+    Raises:
+        CatalogueError: If the directory does not exist.
+    """
+    directory = pathlib.Path(catalogue_dir).expanduser().resolve()
+    files = catalogue_files(directory)
+    con = duckdb.connect(":memory:")
+    try:
+        # Builds without ICU have no time zones; UTC is their only behaviour anyway.
+        with contextlib.suppress(duckdb.Error):
+            con.execute("SET TimeZone = 'UTC'")
+        if files:
+            if _GLOB_CHARS & set(str(directory)):
+                source = "[" + ", ".join(_sql_str(str(f)) for f in files) + "]"
+            else:
+                source = _sql_str(str(directory / "*.parquet"))
+            con.execute(
+                f"CREATE VIEW {VIEW} AS SELECT * FROM read_parquet({source}, union_by_name = true)"
+            )
+        else:
+            columns = ", ".join(
+                f"CAST(NULL AS {_duckdb_type(t)}) AS {_ident(n)}" for n, t in CORE_COLUMNS.items()
+            )
+            con.execute(f"CREATE VIEW {VIEW} AS SELECT {columns} WHERE false")
+    except duckdb.Error as exc:
+        con.close()
+        raise CatalogueError(
+            f"could not read the catalogue in {directory}: {one_paragraph(str(exc))}"
+        ) from exc
+    return con
+
+
+def one_paragraph(message: str) -> str:
+    """Joins a multi-line DuckDB message into one line, dropping its ``^^^`` marker lines."""
+    lines = [line.strip() for line in message.splitlines()]
+    return " ".join(line for line in lines if line and set(line) != {"^"})
+
+
+def _hint(message: str) -> str:
+    if "Referenced table" in message and "not found" in message:
+        return (
+            ' (column names that contain dots must be double-quoted, e.g. "trainer.max_epochs";'
+            f" the table is {VIEW})"
+        )
+    if "Referenced column" in message:
+        return f" (list the columns with: DESCRIBE {VIEW})"
+    return ""
+
+
+def query(catalogue_dir: str | os.PathLike, sql: str) -> pd.DataFrame:
+    """Runs SQL against the catalogue view ``runs``.
+
+    Args:
+        catalogue_dir: The catalogue directory.
+        sql: A DuckDB query, e.g. ``SELECT run_id, test_sharpe FROM runs``.
+
+    Returns:
+        The result; empty when the statement returns no result set.
+
+    Raises:
+        CatalogueError: If the directory does not exist or DuckDB rejects the query; the
+            message carries DuckDB's own.
+    """
+    con = connect(catalogue_dir)
+    try:
+        result = con.sql(sql)
+        return pd.DataFrame() if result is None else result.df()
+    except duckdb.Error as exc:
+        message = one_paragraph(str(exc))
+        empty = "" if catalogue_files(catalogue_dir) else " (the catalogue is empty)"
+        raise CatalogueError(
+            f"query failed on the catalogue in {catalogue_dir}{empty}: {message}{_hint(message)}"
+        ) from exc
+    finally:
+        con.close()

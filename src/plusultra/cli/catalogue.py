@@ -1,0 +1,188 @@
+"""``plusultra-catalogue``: query the run catalogue with SQL."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import sys
+import tempfile
+import textwrap
+
+import pandas as pd
+
+from plusultra.catalogue.query import CatalogueError, catalogue_files, query
+from plusultra.errors import PlusUltraError
+
+PROG = "plusultra-catalogue"
+DEFAULT_SQL = "SELECT * FROM runs ORDER BY started_at"
+FORMATS = ("table", "csv", "json")
+
+EPILOG = textwrap.dedent(
+    """\
+    The view `runs` has one row per run: run_id, run_dir, status, error, started_at,
+    finished_at, duration_s, git_revision, overrides, multirun, job_num; one column per
+    config group holding the chosen option (backbone, head, data, hardware, ...); the
+    resolved config with dotted names (seed, depth, "backbone.depth",
+    "trainer.max_epochs", ...); and the metrics (val_loss, test_sharpe, n_params, ...).
+    Column names containing dots or slashes must be double-quoted in SQL ("trainer.max_epochs",
+    "a/b"); SQL strings use single quotes. In bash, put the query in double quotes and escape
+    the inner ones as \\", or put it in single quotes when it has no string literal.
+
+    examples:
+      plusultra-catalogue
+      plusultra-catalogue "SELECT run_id, backbone, depth, n_params, test_sharpe FROM runs"
+      plusultra-catalogue 'SELECT run_id, "trainer.max_epochs", val_loss FROM runs'
+      plusultra-catalogue "SELECT backbone, \\"trainer.max_epochs\\", avg(test_sharpe) AS sharpe
+          FROM runs WHERE status = 'completed' GROUP BY ALL ORDER BY sharpe DESC"
+      plusultra-catalogue "SELECT run_id, error FROM runs WHERE status = 'failed'"
+      plusultra-catalogue "DESCRIBE runs"
+      plusultra-catalogue --format csv "SELECT * FROM runs" > runs.csv
+      plusultra-catalogue --out best.json "SELECT * FROM runs ORDER BY test_sharpe DESC LIMIT 5"
+    """
+)
+
+
+def default_catalogue_dir() -> pathlib.Path:
+    """``$PLUSULTRA_OUTPUT_DIR/catalogue`` if that variable is set, else ``outputs/catalogue``."""
+    base = os.environ.get("PLUSULTRA_OUTPUT_DIR")
+    return pathlib.Path(base) / "catalogue" if base else pathlib.Path("outputs/catalogue")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for docs and tests)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Query the PlusUltra run catalogue (one parquet file per run) with DuckDB SQL "
+        "over the view `runs`.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "sql", nargs="?", default=DEFAULT_SQL, help=f"the query (default: {DEFAULT_SQL!r})"
+    )
+    parser.add_argument(
+        "--catalogue",
+        metavar="DIR",
+        type=pathlib.Path,
+        default=None,
+        help="catalogue directory (default: $PLUSULTRA_OUTPUT_DIR/catalogue if that is set, "
+        "else outputs/catalogue)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="output format (default: table; with --out, taken from the file's .csv/.json "
+        "suffix). json is a list of records",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="FILE",
+        type=pathlib.Path,
+        default=None,
+        help="write the result to FILE (atomically) instead of stdout",
+    )
+    return parser
+
+
+def _format_float(value: float) -> str:
+    if math.isfinite(value) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.6g}"
+
+
+def _table(df: pd.DataFrame) -> str:
+    if df.columns.empty:
+        return "(no result)\n"
+    shown = df.copy()
+    for name in shown.columns:
+        col = shown[name]
+        if isinstance(col.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(col):
+            shown[name] = col.dt.floor("s")
+        elif col.dtype == object:
+            shown[name] = col.map(lambda v: v.replace("\n", "\\n") if isinstance(v, str) else v)
+        if not pd.api.types.is_float_dtype(col) and col.isna().any():
+            # Show every SQL NULL alike (pandas would print None, <NA> or NaT by dtype).
+            shown[name] = shown[name].astype(object).where(col.notna(), "NULL")
+    if shown.empty:
+        return "  ".join(map(str, shown.columns)) + "\n(0 rows)\n"
+    return shown.to_string(index=False, float_format=_format_float, na_rep="NULL") + "\n"
+
+
+def render(df: pd.DataFrame, fmt: str) -> str:
+    """Renders a query result as an aligned table, CSV or JSON records."""
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    if fmt == "json":
+        # pandas maps NaN/NA to null and timestamps to ISO text; json.dumps gives plain layout.
+        records = json.loads(df.to_json(orient="records", date_format="iso", date_unit="us"))
+        return json.dumps(records, indent=2, ensure_ascii=False) + "\n"
+    return _table(df)
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+    directory = path.parent if str(path.parent) else pathlib.Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _run(args: argparse.Namespace) -> int:
+    catalogue = args.catalogue if args.catalogue is not None else default_catalogue_dir()
+    if not catalogue_files(catalogue):
+        raise CatalogueError(
+            f"the catalogue in {catalogue} is empty (no *.parquet files); a row is written "
+            "there each time a `plusultra` job ends"
+        )
+    fmt = args.format
+    if fmt is None:
+        suffix = args.out.suffix.lower().lstrip(".") if args.out is not None else ""
+        fmt = suffix if suffix in ("csv", "json") else "table"
+    text = render(query(catalogue, args.sql), fmt)
+    if args.out is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        try:
+            _write_atomic(args.out, text)
+        except OSError as exc:
+            raise CatalogueError(f"could not write {args.out}: {exc.strerror or exc}") from exc
+        print(f"{PROG}: wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``plusultra-catalogue``.
+
+    Args:
+        argv: The arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code: 0, or 2 for a user error (reported on stderr without a traceback).
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        code = _run(args)
+    except PlusUltraError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away; silence the second error at interpreter exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = 0
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

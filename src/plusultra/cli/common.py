@@ -1,0 +1,76 @@
+"""What every console script shares: turning an exception into one clear message."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from plusultra.errors import PlusUltraError
+
+log = logging.getLogger(__name__)
+
+# Exceptions that mean "the input is wrong", not "the program is wrong".
+USER_ERRORS = (PlusUltraError, HydraException, OmegaConfBaseException, FileNotFoundError)
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def user_error(exc: BaseException) -> BaseException | None:
+    """The most specific user-caused error in the exception chain, if any."""
+    found = None
+    for e in _chain(exc):
+        if isinstance(e, PlusUltraError):
+            return e
+        if found is None and isinstance(e, USER_ERRORS):
+            found = e
+    return found
+
+
+def output_dir_from_argv(argv: list[str]) -> str:
+    """paths.output_dir as the command line or PLUSULTRA_OUTPUT_DIR sets it (default outputs)."""
+    out = os.environ.get("PLUSULTRA_OUTPUT_DIR", "outputs")
+    for arg in argv:
+        if arg.lstrip("+").startswith("paths.output_dir="):
+            out = arg.split("=", 1)[1]
+    return out
+
+
+def fail(
+    prog: str,
+    exc: BaseException,
+    catalogue_dir: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+) -> None:
+    """Print `prog: error: ...`, record a failed catalogue row if none was written, and exit.
+
+    Exit code 2 for bad input (message only), 1 for a bug (with traceback).
+    """
+    if catalogue_dir is not None and not getattr(exc, "_plusultra_recorded", False):
+        try:
+            from plusultra.catalogue.rows import record_failed_invocation
+
+            record_failed_invocation(Path(catalogue_dir), overrides or [], exc, cwd=os.getcwd())
+        except Exception as rec_exc:  # noqa: BLE001 - recording must not mask the real error
+            log.warning("could not record the failure in the catalogue: %s", rec_exc)
+    cause = user_error(exc)
+    if cause is None:
+        traceback.print_exception(exc)
+        print(f"{prog}: error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)
+    message = str(cause).strip() or type(cause).__name__
+    if isinstance(cause, OmegaConfBaseException) and "full_key" not in message:
+        message = message.replace("\n", " ")
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(getattr(cause, "exit_code", 2))

@@ -1,0 +1,127 @@
+"""`plusultra-predict`: forecasts and positions of a finished run on any database.
+
+  plusultra-predict outputs/runs/2026-11-21/10-00-00 --db market.sqlite --out predictions.parquet
+
+Uses the run's saved feature list, normalisation statistics (fitted on its train segment)
+and best checkpoint, and the same prediction and position code the run used for its test
+segment. Writes one row per (symbol, timestamp) with a complete input window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from plusultra.cli.common import fail
+from plusultra.errors import DataError
+
+REQUIRED = ("config.yaml", "data.json", "normalisation.json", "metrics.json")
+
+
+def find_checkpoint(run_dir: Path) -> Path:
+    """The run's best checkpoint (last.ckpt if no best was kept)."""
+    for name in ("best.ckpt", "last.ckpt"):
+        path = run_dir / "checkpoints" / name
+        if path.is_file():
+            return path
+    raise DataError(f"{run_dir}: no checkpoints/best.ckpt or checkpoints/last.ckpt")
+
+
+def predict(
+    run_dir: Path,
+    db: str,
+    out: Path,
+    batch_size: int,
+    start: str | None,
+    end: str | None,
+    progress: bool = True,
+) -> Path:
+    """Write predictions of the run at `run_dir` on `db` to `out` (parquet, atomic)."""
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from plusultra.data.datamodule import SQLiteDataModule
+    from plusultra.io import write_parquet_atomic
+    from plusultra.models.module import ForecastModule
+    from plusultra.training.predict import predictions_frame
+
+    missing = [n for n in REQUIRED if not (run_dir / n).is_file()]
+    if missing:
+        raise DataError(
+            f"{run_dir} is not a finished run: missing {', '.join(missing)} "
+            "(metrics.json is written last, when a run completes)"
+        )
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    dm = SQLiteDataModule.for_inference(db, run_dir, batch_size=batch_size, start=start, end=end)
+    model = ForecastModule(
+        backbone=instantiate(cfg.backbone, n_features=dm.n_features, _convert_="all"),
+        head=instantiate(cfg.head, _convert_="all"),
+        loss=instantiate(cfg.loss, _convert_="all"),
+        optim=instantiate(cfg.optim, _convert_="all"),
+    )
+    state = torch.load(find_checkpoint(run_dir), map_location="cpu", weights_only=True)
+    model.load_state_dict(state["state_dict"])
+    panel = dm.panel
+    preds = predictions_frame(
+        model,
+        dm.inference_dataset(),
+        panel.dates,
+        panel.symbols,
+        dm.norm.target_scale,
+        batch_size,
+        progress,
+    )
+    if preds.empty:
+        raise DataError(f"{db}: no symbol has {dm.window} consecutive complete bars to predict")
+    backtest = instantiate(cfg.evaluation, _convert_="all")
+    preds = backtest.with_positions(preds, panel.dates, panel.symbols, dm.tradable)
+    return write_parquet_atomic(out, preds)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="plusultra-predict",
+        description="Forecasts and positions of a finished run on any contract database.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 1)[1],
+    )
+    parser.add_argument("run_dir", type=Path, help="a finished run directory (has metrics.json)")
+    parser.add_argument("--db", required=True, help="SQLite database following the contract")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("predictions.parquet"),
+        help="parquet file to write (default predictions.parquet)",
+    )
+    parser.add_argument("--batch-size", type=int, default=1024, help="windows per batch")
+    parser.add_argument(
+        "--start",
+        help="first date loaded (ISO); history before the first "
+        "prediction is needed to fill a window",
+    )
+    parser.add_argument("--end", help="last date loaded (ISO)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        out = predict(
+            args.run_dir,
+            args.db,
+            args.out,
+            args.batch_size,
+            args.start,
+            args.end,
+            progress=not args.quiet,
+        )
+    except Exception as exc:  # noqa: BLE001 - reported as one message
+        fail("plusultra-predict", exc)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

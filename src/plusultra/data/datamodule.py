@@ -1,0 +1,251 @@
+"""The LightningDataModule over a SQLite database that follows the contract.
+
+`setup()` runs the whole data flow once: load (and validate) the panel, compute features, cut
+embargoed date segments, fit normalisation on the train segment only, and index the windows.
+The same object serves inference on any other database through `for_inference`, which applies a
+finished run's saved normalisation and feature list instead of fitting new ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+from torch.utils.data import DataLoader
+
+from plusultra.data.features import FeaturePipeline
+from plusultra.data.fixture import generate_fixture
+from plusultra.data.panel import Panel, load_panel, tradable_mask
+from plusultra.data.windows import (
+    NormStats,
+    Segments,
+    WindowDataset,
+    compute_segments,
+    forward_log_returns,
+    next_returns,
+    passthrough_collate,
+    sample_index,
+    valid_window_mask,
+)
+from plusultra.errors import ConfigError, DataError
+from plusultra.io import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FixtureSpec:
+    """Parameters of the generated synthetic database (see `plusultra.data.fixture`)."""
+
+    symbols: int = 16
+    days: int = 1260
+    seed: int = 0
+    start: str = "2012-01-03"
+
+
+class SQLiteDataModule(L.LightningDataModule):
+    """Windows of features and forward-return targets from a SQLite market database.
+
+    Args:
+        path: SQLite file following docs/sqlite_schema.md.
+        features: the feature pipeline.
+        window: bars per input window.
+        horizon: forward steps predicted.
+        train_end, val_end: last bar of the train / val segments (ISO date or fraction).
+        embargo: bars between segments (None: window + horizon, the minimum allowed).
+        symbols: universe (None: every symbol in `assets`).
+        start, end: inclusive date bounds of the data loaded.
+        batch_size, num_workers, pin_memory: DataLoader settings.
+        fixture: when set and `path` is missing, generate the synthetic database there first.
+        validate: run the pandera checks on load.
+        clip: z-score clip applied after normalisation.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        features: FeaturePipeline,
+        window: int,
+        horizon: int,
+        train_end: str | float = 0.6,
+        val_end: str | float = 0.8,
+        embargo: int | None = None,
+        symbols: list[str] | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        batch_size: int = 256,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        fixture: dict | FixtureSpec | None = None,
+        validate: bool = True,
+        clip: float = 10.0,
+    ) -> None:
+        super().__init__()
+        if window < 2:
+            raise ConfigError(f"window={window}: need at least 2 bars per window")
+        if horizon < 1:
+            raise ConfigError(f"horizon={horizon}: need at least 1 forward step")
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size={batch_size} must be >= 1")
+        self.path = os.fspath(path)
+        self.pipeline = features
+        self.window, self.horizon = int(window), int(horizon)
+        self.split_args = dict(train_end=train_end, val_end=val_end, embargo=embargo)
+        self.symbols = list(symbols) if symbols else None
+        self.start, self.end = start, end
+        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
+        self.fixture = FixtureSpec(**fixture) if isinstance(fixture, dict) else fixture
+        self.validate, self.clip = validate, clip
+        self.panel: Panel | None = None
+        self.norm: NormStats | None = None
+        self.segments: Segments | None = None
+        self.feature_names: list[str] = []
+
+    # ----------------------------------------------------------------- preparation
+    def prepare_data(self) -> None:
+        """Generate the synthetic database once if this data module owns a fixture."""
+        if self.fixture is not None and not os.path.exists(self.path):
+            f = self.fixture
+            log.info("Generating synthetic database %s (%d x %d)", self.path, f.symbols, f.days)
+            generate_fixture(
+                self.path, n_symbols=f.symbols, n_days=f.days, seed=f.seed, start=f.start
+            )
+        elif not os.path.exists(self.path):
+            raise DataError(f"data.path: database file not found: {self.path}")
+
+    def _load(self, strict_indicators: bool = False) -> np.ndarray:
+        self.panel = load_panel(self.path, self.symbols, self.start, self.end, self.validate)
+        if strict_indicators:
+            self.pipeline.skip_missing_indicators = False
+        feats, self.feature_names = self.pipeline.compute(self.panel)
+        return feats
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load, featurise, split and normalise (idempotent)."""
+        if self.norm is not None:
+            return
+        self.prepare_data()
+        raw = self._load()
+        close = self.panel.fields["close"]
+        targets = forward_log_returns(close, self.horizon)
+        self.segments = compute_segments(
+            self.panel.dates, self.window, self.horizon, **self.split_args
+        )
+        self.norm = NormStats.fit(raw, targets, self.segments.train_end, self.clip)
+        self._finish(raw, targets)
+
+    def _finish(self, raw: np.ndarray, targets: np.ndarray | None) -> None:
+        self.features = self.norm.apply(raw)  # (T, S, F)
+        self.input_ok = valid_window_mask(self.features, self.window)
+        self.scaled_targets = None
+        if targets is not None:
+            self.scaled_targets = (targets / np.asarray(self.norm.target_scale)).astype(np.float32)
+            self.target_ok = np.isfinite(self.scaled_targets).all(axis=-1)
+        self.returns = next_returns(self.panel.fields["close"])  # (T, S) close t -> t + 1
+        self.tradable = tradable_mask(self.panel)
+
+    @classmethod
+    def for_inference(
+        cls, path: str, run_dir: str | os.PathLike, batch_size: int = 1024, **overrides
+    ) -> SQLiteDataModule:
+        """Data module over `path` using a finished run's features and normalisation."""
+        run_dir = Path(run_dir)
+        meta = json.loads((run_dir / "data.json").read_text())
+        pipeline = FeaturePipeline(meta["features"]["names"], meta["features"]["indicators"], False)
+        dm = cls(
+            path,
+            pipeline,
+            meta["window"],
+            meta["horizon"],
+            batch_size=batch_size,
+            **{**meta["loader"], **overrides},
+        )
+        dm.norm = NormStats.load(run_dir / "normalisation.json")
+        raw = dm._load(strict_indicators=True)
+        if dm.feature_names != meta["features"]["columns"]:
+            raise DataError(
+                f"{path}: features {dm.feature_names} differ from the run's "
+                f"{meta['features']['columns']}"
+            )
+        dm._finish(raw, None)
+        return dm
+
+    def save_artifacts(self, run_dir: str | os.PathLike) -> None:
+        """Write normalisation.json and data.json, everything inference needs."""
+        run_dir = Path(run_dir)
+        self.norm.save(run_dir / "normalisation.json")
+        used = [c[len("ind_") :] for c in self.feature_names if c.startswith("ind_")]
+        write_json_atomic(
+            run_dir / "data.json",
+            {
+                "window": self.window,
+                "horizon": self.horizon,
+                "features": {
+                    "names": self.pipeline.names,
+                    "indicators": used,
+                    "columns": self.feature_names,
+                },
+                "loader": {"validate": self.validate, "clip": self.clip},
+                "segments": asdict(self.segments) if self.segments else None,
+                "segment_dates": self.segment_dates() if self.segments else None,
+            },
+        )
+
+    # ----------------------------------------------------------------- datasets
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    def segment_dates(self) -> dict[str, list[str]]:
+        """First and last decision date of each segment (ISO)."""
+        d = pd.DatetimeIndex(self.panel.dates)
+        out = {}
+        for name in ("train", "val", "test"):
+            lo, hi = getattr(self.segments, name)
+            out[name] = [str(d[lo].date()), str(d[min(hi, len(d) - 1)].date())]
+        return out
+
+    def _dataset(self, segment: str) -> WindowDataset:
+        lo, hi = getattr(self.segments, segment)
+        idx = sample_index(self.input_ok & self.target_ok, lo, hi)
+        if len(idx) == 0:
+            raise DataError(f"no complete window in the {segment} segment")
+        return WindowDataset(self.features, idx, self.window, self.scaled_targets)
+
+    def inference_dataset(self, segment: str | None = None) -> WindowDataset:
+        """Windows with complete inputs (targets not needed) in a segment, or everywhere."""
+        lo, hi = (self.window - 1, len(self.panel.dates) - 1)
+        if segment is not None:
+            lo, hi = getattr(self.segments, segment)
+        return WindowDataset(self.features, sample_index(self.input_ok, lo, hi), self.window)
+
+    def _loader(self, segment: str, shuffle: bool) -> DataLoader:
+        ds = self._dataset(segment)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            collate_fn=passthrough_collate,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def sizes(self) -> dict[str, int]:
+        """Number of labelled samples per segment."""
+        return {f"{s}_samples": len(self._dataset(s)) for s in ("train", "val", "test")}

@@ -1,0 +1,262 @@
+"""Load the SQLite contract into an aligned, split- and dividend-adjusted panel.
+
+A :class:`Panel` holds wide arrays ``(T, S)`` over a common calendar (the union of all
+timestamps of the selected symbols) with NaN where a symbol has no bar (not yet listed,
+delisted, or a missing day). Prices are *forward* adjusted for splits and dividends: the
+adjusted close starts at the first raw close and compounds the total return
+``r_t = (close_t * split_t + dividend_t) / close_{t-1} - 1``, which uses data up to ``t`` only
+(unlike the usual back-adjustment, which rescales the past with future events).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from plusultra.data.validation import validate_tables
+from plusultra.errors import DataError
+
+REQUIRED_TABLES = ("assets", "series")
+OPTIONAL_TABLES = ("indicators", "corporate_actions")
+PRICE_FIELDS = ("open", "high", "low", "close", "volume")
+
+
+@dataclass
+class Panel:
+    """Aligned market data.
+
+    Attributes:
+        dates: (T,) calendar, datetime64[ns], strictly increasing.
+        symbols: (S,) symbol names, sorted.
+        fields: name -> (T, S) float64; adjusted open/high/low/close, split-adjusted volume,
+            raw ``close_raw``; NaN where a symbol has no bar.
+        indicators: indicator name -> (T, S) float64 from the long `indicators` table.
+        assets: the `assets` rows of the selected symbols, indexed by symbol.
+    """
+
+    dates: np.ndarray
+    symbols: list[str]
+    fields: dict[str, np.ndarray]
+    indicators: dict[str, np.ndarray] = field(default_factory=dict)
+    assets: pd.DataFrame | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.dates), len(self.symbols)
+
+
+def _connect(path: str | os.PathLike) -> sqlite3.Connection:
+    if not os.path.isfile(path):
+        raise DataError(f"database file not found: {path} (set data.path to an existing file)")
+    try:
+        con = sqlite3.connect(f"file:{os.fspath(path)}?mode=ro", uri=True)
+        con.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise DataError(f"{path} is not a readable SQLite database: {exc}") from exc
+    return con
+
+
+def _tables(con: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def _read(con: sqlite3.Connection, table: str, where: str = "", params: tuple = ()) -> pd.DataFrame:
+    # Table names come from the fixed allow-list above; values are bound parameters.
+    return pd.read_sql_query(f'SELECT * FROM "{table}" {where}', con, params=params)
+
+
+def read_tables(
+    path: str | os.PathLike,
+    symbols: list[str] | None = None,
+    start: str | None = None,
+    end: str | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Read the contract's tables, restricted to `symbols` and the [start, end] date range."""
+    con = _connect(path)
+    try:
+        present = _tables(con)
+        missing = [t for t in REQUIRED_TABLES if t not in present]
+        if missing:
+            raise DataError(
+                f"database {path} lacks required table(s) {', '.join(missing)}; the contract "
+                f"needs {', '.join(REQUIRED_TABLES)} (optional: {', '.join(OPTIONAL_TABLES)}); "
+                "see docs/sqlite_schema.md"
+            )
+        clauses, params = [], []
+        if symbols:
+            clauses.append(f"symbol IN ({','.join('?' * len(symbols))})")
+            params.extend(symbols)
+        tables: dict[str, pd.DataFrame] = {}
+        for table, time_col in (
+            ("assets", None),
+            ("series", "timestamp"),
+            ("indicators", "timestamp"),
+            ("corporate_actions", "ex_date"),
+        ):
+            if table not in present:
+                continue
+            cl, pr = list(clauses), list(params)
+            if time_col and start:
+                cl.append(f"{time_col} >= ?")
+                pr.append(str(start))
+            if time_col and end:
+                cl.append(f"substr({time_col}, 1, 10) <= ?")
+                pr.append(str(end))
+            where = f"WHERE {' AND '.join(cl)}" if cl else ""
+            try:
+                tables[table] = _read(con, table, where, tuple(pr))
+            except (pd.errors.DatabaseError, sqlite3.DatabaseError) as exc:
+                raise DataError(f"cannot read table {table} from {path}: {exc}") from exc
+    finally:
+        con.close()
+    return tables
+
+
+def _check_columns(tables: dict[str, pd.DataFrame], path: str | os.PathLike) -> None:
+    need = {
+        "assets": ("symbol",),
+        "series": ("symbol", "timestamp", *PRICE_FIELDS),
+        "indicators": ("symbol", "timestamp", "name", "value"),
+        "corporate_actions": ("symbol", "ex_date", "action", "value"),
+    }
+    for table, frame in tables.items():
+        missing = [c for c in need[table] if c not in frame.columns]
+        if missing:
+            raise DataError(
+                f"table {table} in {path} lacks column(s) {', '.join(missing)} "
+                f"(has {', '.join(frame.columns)}); see docs/sqlite_schema.md"
+            )
+
+
+def _to_naive_utc(text: pd.Series) -> pd.Series:
+    return pd.to_datetime(text, format="ISO8601", utc=True).dt.tz_localize(None)
+
+
+def _wide(
+    long: pd.DataFrame, dates: pd.DatetimeIndex, symbols: list[str], value: str
+) -> np.ndarray:
+    """Scatter a long frame (with `ts` and `symbol` columns) into a (T, S) array."""
+    out = np.full((len(dates), len(symbols)), np.nan)
+    rows = dates.get_indexer(long["ts"])
+    cols = pd.Index(symbols).get_indexer(long["symbol"])
+    keep = (rows >= 0) & (cols >= 0)
+    out[rows[keep], cols[keep]] = long[value].to_numpy(dtype=float)[keep]
+    return out
+
+
+def adjustment_factors(
+    close: np.ndarray, dates: pd.DatetimeIndex, symbols: list[str], actions: pd.DataFrame | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-bar split ratio and cash dividend, (T, S) each, from corporate actions.
+
+    An action whose ex-date falls on a day without a bar applies on the symbol's next bar.
+    """
+    split = np.ones_like(close)
+    dividend = np.zeros_like(close)
+    if actions is None or actions.empty:
+        return split, dividend
+    ex = _to_naive_utc(actions["ex_date"]).dt.normalize()
+    listed = ~np.isnan(close)
+    for (sym, action), group in actions.assign(ts=ex).groupby(["symbol", "action"]):
+        if sym not in symbols:
+            continue
+        s = symbols.index(sym)
+        bar_dates = dates[listed[:, s]]
+        pos = bar_dates.searchsorted(pd.DatetimeIndex(group["ts"]))
+        ok = pos < len(bar_dates)
+        rows = dates.get_indexer(bar_dates[pos[ok]])
+        values = group["value"].to_numpy(dtype=float)[ok]
+        if action == "split":
+            np.multiply.at(split[:, s], rows, values)
+        else:
+            np.add.at(dividend[:, s], rows, values)
+    return split, dividend
+
+
+def load_panel(
+    path: str | os.PathLike,
+    symbols: list[str] | None = None,
+    start: str | None = None,
+    end: str | None = None,
+    validate: bool = True,
+) -> Panel:
+    """Read, validate, align and adjust a database that follows the SQLite contract.
+
+    Args:
+        path: SQLite file.
+        symbols: universe to load (default: every symbol in `assets`).
+        start, end: inclusive ISO date bounds on timestamps (default: everything).
+        validate: run the pandera schemas (always on in runs; tests may switch it off).
+
+    Raises:
+        DataError: missing file/table/column, unknown symbols, failed validation, no rows.
+    """
+    tables = read_tables(path, symbols, start, end)
+    _check_columns(tables, path)
+    if validate:
+        validate_tables(tables, source=os.fspath(path))
+    series = tables["series"]
+    if symbols:
+        unknown = sorted(set(symbols) - set(tables["assets"]["symbol"]))
+        if unknown:
+            raise DataError(f"data.symbols: {unknown} not in table assets of {path}")
+    if series.empty:
+        raise DataError(
+            f"table series in {path} has no rows for symbols={symbols or 'all'}, "
+            f"start={start}, end={end}"
+        )
+    series = series.assign(ts=_to_naive_utc(series["timestamp"]))
+    dates = pd.DatetimeIndex(np.sort(series["ts"].unique()))
+    names = sorted(series["symbol"].unique())
+    raw = {f: _wide(series, dates, names, f) for f in PRICE_FIELDS}
+
+    split, dividend = adjustment_factors(
+        raw["close"], dates, names, tables.get("corporate_actions")
+    )
+    prev_close = _ffill(raw["close"])
+    prev_close = np.vstack([np.full((1, len(names)), np.nan), prev_close[:-1]])
+    total_return = (raw["close"] * split + dividend) / prev_close - 1.0
+    first = np.isnan(prev_close) & ~np.isnan(raw["close"])
+    growth = np.where(np.isnan(total_return), 1.0, 1.0 + total_return)
+    growth[first] = 1.0
+    first_close = np.nanmax(np.where(first, raw["close"], np.nan), axis=0)
+    adj_close = first_close * np.cumprod(growth, axis=0)
+    adj_close[np.isnan(raw["close"])] = np.nan
+    factor = adj_close / raw["close"]
+    cum_split = np.cumprod(split, axis=0)
+    fields = {
+        "open": raw["open"] * factor,
+        "high": raw["high"] * factor,
+        "low": raw["low"] * factor,
+        "close": adj_close,
+        "volume": raw["volume"] / cum_split,
+        "close_raw": raw["close"],
+    }
+    indicators = {}
+    if "indicators" in tables and not tables["indicators"].empty:
+        ind = tables["indicators"].assign(ts=lambda d: _to_naive_utc(d["timestamp"]))
+        for name, group in ind.groupby("name"):
+            indicators[str(name)] = _wide(group, dates, names, "value")
+    assets = tables["assets"].set_index("symbol").reindex(names)
+    return Panel(dates.to_numpy(), names, fields, indicators, assets)
+
+
+def tradable_mask(panel: Panel) -> np.ndarray:
+    """(T, S) bool: the symbol has a bar at t and t is before its `assets.delisted` date."""
+    has_bar = ~np.isnan(panel.fields["close"])
+    delisted = pd.to_datetime(panel.assets["delisted"], format="ISO8601", errors="coerce", utc=True)
+    cutoff = delisted.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+    before = np.isnat(cutoff)[None, :] | (panel.dates[:, None] < cutoff[None, :])
+    return has_bar & before
+
+
+def _ffill(a: np.ndarray) -> np.ndarray:
+    """Forward-fill NaN down the time axis of a (T, S) array (causal)."""
+    idx = np.where(~np.isnan(a), np.arange(a.shape[0])[:, None], 0)
+    np.maximum.accumulate(idx, axis=0, out=idx)
+    out = a[idx, np.arange(a.shape[1])]
+    return out

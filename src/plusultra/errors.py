@@ -1,0 +1,20 @@
+"""User-facing errors.
+
+Every error a user can cause by bad input (a config key, a database, a file) is a
+``PlusUltraError``. Entry points print its message as one paragraph and exit non-zero,
+without a traceback; anything else is a bug and keeps its traceback.
+"""
+
+
+class PlusUltraError(Exception):
+    """Base class of errors caused by bad input rather than by a bug."""
+
+    exit_code = 2
+
+
+class ConfigError(PlusUltraError):
+    """A config value is invalid; the message names the config key."""
+
+
+class DataError(PlusUltraError):
+    """A database or file does not follow the contract; the message names table/column/row."""

@@ -1,0 +1,143 @@
+"""Evaluation as record steps: signal -> positions -> simulated P&L -> metrics, with baselines.
+
+Timing: a forecast made at the close of bar ``t`` sets the target weights held from ``t`` to
+``t + 1``; the simulator earns ``returns[t]`` (close ``t`` -> close ``t + 1``) on them. A symbol
+is tradable at ``t`` when it has a bar at ``t`` and ``t`` is before its delisting date
+(delisting dates are treated as announced, so positions are closed on the last listed bar).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from plusultra.errors import ConfigError, DataError
+from plusultra.evaluation.baselines import buy_and_hold_returns
+from plusultra.evaluation.metrics import compute_metrics
+from plusultra.evaluation.positions import POSITION_METHODS, positions_from_signal
+
+BASELINES = {"buyhold": buy_and_hold_returns}
+
+
+@dataclass
+class BacktestResult:
+    """Metrics of the strategy and its baselines, and the daily record.
+
+    Attributes:
+        metrics: strategy metrics (see `compute_metrics`).
+        baselines: baseline name -> its metrics on the same bars.
+        daily: one row per decision date: strategy/baseline returns and equity (start 1.0),
+            turnover and gross exposure of the strategy.
+    """
+
+    metrics: dict[str, float]
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    daily: pd.DataFrame | None = None
+
+
+class Backtest:
+    """Turns forecasts into cross-sectional positions and evaluates them.
+
+    Args:
+        signal_step: which forecast step drives positions (1..horizon; `pred_<k>` column).
+        position_method: how a cross-section of signals becomes weights (rank, zscore, sign).
+        gross: gross exposure (sum of absolute weights) per bar.
+        periods_per_year: bars per year, for annualisation (252 for daily bars).
+    """
+
+    def __init__(
+        self,
+        signal_step: int = 1,
+        position_method: str = "rank",
+        gross: float = 1.0,
+        periods_per_year: int = 252,
+    ) -> None:
+        if position_method not in POSITION_METHODS:
+            raise ConfigError(
+                f"evaluation.position_method={position_method!r}; valid: {sorted(POSITION_METHODS)}"
+            )
+        if signal_step < 1:
+            raise ConfigError(f"evaluation.signal_step={signal_step} must be >= 1")
+        if periods_per_year < 1:
+            raise ConfigError(f"evaluation.periods_per_year={periods_per_year} must be >= 1")
+        self.signal_step, self.method = signal_step, position_method
+        self.gross, self.periods_per_year = gross, periods_per_year
+
+    def signal_matrix(
+        self, preds: pd.DataFrame, dates: np.ndarray, symbols: list[str]
+    ) -> np.ndarray:
+        """(T, S) forecast of step `signal_step`; NaN where there is no prediction."""
+        col = f"pred_{self.signal_step}"
+        if col not in preds.columns:
+            horizon = sum(c.startswith("pred_") for c in preds.columns)
+            raise ConfigError(
+                f"evaluation.signal_step={self.signal_step} but the model forecasts "
+                f"{horizon} step(s); choose 1..{horizon}"
+            )
+        out = np.full((len(dates), len(symbols)), np.nan)
+        rows = pd.DatetimeIndex(dates).get_indexer(preds["timestamp"])
+        cols = pd.Index(symbols).get_indexer(preds["symbol"])
+        out[rows, cols] = preds[col].to_numpy()
+        return out
+
+    def weights(
+        self, preds: pd.DataFrame, dates: np.ndarray, symbols: list[str], tradable: np.ndarray
+    ) -> np.ndarray:
+        """(T, S) target weights from forecasts; zero where not tradable or not predicted."""
+        signal = self.signal_matrix(preds, dates, symbols)
+        signal[~tradable] = np.nan
+        return positions_from_signal(signal, self.method, self.gross)
+
+    def with_positions(
+        self, preds: pd.DataFrame, dates: np.ndarray, symbols: list[str], tradable: np.ndarray
+    ) -> pd.DataFrame:
+        """`preds` with a `position` column (the weight held from that bar to the next)."""
+        w = self.weights(preds, dates, symbols, tradable)
+        rows = pd.DatetimeIndex(dates).get_indexer(preds["timestamp"])
+        cols = pd.Index(symbols).get_indexer(preds["symbol"])
+        return preds.assign(position=w[rows, cols])
+
+    def run(
+        self,
+        preds: pd.DataFrame,
+        dates: np.ndarray,
+        symbols: list[str],
+        tradable: np.ndarray,
+        returns: np.ndarray,
+        simulator,
+        lo: int,
+        hi: int,
+    ) -> BacktestResult:
+        """Backtest decision bars lo..hi (hi is capped so that every bar has a next bar)."""
+        hi = min(hi, len(dates) - 2)
+        if hi < lo:
+            raise DataError(f"backtest range is empty (bars {lo}..{hi})")
+        w = self.weights(preds, dates, symbols, tradable)[lo : hi + 1]
+        r = returns[lo : hi + 1]
+        held = (w != 0) & np.isnan(r)
+        if held.any():
+            t, s = np.argwhere(held)[0]
+            raise DataError(
+                f"series: symbol {symbols[s]} has no bar after {pd.Timestamp(dates[lo + t]).date()}"
+                " but assets.delisted is not set to that date; a position cannot be valued"
+            )
+        sim = simulator.run(w, r)
+        metrics = compute_metrics(sim.portfolio_returns, self.periods_per_year, sim.turnover)
+        daily = pd.DataFrame(
+            {
+                "strategy_return": sim.portfolio_returns,
+                "strategy_equity": np.cumprod(1 + sim.portfolio_returns),
+                "turnover": sim.turnover,
+                "gross_exposure": sim.gross_exposure,
+            },
+            index=pd.DatetimeIndex(dates[lo : hi + 1], name="timestamp"),
+        )
+        baselines = {}
+        for name, fn in BASELINES.items():
+            b = fn(r)
+            baselines[name] = compute_metrics(b, self.periods_per_year)
+            daily[f"{name}_return"] = b
+            daily[f"{name}_equity"] = np.cumprod(1 + b)
+        return BacktestResult(metrics, baselines, daily)

@@ -1,0 +1,226 @@
+"""Performance metrics of a per-period portfolio return series.
+
+``compute_metrics`` is the vectorised implementation used everywhere; ``metrics_reference`` is a
+naive loop over periods with the same definitions, kept to test the former against.
+
+Definitions (``r`` is the ``(T,)`` array of simple per-period returns, ``P = periods_per_year``):
+
+- ``total_return``: ``prod(1 + r) - 1``, a fraction (0.10 = +10 %).
+- ``annual_return``: CAGR, ``(1 + total_return) ** (P / T) - 1``, fraction per year; NaN if
+  ``1 + total_return < 0`` (the equity went negative).
+- ``annual_volatility``: sample standard deviation (``ddof=1``) of ``r`` times ``sqrt(P)``,
+  fraction per sqrt(year); NaN when ``T < 2``.
+- ``sharpe``: ``mean(r) / std(r, ddof=1) * sqrt(P)``, arithmetic returns, zero risk-free rate,
+  unitless (annualised); NaN when ``T < 2`` or the returns are all equal (zero volatility).
+- ``sortino``: ``mean(r) / DD * sqrt(P)`` with downside deviation
+  ``DD = sqrt(mean(min(r, 0) ** 2))`` (mean over all ``T`` periods, target 0), unitless
+  (annualised); NaN when no period is negative (``DD = 0``).
+- ``max_drawdown``: ``min_t(E_t / max_{u <= t} E_u - 1)`` over the equity curve
+  ``E = [1, cumprod(1 + r)]`` that includes the starting value 1.0; a NEGATIVE fraction
+  (-0.25 = a 25 % fall from the peak), 0.0 if the equity never falls below a previous peak.
+- ``calmar``: ``annual_return / |max_drawdown|``, unitless; NaN when ``max_drawdown == 0``.
+- ``hit_rate``: fraction of periods with ``r > 0`` among the periods with ``r != 0``;
+  NaN when every return is 0.
+- ``turnover``: mean of the given per-period turnover (fraction of equity traded per period);
+  present only when ``turnover`` is passed.
+- ``n_periods``: ``T`` as a float.
+
+Undefined values are ``float('nan')``, never an exception and never ``inf`` (a value that would
+overflow to ``inf`` is reported as NaN too). For empty input every metric except ``n_periods``
+(0.0) is NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from plusultra.errors import ConfigError, DataError
+
+METRIC_NAMES: tuple[str, ...] = (
+    "total_return",
+    "annual_return",
+    "annual_volatility",
+    "sharpe",
+    "sortino",
+    "max_drawdown",
+    "calmar",
+    "hit_rate",
+    "n_periods",
+)
+"""Keys of ``compute_metrics`` without ``turnover`` (which is added only when given)."""
+
+_NAN = float("nan")
+
+
+def _validate(
+    returns: np.ndarray, periods_per_year: int, turnover: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Check the inputs and return them as 1-D float arrays."""
+    if (
+        isinstance(periods_per_year, bool)
+        or not isinstance(periods_per_year, int | float | np.integer | np.floating)
+        or not math.isfinite(periods_per_year)
+        or periods_per_year <= 0
+    ):
+        raise ConfigError(f"periods_per_year must be a number > 0, got {periods_per_year!r}")
+    r = np.asarray(returns, dtype=float)
+    if r.ndim != 1:
+        raise DataError(f"returns must be a 1-D (T,) array of period returns, got shape {r.shape}")
+    if not np.isfinite(r).all():
+        i = int(np.flatnonzero(~np.isfinite(r))[0])
+        raise DataError(f"returns must be finite; returns[{i}] = {r[i]}")
+    tv = None
+    if turnover is not None:
+        tv = np.asarray(turnover, dtype=float)
+        if tv.shape != r.shape:
+            raise DataError(
+                f"turnover.shape={tv.shape} must match returns.shape={r.shape} (one value per "
+                "period)"
+            )
+        if not np.isfinite(tv).all():
+            i = int(np.flatnonzero(~np.isfinite(tv))[0])
+            raise DataError(f"turnover must be finite; turnover[{i}] = {tv[i]}")
+    return r, tv
+
+
+def _finite_or_nan(value: float) -> float:
+    value = float(value)
+    return value if math.isfinite(value) else _NAN
+
+
+def _cagr(total_return: float, n_periods: int, periods_per_year: float) -> float:
+    base = 1.0 + total_return
+    if n_periods == 0 or base < 0:
+        return _NAN
+    try:
+        return base ** (periods_per_year / n_periods) - 1.0
+    except OverflowError:
+        return _NAN
+
+
+def _ratio(num: float, den: float) -> float:
+    """``num / den``, NaN when ``den`` is 0 or either is NaN."""
+    if den == 0.0 or math.isnan(den) or math.isnan(num):
+        return _NAN
+    return num / den
+
+
+def compute_metrics(
+    returns: np.ndarray, periods_per_year: int = 252, turnover: np.ndarray | None = None
+) -> dict[str, float]:
+    """Summarise a per-period portfolio return series (definitions in the module docstring).
+
+    Args:
+        returns: ``(T,)`` simple per-period portfolio returns (0.01 = +1 % over the period).
+        periods_per_year: periods in a year, e.g. 252 for trading days.
+        turnover: optional ``(T,)`` traded fraction of equity per period (e.g.
+            ``SimResult.turnover``); its mean is reported as ``turnover``.
+
+    Returns:
+        ``{name: value}`` with exactly the keys of ``METRIC_NAMES``, plus ``turnover`` when
+        ``turnover`` is given. Undefined values are NaN.
+
+    Raises:
+        ConfigError: if ``periods_per_year`` is not a number > 0.
+        DataError: if ``returns`` is not 1-D or has non-finite values, or ``turnover`` does not
+            match it.
+    """
+    r, tv = _validate(returns, periods_per_year, turnover)
+    n = r.size
+    out: dict[str, float] = {name: _NAN for name in METRIC_NAMES}
+    out["n_periods"] = float(n)
+    if tv is not None:
+        out["turnover"] = float(tv.mean()) if n else _NAN
+    if n == 0:
+        return out
+
+    sqrt_p = math.sqrt(periods_per_year)
+    equity = np.concatenate([[1.0], np.cumprod(1.0 + r)])  # (T + 1,), starts at 1.0
+    total = float(equity[-1] - 1.0)
+    mean = float(r.mean())
+    if n < 2:
+        std = _NAN  # a sample std needs two periods
+    elif r.max() == r.min():
+        std = 0.0  # exactly; np.std of equal values may leave ~1e-18 of rounding
+    else:
+        std = float(r.std(ddof=1))
+    downside = float(np.sqrt(np.mean(np.minimum(r, 0.0) ** 2)))
+    peaks = np.maximum.accumulate(equity)  # >= 1.0, never 0
+    max_dd = float((equity / peaks - 1.0).min())
+    max_dd = 0.0 if max_dd == 0.0 else max_dd  # no -0.0
+    annual = _cagr(total, n, periods_per_year)
+    nonzero = int(np.count_nonzero(r))
+
+    out["total_return"] = total
+    out["annual_return"] = annual
+    out["annual_volatility"] = std * sqrt_p
+    out["sharpe"] = _ratio(mean, std) * sqrt_p
+    out["sortino"] = _ratio(mean, downside) * sqrt_p
+    out["max_drawdown"] = max_dd
+    out["calmar"] = _ratio(annual, abs(max_dd))
+    out["hit_rate"] = _ratio(float(np.count_nonzero(r > 0)), float(nonzero))
+    return {k: (v if k == "n_periods" else _finite_or_nan(v)) for k, v in out.items()}
+
+
+def metrics_reference(returns: np.ndarray, periods_per_year: int = 252) -> dict[str, float]:
+    """Naive loop-over-periods implementation of ``compute_metrics`` (without turnover).
+
+    Args:
+        returns: ``(T,)`` simple per-period portfolio returns.
+        periods_per_year: periods in a year.
+
+    Returns:
+        The same keys and definitions as ``compute_metrics(returns, periods_per_year)``.
+
+    Raises:
+        ConfigError: if ``periods_per_year`` is not a number > 0.
+        DataError: if ``returns`` is not 1-D or has non-finite values.
+    """
+    r, _ = _validate(returns, periods_per_year, None)
+    values = [float(x) for x in r]
+    n = len(values)
+    out: dict[str, float] = {name: _NAN for name in METRIC_NAMES}
+    out["n_periods"] = float(n)
+    if n == 0:
+        return out
+
+    equity, peak, max_dd = 1.0, 1.0, 0.0
+    total_sum, down_sq, wins, nonzero = 0.0, 0.0, 0, 0
+    for x in values:
+        equity *= 1.0 + x
+        if equity > peak:
+            peak = equity
+        max_dd = min(max_dd, equity / peak - 1.0)
+        total_sum += x
+        if x < 0:
+            down_sq += x * x
+        if x != 0:
+            nonzero += 1
+            if x > 0:
+                wins += 1
+    mean = total_sum / n
+    if n < 2:
+        std = _NAN
+    elif all(x == values[0] for x in values):
+        std = 0.0
+    else:
+        sq = 0.0
+        for x in values:
+            sq += (x - mean) ** 2
+        std = math.sqrt(sq / (n - 1))
+    downside = math.sqrt(down_sq / n)
+    total = equity - 1.0
+    annual = _cagr(total, n, periods_per_year)
+    ann = math.sqrt(periods_per_year)
+
+    out["total_return"] = total
+    out["annual_return"] = annual
+    out["annual_volatility"] = std * ann
+    out["sharpe"] = mean / std * ann if std == std and std > 0 else _NAN
+    out["sortino"] = mean / downside * ann if downside > 0 else _NAN
+    out["max_drawdown"] = max_dd
+    out["calmar"] = annual / abs(max_dd) if max_dd != 0 and annual == annual else _NAN
+    out["hit_rate"] = wins / nonzero if nonzero else _NAN
+    return {k: (v if k == "n_periods" else _finite_or_nan(v)) for k, v in out.items()}

@@ -1,0 +1,122 @@
+"""Run outputs: the flat metrics dict, the summary table and report.md."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from plusultra.evaluation.backtest import BacktestResult
+from plusultra.io import write_json_atomic, write_text_atomic
+
+# (metrics key, label, format) of the summary table, in display order.
+SUMMARY_ROWS = (
+    ("loss", "loss (scaled MSE)", "{:.4f}"),
+    ("sharpe", "Sharpe", "{:.2f}"),
+    ("sortino", "Sortino", "{:.2f}"),
+    ("total_return", "total return", "{:+.2%}"),
+    ("annual_return", "annual return", "{:+.2%}"),
+    ("annual_volatility", "annual volatility", "{:.2%}"),
+    ("max_drawdown", "max drawdown", "{:.2%}"),
+    ("calmar", "Calmar", "{:.2f}"),
+    ("hit_rate", "hit rate", "{:.1%}"),
+    ("turnover", "turnover / bar", "{:.3f}"),
+)
+
+
+def flat_metrics(
+    val_loss: float, test_loss: float, result: BacktestResult, extra: dict[str, float]
+) -> dict[str, float]:
+    """`split_metric` names: val_loss, test_loss, test_sharpe, test_buyhold_sharpe, ..."""
+    out = {"val_loss": float(val_loss), "test_loss": float(test_loss)}
+    out.update({f"test_{k}": float(v) for k, v in result.metrics.items()})
+    for name, metrics in result.baselines.items():
+        out.update({f"test_{name}_{k}": float(v) for k, v in metrics.items()})
+    out.update({k: float(v) for k, v in extra.items()})
+    return out
+
+
+def _fmt(value: float | None, pattern: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return pattern.format(value)
+
+
+def summary_rows(
+    metrics: dict[str, float], baselines: tuple[str, ...] = ("buyhold",)
+) -> list[list[str]]:
+    """Rows [label, val, test, baseline...] of the summary table."""
+    rows = []
+    for key, label, pattern in SUMMARY_ROWS:
+        if key == "loss":
+            rows.append(
+                [
+                    label,
+                    _fmt(metrics.get("val_loss"), pattern),
+                    _fmt(metrics.get("test_loss"), pattern),
+                ]
+                + ["" for _ in baselines]
+            )
+            continue
+        row = [label, "", _fmt(metrics.get(f"test_{key}"), pattern)]
+        row += [_fmt(metrics.get(f"test_{b}_{key}"), pattern) for b in baselines]
+        rows.append(row)
+    return rows
+
+
+def summary_table(metrics: dict[str, float], markdown: bool = False) -> str:
+    """The val/test/buy-and-hold table as aligned text or Markdown."""
+    header = ["metric", "val", "test (model)", "test (buy & hold)"]
+    rows = summary_rows(metrics)
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def fmt(row: list[str]) -> str:
+        cells = zip(row, widths, strict=True)
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(cells))
+
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)])
+
+
+def write_report(
+    run_dir: str | os.PathLike,
+    metrics: dict[str, float],
+    segment_dates: dict[str, list[str]],
+    choices: dict[str, str],
+) -> Path:
+    """report.md: what ran, on which dates, and the summary table."""
+    run_dir = Path(run_dir)
+    setup = ", ".join(f"{k}={v}" for k, v in sorted(choices.items()))
+    segs = "\n".join(f"| {k} | {a} | {b} |" for k, (a, b) in segment_dates.items())
+    text = f"""# PlusUltra run report
+
+Run directory: `{run_dir}`
+
+Configuration: {setup}
+
+Parameters: {int(metrics.get("n_params", 0)):,}
+
+## Segments (decision dates; embargoed)
+
+| segment | first | last |
+|---|---|---|
+{segs}
+
+## Results
+
+Positions are taken at each close from the forecast and held to the next close, frictionless.
+Buy & hold is equal weight in the symbols tradable on the first test bar.
+
+{summary_table(metrics, markdown=True)}
+
+Files: `predictions.parquet` (symbol, timestamp, pred_1..pred_H, position),
+`backtest.parquet` (daily returns and equity), `metrics.json`, `tensorboard/`, `checkpoints/`.
+"""
+    return write_text_atomic(run_dir / "report.md", text)
+
+
+def write_metrics(run_dir: str | os.PathLike, metrics: dict[str, float]) -> Path:
+    return write_json_atomic(Path(run_dir) / "metrics.json", metrics)

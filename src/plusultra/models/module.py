@@ -1,0 +1,120 @@
+"""The LightningModule: backbone + head + loss, AdamW with warmup and a cosine schedule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch import nn
+
+from plusultra.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """AdamW and learning-rate schedule settings (conf/optim).
+
+    Attributes:
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay, applied to matrices only (not norms/biases).
+        betas: Adam moment coefficients.
+        warmup_frac: fraction of all optimiser steps spent in linear warmup.
+        min_lr_ratio: the cosine decays from lr to lr * min_lr_ratio at the last step.
+    """
+
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_frac: float = 0.05
+    min_lr_ratio: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr={self.lr} must be > 0")
+        if not 0 <= self.warmup_frac < 1:
+            raise ConfigError(f"optim.warmup_frac={self.warmup_frac} must be in [0, 1)")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay={self.weight_decay} must be >= 0")
+
+
+def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Learning-rate multiplier at `step`: linear warmup then cosine to `min_ratio`."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class ForecastModule(L.LightningModule):
+    """Multi-step return forecaster.
+
+    Args:
+        backbone: (B, T, F) -> (B, T', D).
+        head: (B, T', D) -> (B, H).
+        loss: callable(pred (B, H), target (B, H)) -> scalar.
+        optim: optimiser settings.
+        compile: wrap the forward pass in torch.compile (hardware configs switch it on).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        loss: nn.Module,
+        optim: OptimSettings,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.backbone, self.head, self.loss_fn, self.optim = backbone, head, loss, optim
+        self._forward = torch.compile(self._forward_impl) if compile else self._forward_impl
+
+    @property
+    def n_params(self) -> int:
+        """Trainable parameters of backbone and head."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))  # (B, H)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
+        x, y = batch
+        loss = self.loss_fn(self(x), y)
+        on_step = split == "train"
+        self.log(
+            f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(x)
+        )
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        decay = [p for p in self.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim < 2]
+        opt = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.optim.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.optim.lr,
+            betas=tuple(self.optim.betas),
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(self.optim.warmup_frac * total)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, total, warmup, self.optim.min_lr_ratio)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

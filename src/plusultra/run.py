@@ -1,0 +1,129 @@
+"""The one entrypoint: `plusultra` (= `python -m plusultra.run`).
+
+Wiring only: seed, instantiate every config group (logging each target), run the curriculum,
+evaluate on the test segment, write the run's outputs, return the metric a sweeper optimises.
+The catalogue row is written by the Hydra job-end callback (conf/hydra/default.yaml).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from plusultra.cli.common import fail, output_dir_from_argv
+from plusultra.evaluation.report import flat_metrics, summary_table, write_metrics, write_report
+from plusultra.io import write_parquet_atomic, write_text_atomic
+from plusultra.models.module import ForecastModule
+from plusultra.training.predict import predictions_frame
+
+log = logging.getLogger("plusultra")
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def build(node: DictConfig, **kwargs):
+    """Instantiate one config node into plain Python arguments, logging its target."""
+    log.info("Instantiating <%s>", node._target_)
+    return instantiate(node, _convert_="all", **kwargs)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def train(cfg: DictConfig) -> float:
+    """Train, evaluate and record one run; returns `metrics[cfg.optimized_metric]`."""
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision(cfg.matmul_precision)
+    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    datamodule = build(cfg.data, features=build(cfg.features))
+    datamodule.setup()
+    datamodule.save_artifacts(run_dir)
+    model = ForecastModule(
+        backbone=build(cfg.backbone, n_features=datamodule.n_features),
+        head=build(cfg.head),
+        loss=build(cfg.loss),
+        optim=build(cfg.optim),
+        compile=cfg.compile,
+    )
+    logger = build(cfg.logger)
+
+    def make_trainer(**overrides) -> L.Trainer:
+        callbacks = [build(c) for c in cfg.callbacks.values()]
+        return build(cfg.trainer, logger=logger, callbacks=callbacks, **overrides)
+
+    stages = build(cfg.curriculum).run(model, datamodule, make_trainer)
+    trainer = stages[-1].trainer
+    val = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
+    test = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+
+    panel = datamodule.panel
+    preds = predictions_frame(
+        model,
+        datamodule.inference_dataset("test"),
+        panel.dates,
+        panel.symbols,
+        datamodule.norm.target_scale,
+    )
+    backtest = build(cfg.evaluation)
+    result = backtest.run(
+        preds,
+        panel.dates,
+        panel.symbols,
+        datamodule.tradable,
+        datamodule.returns,
+        build(cfg.simulator),
+        *datamodule.segments.test,
+    )
+    preds = backtest.with_positions(preds, panel.dates, panel.symbols, datamodule.tradable)
+
+    extra = {
+        "n_params": model.n_params,
+        **datamodule.sizes(),
+        **{f"{s.name}_best_val_loss": s.best_score for s in stages if s.best_score},
+    }
+    metrics = flat_metrics(val["val/loss"], test["test/loss"], result, extra)
+    write_parquet_atomic(run_dir / "predictions.parquet", preds)
+    write_parquet_atomic(run_dir / "backtest.parquet", result.daily, index=True)
+    choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
+    write_report(run_dir, metrics, datamodule.segment_dates(), choices)
+    write_metrics(run_dir, metrics)  # last: its presence marks a complete run
+    logger.log_metrics({f"summary/{k}": v for k, v in metrics.items()})
+    logger.finalize("success")
+
+    if cfg.print_summary:
+        print(f"\n{summary_table(metrics)}\n")
+        print(f"run dir:     {run_dir}")
+        print(f"tensorboard: tensorboard --logdir {run_dir / 'tensorboard'}")
+        print(f"report:      {run_dir / 'report.md'}")
+        print(f'catalogue:   {cfg.paths.catalogue_dir}  (query: plusultra-catalogue "SQL")')
+    return metrics[cfg.optimized_metric]
+
+
+def main() -> None:
+    """Console script: Hydra as usual, but bad input ends in one clear message and exit code 2.
+
+    Errors raised before a job starts (an unknown group option or key) are recorded in the
+    catalogue here; errors inside a job are recorded by the catalogue callback.
+    """
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's printer
+    try:
+        train()
+    except Exception as exc:  # noqa: BLE001 - every failure is reported and recorded
+        if full_error:
+            raise
+        catalogue = Path(output_dir_from_argv(sys.argv[1:])) / "catalogue"
+        fail("plusultra", exc, catalogue_dir=catalogue, overrides=sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Every config option composes, matches its target's signature, and builds."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra.utils import get_object, instantiate
+from omegaconf import OmegaConf
+
+from plusultra.run import CONF_DIR
+from tests.conftest import compose_config
+
+CONF = Path(CONF_DIR)
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
+OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
+HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_", "defaults"}
+# Arguments that run.py passes when it instantiates (known only at run time).
+RUNTIME_ARGS = {"n_features", "features", "logger", "callbacks"}
+
+
+def _target_nodes(node, path="") -> list[tuple[str, dict]]:
+    """Every mapping with a `_target_` inside a plain container, with its dotted path."""
+    found = []
+    if isinstance(node, dict):
+        if "_target_" in node:
+            found.append((path, node))
+        for k, v in node.items():
+            found += _target_nodes(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            found += _target_nodes(v, f"{path}[{i}]")
+    return found
+
+
+def check_signature(target: str, keys: set[str], where: str) -> None:
+    """Config keys must be parameters of the target; its required parameters must be given."""
+    obj = get_object(target)
+    params = inspect.signature(obj).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = keys - set(params) - HYDRA_KEYS
+        assert not unknown, f"{where}: {target} has no parameter(s) {sorted(unknown)}"
+    required = {
+        n
+        for n, p in params.items()
+        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    missing = required - keys - RUNTIME_ARGS
+    assert not missing, f"{where}: {target} needs {sorted(missing)}"
+
+
+def test_groups_found():
+    for group in (
+        "data",
+        "features",
+        "backbone",
+        "head",
+        "loss",
+        "curriculum",
+        "simulator",
+        "hardware",
+        "trainer",
+        "logger",
+        "paths",
+        "optim",
+        "evaluation",
+    ):
+        assert group in GROUPS, group
+    assert ("data", "synthetic") in OPTIONS and ("data", "sqlite") in OPTIONS
+    assert {("hardware", h) for h in ("cpu", "rtx4090", "h100")} <= set(OPTIONS)
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_option_matches_target_signature(group, option, tiny_db):
+    """Compose each option and check every `_target_` node against its signature."""
+    cfg = compose_config([f"{group}={option}", "data.path=" + str(tiny_db)])
+    assert cfg.hydra.runtime.choices[group] == option
+    container = OmegaConf.to_container(cfg, resolve=False)
+    container.pop("hydra")
+    nodes = _target_nodes(container)
+    assert nodes
+    for path, node in nodes:
+        check_signature(node["_target_"], set(node), f"conf {path} ({group}={option})")
+
+
+def test_raw_yaml_targets_resolve():
+    """Every `_target_` written in any YAML file imports."""
+    for path in CONF.rglob("*.yaml"):
+        for where, node in _target_nodes(yaml.safe_load(path.read_text()) or {}):
+            assert get_object(node["_target_"]) is not None, f"{path}:{where}"
+
+
+BUILDABLE = [
+    (g, o)
+    for g, o in OPTIONS
+    if g
+    in {
+        "backbone",
+        "head",
+        "loss",
+        "optim",
+        "curriculum",
+        "simulator",
+        "evaluation",
+        "features",
+        "logger",
+        "data",
+        "trainer",
+    }
+]
+
+
+@pytest.mark.parametrize(("group", "option"), BUILDABLE, ids=[f"{g}={o}" for g, o in BUILDABLE])
+def test_every_option_builds(group, option, tiny_db, tmp_path):
+    cfg = compose_config(
+        [
+            f"{group}={option}",
+            f"data.path={tiny_db}",
+            f"paths.output_dir={tmp_path}",
+            f"hydra.runtime.output_dir={tmp_path}",
+        ]
+    )
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().set_config(cfg)
+    extra = {"backbone": {"n_features": 5}, "data": {"features": None}}.get(group, {})
+    if group == "data":
+        extra = {"features": instantiate(cfg.features, _convert_="all")}
+    obj = instantiate(cfg[group], _convert_="all", **extra)
+    assert obj is not None
+    assert type(obj).__module__.split(".")[0] in {"plusultra", "torch", "lightning"}
+
+
+@pytest.mark.parametrize("backbone", [o for g, o in OPTIONS if g == "backbone"])
+def test_root_knobs_reach_every_backbone(backbone):
+    cfg = compose_config([f"backbone={backbone}", "depth=7", "d_model=48", "n_heads=3"])
+    assert (cfg.backbone.depth, cfg.backbone.d_model, cfg.backbone.n_heads) == (7, 48, 3)
+    assert cfg.head.d_model == 48
+
+
+def test_window_and_horizon_reach_data_head_and_evaluation():
+    cfg = compose_config(["window=33", "horizon=3"])
+    assert (cfg.data.window, cfg.data.horizon, cfg.head.horizon) == (33, 3, 3)
+    assert cfg.evaluation.signal_step == 3
+
+
+@pytest.mark.parametrize("hw", ["rtx4090", "h100"])
+def test_gpu_hardware_configs(hw):
+    cfg = compose_config([f"hardware={hw}"])
+    assert cfg.trainer.accelerator == "gpu"
+    assert cfg.trainer.precision == "bf16-mixed"
+    assert cfg.compile is True
+    assert cfg.data.batch_size >= 1024 and cfg.data.num_workers >= 8 and cfg.data.pin_memory
+    assert cfg.matmul_precision == "high"
+
+
+def test_cpu_hardware_is_default():
+    cfg = compose_config()
+    assert cfg.hydra.runtime.choices.hardware == "cpu"
+    assert cfg.trainer.accelerator == "cpu" and cfg.compile is False
