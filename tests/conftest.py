@@ -29,6 +29,7 @@ TINY = [
     "trainer.limit_train_batches=3",
     "trainer.limit_val_batches=2",
     "trainer.num_sanity_val_steps=0",
+    "trainer.log_every_n_steps=1",
     "trainer.enable_progress_bar=false",
     "print_summary=false",
 ]

@@ -219,3 +219,49 @@ def test_matches_reference_on_random_inputs(seed: int) -> None:
 def test_bad_input(kwargs: dict, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         compute_metrics(**kwargs)
+
+
+# ---------------------------------------------------------------- information coefficient
+def _ic_reference(signal, realized, rank):
+    """Row by row with pandas' own correlation: the obviously-correct version."""
+    import pandas as pd
+
+    out = []
+    for x, y in zip(signal, realized, strict=True):
+        ok = np.isfinite(x) & np.isfinite(y)
+        if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+            out.append(np.nan)
+            continue
+        method = "spearman" if rank else "pearson"
+        out.append(pd.Series(x[ok]).corr(pd.Series(y[ok]), method=method))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("rank", [False, True])
+def test_information_coefficient_matches_reference(rank):
+    from plusultra.evaluation.metrics import information_coefficient
+
+    rng = np.random.default_rng(3)
+    signal = rng.normal(size=(60, 9))
+    realized = 0.3 * signal + rng.normal(size=(60, 9))
+    signal[rng.random(signal.shape) < 0.15] = np.nan
+    realized[rng.random(signal.shape) < 0.1] = np.nan
+    signal[5] = 1.0  # constant row -> NaN
+    signal[7, :7] = np.nan  # too few symbols -> NaN
+    signal[9, :4] = 0.5  # ties
+    got = information_coefficient(signal, realized, rank=rank)
+    np.testing.assert_allclose(got, _ic_reference(signal, realized, rank), atol=1e-12)
+    assert np.isnan(got[5]) and np.isnan(got[7])
+
+
+def test_ic_summary_hand_case():
+    from plusultra.evaluation.metrics import ic_summary
+
+    signal = np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
+    realized = np.array([[0.1, 0.2, 0.3], [0.1, 0.2, 0.4], [0.1, 0.2, 0.3]])
+    out = ic_summary(signal, realized)
+    ic2 = np.corrcoef([1, 2, 3], [0.1, 0.2, 0.4])[0, 1]
+    assert out["ic"] == pytest.approx((1.0 + ic2 - 1.0) / 3)
+    assert out["rank_ic"] == pytest.approx(1 / 3)
+    per_bar = np.array([1.0, ic2, -1.0])
+    assert out["ic_ir"] == pytest.approx(per_bar.mean() / per_bar.std(ddof=1))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -27,6 +28,8 @@ from plusultra.training.predict import predictions_frame
 
 log = logging.getLogger("plusultra")
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# Lightning 2.6 on torch 2.13 warns about its own use of a deprecated torch API on every step.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def build(node: DictConfig, **kwargs):
@@ -90,6 +93,7 @@ def train(cfg: DictConfig) -> float:
         **datamodule.sizes(),
         **{f"{s.name}_best_val_loss": s.best_score for s in stages if s.best_score},
     }
+    extra |= {"val_naive_loss": val["val/naive_loss"], "test_naive_loss": test["test/naive_loss"]}
     metrics = flat_metrics(val["val/loss"], test["test/loss"], result, extra)
     write_parquet_atomic(run_dir / "predictions.parquet", preds)
     write_parquet_atomic(run_dir / "backtest.parquet", result.daily, index=True)

@@ -19,6 +19,17 @@ log = logging.getLogger(__name__)
 USER_ERRORS = (PlusUltraError, HydraException, OmegaConfBaseException, FileNotFoundError)
 
 
+class DropMessages(logging.Filter):
+    """Logging filter that drops records whose message contains `pattern` (see conf/hydra)."""
+
+    def __init__(self, pattern: str) -> None:
+        super().__init__()
+        self.pattern = pattern
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.pattern not in record.getMessage()
+
+
 def _chain(exc: BaseException):
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -36,6 +47,14 @@ def user_error(exc: BaseException) -> BaseException | None:
         if found is None and isinstance(e, USER_ERRORS):
             found = e
     return found
+
+
+def _instantiated_group(exc: BaseException) -> str | None:
+    """The config node Hydra was instantiating when the error happened (its `full_key`)."""
+    for e in _chain(exc):
+        if type(e).__name__ == "InstantiationException" and "full_key: " in str(e):
+            return str(e).rsplit("full_key: ", 1)[1].split()[0]
+    return None
 
 
 def output_dir_from_argv(argv: list[str]) -> str:
@@ -70,7 +89,10 @@ def fail(
         print(f"{prog}: error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(1)
     message = str(cause).strip() or type(cause).__name__
-    if isinstance(cause, OmegaConfBaseException) and "full_key" not in message:
-        message = message.replace("\n", " ")
+    if isinstance(cause, OmegaConfBaseException):
+        message = message.split("\n")[0]  # drop OmegaConf's full_key/object_type lines
+    group = _instantiated_group(exc)
+    if group and isinstance(cause, PlusUltraError) and not message.startswith(group):
+        message = f"{group}: {message}"
     print(f"{prog}: error: {message}", file=sys.stderr)
     sys.exit(getattr(cause, "exit_code", 2))

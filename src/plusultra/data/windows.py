@@ -46,14 +46,12 @@ def _boundary(value: str | float, dates: pd.DatetimeIndex, key: str) -> int:
     """Index of the last bar inside a segment given a date string or a fraction."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if not 0.0 < float(value) < 1.0:
-            raise ConfigError(f"data.splits.{key}={value}: a fraction must be in (0, 1)")
+            raise ConfigError(f"data.{key}={value}: a fraction must be in (0, 1)")
         return int(round(float(value) * len(dates))) - 1
     try:
-        ts = pd.Timestamp(str(value))
-    except ValueError as exc:
-        raise ConfigError(
-            f"data.splits.{key}={value!r}: not an ISO date or a fraction in (0, 1)"
-        ) from exc
+        ts = pd.to_datetime(str(value), format="ISO8601")
+    except (ValueError, pd.errors.OutOfBoundsDatetime) as exc:
+        raise ConfigError(f"data.{key}={value!r}: not an ISO date or a fraction in (0, 1)") from exc
     return int(dates.searchsorted(ts, side="right")) - 1
 
 
@@ -75,7 +73,7 @@ def compute_segments(
     gap = window + horizon if embargo is None else int(embargo)
     if gap < window + horizon:
         raise ConfigError(
-            f"data.splits.embargo={embargo} must be >= window + horizon = {window + horizon} "
+            f"data.embargo={embargo} must be >= window + horizon = {window + horizon} "
             "so that no bar is shared between segments"
         )
     te = _boundary(train_end, index, "train_end")
@@ -83,8 +81,8 @@ def compute_segments(
     last = len(index) - 1 if test_end is None else _boundary(test_end, index, "test_end")
     if not te < ve <= last:
         raise ConfigError(
-            f"data.splits: need train_end < val_end <= the last bar; got train_end={train_end} "
-            f"(bar {te}), val_end={val_end} (bar {ve}) over {len(index)} bars "
+            "data.train_end/val_end: need train_end < val_end <= the last bar; got "
+            f"train_end={train_end} (bar {te}), val_end={val_end} (bar {ve}) over {len(index)} bars "
             f"{index[0].date()}..{index[-1].date()}"
         )
     seg = Segments(
@@ -99,7 +97,7 @@ def compute_segments(
         lo, hi = getattr(seg, name)
         if hi < lo:
             raise ConfigError(
-                f"data.splits: the {name} segment is empty (decision bars {lo}..{hi} of "
+                f"data.train_end/val_end: the {name} segment is empty (decision bars {lo}..{hi} of "
                 f"{len(index)}, window={window}, horizon={horizon}, embargo={gap}); move "
                 "train_end/val_end or use a longer database"
             )

@@ -15,7 +15,7 @@ import pandas as pd
 
 from plusultra.errors import ConfigError, DataError
 from plusultra.evaluation.baselines import buy_and_hold_returns
-from plusultra.evaluation.metrics import compute_metrics
+from plusultra.evaluation.metrics import compute_metrics, ic_summary
 from plusultra.evaluation.positions import POSITION_METHODS, positions_from_signal
 
 BASELINES = {"buyhold": buy_and_hold_returns}
@@ -114,7 +114,9 @@ class Backtest:
         hi = min(hi, len(dates) - 2)
         if hi < lo:
             raise DataError(f"backtest range is empty (bars {lo}..{hi})")
-        w = self.weights(preds, dates, symbols, tradable)[lo : hi + 1]
+        signal = self.signal_matrix(preds, dates, symbols)
+        signal[~tradable] = np.nan
+        w = positions_from_signal(signal, self.method, self.gross)[lo : hi + 1]
         r = returns[lo : hi + 1]
         held = (w != 0) & np.isnan(r)
         if held.any():
@@ -125,6 +127,7 @@ class Backtest:
             )
         sim = simulator.run(w, r)
         metrics = compute_metrics(sim.portfolio_returns, self.periods_per_year, sim.turnover)
+        metrics.update(ic_summary(signal[lo : hi + 1], r))
         daily = pd.DataFrame(
             {
                 "strategy_return": sim.portfolio_returns,

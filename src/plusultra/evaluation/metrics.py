@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 
 from plusultra.errors import ConfigError, DataError
 
@@ -224,3 +225,56 @@ def metrics_reference(returns: np.ndarray, periods_per_year: int = 252) -> dict[
     out["calmar"] = annual / abs(max_dd) if max_dd != 0 and annual == annual else _NAN
     out["hit_rate"] = wins / nonzero if nonzero else _NAN
     return {k: (v if k == "n_periods" else _finite_or_nan(v)) for k, v in out.items()}
+
+
+def _row_ranks(a: np.ndarray) -> np.ndarray:
+    """Average ranks (1..n) of each row's finite entries; NaN stays NaN."""
+    return pd.DataFrame(a).rank(axis=1, method="average").to_numpy()
+
+
+def information_coefficient(
+    signal: np.ndarray, realized: np.ndarray, rank: bool = False
+) -> np.ndarray:
+    """Per-bar cross-sectional correlation of a signal with the returns that follow it.
+
+    Args:
+        signal: (T, S) forecasts made at the close of t; NaN = no forecast.
+        realized: (T, S) returns earned after t (e.g. close t -> t + 1); NaN = unknown.
+        rank: Spearman (correlation of ranks) instead of Pearson.
+
+    Returns:
+        (T,) correlation per bar over symbols with both values finite; NaN where fewer than 3
+        such symbols or either side is constant.
+    """
+    if signal.shape != realized.shape or signal.ndim != 2:
+        raise DataError(f"signal {signal.shape} and realized {realized.shape} must be equal (T, S)")
+    both = np.isfinite(signal) & np.isfinite(realized)
+    x = np.where(both, signal, np.nan)
+    y = np.where(both, realized, np.nan)
+    if rank:
+        x, y = _row_ranks(x), _row_ranks(y)
+    n = both.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xc = x - np.nanmean(np.where(both, x, np.nan), axis=1, keepdims=True)
+        yc = y - np.nanmean(np.where(both, y, np.nan), axis=1, keepdims=True)
+        cov = np.nansum(xc * yc, axis=1)
+        den = np.sqrt(np.nansum(xc**2, axis=1) * np.nansum(yc**2, axis=1))
+        ic = cov / den
+    ic[(n < 3) | ~(den > 0)] = np.nan
+    return ic
+
+
+def ic_summary(signal: np.ndarray, realized: np.ndarray) -> dict[str, float]:
+    """Mean IC and IC information ratio (mean / std of the per-bar IC), Pearson and rank.
+
+    Keys: ic, ic_ir, rank_ic, rank_ic_ir (not annualised; NaN when undefined).
+    """
+    out = {}
+    for prefix, rank in (("", False), ("rank_", True)):
+        ic = information_coefficient(signal, realized, rank)
+        ic = ic[np.isfinite(ic)]
+        mean = float(ic.mean()) if len(ic) else math.nan
+        std = float(ic.std(ddof=1)) if len(ic) > 1 else math.nan
+        out[f"{prefix}ic"] = mean
+        out[f"{prefix}ic_ir"] = _ratio(mean, std)
+    return out

@@ -12,6 +12,9 @@ from plusultra.io import write_json_atomic, write_text_atomic
 # (metrics key, label, format) of the summary table, in display order.
 SUMMARY_ROWS = (
     ("loss", "loss (scaled MSE)", "{:.4f}"),
+    ("naive_loss", "loss of a zero forecast", "{:.4f}"),
+    ("ic", "IC (next bar)", "{:+.4f}"),
+    ("rank_ic", "rank IC (next bar)", "{:+.4f}"),
     ("sharpe", "Sharpe", "{:.2f}"),
     ("sortino", "Sortino", "{:.2f}"),
     ("total_return", "total return", "{:+.2%}"),
@@ -48,12 +51,12 @@ def summary_rows(
     """Rows [label, val, test, baseline...] of the summary table."""
     rows = []
     for key, label, pattern in SUMMARY_ROWS:
-        if key == "loss":
+        if key in ("loss", "naive_loss"):
             rows.append(
                 [
                     label,
-                    _fmt(metrics.get("val_loss"), pattern),
-                    _fmt(metrics.get("test_loss"), pattern),
+                    _fmt(metrics.get(f"val_{key}"), pattern),
+                    _fmt(metrics.get(f"test_{key}"), pattern),
                 ]
                 + ["" for _ in baselines]
             )

@@ -90,6 +90,9 @@ class ForecastModule(L.LightningModule):
         self.log(
             f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(x)
         )
+        if split != "train":  # the same loss for a forecast of "no move": the bar to beat
+            naive = self.loss_fn(torch.zeros_like(y), y)
+            self.log(f"{split}/naive_loss", naive, on_epoch=True, batch_size=len(x))
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

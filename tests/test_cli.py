@@ -1,0 +1,164 @@
+"""The console scripts in subprocesses, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from plusultra.catalogue.query import query
+from tests.conftest import TINY, run_cli
+
+TINY_ARGS = [a for a in TINY if not a.startswith(("depth=", "d_model="))]
+
+
+def _rows(out: Path) -> pd.DataFrame:
+    return query(out / "catalogue", "SELECT * FROM runs ORDER BY started_at")
+
+
+def test_help_lists_groups_and_examples(tmp_path):
+    res = run_cli(["plusultra.run", "--help"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "backbone: hybrid, transformer" in res.stdout
+    assert "plusultra -m seed=1,2,3" in res.stdout
+
+
+def test_cfg_job_shows_overrides(tmp_path):
+    res = run_cli(["plusultra.run", "--cfg", "job", "backbone=transformer", "depth=3"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    backbone = res.stdout.split("backbone:")[1].split("\nhead:")[0]
+    assert "TransformerBackbone" in backbone and "depth: ${depth}" in backbone
+    assert "\ndepth: 3" in res.stdout
+
+
+def _blocks(run_dir: Path) -> int:
+    state = torch.load(
+        run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True
+    )["state_dict"]
+    return len({k.split(".")[2] for k in state if k.startswith("backbone.blocks.")})
+
+
+def test_depth_override_changes_layers_and_params(tiny_db, tmp_path):
+    for depth in (2, 3):
+        res = run_cli(
+            [
+                "plusultra.run",
+                *TINY_ARGS,
+                "data=sqlite",
+                f"data.path={tiny_db}",
+                "backbone=transformer",
+                f"depth={depth}",
+                "d_model=32",
+            ],
+            tmp_path,
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+    rows = query(
+        tmp_path / "catalogue",
+        'SELECT run_dir, backbone, depth, d_model, "backbone.depth", n_params, status, '
+        "test_sharpe FROM runs ORDER BY depth",
+    )
+    assert rows["status"].tolist() == ["completed", "completed"]
+    assert rows["backbone"].tolist() == ["transformer", "transformer"]
+    assert rows["depth"].tolist() == [2, 3] and rows["backbone.depth"].tolist() == [2, 3]
+    assert rows["d_model"].tolist() == [32, 32]
+    assert rows["n_params"].iloc[1] > rows["n_params"].iloc[0]
+    assert [_blocks(Path(d)) for d in rows["run_dir"]] == [2, 3]
+    res = run_cli(
+        [
+            "plusultra.cli.catalogue",
+            "SELECT depth, n_params FROM runs ORDER BY depth",
+            "--format",
+            "json",
+        ],
+        tmp_path,
+    )
+    assert res.returncode == 0, res.stderr
+    assert [r["depth"] for r in json.loads(res.stdout)] == [2, 3]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["backbone=nope"], "Could not find 'backbone/nope'"),
+        (["trainer.nope=1"], "Could not override 'trainer.nope'"),
+        (["data=sqlite"], "data.path"),
+        (
+            ["data=sqlite", "data.path=/no/such/market.sqlite"],
+            "database file not found: /no/such/market.sqlite",
+        ),
+        (["depth=0"], "depth"),
+    ],
+    ids=["unknown-option", "unknown-key", "missing-path", "missing-db", "bad-depth"],
+)
+def test_bad_input_fails_cleanly_and_is_recorded(args, message, tmp_path):
+    res = run_cli(["plusultra.run", *TINY_ARGS, *args], tmp_path)
+    assert res.returncode == 2, (res.returncode, res.stderr[-3000:])
+    assert res.stderr.startswith("plusultra: error:") or "plusultra: error:" in res.stderr
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
+    rows = _rows(tmp_path)
+    assert len(rows) == 1 and rows["status"].iloc[0] == "failed"
+    assert message.split(":")[0] in rows["error"].iloc[0]
+    assert not list(tmp_path.rglob("metrics.json")), "a failed run must not look like a result"
+
+
+def test_unknown_option_lists_valid_choices(tmp_path):
+    res = run_cli(["plusultra.run", "backbone=nope"], tmp_path)
+    assert res.returncode == 2
+    assert "Available options in 'backbone'" in res.stderr
+    assert "hybrid" in res.stderr and "transformer" in res.stderr
+
+
+def test_database_without_required_table(tiny_db, tmp_path):
+    bad = tmp_path / "bad.sqlite"
+    with sqlite3.connect(bad) as con:
+        con.execute("CREATE TABLE assets(symbol TEXT PRIMARY KEY)")
+    res = run_cli(["plusultra.run", *TINY_ARGS, "data=sqlite", f"data.path={bad}"], tmp_path)
+    assert res.returncode == 2
+    assert "lacks required table(s) series" in res.stderr
+    assert _rows(tmp_path)["status"].tolist() == ["failed"]
+
+
+def test_data_cli_fixture_and_validate(tmp_path):
+    db = tmp_path / "m.sqlite"
+    res = run_cli(
+        [
+            "plusultra.cli.data",
+            "fixture",
+            "--path",
+            str(db),
+            "--symbols",
+            "3",
+            "--days",
+            "60",
+            "--seed",
+            "2",
+        ],
+        tmp_path,
+    )
+    assert res.returncode == 0, res.stderr
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT COUNT(DISTINCT symbol) FROM series").fetchone()[0] == 3
+    res = run_cli(["plusultra.cli.data", "validate", str(db)], tmp_path)
+    assert res.returncode == 0 and "valid (3 symbols" in res.stdout
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE series SET low = high * 2 WHERE rowid = 5")
+    res = run_cli(["plusultra.cli.data", "validate", str(db)], tmp_path)
+    assert res.returncode == 2
+    assert "series.<table>" in res.stderr or "low <= min(open, close)" in res.stderr
+    res = run_cli(["plusultra.cli.data", "fixture", "--path", str(db), "--days", "5"], tmp_path)
+    assert res.returncode == 2 and "n_days" in res.stderr
+    res = run_cli(["plusultra.cli.data", "--help"], tmp_path)
+    assert res.returncode == 0 and "fixture" in res.stdout and "validate" in res.stdout
+
+
+def test_predict_cli_help_and_errors(tmp_path):
+    res = run_cli(["plusultra.cli.predict", "--help"], tmp_path)
+    assert res.returncode == 0 and "--db" in res.stdout
+    res = run_cli(["plusultra.cli.predict", str(tmp_path), "--db", "x.sqlite"], tmp_path)
+    assert res.returncode == 2 and "not a finished run" in res.stderr

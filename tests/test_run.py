@@ -1,0 +1,163 @@
+"""End to end in-process: the real config, shrunk, trains, evaluates and writes its outputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from plusultra.cli.predict import predict
+from plusultra.run import train
+from tests.test_data import _perturb_after
+
+
+def run_in_process(cfg: DictConfig) -> tuple[float, Path]:
+    """Run the task function the way Hydra does: HydraConfig set, task config without `hydra`."""
+    HydraConfig.instance().set_config(cfg)
+    run_dir = Path(cfg.hydra.runtime.output_dir)
+    task = cfg.copy()
+    with open_dict(task):
+        del task["hydra"]
+    return train(task), run_dir
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_db, tmp_path_factory):
+    """One tiny run shared by the tests below (trains for a few batches)."""
+    from tests.conftest import TINY, compose_config
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    cfg = compose_config([*TINY, "data=sqlite", f"data.path={tiny_db}", "seed=11"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp)
+        cfg.hydra.runtime.output_dir = str(tmp / "run")
+    (tmp / "run").mkdir()
+    value, run_dir = run_in_process(cfg)
+    return value, run_dir, tiny_db
+
+
+def test_run_writes_every_output(finished_run):
+    value, run_dir, _ = finished_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert value == pytest.approx(metrics["val_loss"])
+    for key in (
+        "val_loss",
+        "test_loss",
+        "test_sharpe",
+        "test_total_return",
+        "test_max_drawdown",
+        "test_sortino",
+        "test_calmar",
+        "test_hit_rate",
+        "test_turnover",
+        "test_annual_return",
+        "test_annual_volatility",
+        "test_buyhold_sharpe",
+        "test_buyhold_total_return",
+        "n_params",
+        "train_samples",
+        "test_samples",
+    ):
+        assert key in metrics, key
+    assert metrics["n_params"] > 0 and metrics["test_max_drawdown"] <= 0
+    preds = pd.read_parquet(run_dir / "predictions.parquet")
+    assert list(preds.columns) == ["symbol", "timestamp", "pred_1", "pred_2", "position"]
+    assert np.isfinite(preds[["pred_1", "pred_2", "position"]].to_numpy()).all()
+    gross = preds.groupby("timestamp")["position"].apply(lambda p: p.abs().sum())
+    np.testing.assert_allclose(gross.to_numpy()[:-1], 1.0)
+    for name in (
+        "report.md",
+        "config.yaml",
+        "normalisation.json",
+        "data.json",
+        "backtest.parquet",
+        "checkpoints/best.ckpt",
+    ):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss_step", "train/loss_epoch", "val/loss", "val/naive_loss"} <= tags
+    assert len(events.Scalars("train/loss_step")) >= 1 and len(events.Scalars("val/loss")) >= 1
+    report = (run_dir / "report.md").read_text()
+    assert "Sharpe" in report and "buy & hold" in report
+
+
+def test_test_predictions_are_in_the_test_segment(finished_run):
+    _, run_dir, _ = finished_run
+    data = json.loads((run_dir / "data.json").read_text())
+    preds = pd.read_parquet(run_dir / "predictions.parquet")
+    first_test = pd.Timestamp(data["segment_dates"]["test"][0])
+    assert preds["timestamp"].min() >= first_test
+    backtest = pd.read_parquet(run_dir / "backtest.parquet")
+    assert {"strategy_return", "strategy_equity", "buyhold_equity"} <= set(backtest.columns)
+
+
+def test_predict_cli_reproduces_the_runs_test_predictions(finished_run, tmp_path):
+    """`plusultra-predict` and the run share one code path: same rows, same numbers."""
+    _, run_dir, db = finished_run
+    out = predict(run_dir, str(db), tmp_path / "p.parquet", 256, None, None, progress=False)
+    full = pd.read_parquet(out)
+    ours = pd.read_parquet(run_dir / "predictions.parquet")
+    merged = ours.merge(full, on=["symbol", "timestamp"], suffixes=("", "_cli"))
+    assert len(merged) == len(ours)
+    np.testing.assert_allclose(merged["pred_1"], merged["pred_1_cli"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(merged["position"], merged["position_cli"], atol=1e-9)
+    assert full["timestamp"].min() < ours["timestamp"].min()  # every window, not only test
+
+
+def test_predictions_before_t_do_not_move_when_the_future_changes(finished_run, tmp_path):
+    """Perturb every row after T: the trained model's predictions at t <= T are identical."""
+    _, run_dir, db = finished_run
+    base = pd.read_parquet(
+        predict(run_dir, str(db), tmp_path / "a.parquet", 256, None, None, progress=False)
+    )
+    stamps = np.sort(base["timestamp"].unique())
+    cutoff = pd.Timestamp(stamps[len(stamps) // 2])
+    moved_db = tmp_path / "moved.sqlite"
+    shutil.copy(db, moved_db)
+    _perturb_after(moved_db, str(cutoff.date()))
+    moved = pd.read_parquet(
+        predict(run_dir, str(moved_db), tmp_path / "b.parquet", 256, None, None, progress=False)
+    )
+    past_a = base[base.timestamp <= cutoff].reset_index(drop=True)
+    past_b = moved[moved.timestamp <= cutoff].reset_index(drop=True)
+    pd.testing.assert_frame_equal(past_a, past_b)
+    fut_a = base[base.timestamp > cutoff]["pred_1"].to_numpy()
+    fut_b = moved[moved.timestamp > cutoff]["pred_1"].to_numpy()
+    assert not np.allclose(fut_a, fut_b), "the perturbation must change future predictions"
+
+
+def test_predict_rejects_an_unfinished_run(finished_run, tmp_path):
+    from plusultra.errors import DataError
+
+    _, run_dir, db = finished_run
+    partial = tmp_path / "partial"
+    shutil.copytree(run_dir, partial)
+    (partial / "metrics.json").unlink()
+    with pytest.raises(DataError, match="not a finished run: missing metrics.json"):
+        predict(partial, str(db), tmp_path / "x.parquet", 256, None, None, progress=False)
+
+
+def test_seeded_runs_are_reproducible(tiny_db, tmp_path):
+    """Same seed, same config: the same validation loss (pinned behaviour of a tiny run)."""
+    from tests.conftest import TINY, compose_config
+
+    losses = []
+    for i in range(2):
+        cfg = compose_config([*TINY, "data=sqlite", f"data.path={tiny_db}", "seed=5"])
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / str(i))
+            cfg.hydra.runtime.output_dir = str(tmp_path / str(i) / "run")
+        (tmp_path / str(i) / "run").mkdir(parents=True)
+        losses.append(run_in_process(cfg)[0])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)

@@ -1,0 +1,68 @@
+"""Slow tier: the real CLI with its default experiment, and a multirun sweep."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from plusultra.catalogue.query import query
+from tests.conftest import TINY, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_default_experiment_end_to_end(tmp_path):
+    """`make demo`: the default config on the built-in synthetic data, as shipped."""
+    res = run_cli(["plusultra.run"], tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    for label in (
+        "Sharpe",
+        "max drawdown",
+        "test (buy & hold)",
+        "run dir:",
+        "tensorboard:",
+        "report:",
+        "catalogue:",
+    ):
+        assert label in res.stdout, label
+    rows = query(tmp_path / "catalogue", "SELECT * FROM runs")
+    assert rows["status"].tolist() == ["completed"]
+    row = rows.iloc[0]
+    assert (row["backbone"], row["data"], row["hardware"]) == ("hybrid", "synthetic", "cpu")
+    metrics = json.loads((Path(row["run_dir"]) / "metrics.json").read_text())
+    # the synthetic market has a weak predictable component: the model must learn something
+    assert metrics["val_loss"] < 1.0 + 0.25, metrics
+    assert (tmp_path / "cache").is_dir()
+
+
+def test_multirun_writes_one_row_per_job(tiny_db, tmp_path):
+    res = run_cli(
+        ["plusultra.run", "-m", "seed=1,2", *TINY, "data=sqlite", f"data.path={tiny_db}"], tmp_path
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    rows = query(
+        tmp_path / "catalogue", "SELECT seed, status, multirun, job_num FROM runs ORDER BY seed"
+    )
+    assert rows["seed"].tolist() == [1, 2]
+    assert rows["status"].tolist() == ["completed", "completed"]
+    assert rows["multirun"].all() and sorted(rows["job_num"]) == [0, 1]
+    assert len(list((tmp_path / "multiruns").rglob("metrics.json"))) == 2
+
+
+def test_multirun_with_a_failing_job_records_both(tiny_db, tmp_path):
+    res = run_cli(
+        [
+            "plusultra.run",
+            "-m",
+            "depth=1,0",
+            *[a for a in TINY if a != "depth=1"],
+            "data=sqlite",
+            f"data.path={tiny_db}",
+        ],
+        tmp_path,
+    )
+    assert res.returncode == 2, res.stderr[-4000:]
+    rows = query(tmp_path / "catalogue", "SELECT depth, status FROM runs ORDER BY depth")
+    assert rows.to_dict("list") == {"depth": [0, 1], "status": ["failed", "completed"]}
