@@ -82,8 +82,8 @@ def compute_segments(
     if not te < ve <= last:
         raise ConfigError(
             "data.train_end/val_end: need train_end < val_end <= the last bar; got "
-            f"train_end={train_end} (bar {te}), val_end={val_end} (bar {ve}) over {len(index)} bars "
-            f"{index[0].date()}..{index[-1].date()}"
+            f"train_end={train_end} (bar {te}), val_end={val_end} (bar {ve}) over "
+            f"{len(index)} bars {index[0].date()}..{index[-1].date()}"
         )
     seg = Segments(
         train=(window - 1, te - horizon),
