@@ -115,6 +115,28 @@ def test_forward_log_returns_reference():
             np.testing.assert_allclose(y[t, :, k - 1], want, equal_nan=True)
 
 
+def test_excess_targets_reference():
+    from plusultra.data.windows import make_targets
+
+    rng = np.random.default_rng(2)
+    close = np.exp(np.cumsum(rng.normal(0, 0.01, (25, 4)), axis=0))
+    close[:6, 2] = np.nan  # listed late
+    got = make_targets(close, 3, "excess")
+    raw = forward_log_returns(close, 3)
+    for t in range(25):
+        for k in range(3):
+            row = raw[t, :, k]
+            ok = np.isfinite(row)
+            if ok.any():  # naive: subtract the mean of the defined labels of that bar
+                np.testing.assert_allclose(got[t, ok, k], row[ok] - row[ok].mean())
+    assert np.isnan(got[:6, 2]).all() and np.isnan(got[-1]).all()
+    np.testing.assert_array_equal(make_targets(close, 3, "raw"), raw)
+    with pytest.raises(ConfigError, match=r"data.target='nope'; valid: \['excess', 'raw'\]"):
+        make_targets(close, 3, "nope")
+    with pytest.raises(ConfigError, match="at least 2 symbols"):
+        make_targets(close[:, :1], 3, "excess")
+
+
 # ------------------------------------------------------------------ validation errors
 def _copy(tiny_db, tmp_path):
     path = tmp_path / "db.sqlite"

@@ -32,8 +32,10 @@ def test_default_experiment_end_to_end(tmp_path):
     row = rows.iloc[0]
     assert (row["backbone"], row["data"], row["hardware"]) == ("hybrid", "synthetic", "cpu")
     metrics = json.loads((Path(row["run_dir"]) / "metrics.json").read_text())
-    # the synthetic market has a weak predictable component: the model must learn something
-    assert metrics["val_loss"] < 1.0 + 0.25, metrics
+    # the synthetic market has a weak predictable component: the model must learn it
+    assert metrics["val_loss"] < metrics["val_naive_loss"], metrics
+    assert metrics["test_loss"] < metrics["test_naive_loss"], metrics
+    assert metrics["test_rank_ic"] > 0.02, metrics
     assert (tmp_path / "cache").is_dir()
 
 

@@ -23,11 +23,12 @@ from plusultra.data.features import FeaturePipeline
 from plusultra.data.fixture import generate_fixture
 from plusultra.data.panel import Panel, load_panel, tradable_mask
 from plusultra.data.windows import (
+    TARGETS,
     NormStats,
     Segments,
     WindowDataset,
     compute_segments,
-    forward_log_returns,
+    make_targets,
     next_returns,
     passthrough_collate,
     sample_index,
@@ -57,6 +58,8 @@ class SQLiteDataModule(L.LightningDataModule):
         features: the feature pipeline.
         window: bars per input window.
         horizon: forward steps predicted.
+        target: label kind: "excess" (forward log return minus the cross-sectional mean) or
+            "raw" (forward log return); see `plusultra.data.windows.TARGETS`.
         train_end, val_end: last bar of the train / val segments (ISO date or fraction).
         embargo: bars between segments (None: window + horizon, the minimum allowed).
         symbols: universe (None: every symbol in `assets`).
@@ -73,6 +76,7 @@ class SQLiteDataModule(L.LightningDataModule):
         features: FeaturePipeline,
         window: int,
         horizon: int,
+        target: str = "excess",
         train_end: str | float = 0.6,
         val_end: str | float = 0.8,
         embargo: int | None = None,
@@ -91,11 +95,14 @@ class SQLiteDataModule(L.LightningDataModule):
             raise ConfigError(f"window={window}: need at least 2 bars per window")
         if horizon < 1:
             raise ConfigError(f"horizon={horizon}: need at least 1 forward step")
+        if target not in TARGETS:
+            raise ConfigError(f"data.target={target!r}; valid: {sorted(TARGETS)}")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size} must be >= 1")
         self.path = os.fspath(path)
         self.pipeline = features
         self.window, self.horizon = int(window), int(horizon)
+        self.target = target
         self.split_args = dict(train_end=train_end, val_end=val_end, embargo=embargo)
         self.symbols = list(symbols) if symbols else None
         self.start, self.end = start, end
@@ -133,7 +140,7 @@ class SQLiteDataModule(L.LightningDataModule):
         self.prepare_data()
         raw = self._load()
         close = self.panel.fields["close"]
-        targets = forward_log_returns(close, self.horizon)
+        targets = make_targets(close, self.horizon, self.target)
         self.segments = compute_segments(
             self.panel.dates, self.window, self.horizon, **self.split_args
         )

@@ -113,6 +113,32 @@ def forward_log_returns(close: np.ndarray, horizon: int) -> np.ndarray:
     return out
 
 
+def excess_log_returns(close: np.ndarray, horizon: int) -> np.ndarray:
+    """Targets (T, S, H): forward log returns minus their cross-sectional mean at each bar.
+
+    The mean is over symbols whose target is defined at that bar (equal weight), so the label is
+    the symbol's return relative to the universe: market-neutral, like the positions built
+    from it. Labels are future values by construction; inputs are unaffected.
+    """
+    raw = forward_log_returns(close, horizon)
+    defined = np.isfinite(raw)
+    count = defined.sum(axis=1, keepdims=True)
+    mean = np.where(defined, raw, 0.0).sum(axis=1, keepdims=True) / np.maximum(count, 1)
+    return raw - mean
+
+
+TARGETS = {"raw": forward_log_returns, "excess": excess_log_returns}
+
+
+def make_targets(close: np.ndarray, horizon: int, kind: str) -> np.ndarray:
+    """Targets of the configured kind (see `TARGETS`)."""
+    if kind not in TARGETS:
+        raise ConfigError(f"data.target={kind!r}; valid: {sorted(TARGETS)}")
+    if kind == "excess" and close.shape[1] < 2:
+        raise ConfigError("data.target=excess needs at least 2 symbols; use data.target=raw")
+    return TARGETS[kind](close, horizon)
+
+
 def next_returns(close: np.ndarray) -> np.ndarray:
     """Simple return earned from the close of t to the close of t + 1, (T, S).
 
