@@ -145,7 +145,7 @@ def test_data_cli_fixture_and_validate(tmp_path):
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT COUNT(DISTINCT symbol) FROM series").fetchone()[0] == 3
     res = run_cli(["plusultra.cli.data", "validate", str(db)], tmp_path)
-    assert res.returncode == 0 and "valid (3 symbols" in res.stdout
+    assert res.returncode == 0 and "valid (assets: 3" in res.stdout
     with sqlite3.connect(db) as con:
         con.execute("UPDATE series SET low = high * 2 WHERE rowid = 5")
     res = run_cli(["plusultra.cli.data", "validate", str(db)], tmp_path)

@@ -19,9 +19,12 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 
+from plusultra.data.altdata import alt_schema, load_alternative, specs_from_config
 from plusultra.data.features import FeaturePipeline
 from plusultra.data.fixture import generate_fixture
 from plusultra.data.panel import Panel, load_panel, tradable_mask
+from plusultra.data.sp500 import build_sp500_database
+from plusultra.data.validation import ValidationRules
 from plusultra.data.windows import (
     TARGETS,
     NormStats,
@@ -38,6 +41,10 @@ from plusultra.errors import ConfigError, DataError
 from plusultra.io import write_json_atomic
 
 log = logging.getLogger(__name__)
+
+
+# Named database builders (`data.build`): generate the database at `data.path` if missing.
+BUILDERS = {"sp500": build_sp500_database}
 
 
 @dataclass(frozen=True)
@@ -66,7 +73,11 @@ class SQLiteDataModule(L.LightningDataModule):
         start, end: inclusive date bounds of the data loaded.
         batch_size, num_workers, pin_memory: DataLoader settings.
         fixture: when set and `path` is missing, generate the synthetic database there first.
+        build: name of a builder in `BUILDERS` that writes `path` when it is missing.
         validate: run the pandera checks on load.
+        validation: data-quality rules (`ValidationRules` keys: max_gap_days, max_stale_bars).
+        alternative: point-in-time side tables (`AlternativeDataSpec` keys), appended as
+            ``alt_<name>`` feature columns.
         clip: z-score clip applied after normalisation.
     """
 
@@ -87,7 +98,10 @@ class SQLiteDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         fixture: dict | FixtureSpec | None = None,
+        build: str | None = None,
         validate: bool = True,
+        validation: dict | None = None,
+        alternative: list[dict] | None = None,
         clip: float = 10.0,
     ) -> None:
         super().__init__()
@@ -108,7 +122,13 @@ class SQLiteDataModule(L.LightningDataModule):
         self.start, self.end = start, end
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.fixture = FixtureSpec(**fixture) if isinstance(fixture, dict) else fixture
+        if build is not None and build not in BUILDERS:
+            raise ConfigError(f"data.build={build!r}; valid: {sorted(BUILDERS)} or null")
+        self.build = build
         self.validate, self.clip = validate, clip
+        self.rules = ValidationRules.from_mapping(validation)
+        self.alternative_config = list(alternative or [])
+        self.alternative = specs_from_config(self.alternative_config)
         self.panel: Panel | None = None
         self.norm: NormStats | None = None
         self.segments: Segments | None = None
@@ -123,14 +143,28 @@ class SQLiteDataModule(L.LightningDataModule):
             generate_fixture(
                 self.path, n_symbols=f.symbols, n_days=f.days, seed=f.seed, start=f.start
             )
+        elif self.build is not None and not os.path.exists(self.path):
+            log.info("Building %s database %s", self.build, self.path)
+            BUILDERS[self.build](self.path)
         elif not os.path.exists(self.path):
             raise DataError(f"data.path: database file not found: {self.path}")
 
     def _load(self, strict_indicators: bool = False) -> np.ndarray:
-        self.panel = load_panel(self.path, self.symbols, self.start, self.end, self.validate)
+        schemas = {spec.table: alt_schema(spec) for spec in self.alternative}
+        self.panel = load_panel(
+            self.path, self.symbols, self.start, self.end, self.validate, self.rules, schemas
+        )
         if strict_indicators:
             self.pipeline.skip_missing_indicators = False
         feats, self.feature_names = self.pipeline.compute(self.panel)
+        if self.alternative:
+            alt = load_alternative(
+                self.path, self.alternative, self.panel.dates, self.panel.symbols
+            )
+            feats = np.concatenate(
+                [feats, np.stack(list(alt.values()), axis=-1).astype(np.float32)], axis=-1
+            )
+            self.feature_names += [f"alt_{name}" for name in alt]
         return feats
 
     def setup(self, stage: str | None = None) -> None:
@@ -194,11 +228,20 @@ class SQLiteDataModule(L.LightningDataModule):
                 "window": self.window,
                 "horizon": self.horizon,
                 "features": {
-                    "names": self.pipeline.names,
+                    "names": [n for n in self.pipeline.names if n in self.feature_names],
                     "indicators": used,
+                    "regimes": self.pipeline.regimes,
                     "columns": self.feature_names,
                 },
-                "loader": {"validate": self.validate, "clip": self.clip},
+                "loader": {
+                    "validate": self.validate,
+                    "clip": self.clip,
+                    "validation": {
+                        "max_gap_days": self.rules.max_gap_days,
+                        "max_stale_bars": self.rules.max_stale_bars,
+                    },
+                    "alternative": self.alternative_config,
+                },
                 "segments": asdict(self.segments) if self.segments else None,
                 "segment_dates": self.segment_dates() if self.segments else None,
             },

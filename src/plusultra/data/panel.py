@@ -11,13 +11,14 @@ adjusted close starts at the first raw close and compounds the total return
 from __future__ import annotations
 
 import os
-import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from plusultra.data.validation import validate_tables
+from plusultra.data.reader import SQLiteReader
+from plusultra.data.validation import ValidationRules, validate_tables
 from plusultra.errors import DataError
 
 REQUIRED_TABLES = ("assets", "series")
@@ -49,24 +50,19 @@ class Panel:
         return len(self.dates), len(self.symbols)
 
 
-def _connect(path: str | os.PathLike) -> sqlite3.Connection:
-    if not os.path.isfile(path):
-        raise DataError(f"database file not found: {path} (set data.path to an existing file)")
-    try:
-        con = sqlite3.connect(f"file:{os.fspath(path)}?mode=ro", uri=True)
-        con.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
-    except sqlite3.DatabaseError as exc:
-        raise DataError(f"{path} is not a readable SQLite database: {exc}") from exc
-    return con
+def _connect(path: str | os.PathLike) -> SQLiteReader:
+    # Read-only; DataError "database file not found" / "not a readable SQLite database".
+    return SQLiteReader(path)
 
 
-def _tables(con: sqlite3.Connection) -> set[str]:
-    return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+def _tables(con: SQLiteReader) -> set[str]:
+    return con.table_names()
 
 
-def _read(con: sqlite3.Connection, table: str, where: str = "", params: tuple = ()) -> pd.DataFrame:
-    # Table names come from the fixed allow-list above; values are bound parameters.
-    return pd.read_sql_query(f'SELECT * FROM "{table}" {where}', con, params=params)
+def _read(con: SQLiteReader, table: str, where: str = "", params: tuple = ()) -> pd.DataFrame:
+    # Table and column names are checked against the database's catalogue and quoted; `where`
+    # is built below from fixed column names; every value is a bound parameter.
+    return con.read_table(table, where=where, params=params)
 
 
 def read_tables(
@@ -75,45 +71,58 @@ def read_tables(
     start: str | None = None,
     end: str | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """Read the contract's tables, restricted to `symbols` and the [start, end] date range."""
+    """Read the contract's tables, restricted to `symbols` and the [start, end] date range.
+
+    Tables are read concurrently, one read-only connection per table (the Arrow driver
+    releases the GIL while it reads), so `series` and `indicators` overlap on two cores.
+    """
     con = _connect(path)
     try:
         present = _tables(con)
-        missing = [t for t in REQUIRED_TABLES if t not in present]
-        if missing:
-            raise DataError(
-                f"database {path} lacks required table(s) {', '.join(missing)}; the contract "
-                f"needs {', '.join(REQUIRED_TABLES)} (optional: {', '.join(OPTIONAL_TABLES)}); "
-                "see docs/sqlite_schema.md"
-            )
-        clauses, params = [], []
-        if symbols:
-            clauses.append(f"symbol IN ({','.join('?' * len(symbols))})")
-            params.extend(symbols)
-        tables: dict[str, pd.DataFrame] = {}
-        for table, time_col in (
-            ("assets", None),
-            ("series", "timestamp"),
-            ("indicators", "timestamp"),
-            ("corporate_actions", "ex_date"),
-        ):
-            if table not in present:
-                continue
-            cl, pr = list(clauses), list(params)
-            if time_col and start:
-                cl.append(f"{time_col} >= ?")
-                pr.append(str(start))
-            if time_col and end:
-                cl.append(f"substr({time_col}, 1, 10) <= ?")
-                pr.append(str(end))
-            where = f"WHERE {' AND '.join(cl)}" if cl else ""
-            try:
-                tables[table] = _read(con, table, where, tuple(pr))
-            except (pd.errors.DatabaseError, sqlite3.DatabaseError) as exc:
-                raise DataError(f"cannot read table {table} from {path}: {exc}") from exc
     finally:
         con.close()
-    return tables
+    missing = [t for t in REQUIRED_TABLES if t not in present]
+    if missing:
+        raise DataError(
+            f"database {path} lacks required table(s) {', '.join(missing)}; the contract "
+            f"needs {', '.join(REQUIRED_TABLES)} (optional: {', '.join(OPTIONAL_TABLES)}); "
+            "see docs/sqlite_schema.md"
+        )
+    clauses, params = [], []
+    if symbols:
+        clauses.append(f"symbol IN ({','.join('?' * len(symbols))})")
+        params.extend(symbols)
+    queries: dict[str, tuple[str, tuple]] = {}
+    for table, time_col in (
+        ("assets", None),
+        ("series", "timestamp"),
+        ("indicators", "timestamp"),
+        ("corporate_actions", "ex_date"),
+    ):
+        if table not in present:
+            continue
+        cl, pr = list(clauses), list(params)
+        if time_col and start:
+            cl.append(f"{time_col} >= ?")
+            pr.append(str(start))
+        if time_col and end:
+            cl.append(f"substr({time_col}, 1, 10) <= ?")
+            pr.append(str(end))
+        queries[table] = (f"WHERE {' AND '.join(cl)}" if cl else "", tuple(pr))
+
+    def read(table: str) -> pd.DataFrame:
+        reader = _connect(path)
+        try:
+            return _read(reader, table, *queries[table])
+        except DataError as exc:
+            raise DataError(f"cannot read table {table} from {path}: {exc}") from exc
+        finally:
+            reader.close()
+
+    workers = max(1, min(len(queries), os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers, thread_name_prefix="read_tables") as pool:
+        futures = {table: pool.submit(read, table) for table in queries}
+        return {table: future.result() for table, future in futures.items()}
 
 
 def _check_columns(tables: dict[str, pd.DataFrame], path: str | os.PathLike) -> None:
@@ -183,6 +192,8 @@ def load_panel(
     start: str | None = None,
     end: str | None = None,
     validate: bool = True,
+    rules: ValidationRules | None = None,
+    extra_schemas: dict | None = None,
 ) -> Panel:
     """Read, validate, align and adjust a database that follows the SQLite contract.
 
@@ -191,6 +202,8 @@ def load_panel(
         symbols: universe to load (default: every symbol in `assets`).
         start, end: inclusive ISO date bounds on timestamps (default: everything).
         validate: run the pandera schemas (always on in runs; tests may switch it off).
+        rules: data-quality rules (gaps, stale prices) on top of the schemas.
+        extra_schemas: table name -> schema of declared alternative-data tables to validate.
 
     Raises:
         DataError: missing file/table/column, unknown symbols, failed validation, no rows.
@@ -198,7 +211,11 @@ def load_panel(
     tables = read_tables(path, symbols, start, end)
     _check_columns(tables, path)
     if validate:
-        validate_tables(tables, source=os.fspath(path))
+        if extra_schemas:  # declared alternative-data tables, read whole (they are small)
+            with _connect(path) as con:
+                present = _tables(con)
+                tables.update({t: _read(con, t) for t in extra_schemas if t in present})
+        validate_tables(tables, os.fspath(path), rules, extra_schemas)
     series = tables["series"]
     if symbols:
         unknown = sorted(set(symbols) - set(tables["assets"]["symbol"]))
