@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup demo test test-slow test-full lint format clean
+.PHONY: help setup demo test test-slow test-full bench docs lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,14 @@ test-slow: $(STAMP)  ## slow tier only: real CLI runs, multirun
 
 test-full: $(STAMP)  ## every tier except gpu
 	$(BIN)/python -m pytest -q -m 'not gpu'
+
+bench: $(STAMP)  ## run every benchmark in experiments/benchmarks (writes docs/benchmarks.md)
+	$(BIN)/python -m experiments.benchmarks.sqlite_reader
+	$(BIN)/python -m experiments.benchmarks.indicators
+	$(BIN)/python -m experiments.benchmarks.data_pipeline
+
+docs: $(STAMP)  ## regenerate docs/features.md from the feature registry
+	$(BIN)/plusultra-data features --markdown > docs/features.md
 
 lint: $(STAMP)  ## ruff lint and format check
 	$(BIN)/ruff check src tests experiments

@@ -162,3 +162,48 @@ def test_predict_cli_help_and_errors(tmp_path):
     assert res.returncode == 0 and "--db" in res.stdout
     res = run_cli(["plusultra.cli.predict", str(tmp_path), "--db", "x.sqlite"], tmp_path)
     assert res.returncode == 2 and "not a finished run" in res.stderr
+
+
+def test_data_cli_validate_report_and_debug(tiny_db, tmp_path):
+    import shutil
+
+    db = tmp_path / "bad.sqlite"
+    shutil.copy(tiny_db, db)
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE series SET close = -5 WHERE rowid IN (3, 4)")
+        con.execute("UPDATE series SET volume = -1 WHERE rowid = 9")
+    report = tmp_path / "report.md"
+    res = run_cli(["plusultra.cli.data", "validate", str(db), "--report", str(report)], tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "series" in res.stderr and "close" in res.stderr and "volume" in res.stderr
+    text = report.read_text()
+    assert "> 0" in text and ">= 0" in text
+    res = run_cli(["plusultra.cli.data", "--debug", "validate", "/no/such.sqlite"], tmp_path)
+    assert res.returncode == 1 and "Traceback" in res.stderr
+    res = run_cli(["plusultra.cli.data", "validate", "/no/such.sqlite"], tmp_path)
+    assert res.returncode == 2 and "database file not found" in res.stderr
+
+
+def test_data_cli_import_and_features(tmp_path):
+    rows = (
+        "date,open,high,low,close,volume\n"
+        "2020-01-02,10,11,9,10.5,100\n2020-01-03,10.5,12,10,11,120\n"
+    )
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "acme.csv").write_text(rows)
+    (tmp_path / "in" / "bolt.csv").write_text(rows)
+    out = tmp_path / "m.sqlite"
+    res = run_cli(
+        ["plusultra.cli.data", "import", str(tmp_path / "in"), "--out", str(out)], tmp_path
+    )
+    assert res.returncode == 0, res.stderr
+    with sqlite3.connect(out) as con:
+        assert sorted(r[0] for r in con.execute("SELECT symbol FROM assets")) == ["ACME", "BOLT"]
+    res = run_cli(
+        ["plusultra.cli.data", "import", str(tmp_path / "in"), "--out", str(out)], tmp_path
+    )
+    assert res.returncode == 2 and "overwrite" in res.stderr
+    res = run_cli(["plusultra.cli.data", "features", "--markdown"], tmp_path)
+    from plusultra.data.features import registry_markdown
+
+    assert res.returncode == 0 and res.stdout.strip() == registry_markdown().strip()

@@ -293,3 +293,57 @@ def test_norm_stats_roundtrip(tmp_path):
     stats = NormStats([0.0, 1.0], [1.0, 2.0], [0.01], 5.0)
     stats.save(tmp_path / "n.json")
     assert NormStats.load(tmp_path / "n.json") == stats
+
+
+# ------------------------------------------------------------------ alternative data in the module
+def _with_macro(tiny_db, tmp_path, first_day: int):
+    """Copy of the tiny database with a market-wide side table starting at bar `first_day`."""
+    path = _copy(tiny_db, tmp_path)
+    dates = pd.DatetimeIndex(load_panel(path).dates)
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE macro(timestamp TEXT, level REAL)")
+        con.executemany(
+            "INSERT INTO macro VALUES (?, ?)",
+            [(str(d.date()), float(i)) for i, d in enumerate(dates[first_day:], first_day)],
+        )
+    return path, dates
+
+
+MACRO = [{"table": "macro", "columns": ["level"], "publication_lag": "1D", "ffill_limit": 3}]
+
+
+def test_alternative_columns_flags_and_fill(tiny_db, tmp_path):
+    path, dates = _with_macro(tiny_db, tmp_path, first_day=100)
+    dm = _dm(path, alternative=MACRO)
+    names = dm.feature_names
+    assert names[-2:] == ["alt_macro_level", "alt_available_macro"]
+    level, flag = names.index("alt_macro_level"), names.index("alt_available_macro")
+    raw = dm.norm.mean[level] + dm.norm.std[level] * dm.features[:, 0, level]
+    # published with a 1-day lag: the value dated bar 150 is first usable at bar 151
+    assert raw[151] == pytest.approx(150.0, abs=1e-3)
+    assert (dm.features[:101, 0, flag] == 0).all() and (dm.features[101:, 0, flag] == 1).all()
+    assert (dm.features[:101, 0, level] == 0).all(), "unknown side values are 0 (train mean)"
+    assert (dm.norm.mean[flag], dm.norm.std[flag]) == (0.0, 1.0)
+    # windows before the side table starts are still sampled
+    assert dm._dataset("train").index[:, 0].min() < 101
+
+
+def test_alternative_table_is_validated(tiny_db, tmp_path):
+    path, _ = _with_macro(tiny_db, tmp_path, first_day=100)
+    with sqlite3.connect(path) as con:
+        con.execute("UPDATE macro SET timestamp = 'soon' WHERE rowid = 3")
+    with pytest.raises(DataError, match="macro.timestamp"):
+        _dm(path, alternative=MACRO)
+
+
+def test_feature_without_train_values_is_named(tiny_db, tmp_path):
+    path, dates = _with_macro(tiny_db, tmp_path, first_day=395)
+    with pytest.raises(DataError, match=r"\['alt_macro_level'.*no value in the train segment"):
+        _dm(path, alternative=MACRO)
+
+
+def test_unknown_builder_and_target():
+    with pytest.raises(ConfigError, match=r"data.build='nope'; valid: \['sp500'\]"):
+        SQLiteDataModule("x.sqlite", _pipeline(), WINDOW, HORIZON, build="nope")
+    with pytest.raises(ConfigError, match="data.target='log'"):
+        SQLiteDataModule("x.sqlite", _pipeline(), WINDOW, HORIZON, target="log")

@@ -503,3 +503,11 @@ def test_registry_markdown_lists_every_feature():
     for name, spec in REGISTRY.items():
         row = next(line for line in md.splitlines() if line.startswith(f"| `{name}` |"))
         assert f"| {spec.lookback} |" in row and spec.tags[0] in row
+
+
+def test_docs_features_md_is_generated_from_the_registry():
+    """docs/features.md is `plusultra-data features --markdown`; regenerate it after changes."""
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "features.md"
+    assert doc.read_text().strip() == registry_markdown().strip()

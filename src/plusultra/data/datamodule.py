@@ -161,10 +161,14 @@ class SQLiteDataModule(L.LightningDataModule):
             alt = load_alternative(
                 self.path, self.alternative, self.panel.dates, self.panel.symbols
             )
-            feats = np.concatenate(
-                [feats, np.stack(list(alt.values()), axis=-1).astype(np.float32)], axis=-1
-            )
-            self.feature_names += [f"alt_{name}" for name in alt]
+            # One availability flag per table: 1 where its values are known at that bar.
+            flags = {
+                f"available_{spec.table}": np.isfinite(alt[spec.names[0]]).astype(np.float64)
+                for spec in self.alternative
+            }
+            columns = [*alt.values(), *flags.values()]
+            feats = np.concatenate([feats, np.stack(columns, axis=-1).astype(np.float32)], axis=-1)
+            self.feature_names += [f"alt_{name}" for name in [*alt, *flags]]
         return feats
 
     def setup(self, stage: str | None = None) -> None:
@@ -178,11 +182,33 @@ class SQLiteDataModule(L.LightningDataModule):
         self.segments = compute_segments(
             self.panel.dates, self.window, self.horizon, **self.split_args
         )
+        train = raw[: self.segments.train_end + 1]
+        empty = [
+            n for j, n in enumerate(self.feature_names) if not np.isfinite(train[..., j]).any()
+        ]
+        if empty:
+            last = str(self.panel.dates[self.segments.train_end])[:10]
+            raise DataError(
+                f"feature(s) {empty} have no value in the train segment (up to {last}), so they "
+                "cannot be normalised or learned; drop them or move data.train_end/data.start"
+            )
         self.norm = NormStats.fit(raw, targets, self.segments.train_end, self.clip)
+        for j, name in enumerate(self.feature_names):  # 0/1 availability flags stay as they are
+            if name.startswith("alt_available_"):
+                self.norm.mean[j], self.norm.std[j] = 0.0, 1.0
         self._finish(raw, targets)
 
     def _finish(self, raw: np.ndarray, targets: np.ndarray | None) -> None:
         self.features = self.norm.apply(raw)  # (T, S, F)
+        # Side tables often start later than prices: an unknown alternative value is 0 (its
+        # train mean after standardisation) and its table's availability flag says so, so
+        # that a short side table does not remove every window before it starts.
+        alt = [j for j, n in enumerate(self.feature_names) if n.startswith("alt_")]
+        if alt:
+            cols = self.features[..., alt]
+            has_bar = np.isfinite(self.panel.fields["close"])[..., None]  # (T, S, 1)
+            cols[~np.isfinite(cols) & has_bar] = 0.0
+            self.features[..., alt] = cols
         self.input_ok = valid_window_mask(self.features, self.window)
         self.scaled_targets = None
         if targets is not None:
