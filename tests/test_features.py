@@ -18,7 +18,7 @@ import pytest
 import ta
 from scipy import stats
 
-from plusultra.data import features as F
+from plusultra.data import indicators as F
 from plusultra.data.features import (
     REGISTRY,
     FeatureInputs,

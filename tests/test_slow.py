@@ -68,3 +68,16 @@ def test_multirun_with_a_failing_job_records_both(tiny_db, tmp_path):
     assert res.returncode == 2, res.stderr[-4000:]
     rows = query(tmp_path / "catalogue", "SELECT depth, status FROM runs ORDER BY depth")
     assert rows.to_dict("list") == {"depth": [0, 1], "status": ["failed", "completed"]}
+
+
+def test_real_sp500_with_macro_side_tables(tmp_path):
+    """The shipped example: real S&P 500 / NASDAQ from `arch` with VIX, WTI, CPI, Fama-French."""
+    res = run_cli(["plusultra.run", "data=sp500_macro", "features=minimal", *TINY], tmp_path)
+    assert res.returncode == 0, res.stderr[-4000:]
+    row = query(tmp_path / "catalogue", "SELECT * FROM runs").iloc[0]
+    assert row["status"] == "completed" and row["data"] == "sp500_macro"
+    data = json.loads((Path(row["run_dir"]) / "data.json").read_text())
+    columns = data["features"]["columns"]
+    for name in ("alt_vix", "alt_wti", "alt_core_cpi", "alt_ff_mkt_rf", "alt_available_vix"):
+        assert name in columns, columns
+    assert data["segment_dates"]["train"][0] >= "2014"

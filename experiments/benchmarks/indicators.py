@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 import ta
 
-from plusultra.data import features as F
+from plusultra.data import indicators as F
+from plusultra.data.features import FeaturePipeline
 from plusultra.data.panel import Panel
 
 try:
@@ -142,7 +143,7 @@ def indicator_rows(bars: pd.DataFrame, repeats: int) -> list[tuple[str, float, f
 def feature_set(t_len: int, s_len: int, repeats: int) -> tuple[float, float, float, int]:
     """Median seconds for every default feature, peak traced MiB (all, FFT alone), F."""
     panel = random_panel(t_len, s_len)
-    pipe = F.FeaturePipeline()
+    pipe = FeaturePipeline()
     seconds, (x, _) = timed(lambda: pipe.compute(panel), repeats)
     del x
     tracemalloc.start()
