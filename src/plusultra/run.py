@@ -93,7 +93,8 @@ def train(cfg: DictConfig) -> float:
         **datamodule.sizes(),
         **{f"{s.name}_best_val_loss": s.best_score for s in stages if s.best_score},
     }
-    extra |= {"val_naive_loss": val["val/naive_loss"], "test_naive_loss": test["test/naive_loss"]}
+    # everything the module logged on val/test: naive loss, calibration error, MoE balance ...
+    extra |= {k.replace("/", "_"): float(v) for k, v in {**val, **test}.items()}
     metrics = flat_metrics(val["val/loss"], test["test/loss"], result, extra)
     write_parquet_atomic(run_dir / "predictions.parquet", preds)
     write_parquet_atomic(run_dir / "backtest.parquet", result.daily, index=True)

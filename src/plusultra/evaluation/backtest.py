@@ -41,7 +41,8 @@ class Backtest:
     """Turns forecasts into cross-sectional positions and evaluates them.
 
     Args:
-        signal_step: which forecast step drives positions (1..horizon; `pred_<k>` column).
+        signal_step: which forecast step drives positions (1..horizon; `pred_<k>` column);
+            None: the last one the model predicts (the full horizon; 1 for a policy head).
         position_method: how a cross-section of signals becomes weights (rank, zscore, sign).
         gross: gross exposure (sum of absolute weights) per bar.
         periods_per_year: bars per year, for annualisation (252 for daily bars).
@@ -49,7 +50,7 @@ class Backtest:
 
     def __init__(
         self,
-        signal_step: int = 1,
+        signal_step: int | None = None,
         position_method: str = "rank",
         gross: float = 1.0,
         periods_per_year: int = 252,
@@ -58,7 +59,7 @@ class Backtest:
             raise ConfigError(
                 f"evaluation.position_method={position_method!r}; valid: {sorted(POSITION_METHODS)}"
             )
-        if signal_step < 1:
+        if signal_step is not None and signal_step < 1:
             raise ConfigError(f"evaluation.signal_step={signal_step} must be >= 1")
         if periods_per_year < 1:
             raise ConfigError(f"evaluation.periods_per_year={periods_per_year} must be >= 1")
@@ -69,7 +70,8 @@ class Backtest:
         self, preds: pd.DataFrame, dates: np.ndarray, symbols: list[str]
     ) -> np.ndarray:
         """(T, S) forecast of step `signal_step`; NaN where there is no prediction."""
-        col = f"pred_{self.signal_step}"
+        steps = sorted(int(c[5:]) for c in preds.columns if c.startswith("pred_"))
+        col = f"pred_{steps[-1] if self.signal_step is None else self.signal_step}"
         if col not in preds.columns:
             horizon = sum(c.startswith("pred_") for c in preds.columns)
             raise ConfigError(

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from plusultra.errors import ConfigError
+from plusultra.models.heads import expected_calibration_error
+from plusultra.models.losses import check_compatible
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,11 @@ class ForecastModule(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
+        check_compatible(head, loss)  # ConfigError naming both when the loss cannot score the head
         self.backbone, self.head, self.loss_fn, self.optim = backbone, head, loss, optim
+        self.kind = head.kind
         self._forward = torch.compile(self._forward_impl) if compile else self._forward_impl
+        self._calibration: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @property
     def n_params(self) -> int:
@@ -78,22 +83,59 @@ class ForecastModule(L.LightningModule):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))  # (B, H)
+        return self.head(self.backbone(x))  # the head's output, e.g. (B, H)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward(x)
 
+    @torch.no_grad()
+    def signal(self, x: torch.Tensor) -> torch.Tensor:
+        """Point forecast (B, H') in target units, or a position (B, 1) for a policy head."""
+        return self.head.signal(self(x))
+
+    def _naive_output(self, out: torch.Tensor) -> torch.Tensor:
+        """The head's output for "no information": zero forecast / no position / uniform odds."""
+        naive = torch.zeros_like(out)
+        if self.kind == "calibrated":
+            naive[..., :3] = 1.0  # equal Dirichlet concentrations over down / flat / up
+        return naive
+
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         x, y = batch
-        loss = self.loss_fn(self(x), y)
+        out = self(x)
+        loss = self.loss_fn(out, y)
         on_step = split == "train"
         self.log(
             f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(x)
         )
-        if split != "train":  # the same loss for a forecast of "no move": the bar to beat
-            naive = self.loss_fn(torch.zeros_like(y), y)
+        aux = getattr(self.backbone, "aux_loss", None)  # e.g. MoE load balancing, weighted
+        if aux is not None:
+            self.log(f"{split}/aux_loss", aux, on_step=on_step, on_epoch=True, batch_size=len(x))
+            for name, value in getattr(self.backbone, "aux_metrics", {}).items():
+                self.log(f"{split}/{name}", float(value), on_epoch=True, batch_size=len(x))
+            if split == "train":
+                loss = loss + aux
+        if split != "train":  # the same loss with no information: the bar to beat
+            naive = self.loss_fn(self._naive_output(out), y)
             self.log(f"{split}/naive_loss", naive, on_epoch=True, batch_size=len(x))
+            if self.kind == "calibrated":
+                self._calibration.append((self.head.probabilities(out).detach(), y.detach()))
         return loss
+
+    def _log_calibration(self, split: str) -> None:
+        """Expected calibration error of the down/flat/up probabilities over the whole split."""
+        if self._calibration:
+            probs = torch.cat([p for p, _ in self._calibration])
+            y = torch.cat([t for _, t in self._calibration])
+            ece = expected_calibration_error(probs, y, self.head.flat_band)
+            self.log(f"{split}/calibration_error", ece)
+            self._calibration = []
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_calibration("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_calibration("test")
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

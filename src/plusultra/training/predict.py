@@ -17,7 +17,7 @@ from plusultra.data.windows import WindowDataset, passthrough_collate
 def predict_windows(
     model: nn.Module, dataset: WindowDataset, batch_size: int = 1024, progress: bool = True
 ) -> np.ndarray:
-    """Forecasts (N, H) in target units (the model's scaled outputs, not yet rescaled)."""
+    """Point forecasts (N, H') in scaled target units, or positions (N, 1) for a policy head."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -27,7 +27,7 @@ def predict_windows(
     out = []
     for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
         x = batch[0] if isinstance(batch, tuple) else batch
-        out.append(model(x.to(device)).float().cpu().numpy())
+        out.append(model.signal(x.to(device)).float().cpu().numpy())
     model.train(was_training)
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
@@ -43,11 +43,15 @@ def predictions_frame(
     batch_size: int = 1024,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Long frame: symbol, timestamp, pred_1..pred_H (forward log returns, in return units)."""
+    """Long frame: symbol, timestamp, pred_1..pred_H' (forward log returns in return units; for a
+    policy head, pred_1 is its position in [-1, 1])."""
     raw = predict_windows(model, dataset, batch_size, progress)
     index = dataset.index.numpy()
-    horizon = len(target_scale)
-    preds = raw.reshape(len(index), horizon) * np.asarray(target_scale, dtype=np.float64)
+    horizon = raw.shape[1] if raw.ndim == 2 and len(raw) else len(target_scale)
+    scale = np.asarray(target_scale[:horizon], dtype=np.float64)
+    if getattr(getattr(model, "head", None), "kind", "forecast") == "position":
+        scale = np.ones(horizon)
+    preds = raw.reshape(len(index), horizon) * scale
     frame = pd.DataFrame(
         {
             "symbol": np.asarray(symbols, dtype=object)[index[:, 1]],
