@@ -189,3 +189,40 @@ def test_tiny_run_loss_is_pinned(tiny_db, tmp_path):
     """Seeded tiny run: val loss equals the recorded value (catches silent behaviour changes)."""
     value, _ = run_in_process(_tiny_cfg(tiny_db, tmp_path, "seed=5"))
     assert value == pytest.approx(PINNED_VAL_LOSS, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("head", "loss"),
+    [
+        ("quantile", "pinball"),
+        ("calibrated", "calibrated"),
+        ("policy", "sharpe"),
+        ("regression", "risk_aware"),
+        ("regression", "huber"),
+        ("policy", "cvar"),
+    ],
+)
+def test_every_head_trains_end_to_end(tiny_db, tmp_path, head, loss):
+    """Each head option with a loss that accepts it: a complete run with finite metrics."""
+    value, run_dir = run_in_process(_tiny_cfg(tiny_db, tmp_path, f"head={head}", f"loss={loss}"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert np.isfinite(value) and np.isfinite(metrics["val_naive_loss"])
+    preds = pd.read_parquet(run_dir / "predictions.parquet")
+    steps = [c for c in preds.columns if c.startswith("pred_")]
+    assert steps == (["pred_1"] if head == "policy" else ["pred_1", "pred_2"])
+    if head == "policy":
+        assert preds["pred_1"].between(-1, 1).all()
+    if head == "calibrated":
+        assert 0 <= metrics["val_calibration_error"] <= 1
+
+
+def test_incompatible_head_and_loss_is_a_config_error(tiny_db, tmp_path):
+    from plusultra.errors import ConfigError
+
+    with pytest.raises(Exception) as info:
+        run_in_process(_tiny_cfg(tiny_db, tmp_path, "head=quantile", "loss=mse"))
+    chain, e = [], info.value
+    while e is not None:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    assert any(isinstance(c, ConfigError) and "does not accept head kind" in str(c) for c in chain)
