@@ -226,3 +226,22 @@ def test_incompatible_head_and_loss_is_a_config_error(tiny_db, tmp_path):
         chain.append(e)
         e = e.__cause__ or e.__context__
     assert any(isinstance(c, ConfigError) and "does not accept head kind" in str(c) for c in chain)
+
+
+@pytest.mark.parametrize(
+    "backbone",
+    sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "backbone").glob("*.yaml")),
+)
+def test_every_backbone_trains_end_to_end(tiny_db, tmp_path, backbone):
+    """Each backbone option trains a few steps through the real pipeline."""
+    extra = {"moe": ["depth=24"], "multiscale": ["window=32"]}.get(backbone, [])
+    value, run_dir = run_in_process(_tiny_cfg(tiny_db, tmp_path, f"backbone={backbone}", *extra))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert np.isfinite(value) and metrics["n_params"] > 0
+    if backbone == "moe":
+        assert metrics["val_aux_loss"] > 0 and 0 <= metrics["val_moe_dropped_frac"] <= 1
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(run_dir / "tensorboard"))
+        events.Reload()
+        assert "train/aux_loss_step" in events.Tags()["scalars"]

@@ -23,11 +23,17 @@ from torch import nn
 
 from plusultra.errors import ConfigError
 from plusultra.models.backbones.hybrid import HybridBackbone
+from plusultra.models.backbones.moe import MoEBackbone
+from plusultra.models.backbones.multiscale import MultiScaleBackbone
+from plusultra.models.backbones.tcn import TCNBackbone
 from plusultra.models.backbones.transformer import TransformerBackbone
 
 BACKBONES: dict[str, type[nn.Module]] = {
-    "hybrid": HybridBackbone,  # patch tokens; attention + dilated causal conv + gated MLP
+    "hybrid": HybridBackbone,  # patch tokens; attention + dilated causal conv + SSM + gated MLP
     "transformer": TransformerBackbone,  # one token per step; plain pre-norm transformer
+    "tcn": TCNBackbone,  # dilated causal temporal convolutions
+    "multiscale": MultiScaleBackbone,  # daily / weekly / monthly causal pooling, fused
+    "moe": MoEBackbone,  # transformer blocks with a top-k mixture-of-experts MLP
 }
 
 
