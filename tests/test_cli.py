@@ -23,9 +23,7 @@ def _rows(out: Path) -> pd.DataFrame:
 def test_help_lists_groups_and_examples(tmp_path):
     res = run_cli(["plusultra.run", "--help"], tmp_path)
     assert res.returncode == 0, res.stderr
-    groups = dict(
-        line.strip().split(": ", 1) for line in res.stdout.splitlines() if ": " in line
-    )
+    groups = dict(line.strip().split(": ", 1) for line in res.stdout.splitlines() if ": " in line)
     assert {"hybrid", "transformer", "tcn", "moe", "multiscale"} <= set(
         groups["backbone"].split(", ")
     )

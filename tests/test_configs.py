@@ -18,7 +18,7 @@ GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydr
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
 HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_", "defaults"}
 # Arguments that run.py passes when it instantiates (known only at run time).
-RUNTIME_ARGS = {"n_features", "features", "logger", "callbacks"}
+RUNTIME_ARGS = {"n_features", "features", "logger", "callbacks", "n_classes"}
 
 
 def _target_nodes(node, path="") -> list[tuple[str, dict]]:

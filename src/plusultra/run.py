@@ -50,8 +50,12 @@ def train(cfg: DictConfig) -> float:
     datamodule = build(cfg.data, features=build(cfg.features))
     datamodule.setup()
     datamodule.save_artifacts(run_dir)
+    classes = datamodule.condition_classes  # market-state labels, if data.conditioning is set
+    embedding = build(cfg.market_state, n_classes=classes) if classes else None
+    n_inputs = datamodule.n_features + (embedding.dim if embedding else 0)
     model = ForecastModule(
-        backbone=build(cfg.backbone, n_features=datamodule.n_features),
+        embedding=embedding,
+        backbone=build(cfg.backbone, n_features=n_inputs),
         head=build(cfg.head),
         loss=build(cfg.loss),
         optim=build(cfg.optim),

@@ -55,8 +55,12 @@ def predict(
         )
     cfg = OmegaConf.load(run_dir / "config.yaml")
     dm = SQLiteDataModule.for_inference(db, run_dir, batch_size=batch_size, start=start, end=end)
+    classes = dm.condition_classes
+    embedding = instantiate(cfg.market_state, n_classes=classes) if classes else None
+    n_inputs = dm.n_features + (embedding.dim if embedding else 0)
     model = ForecastModule(
-        backbone=instantiate(cfg.backbone, n_features=dm.n_features, _convert_="all"),
+        embedding=embedding,
+        backbone=instantiate(cfg.backbone, n_features=n_inputs, _convert_="all"),
         head=instantiate(cfg.head, _convert_="all"),
         loss=instantiate(cfg.loss, _convert_="all"),
         optim=instantiate(cfg.optim, _convert_="all"),

@@ -23,6 +23,7 @@ from plusultra.data.altdata import alt_schema, load_alternative, specs_from_conf
 from plusultra.data.features import FeaturePipeline
 from plusultra.data.fixture import generate_fixture
 from plusultra.data.panel import Panel, load_panel, tradable_mask
+from plusultra.data.regimes import N_CLASSES, REGIME_LABELS, regime_labels
 from plusultra.data.sp500 import build_sp500_database
 from plusultra.data.validation import ValidationRules
 from plusultra.data.windows import (
@@ -78,6 +79,8 @@ class SQLiteDataModule(L.LightningDataModule):
         validation: data-quality rules (`ValidationRules` keys: max_gap_days, max_stale_bars).
         alternative: point-in-time side tables (`AlternativeDataSpec` keys), appended as
             ``alt_<name>`` feature columns.
+        conditioning: regime labels (`plusultra.data.regimes.REGIME_LABELS`) served with each
+            window as integer inputs (label + 1; 0 = unknown) for market-state embeddings.
         clip: z-score clip applied after normalisation.
     """
 
@@ -102,6 +105,7 @@ class SQLiteDataModule(L.LightningDataModule):
         validate: bool = True,
         validation: dict | None = None,
         alternative: list[dict] | None = None,
+        conditioning: list[str] | None = None,
         clip: float = 10.0,
     ) -> None:
         super().__init__()
@@ -129,6 +133,13 @@ class SQLiteDataModule(L.LightningDataModule):
         self.rules = ValidationRules.from_mapping(validation)
         self.alternative_config = list(alternative or [])
         self.alternative = specs_from_config(self.alternative_config)
+        self.conditioning = list(conditioning or [])
+        unknown = [n for n in self.conditioning if n not in REGIME_LABELS]
+        if unknown:
+            raise ConfigError(
+                f"data.conditioning: unknown label(s) {unknown}; valid: {sorted(REGIME_LABELS)}"
+            )
+        self.labels: np.ndarray | None = None
         self.panel: Panel | None = None
         self.norm: NormStats | None = None
         self.segments: Segments | None = None
@@ -214,6 +225,9 @@ class SQLiteDataModule(L.LightningDataModule):
         if targets is not None:
             self.scaled_targets = (targets / np.asarray(self.norm.target_scale)).astype(np.float32)
             self.target_ok = np.isfinite(self.scaled_targets).all(axis=-1)
+        if self.conditioning:  # (T, S, R) int, 0 = unknown (warm-up, no bar)
+            found = regime_labels(self.panel, self.conditioning)
+            self.labels = np.stack([found[n].astype(np.int64) + 1 for n in self.conditioning], -1)
         self.returns = next_returns(self.panel.fields["close"])  # (T, S) close t -> t + 1
         self.tradable = tradable_mask(self.panel)
 
@@ -267,6 +281,7 @@ class SQLiteDataModule(L.LightningDataModule):
                         "max_stale_bars": self.rules.max_stale_bars,
                     },
                     "alternative": self.alternative_config,
+                    "conditioning": self.conditioning,
                 },
                 "segments": asdict(self.segments) if self.segments else None,
                 "segment_dates": self.segment_dates() if self.segments else None,
@@ -277,6 +292,11 @@ class SQLiteDataModule(L.LightningDataModule):
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
+
+    @property
+    def condition_classes(self) -> list[int]:
+        """Classes of each conditioning label, the unknown class 0 included."""
+        return [N_CLASSES[n] + 1 for n in self.conditioning]
 
     def segment_dates(self) -> dict[str, list[str]]:
         """First and last decision date of each segment (ISO)."""
@@ -292,14 +312,15 @@ class SQLiteDataModule(L.LightningDataModule):
         idx = sample_index(self.input_ok & self.target_ok, lo, hi)
         if len(idx) == 0:
             raise DataError(f"no complete window in the {segment} segment")
-        return WindowDataset(self.features, idx, self.window, self.scaled_targets)
+        return WindowDataset(self.features, idx, self.window, self.scaled_targets, self.labels)
 
     def inference_dataset(self, segment: str | None = None) -> WindowDataset:
         """Windows with complete inputs (targets not needed) in a segment, or everywhere."""
         lo, hi = (self.window - 1, len(self.panel.dates) - 1)
         if segment is not None:
             lo, hi = getattr(self.segments, segment)
-        return WindowDataset(self.features, sample_index(self.input_ok, lo, hi), self.window)
+        index = sample_index(self.input_ok, lo, hi)
+        return WindowDataset(self.features, index, self.window, labels=self.labels)
 
     def _loader(self, segment: str, shuffle: bool) -> DataLoader:
         ds = self._dataset(segment)

@@ -227,7 +227,8 @@ class WindowDataset(Dataset):
         targets: (T, S, H) scaled targets, or None for inference.
 
     Batched fetching (`__getitems__`) gathers a whole batch with one fancy-index.
-    Items are `(x (window, F), y (H,))`, or `x` alone without targets.
+    Items are `(x (window, F), y (H,))`, or `x` alone without targets; with `labels`
+    (T, S, R) int market-state labels, `(x, c (window, R), y)` / `(x, c)`.
     """
 
     def __init__(
@@ -236,9 +237,11 @@ class WindowDataset(Dataset):
         index: np.ndarray,
         window: int,
         targets: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
     ) -> None:
         self.feats = torch.from_numpy(np.nan_to_num(feats, nan=0.0))
         self.targets = None if targets is None else torch.from_numpy(targets.astype(np.float32))
+        self.labels = None if labels is None else torch.from_numpy(labels.astype(np.int64))
         self.index = torch.from_numpy(index)
         self.offsets = torch.arange(-window + 1, 1)
 
@@ -248,14 +251,17 @@ class WindowDataset(Dataset):
     def __getitems__(self, items: list[int]):
         idx = self.index[torch.as_tensor(items)]
         t, s = idx[:, 0], idx[:, 1]
-        x = self.feats[t[:, None] + self.offsets[None, :], s[:, None]]  # (B, W, F)
+        rows = t[:, None] + self.offsets[None, :]  # (B, W)
+        inputs = (self.feats[rows, s[:, None]],)  # x (B, W, F)
+        if self.labels is not None:
+            inputs += (self.labels[rows, s[:, None]],)  # market-state labels (B, W, R)
         if self.targets is None:
-            return x
-        return x, self.targets[t, s]  # (B, H)
+            return inputs if len(inputs) > 1 else inputs[0]
+        return (*inputs, self.targets[t, s])  # ..., y (B, H)
 
     def __getitem__(self, i: int):
         out = self.__getitems__([i])
-        return out[0] if self.targets is None else (out[0][0], out[1][0])
+        return out[0] if isinstance(out, torch.Tensor) else tuple(o[0] for o in out)
 
 
 def passthrough_collate(batch):

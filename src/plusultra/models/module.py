@@ -60,6 +60,8 @@ class ForecastModule(L.LightningModule):
         loss: callable(pred (B, H), target (B, H)) -> scalar.
         optim: optimiser settings.
         compile: wrap the forward pass in torch.compile (hardware configs switch it on).
+        embedding: market-state embedding of per-bar labels (B, T, R) -> (B, T, E), concatenated
+            to the features before the backbone (whose n_features must include E); None: off.
     """
 
     def __init__(
@@ -69,10 +71,12 @@ class ForecastModule(L.LightningModule):
         loss: nn.Module,
         optim: OptimSettings,
         compile: bool = False,
+        embedding: nn.Module | None = None,
     ) -> None:
         super().__init__()
         check_compatible(head, loss)  # ConfigError naming both when the loss cannot score the head
         self.backbone, self.head, self.loss_fn, self.optim = backbone, head, loss, optim
+        self.embedding = embedding
         self.kind = head.kind
         self._forward = torch.compile(self._forward_impl) if compile else self._forward_impl
         self._calibration: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -82,16 +86,18 @@ class ForecastModule(L.LightningModule):
         """Trainable parameters of backbone and head."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
-    def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_impl(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embedding is not None:
+            x = torch.cat([x, self.embedding(labels).to(x.dtype)], dim=-1)  # (B, T, F + E)
         return self.head(self.backbone(x))  # the head's output, e.g. (B, H)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x)
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self._forward(x, labels)
 
     @torch.no_grad()
-    def signal(self, x: torch.Tensor) -> torch.Tensor:
+    def signal(self, *inputs: torch.Tensor) -> torch.Tensor:
         """Point forecast (B, H') in target units, or a position (B, 1) for a policy head."""
-        return self.head.signal(self(x))
+        return self.head.signal(self(*inputs))
 
     def _naive_output(self, out: torch.Tensor) -> torch.Tensor:
         """The head's output for "no information": zero forecast / no position / uniform odds."""
@@ -101,8 +107,9 @@ class ForecastModule(L.LightningModule):
         return naive
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
-        x, y = batch
-        out = self(x)
+        *inputs, y = batch  # (x, y) or (x, labels, y)
+        x = inputs[0]
+        out = self(*inputs)
         loss = self.loss_fn(out, y)
         on_step = split == "train"
         self.log(

@@ -26,8 +26,8 @@ def predict_windows(
     )
     out = []
     for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
-        x = batch[0] if isinstance(batch, tuple) else batch
-        out.append(model.signal(x.to(device)).float().cpu().numpy())
+        inputs = batch if isinstance(batch, tuple) else (batch,)  # x, or (x, labels)
+        out.append(model.signal(*(i.to(device) for i in inputs)).float().cpu().numpy())
     model.train(was_training)
     if not out:
         return np.zeros((0, 0), dtype=np.float32)

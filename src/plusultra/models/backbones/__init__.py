@@ -25,6 +25,7 @@ from plusultra.errors import ConfigError
 from plusultra.models.backbones.hybrid import HybridBackbone
 from plusultra.models.backbones.moe import MoEBackbone
 from plusultra.models.backbones.multiscale import MultiScaleBackbone
+from plusultra.models.backbones.ssm import SSMBackbone
 from plusultra.models.backbones.tcn import TCNBackbone
 from plusultra.models.backbones.transformer import TransformerBackbone
 
@@ -34,6 +35,7 @@ BACKBONES: dict[str, type[nn.Module]] = {
     "tcn": TCNBackbone,  # dilated causal temporal convolutions
     "multiscale": MultiScaleBackbone,  # daily / weekly / monthly causal pooling, fused
     "moe": MoEBackbone,  # transformer blocks with a top-k mixture-of-experts MLP
+    "ssm": SSMBackbone,  # selective state-space blocks, linear in the window length
 }
 
 
@@ -55,4 +57,4 @@ def build_backbone(name: str, **kwargs: Any) -> nn.Module:
     return BACKBONES[name](**kwargs)
 
 
-__all__ = ["BACKBONES", "HybridBackbone", "TransformerBackbone", "build_backbone"]
+__all__ = ["BACKBONES", "build_backbone"]

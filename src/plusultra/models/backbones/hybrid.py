@@ -1,4 +1,9 @@
-"""Patch tokens mixed by attention, dilated causal convolution and a gated MLP: the default."""
+"""The default backbone: patch tokens mixed by attention, conv, a selective SSM and a gated MLP.
+
+Every block mixes along time three ways (causal self-attention for content-based lookups, a
+dilated causal depthwise conv for local patterns, a diagonal selective state-space mixer for
+long decaying memory in linear time) and then per token with a gated MLP.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +21,11 @@ from plusultra.models.layers import (
     check_int,
     check_rate,
 )
+from plusultra.models.ssm import SelectiveSSM
 
 
 class HybridBlock(nn.Module):
-    """Three pre-norm residual mixers over tokens: attention, causal conv, gated MLP.
+    """Pre-norm residual mixers over tokens: attention, causal conv, selective SSM, gated MLP.
 
     Args:
         d_model: Token width D.
@@ -27,9 +33,11 @@ class HybridBlock(nn.Module):
         conv_kernel: Taps of the depthwise convolution.
         dilation: Token spacing between the convolution's taps.
         mlp_ratio: Gated-MLP hidden width as a multiple of D.
-        dropout: Dropout rate inside attention and the MLP.
+        dropout: Dropout rate inside attention, on the SSM output and in the MLP.
         drop_path: Stochastic-depth rate applied to each residual branch.
-        causal: If False, attention sees every token of the window; the conv stays causal.
+        causal: If False, attention sees every token of the window; conv and SSM stay causal.
+        ssm_state: State size N of the selective-SSM sub-layer; 0 leaves the sub-layer out.
+        ssm_chunk: Chunk length of the SSM scan, in tokens.
     """
 
     def __init__(
@@ -42,12 +50,20 @@ class HybridBlock(nn.Module):
         dropout: float,
         drop_path: float,
         causal: bool,
+        ssm_state: int = 16,
+        ssm_chunk: int = 64,
     ) -> None:
         super().__init__()
         self.ln_attn = nn.LayerNorm(d_model)
         self.attn = CausalSelfAttention(d_model, n_heads, dropout=dropout, causal=causal)
         self.ln_conv = nn.LayerNorm(d_model)
         self.conv = CausalDepthwiseConv(d_model, kernel_size=conv_kernel, dilation=dilation)
+        self.ln_ssm = nn.LayerNorm(d_model) if ssm_state else None
+        self.ssm = (
+            SelectiveSSM(d_model, d_state=ssm_state, chunk=ssm_chunk, dropout=dropout)
+            if ssm_state
+            else None
+        )
         self.ln_mlp = nn.LayerNorm(d_model)
         self.mlp = GatedMLP(d_model, mlp_ratio=mlp_ratio, dropout=dropout)
         self.drop_path = DropPath(drop_path)
@@ -56,12 +72,18 @@ class HybridBlock(nn.Module):
         """x is (B, N, D), returns (B, N, D)."""
         x = x + self.drop_path(self.attn(self.ln_attn(x)))  # (B, N, D)
         x = x + self.drop_path(self.conv(self.ln_conv(x)))  # (B, N, D)
+        if self.ssm is not None:
+            x = x + self.drop_path(self.ssm(self.ln_ssm(x)))  # (B, N, D)
         x = x + self.drop_path(self.mlp(self.ln_mlp(x)))  # (B, N, D)
         return x
 
 
 class HybridBackbone(nn.Module):
     """Patch embedding + learned positions + ``depth`` hybrid blocks + final LayerNorm.
+
+    Each block applies, as pre-norm residual branches with stochastic depth: multi-head
+    self-attention, a dilated causal depthwise conv, a selective state-space mixer
+    (``plusultra.models.ssm.SelectiveSSM``, unless ``ssm_state=0``) and a gated MLP.
 
     Maps x ``(B, T, F)`` to ``(B, N, D)`` with ``N = (T - patch_len) // patch_stride + 1``
     patch tokens aligned to the end of the window, so the last token covers step T - 1.
@@ -76,11 +98,15 @@ class HybridBackbone(nn.Module):
         conv_kernel: Taps of each block's depthwise convolution over tokens.
         conv_dilations: Block i uses dilation ``conv_dilations[i % len(conv_dilations)]``.
         mlp_ratio: Gated-MLP hidden width as a multiple of D.
-        dropout: Dropout rate on the embeddings, inside attention and the MLP.
+        dropout: Dropout rate on the embeddings, inside attention, the SSM output and the MLP.
         drop_path: Stochastic-depth rate of the last block; it rises linearly from 0 in the first.
         max_len: Longest token sequence the positional table supports.
         causal: If False, attention sees every token of the window (non-causal within a
-            sample's own window; still no leakage across samples). The conv stays causal.
+            sample's own window; still no leakage across samples). Conv and SSM stay causal.
+        ssm_state: State size N of each block's selective-SSM sub-layer (after the conv, before
+            the MLP; inner width D); 0 leaves the sub-layer out (attention + conv + MLP only).
+        ssm_chunk: Chunk length of the SSM scan, in tokens (speed only; results do not depend
+            on it).
     """
 
     def __init__(
@@ -98,9 +124,13 @@ class HybridBackbone(nn.Module):
         drop_path: float = 0.0,
         max_len: int = 4096,
         causal: bool = True,
+        ssm_state: int = 16,
+        ssm_chunk: int = 64,
     ) -> None:
         super().__init__()
         check_int("depth", depth)
+        check_int("ssm_state", ssm_state, minimum=0)
+        check_int("ssm_chunk", ssm_chunk)
         check_rate("dropout", dropout)
         check_rate("drop_path", drop_path)
         conv_dilations = tuple(conv_dilations)
@@ -124,6 +154,8 @@ class HybridBackbone(nn.Module):
                 dropout,
                 rates[i],
                 causal,
+                ssm_state,
+                ssm_chunk,
             )
             for i in range(depth)
         )
