@@ -161,3 +161,17 @@ def test_cpu_hardware_is_default():
     cfg = compose_config()
     assert cfg.hydra.runtime.choices.hardware == "cpu"
     assert cfg.trainer.accelerator == "cpu" and cfg.compile is False
+
+
+def test_large_hybrid_recipe_builds_the_planned_model():
+    """experiment=hybrid_large: 16 blocks, 8 heads, 2048-bar windows, every feature."""
+    from plusultra.data.features import REGISTRY
+
+    cfg = compose_config(["experiment=hybrid_large"])
+    assert (cfg.depth, cfg.n_heads, cfg.window, cfg.backbone.depth) == (16, 8, 2048, 16)
+    assert cfg.hydra.runtime.choices.features == "full"
+    n_features = len(REGISTRY) + len(cfg.features.indicators) + len(cfg.features.regimes)
+    model = instantiate(cfg.backbone, n_features=n_features, _convert_="all")
+    assert len(model.blocks) == 16
+    dilations = [b.conv.conv.dilation[0] for b in model.blocks]
+    assert dilations[:6] == [1, 2, 4, 8, 16, 32] and model.n_tokens(2048) == 255

@@ -231,8 +231,10 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch, existing):
             raise RuntimeError("injected")
         original(conn, table, n_columns, rows)
 
-    original = fixture._insert
-    monkeypatch.setattr(fixture, "_insert", failing_insert)
+    import plusultra.io
+
+    original = plusultra.io.insert_rows
+    monkeypatch.setattr(plusultra.io, "insert_rows", failing_insert)
     with pytest.raises(RuntimeError, match="injected"):
         generate_fixture(target, **SMALL)
     assert calls == ["assets", "series"]

@@ -52,13 +52,12 @@ from __future__ import annotations
 import datetime as dt
 import os
 import pathlib
-import sqlite3
-from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
 
 from plusultra.errors import ConfigError
+from plusultra.io import write_sqlite_atomic
 
 __all__ = ["generate_fixture", "SCHEMA"]
 
@@ -227,37 +226,6 @@ def _validate(n_symbols: int, n_days: int, seed: int, start: str, n_sectors: int
         ) from None
 
 
-def _insert(conn: sqlite3.Connection, table: str, n_columns: int, rows: Iterable[tuple]) -> None:
-    """executemany INSERT of `rows` (an iterable of tuples) into `table`."""
-    conn.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * n_columns)})", rows)
-
-
-def _write_sqlite(path: pathlib.Path, tables: list[tuple[str, int, object]]) -> None:
-    """Write `tables` ((name, n_columns, rows) triples) to `path` via a temp file + os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        conn = sqlite3.connect(tmp, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode=OFF")  # the temp file is the rollback
-            conn.execute("PRAGMA synchronous=OFF")
-            conn.execute("BEGIN")
-            for statement in filter(str.strip, SCHEMA.split(";")):
-                conn.execute(statement)
-            for table, n_columns, rows in tables:
-                _insert(conn, table, n_columns, rows)
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def generate_fixture(
     path: str | os.PathLike,
     n_symbols: int = 16,
@@ -342,8 +310,9 @@ def generate_fixture(
         for i in range(n_symbols)
     ]
     target = pathlib.Path(path)
-    _write_sqlite(
+    write_sqlite_atomic(
         target,
+        SCHEMA,
         [
             ("assets", 7, assets),
             ("series", 7, series),

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import os
 import re
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,7 @@ from pandas.api.types import is_datetime64_any_dtype, is_numeric_dtype
 from plusultra.data.fixture import SCHEMA
 from plusultra.data.validation import validate_tables
 from plusultra.errors import ConfigError, DataError
+from plusultra.io import write_sqlite_atomic
 
 __all__ = ["ImportSummary", "LAYOUTS", "SUFFIXES", "import_files", "read_input"]
 
@@ -357,32 +357,16 @@ def _assets(series: pd.DataFrame, assets: Path | None) -> pd.DataFrame:
 
 
 def _write(out: Path, tables: dict[str, pd.DataFrame]) -> None:
-    """Write `tables` under the contract's schema to a temp file, then rename it to `out`."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        con = sqlite3.connect(tmp, isolation_level=None)
-        try:
-            con.execute("PRAGMA journal_mode=OFF")  # the temp file is the rollback
-            con.execute("PRAGMA synchronous=OFF")
-            con.execute("BEGIN")
-            for statement in filter(str.strip, SCHEMA.split(";")):
-                con.execute(statement)
-            for name, frame in tables.items():
-                marks = ", ".join("?" * frame.shape[1])
-                values = frame.astype(object).where(frame.notna(), None)
-                rows = values.itertuples(index=False, name=None)
-                con.executemany(f"INSERT INTO {name} VALUES ({marks})", rows)
-            con.execute("COMMIT")
-        finally:
-            con.close()
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write `tables` under the contract's schema atomically (temporary file, then rename)."""
+    rows = [
+        (
+            name,
+            frame.shape[1],
+            frame.astype(object).where(frame.notna(), None).itertuples(index=False, name=None),
+        )
+        for name, frame in tables.items()
+    ]
+    write_sqlite_atomic(out, SCHEMA, rows)
 
 
 def import_files(

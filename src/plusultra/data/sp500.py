@@ -59,11 +59,11 @@ import logging
 import os
 import pathlib
 import re
-import sqlite3
 
 import pandas as pd
 
 from plusultra.data.fixture import SCHEMA
+from plusultra.io import write_sqlite_atomic
 
 __all__ = ["SP500_ALTERNATIVE", "INDICES", "build_sp500_database"]
 
@@ -182,34 +182,7 @@ def build_sp500_database(path: str | os.PathLike, include_alternative: bool = Tr
         )
         inserts.append(("ff_factors", rows))
     target = pathlib.Path(path)
-    _write_sqlite(target, statements, inserts)
+    write_sqlite_atomic(
+        target, ";".join(statements), [(t, len(rows[0]), rows) for t, rows in inserts]
+    )
     return target
-
-
-def _write_sqlite(
-    path: pathlib.Path, statements: list[str], inserts: list[tuple[str, list[tuple]]]
-) -> None:
-    """Run `statements`, insert rows, all into a temp file beside `path`, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        con = sqlite3.connect(tmp, isolation_level=None)
-        try:
-            con.execute("PRAGMA journal_mode=OFF")  # the temp file is the rollback
-            con.execute("PRAGMA synchronous=OFF")
-            con.execute("BEGIN")
-            for statement in statements:
-                con.execute(statement)
-            for table, rows in inserts:  # table names are the fixed ones above
-                width = len(rows[0])
-                con.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * width)})", rows)
-            con.execute("COMMIT")
-        finally:
-            con.close()
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

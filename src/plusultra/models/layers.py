@@ -26,6 +26,18 @@ def check_rate(name: str, value: float) -> None:
         raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
 
 
+def step_token_end(j: int, T: int, causal: bool = True) -> int:
+    """`token_end` of a backbone with one token per input step (negative j counts from the end).
+
+    A causal token j covers steps up to j; a non-causal one sees the whole window (T - 1).
+    """
+    if j < 0:
+        j += T
+    if not 0 <= j < T:
+        raise IndexError(f"token {j} out of range for {T} tokens")
+    return j if causal else T - 1
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention on PyTorch's fused ``scaled_dot_product_attention``.
 

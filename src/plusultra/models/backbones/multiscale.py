@@ -15,7 +15,7 @@ from torch import nn
 
 from plusultra.errors import ConfigError
 from plusultra.models.backbones.transformer import TransformerBlock
-from plusultra.models.layers import LearnedPositionalEncoding, check_int, check_rate
+from plusultra.models.layers import LearnedPositionalEncoding, check_int, check_rate, step_token_end
 
 
 class CrossScaleAttention(nn.Module):
@@ -191,11 +191,7 @@ class MultiScaleBackbone(nn.Module):
 
     def token_end(self, j: int, T: int) -> int:
         """Last input step that output token j (negative j counts from the end) depends on."""
-        if j < 0:
-            j += T
-        if not 0 <= j < T:
-            raise IndexError(f"token {j} out of range for {T} tokens")
-        return j if self.causal else T - 1
+        return step_token_end(j, T, self.causal)
 
     def scale_ends(self, scale: int, T: int) -> torch.Tensor:
         """Last bar covered by each token of ``scale`` in a window of T bars, (N_s,) long."""

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plusultra.errors import ConfigError
-from plusultra.models.layers import DropPath, check_int, check_rate
+from plusultra.models.layers import DropPath, check_int, check_rate, step_token_end
 
 
 class TemporalBlock(nn.Module):
@@ -114,11 +114,7 @@ class TCNBackbone(nn.Module):
 
     def token_end(self, j: int, T: int) -> int:
         """Last input step that output token j (negative j counts from the end) depends on."""
-        if j < 0:
-            j += T
-        if not 0 <= j < T:
-            raise IndexError(f"token {j} out of range for {T} tokens")
-        return j
+        return step_token_end(j, T)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x is (B, T, F), returns (B, T, D)."""

@@ -11,6 +11,7 @@ from plusultra.models.layers import (
     LearnedPositionalEncoding,
     check_int,
     check_rate,
+    step_token_end,
 )
 
 
@@ -99,11 +100,7 @@ class TransformerBackbone(nn.Module):
 
     def token_end(self, j: int, T: int) -> int:
         """Last input step that output token j (negative j counts from the end) depends on."""
-        if j < 0:
-            j += T
-        if not 0 <= j < T:
-            raise IndexError(f"token {j} out of range for {T} tokens")
-        return j if self.causal else T - 1
+        return step_token_end(j, T, self.causal)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x is (B, T, F), returns (B, T, D)."""
