@@ -32,9 +32,12 @@ test-full: $(STAMP)  ## every tier except gpu
 	$(BIN)/python -m pytest -q -m 'not gpu'
 
 bench: $(STAMP)  ## run every benchmark in experiments/benchmarks (writes docs/benchmarks.md)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python -m experiments.benchmarks.sqlite_reader
 	$(BIN)/python -m experiments.benchmarks.indicators
 	$(BIN)/python -m experiments.benchmarks.data_pipeline
+	$(BIN)/python -m experiments.benchmarks.models
+	$(BIN)/python -m experiments.benchmarks.simulator
 
 docs: $(STAMP)  ## regenerate docs/features.md from the feature registry
 	$(BIN)/plusultra-data features --markdown > docs/features.md

@@ -61,6 +61,16 @@ def test_run_writes_every_output(finished_run):
         "test_annual_volatility",
         "test_buyhold_sharpe",
         "test_buyhold_total_return",
+        "test_equal_weight_sharpe",
+        "test_momentum_sharpe",
+        "test_mean_reversion_sharpe",
+        "test_ridge_sharpe",
+        "test_sharpe_lo",
+        "test_sharpe_hi",
+        "test_annual_return_lo",
+        "test_max_drawdown_duration",
+        "test_cvar_95",
+        "test_information_ratio",
         "n_params",
         "train_samples",
         "test_samples",
@@ -267,3 +277,22 @@ def test_market_state_embedding_is_an_ablation_switch(tiny_db, tmp_path):
     merged = ours.merge(pd.read_parquet(out), on=["symbol", "timestamp"], suffixes=("", "_cli"))
     assert len(merged) == len(ours)
     np.testing.assert_allclose(merged["pred_1"], merged["pred_1_cli"], rtol=1e-5, atol=1e-7)
+
+
+def test_realistic_simulator_backtest(tiny_db, tmp_path):
+    """simulator=realistic: costs reach the metrics; every baseline runs on the same simulator."""
+    _, base_dir = run_in_process(_tiny_cfg(tiny_db, tmp_path / "f", "seed=3"))
+    _, real_dir = run_in_process(
+        _tiny_cfg(
+            tiny_db, tmp_path / "r", "seed=3", "simulator=realistic", "simulator.commission_bps=10"
+        )
+    )
+    free = json.loads((base_dir / "metrics.json").read_text())
+    real = json.loads((real_dir / "metrics.json").read_text())
+    assert free["test_loss"] == pytest.approx(real["test_loss"])  # same model
+    assert real["test_total_return"] < free["test_total_return"]  # costs bite
+    assert real["test_cost_share"] is None or real["test_cost_share"] > 0
+    for name in ("buyhold", "equal_weight", "momentum", "mean_reversion", "ridge"):
+        assert f"test_{name}_sharpe" in real
+    lo, hi = real["test_sharpe_lo"], real["test_sharpe_hi"]
+    assert lo <= real["test_sharpe"] <= hi

@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from plusultra.cli.common import fail, output_dir_from_argv
+from plusultra.evaluation.backtest import MarketContext
 from plusultra.evaluation.report import flat_metrics, summary_table, write_metrics, write_report
 from plusultra.io import write_parquet_atomic, write_text_atomic
 from plusultra.models.module import ForecastModule
@@ -89,6 +90,7 @@ def train(cfg: DictConfig) -> float:
         datamodule.returns,
         build(cfg.simulator),
         *datamodule.segments.test,
+        context=MarketContext(**datamodule.context()),
     )
     preds = backtest.with_positions(preds, panel.dates, panel.symbols, datamodule.tradable)
 

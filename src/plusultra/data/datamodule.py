@@ -343,6 +343,24 @@ class SQLiteDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
+    def context(self, window: int = 20) -> dict[str, np.ndarray | int | None]:
+        """Full-calendar arrays for baselines and simulators, each known at its bar's close.
+
+        close: adjusted close; volume: split-adjusted shares; volatility: std of the last
+        `window` log returns (per bar); features/targets: model inputs and the labels of the last
+        forecast step, with `label_end` the last train bar whose label is known.
+        """
+        close = self.panel.fields["close"]
+        log_ret = pd.DataFrame(np.log(close)).diff()
+        return {
+            "close": close,
+            "volume": self.panel.fields["volume"],
+            "volatility": log_ret.rolling(window, min_periods=2).std().to_numpy(),
+            "features": self.features,
+            "targets": None if self.scaled_targets is None else self.scaled_targets[..., -1],
+            "label_end": self.segments.train[1] if self.segments else None,
+        }
+
     def sizes(self) -> dict[str, int]:
         """Number of labelled samples per segment."""
         return {f"{s}_samples": len(self._dataset(s)) for s in ("train", "val", "test")}

@@ -14,11 +14,46 @@ import numpy as np
 import pandas as pd
 
 from plusultra.errors import ConfigError, DataError
-from plusultra.evaluation.baselines import buy_and_hold_returns
+from plusultra.evaluation import strategies
 from plusultra.evaluation.metrics import compute_metrics, ic_summary
 from plusultra.evaluation.positions import POSITION_METHODS, positions_from_signal
+from plusultra.evaluation.risk import risk_metrics
+from plusultra.sim.realistic import MarketData, RealisticSimulator
 
-BASELINES = {"buyhold": buy_and_hold_returns}
+
+@dataclass
+class MarketContext:
+    """Full-calendar (T, S) arrays the baselines and simulators may need.
+
+    Attributes:
+        close: adjusted close; volume: split-adjusted shares; volatility: per-bar return std
+        known at t; features: (T, S, F) normalised model inputs; targets: (T, S) scaled labels of
+        the traded step; label_end: last bar whose label is known at the end of training.
+    """
+
+    close: np.ndarray
+    volume: np.ndarray | None = None
+    volatility: np.ndarray | None = None
+    features: np.ndarray | None = None
+    targets: np.ndarray | None = None
+    label_end: int | None = None
+
+
+# Baseline weights on the full calendar (momentum needs history before the test segment);
+# buy-and-hold starts at the first test bar, so it is computed on the segment alone.
+BASELINES = {
+    "buyhold": lambda c, tr, r, lo, hi: strategies.buy_and_hold_weights(
+        r[lo : hi + 1], tr[lo : hi + 1]
+    ),
+    "equal_weight": lambda c, tr, r, lo, hi: strategies.equal_weight_weights(tr)[lo : hi + 1],
+    "momentum": lambda c, tr, r, lo, hi: strategies.momentum_weights(c.close, tr)[lo : hi + 1],
+    "mean_reversion": lambda c, tr, r, lo, hi: strategies.mean_reversion_weights(c.close, tr)[
+        lo : hi + 1
+    ],
+    "ridge": lambda c, tr, r, lo, hi: strategies.ridge_weights(
+        c.features, c.targets, tr, c.label_end
+    )[lo : hi + 1],
+}
 
 
 @dataclass
@@ -37,6 +72,56 @@ class BacktestResult:
     daily: pd.DataFrame | None = None
 
 
+@dataclass
+class _Run:
+    """A simulator's result as numpy arrays, whichever simulator produced it."""
+
+    portfolio_returns: np.ndarray
+    turnover: np.ndarray
+    gross_exposure: np.ndarray
+    costs: np.ndarray | None = None  # (T,) total costs per bar, currency
+    gross_pnl: np.ndarray | None = None  # (T,) P&L before costs per bar, currency
+
+
+def simulate(
+    simulator,
+    weights: np.ndarray,
+    returns: np.ndarray,
+    lo: int,
+    hi: int,
+    tradable: np.ndarray,
+    context: MarketContext | None,
+) -> _Run:
+    """Run `simulator` on decision bars lo..hi; a realistic simulator gets the market data.
+
+    The realistic simulator executes at each bar's close with spread, impact (volatility and
+    volume) and participation caps, so it receives close, volume, volatility and tradable for
+    bars lo..hi + 1 (the last one only marks the book).
+    """
+    if not isinstance(simulator, RealisticSimulator):
+        sim = simulator.run(weights, returns)
+        return _Run(sim.portfolio_returns, sim.turnover, sim.gross_exposure)
+    if context is None or context.volume is None or context.volatility is None:
+        raise DataError("simulator=realistic needs close, volume and volatility for the backtest")
+    bars = slice(lo, hi + 2)
+    market = MarketData(
+        close=context.close[bars],
+        volume=context.volume[bars],
+        volatility=np.nan_to_num(context.volatility[bars], nan=0.0),
+        tradable=tradable[bars],
+    )
+    res = simulator.run(weights, market=market)
+    costs = sum(c.numpy() for c in res.costs.values())  # (T,)
+    equity = res.equity.numpy()
+    return _Run(
+        res.portfolio_returns.numpy(),
+        res.turnover.numpy(),
+        res.gross_exposure.numpy(),
+        costs=costs,
+        gross_pnl=np.diff(equity) + costs,
+    )
+
+
 class Backtest:
     """Turns forecasts into cross-sectional positions and evaluates them.
 
@@ -46,6 +131,10 @@ class Backtest:
         position_method: how a cross-section of signals becomes weights (rank, zscore, sign).
         gross: gross exposure (sum of absolute weights) per bar.
         periods_per_year: bars per year, for annualisation (252 for daily bars).
+        baselines: strategies run on the same simulator beside the model (see `BASELINES`).
+        bootstrap: stationary-bootstrap replicates for the 95% intervals of Sharpe and annual
+            return (0: no intervals).
+        seed: seed of the bootstrap.
     """
 
     def __init__(
@@ -54,6 +143,9 @@ class Backtest:
         position_method: str = "rank",
         gross: float = 1.0,
         periods_per_year: int = 252,
+        baselines: list[str] | None = None,
+        bootstrap: int = 1000,
+        seed: int = 0,
     ) -> None:
         if position_method not in POSITION_METHODS:
             raise ConfigError(
@@ -63,6 +155,13 @@ class Backtest:
             raise ConfigError(f"evaluation.signal_step={signal_step} must be >= 1")
         if periods_per_year < 1:
             raise ConfigError(f"evaluation.periods_per_year={periods_per_year} must be >= 1")
+        self.baselines = list(BASELINES if baselines is None else baselines)
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown:
+            raise ConfigError(f"evaluation.baselines: unknown {unknown}; valid: {list(BASELINES)}")
+        if bootstrap < 0:
+            raise ConfigError(f"evaluation.bootstrap={bootstrap} must be >= 0")
+        self.bootstrap, self.seed = bootstrap, seed
         self.signal_step, self.method = signal_step, position_method
         self.gross, self.periods_per_year = gross, periods_per_year
 
@@ -111,6 +210,7 @@ class Backtest:
         simulator,
         lo: int,
         hi: int,
+        context: MarketContext | None = None,
     ) -> BacktestResult:
         """Backtest decision bars lo..hi (hi is capped so that every bar has a next bar)."""
         hi = min(hi, len(dates) - 2)
@@ -127,7 +227,7 @@ class Backtest:
                 f"series: symbol {symbols[s]} has no bar after {pd.Timestamp(dates[lo + t]).date()}"
                 " but assets.delisted is not set to that date; a position cannot be valued"
             )
-        sim = simulator.run(w, r)
+        sim = simulate(simulator, w, r, lo, hi, tradable, context)
         metrics = compute_metrics(sim.portfolio_returns, self.periods_per_year, sim.turnover)
         metrics.update(ic_summary(signal[lo : hi + 1], r))
         daily = pd.DataFrame(
@@ -140,9 +240,25 @@ class Backtest:
             index=pd.DatetimeIndex(dates[lo : hi + 1], name="timestamp"),
         )
         baselines = {}
-        for name, fn in BASELINES.items():
-            b = fn(r)
+        for name in self.baselines:
+            if name == "ridge" and (context is None or context.features is None):
+                continue  # no features to fit on (e.g. a backtest of external forecasts)
+            wb = BASELINES[name](context, tradable, returns, lo, hi)
+            b = simulate(simulator, wb, r, lo, hi, tradable, context).portfolio_returns
             baselines[name] = compute_metrics(b, self.periods_per_year)
             daily[f"{name}_return"] = b
             daily[f"{name}_equity"] = np.cumprod(1 + b)
+        bench = daily["buyhold_return"].to_numpy() if "buyhold" in baselines else None
+        metrics.update(
+            risk_metrics(
+                sim.portfolio_returns,
+                weights=w,
+                benchmark=bench,
+                gross_pnl=sim.gross_pnl,
+                costs=sim.costs,
+                periods_per_year=self.periods_per_year,
+                n_boot=self.bootstrap,
+                seed=self.seed,
+            )
+        )
         return BacktestResult(metrics, baselines, daily)

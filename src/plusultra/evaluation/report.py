@@ -24,7 +24,19 @@ SUMMARY_ROWS = (
     ("calmar", "Calmar", "{:.2f}"),
     ("hit_rate", "hit rate", "{:.1%}"),
     ("turnover", "turnover / bar", "{:.3f}"),
+    ("max_drawdown_duration", "max DD duration (bars)", "{:.0f}"),
+    ("cvar_95", "CVaR 95% (per bar)", "{:+.2%}"),
+    ("information_ratio", "information ratio vs B&H", "{:.2f}"),
+    ("cost_share", "costs / gross P&L", "{:.1%}"),
 )
+# Baseline columns, in display order, with their headers.
+BASELINE_LABELS = {
+    "buyhold": "buy & hold",
+    "equal_weight": "equal weight",
+    "momentum": "12-1 momentum",
+    "mean_reversion": "mean reversion",
+    "ridge": "ridge",
+}
 
 
 def flat_metrics(
@@ -45,10 +57,13 @@ def _fmt(value: float | None, pattern: str) -> str:
     return pattern.format(value)
 
 
-def summary_rows(
-    metrics: dict[str, float], baselines: tuple[str, ...] = ("buyhold",)
-) -> list[list[str]]:
+def _baselines(metrics: dict[str, float]) -> list[str]:
+    return [b for b in BASELINE_LABELS if f"test_{b}_sharpe" in metrics]
+
+
+def summary_rows(metrics: dict[str, float], baselines: list[str] | None = None) -> list[list[str]]:
     """Rows [label, val, test, baseline...] of the summary table."""
+    baselines = _baselines(metrics) if baselines is None else baselines
     rows = []
     for key, label, pattern in SUMMARY_ROWS:
         if key in ("loss", "naive_loss"):
@@ -64,13 +79,18 @@ def summary_rows(
         row = [label, "", _fmt(metrics.get(f"test_{key}"), pattern)]
         row += [_fmt(metrics.get(f"test_{b}_{key}"), pattern) for b in baselines]
         rows.append(row)
+        if key == "sharpe" and f"test_{key}_lo" in metrics:  # stationary-bootstrap interval
+            interval = f"[{_fmt(metrics[f'test_{key}_lo'], pattern)}, "
+            interval += f"{_fmt(metrics[f'test_{key}_hi'], pattern)}]"
+            rows.append(["  95% interval", "", interval] + ["" for _ in baselines])
     return rows
 
 
 def summary_table(metrics: dict[str, float], markdown: bool = False) -> str:
-    """The val/test/buy-and-hold table as aligned text or Markdown."""
-    header = ["metric", "val", "test (model)", "test (buy & hold)"]
-    rows = summary_rows(metrics)
+    """The val / test table, the model beside every baseline, as aligned text or Markdown."""
+    baselines = _baselines(metrics)
+    header = ["metric", "val", "test: model", *(BASELINE_LABELS[b] for b in baselines)]
+    rows = summary_rows(metrics, baselines)
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]

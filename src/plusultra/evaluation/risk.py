@@ -1,0 +1,522 @@
+"""Extended risk metrics, stationary-bootstrap intervals and the deflated Sharpe ratio.
+
+Complements ``evaluation.metrics.compute_metrics`` (which it does not repeat). ``r`` is the
+``(T,)`` array of simple per-period portfolio returns, ``P = periods_per_year``.
+
+Definitions:
+
+- ``max_drawdown_duration``: the longest run of consecutive periods whose closing equity is
+  strictly below the running peak of ``E = [1, cumprod(1 + r)]`` (the start 1.0 counts as a
+  peak), in periods; the period that regains the peak is not counted, a run still open at the end
+  is. 0.0 if the equity never falls below a previous peak.
+- ``cvar_95``: expected shortfall, the mean of the ``k = ceil((1 - level) * T)`` worst period
+  returns (at least one), a return per period (usually negative: -0.03 = an average loss of 3 %
+  on the worst 5 % of periods). ``(1 - level) * T`` is rounded to 9 decimals before the ceiling,
+  so ``0.05 * 100`` gives ``k = 5``, not 6.
+- ``gross_exposure`` / ``net_exposure``: mean over periods of ``sum_s |w|`` / ``sum_s w``,
+  fractions of equity; ``invested_share``: share of periods with any nonzero weight.
+- ``cost_share``: ``sum(costs) / sum(gross_pnl)``, both in the same unit (currency, or fractions
+  of equity per period), costs as positive amounts; NaN when the gross P&L sums to <= 0 (a share
+  of a loss is meaningless).
+- ``information_ratio``: ``mean(a) / std(a, ddof=1) * sqrt(P)`` with active return
+  ``a = r - benchmark`` (the benchmark is usually ``baselines.buy_and_hold_returns``).
+- trade analytics over per-trade P&L ``x``: ``win_rate = #(x > 0) / n_trades`` (a zero trade
+  counts as a trade that did not win), ``avg_win = mean(x[x > 0])``, ``avg_loss = mean(x[x < 0])``
+  (negative), ``profit_factor = sum(x[x > 0]) / |sum(x[x < 0])|`` (NaN without losing trades),
+  ``n_trades``.
+- ``sharpe_lo`` / ``sharpe_hi``, ``annual_return_lo`` / ``annual_return_hi``: 95 % percentile
+  intervals of the annualised Sharpe and of the CAGR (definitions of ``compute_metrics``) from a
+  Politis-Romano stationary bootstrap (``stationary_bootstrap``).
+
+Undefined values are NaN, never ``inf`` and never an exception; for empty returns every metric is
+NaN. Reference loop implementations of each kernel live in ``tests/test_risk.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+from scipy.stats import norm
+
+from plusultra.errors import ConfigError, DataError
+
+_NAN = float("nan")
+_EULER_GAMMA = 0.5772156649015329
+_CHUNK_ELEMENTS = 1_000_000
+"""Resampled values built at once by ``stationary_bootstrap`` (bounds its memory to ~50 MB)."""
+
+
+def _as_series(values: np.ndarray, name: str) -> np.ndarray:
+    """``values`` as a finite 1-D float array, else ``DataError`` naming ``name``."""
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1:
+        raise DataError(f"{name} must be a 1-D (T,) array, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        i = int(np.flatnonzero(~np.isfinite(x))[0])
+        raise DataError(f"{name} must be finite; {name}[{i}] = {x[i]}")
+    return x
+
+
+def _check_level(level: float) -> float:
+    if isinstance(level, bool) or not isinstance(level, int | float | np.integer | np.floating):
+        raise ConfigError(f"level must be a number in (0, 1), got {level!r}")
+    if not 0.0 < level < 1.0:
+        raise ConfigError(f"level must be in (0, 1), got {level!r}")
+    return float(level)
+
+
+def _check_periods(periods_per_year: float) -> float:
+    if (
+        isinstance(periods_per_year, bool)
+        or not isinstance(periods_per_year, int | float | np.integer | np.floating)
+        or not math.isfinite(periods_per_year)
+        or periods_per_year <= 0
+    ):
+        raise ConfigError(f"periods_per_year must be a number > 0, got {periods_per_year!r}")
+    return float(periods_per_year)
+
+
+def _finite_or_nan(value: float) -> float:
+    value = float(value)
+    return value if math.isfinite(value) else _NAN
+
+
+def drawdown_duration(returns: np.ndarray) -> float:
+    """Longest stretch below a previous equity peak.
+
+    Args:
+        returns: ``(T,)`` simple per-period returns.
+
+    Returns:
+        The largest number of consecutive periods ``t`` with ``E[t] < max(E[:t])`` on the equity
+        curve ``E = [1, cumprod(1 + r)]``, in periods (see the module docstring); 0.0 if never,
+        NaN for empty returns.
+
+    Raises:
+        DataError: if ``returns`` is not 1-D or not finite.
+    """
+    r = _as_series(returns, "returns")
+    if r.size == 0:
+        return _NAN
+    equity = np.concatenate([[1.0], np.cumprod(1.0 + r)])  # (T + 1,)
+    below = (equity < np.maximum.accumulate(equity))[1:]  # (T,) under water after period t
+    idx = np.arange(1, r.size + 1)
+    last_up = np.maximum.accumulate(np.where(below, 0, idx))  # (T,) last period at a peak
+    return float((idx - last_up).max())  # run length of the current under-water stretch
+
+
+def cvar(returns: np.ndarray, level: float = 0.95) -> float:
+    """Expected shortfall (conditional value at risk) of the period returns.
+
+    Args:
+        returns: ``(T,)`` simple per-period returns.
+        level: confidence level in (0, 1); the tail is the worst ``1 - level`` share.
+
+    Returns:
+        The mean of the ``k = ceil(round((1 - level) * T, 9))`` (at least 1) lowest returns, a
+        return per period (negative = a loss); NaN for empty returns.
+
+    Raises:
+        ConfigError: if ``level`` is not in (0, 1).
+        DataError: if ``returns`` is not 1-D or not finite.
+    """
+    level = _check_level(level)
+    r = _as_series(returns, "returns")
+    if r.size == 0:
+        return _NAN
+    k = max(1, math.ceil(round((1.0 - level) * r.size, 9)))
+    return float(np.partition(r, k - 1)[:k].mean())
+
+
+def exposure(weights: np.ndarray) -> dict[str, float]:
+    """Average exposure of a weight panel.
+
+    Args:
+        weights: ``(T, S)`` weights held over each period, fractions of equity; NaN means 0.
+
+    Returns:
+        ``gross_exposure`` (mean of ``sum_s |w|``), ``net_exposure`` (mean of ``sum_s w``), both
+        fractions of equity, and ``invested_share`` (share of periods with a nonzero weight);
+        all NaN when ``T = 0``.
+
+    Raises:
+        DataError: if ``weights`` is not 2-D or holds an infinite value.
+    """
+    w = np.asarray(weights, dtype=float)
+    if w.ndim != 2:
+        raise DataError(f"weights must be a 2-D (T, S) panel, got shape {w.shape}")
+    if np.isinf(w).any():
+        t, s = np.argwhere(np.isinf(w))[0]
+        raise DataError(f"weights must be finite or NaN; weights[{t}, {s}] = {w[t, s]}")
+    if w.shape[0] == 0:
+        return {"gross_exposure": _NAN, "net_exposure": _NAN, "invested_share": _NAN}
+    w = np.where(np.isnan(w), 0.0, w)
+    gross = np.abs(w).sum(axis=1)  # (T,)
+    return {
+        "gross_exposure": float(gross.mean()),
+        "net_exposure": float(w.sum(axis=1).mean()),
+        "invested_share": float((gross > 0).mean()),
+    }
+
+
+def cost_share(gross_pnl: np.ndarray, costs: np.ndarray) -> float:
+    """Trading costs as a share of the gross (before-cost) P&L.
+
+    Args:
+        gross_pnl: gross P&L per period (or a scalar total), currency or fraction of equity.
+        costs: costs per period (or a total) in the same unit, as positive amounts.
+
+    Returns:
+        ``sum(costs) / sum(gross_pnl)`` (0.25 = costs ate a quarter of the gross P&L); NaN when
+        the gross P&L sums to <= 0.
+
+    Raises:
+        DataError: if either input is not finite, a cost is negative, or per-period arrays
+            differ in shape.
+    """
+    g = np.asarray(gross_pnl, dtype=float)
+    c = np.asarray(costs, dtype=float)
+    if g.ndim > 1 or c.ndim > 1 or (g.ndim == 1 and c.ndim == 1 and g.shape != c.shape):
+        raise DataError(
+            f"gross_pnl {g.shape} and costs {c.shape} must be scalars or equal (T,) arrays"
+        )
+    if not (np.isfinite(g).all() and np.isfinite(c).all()):
+        raise DataError("gross_pnl and costs must be finite")
+    if (c < 0).any():
+        raise DataError("costs must be >= 0 (positive amounts paid); got a negative cost")
+    total = float(g.sum())
+    return float(c.sum()) / total if total > 0 else _NAN
+
+
+def information_ratio(
+    returns: np.ndarray, benchmark: np.ndarray, periods_per_year: float = 252
+) -> float:
+    """Annualised information ratio of the returns against a benchmark.
+
+    Args:
+        returns: ``(T,)`` simple per-period returns of the strategy.
+        benchmark: ``(T,)`` simple per-period returns of the benchmark over the same periods.
+        periods_per_year: periods in a year.
+
+    Returns:
+        ``mean(a) / std(a, ddof=1) * sqrt(P)`` for ``a = returns - benchmark``, unitless; NaN when
+        ``T < 2`` or the active returns are all equal.
+
+    Raises:
+        ConfigError: if ``periods_per_year`` is not a number > 0.
+        DataError: if the inputs are not finite 1-D arrays of the same length.
+    """
+    p = _check_periods(periods_per_year)
+    r = _as_series(returns, "returns")
+    b = _as_series(benchmark, "benchmark")
+    if r.shape != b.shape:
+        raise DataError(f"benchmark.shape={b.shape} must match returns.shape={r.shape}")
+    active = r - b
+    if active.size < 2 or active.max() == active.min():
+        return _NAN
+    return _finite_or_nan(active.mean() / active.std(ddof=1) * math.sqrt(p))
+
+
+def trade_analytics(trade_pnl: np.ndarray) -> dict[str, float]:
+    """Win rate, average win and loss, and profit factor of closed trades.
+
+    Args:
+        trade_pnl: ``(N,)`` P&L of each closed trade (currency or return, any one unit).
+
+    Returns:
+        ``win_rate`` (share of trades with P&L > 0), ``avg_win`` (mean P&L of winners),
+        ``avg_loss`` (mean P&L of losers, negative), ``profit_factor`` (sum of wins / |sum of
+        losses|, 0.0 with losses but no wins) and ``n_trades``; NaN where undefined (no trades,
+        no winners, no losers).
+
+    Raises:
+        DataError: if ``trade_pnl`` is not a finite 1-D array.
+    """
+    x = _as_series(trade_pnl, "trade_pnl")
+    wins, losses = x[x > 0], x[x < 0]
+    loss_sum = float(losses.sum())
+    return {
+        "win_rate": wins.size / x.size if x.size else _NAN,
+        "avg_win": float(wins.mean()) if wins.size else _NAN,
+        "avg_loss": float(losses.mean()) if losses.size else _NAN,
+        "profit_factor": float(wins.sum()) / -loss_sum if losses.size else _NAN,
+        "n_trades": float(x.size),
+    }
+
+
+def _resample_indices(uniforms: np.ndarray, p_new: float) -> np.ndarray:
+    """Stationary-bootstrap index arrays from uniform draws.
+
+    Args:
+        uniforms: ``(B, 2, T)`` draws in [0, 1): ``[:, 0]`` decides a new block (``u < p_new``;
+            ignored at ``t = 0``, which always starts one), ``[:, 1]`` picks its start
+            ``floor(u * T)``.
+        p_new: probability of starting a new block, ``1 / mean_block``.
+
+    Returns:
+        ``(B, T)`` int indices into the series; a block runs on from its start, wrapping around.
+    """
+    n_t = uniforms.shape[-1]
+    t = np.arange(n_t)
+    new = uniforms[:, 0] < p_new  # (B, T)
+    new[:, 0] = True
+    starts = np.minimum((uniforms[:, 1] * n_t).astype(np.int64), n_t - 1)  # (B, T)
+    block_t = np.maximum.accumulate(np.where(new, t, 0), axis=1)  # (B, T) time its block began
+    block_start = np.take_along_axis(starts, block_t, axis=1)  # (B, T)
+    return (block_start + t - block_t) % n_t
+
+
+def stationary_bootstrap(
+    returns: np.ndarray,
+    statistic: Callable[[np.ndarray], np.ndarray],
+    n_boot: int = 2000,
+    mean_block: float | None = None,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Percentile interval of a statistic by the Politis-Romano (1994) stationary bootstrap.
+
+    Each replicate is a series of length ``T`` built from blocks with geometric lengths (mean
+    ``mean_block``) starting at uniform positions and wrapping around the end. Random draws:
+    one ``numpy.random.default_rng(seed)`` gives, replicate after replicate, ``2 * T`` uniforms
+    (``T`` new-block tests, then ``T`` start positions); replicates are built in chunks of about
+    ``_CHUNK_ELEMENTS`` values, and the result does not depend on the chunking.
+
+    Args:
+        returns: ``(T,)`` simple per-period returns.
+        statistic: maps a ``(B, T)`` array of series to ``(B,)`` values along the last axis
+            (e.g. ``lambda x: x.mean(axis=-1)``); NaN for an undefined value.
+        n_boot: number of bootstrap replicates, >= 1.
+        mean_block: mean block length in periods, >= 1; default ``max(1, round(T ** (1/3)))``.
+            1 gives the iid bootstrap.
+        level: coverage of the interval in (0, 1).
+        seed: seed of the random generator.
+
+    Returns:
+        ``(point, lo, hi)``: the statistic of the original series and the
+        ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles (linear interpolation) of the
+        replicates, replicates with a NaN statistic left out. NaN where undefined (empty
+        returns, every replicate NaN).
+
+    Raises:
+        ConfigError: if ``n_boot``, ``mean_block`` or ``level`` is out of range.
+        DataError: if ``returns`` is not a finite 1-D array.
+    """
+    level = _check_level(level)
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 1:
+        raise ConfigError(f"n_boot must be an integer >= 1, got {n_boot!r}")
+    r = _as_series(returns, "returns")
+    n_t = r.size
+    if mean_block is None:
+        mean_block = max(1, round(n_t ** (1 / 3)))
+    if isinstance(mean_block, bool) or not (
+        isinstance(mean_block, int | float | np.integer | np.floating) and mean_block >= 1
+    ):
+        raise ConfigError(f"mean_block must be a number >= 1 (periods), got {mean_block!r}")
+    if n_t == 0:
+        return _NAN, _NAN, _NAN
+
+    point = float(np.asarray(statistic(r[None, :]), dtype=float).reshape(-1)[0])
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _CHUNK_ELEMENTS // n_t)
+    stats = np.empty(n_boot)
+    for b0 in range(0, n_boot, chunk):
+        b1 = min(n_boot, b0 + chunk)
+        idx = _resample_indices(rng.random((b1 - b0, 2, n_t)), 1.0 / mean_block)  # (B, T)
+        stats[b0:b1] = np.asarray(statistic(r[idx]), dtype=float).reshape(-1)
+    stats = stats[np.isfinite(stats)]
+    if stats.size == 0:
+        return _finite_or_nan(point), _NAN, _NAN
+    lo, hi = np.quantile(stats, [(1.0 - level) / 2, (1.0 + level) / 2])
+    return _finite_or_nan(point), float(lo), float(hi)
+
+
+def _sharpe_stat(periods_per_year: float) -> Callable[[np.ndarray], np.ndarray]:
+    """Annualised Sharpe ``mean / std(ddof=1) * sqrt(P)`` along the last axis; NaN if flat."""
+
+    def stat(x: np.ndarray) -> np.ndarray:
+        if x.shape[-1] < 2:
+            return np.full(x.shape[:-1], np.nan)
+        std = x.std(axis=-1, ddof=1)
+        flat = x.max(axis=-1) == x.min(axis=-1)
+        safe = np.where(flat, 1.0, std)
+        return np.where(flat, np.nan, x.mean(axis=-1) / safe * math.sqrt(periods_per_year))
+
+    return stat
+
+
+def _cagr_stat(periods_per_year: float) -> Callable[[np.ndarray], np.ndarray]:
+    """CAGR ``prod(1 + r) ** (P / T) - 1`` along the last axis; NaN if the equity went < 0."""
+
+    def stat(x: np.ndarray) -> np.ndarray:
+        base = np.prod(1.0 + x, axis=-1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = np.where(
+                base >= 0, np.abs(base) ** (periods_per_year / x.shape[-1]) - 1.0, np.nan
+            )
+        return np.where(np.isfinite(out), out, np.nan)
+
+    return stat
+
+
+def sharpe_interval(
+    returns: np.ndarray, periods_per_year: float = 252, **kw
+) -> tuple[float, float, float]:
+    """Annualised Sharpe ratio with a stationary-bootstrap percentile interval.
+
+    Args:
+        returns: ``(T,)`` simple per-period returns.
+        periods_per_year: periods in a year.
+        **kw: ``n_boot``, ``mean_block``, ``level``, ``seed`` of ``stationary_bootstrap``.
+
+    Returns:
+        ``(sharpe, lo, hi)``, unitless; the point equals ``compute_metrics(...)["sharpe"]``.
+    """
+    p = _check_periods(periods_per_year)
+    return stationary_bootstrap(returns, _sharpe_stat(p), **kw)
+
+
+def annual_return_interval(
+    returns: np.ndarray, periods_per_year: float = 252, **kw
+) -> tuple[float, float, float]:
+    """CAGR with a stationary-bootstrap percentile interval.
+
+    Args:
+        returns: ``(T,)`` simple per-period returns.
+        periods_per_year: periods in a year.
+        **kw: ``n_boot``, ``mean_block``, ``level``, ``seed`` of ``stationary_bootstrap``.
+
+    Returns:
+        ``(annual_return, lo, hi)``, fractions per year; the point equals
+        ``compute_metrics(...)["annual_return"]``.
+    """
+    p = _check_periods(periods_per_year)
+    return stationary_bootstrap(returns, _cagr_stat(p), **kw)
+
+
+def deflated_sharpe(
+    sharpe: float,
+    n_trials: int,
+    sharpe_variance: float,
+    n_periods: int,
+    skew: float,
+    kurtosis: float,
+) -> float:
+    """Deflated Sharpe ratio of Bailey and Lopez de Prado (2014).
+
+    The probability that the true Sharpe ratio exceeds ``SR0``, the expected maximum Sharpe of
+    ``n_trials`` zero-skill trials, given the non-normality of the returns:
+
+    ``SR0 = sqrt(V) * ((1 - g) * Z(1 - 1/N) + g * Z(1 - 1/(N e)))`` with ``g`` the
+    Euler-Mascheroni constant and ``Z`` the standard normal quantile (``SR0 = 0`` for ``N = 1``),
+    and ``DSR = Phi((SR - SR0) * sqrt(T - 1) / sqrt(1 - skew * SR + (kurtosis - 1) / 4 * SR**2))``.
+
+    Every Sharpe figure is PER PERIOD, not annualised: divide an annual Sharpe by
+    ``sqrt(periods_per_year)`` and an annual variance by ``periods_per_year``.
+
+    Args:
+        sharpe: the selected strategy's per-period Sharpe ratio (mean / std of period returns).
+        n_trials: number of independent trials (configurations) tried in the sweep, >= 1.
+        sharpe_variance: variance of the per-period Sharpe ratios across the trials, >= 0.
+        n_periods: number of return periods ``T`` behind ``sharpe``.
+        skew: skewness of the selected strategy's period returns (0 for normal).
+        kurtosis: kurtosis of its period returns, NOT excess (3 for normal).
+
+    Returns:
+        A probability in [0, 1]; NaN when ``n_periods < 2`` or the variance term
+        ``1 - skew * SR + (kurtosis - 1) / 4 * SR**2`` is <= 0.
+
+    Raises:
+        ConfigError: if ``n_trials`` is not an integer >= 1.
+        DataError: if a figure is not finite or ``sharpe_variance < 0``.
+    """
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int | np.integer) or n_trials < 1:
+        raise ConfigError(f"n_trials must be an integer >= 1, got {n_trials!r}")
+    values = {
+        "sharpe": sharpe,
+        "sharpe_variance": sharpe_variance,
+        "n_periods": n_periods,
+        "skew": skew,
+        "kurtosis": kurtosis,
+    }
+    for name, value in values.items():
+        if not math.isfinite(float(value)):
+            raise DataError(f"deflated_sharpe: {name} must be finite, got {value!r}")
+    if sharpe_variance < 0:
+        raise DataError(f"sharpe_variance must be >= 0, got {sharpe_variance!r}")
+    if n_periods < 2:
+        return _NAN
+    if n_trials == 1:
+        sr0 = 0.0
+    else:
+        z1 = norm.ppf(1.0 - 1.0 / n_trials)
+        z2 = norm.ppf(1.0 - 1.0 / (n_trials * math.e))
+        sr0 = math.sqrt(sharpe_variance) * ((1.0 - _EULER_GAMMA) * z1 + _EULER_GAMMA * z2)
+    var_term = 1.0 - skew * sharpe + (kurtosis - 1.0) / 4.0 * sharpe**2
+    if var_term <= 0:
+        return _NAN
+    return float(norm.cdf((sharpe - sr0) * math.sqrt(n_periods - 1) / math.sqrt(var_term)))
+
+
+def risk_metrics(
+    returns: np.ndarray,
+    weights: np.ndarray | None = None,
+    benchmark: np.ndarray | None = None,
+    trade_pnl: np.ndarray | None = None,
+    gross_pnl: np.ndarray | None = None,
+    costs: np.ndarray | None = None,
+    periods_per_year: float = 252,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """All extended metrics whose inputs are given, as one flat dict.
+
+    Args:
+        returns: ``(T,)`` simple per-period portfolio returns (after costs).
+        weights: optional ``(T, S)`` weights held over each period -> ``gross_exposure``,
+            ``net_exposure``, ``invested_share``.
+        benchmark: optional ``(T,)`` benchmark returns (buy-and-hold) -> ``information_ratio``.
+        trade_pnl: optional ``(N,)`` closed-trade P&L -> ``win_rate``, ``avg_win``, ``avg_loss``,
+            ``profit_factor``, ``n_trades``.
+        gross_pnl: optional gross P&L per period; with ``costs`` -> ``cost_share``.
+        costs: optional costs per period, positive, same unit as ``gross_pnl``.
+        periods_per_year: periods in a year.
+        n_boot: bootstrap replicates for ``sharpe_lo/hi`` and ``annual_return_lo/hi``; 0 leaves
+            those four keys out.
+        seed: seed of the bootstrap.
+
+    Returns:
+        ``max_drawdown_duration`` and ``cvar_95`` always, the interval keys when ``n_boot > 0``,
+        and the keys named above for each optional input given (definitions in the module
+        docstring).
+
+    Raises:
+        ConfigError: on a bad ``periods_per_year`` or ``n_boot``.
+        DataError: on malformed inputs, mismatched lengths, or only one of ``gross_pnl`` and
+            ``costs``.
+    """
+    p = _check_periods(periods_per_year)
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 0:
+        raise ConfigError(f"n_boot must be an integer >= 0, got {n_boot!r}")
+    r = _as_series(returns, "returns")
+    out = {"max_drawdown_duration": drawdown_duration(r), "cvar_95": cvar(r, 0.95)}
+    if weights is not None:
+        w = np.asarray(weights, dtype=float)
+        if w.ndim != 2 or w.shape[0] != r.size:
+            raise DataError(f"weights must be ({r.size}, S) to match returns, got {w.shape}")
+        out.update(exposure(w))
+    if (gross_pnl is None) != (costs is None):
+        raise DataError("cost_share needs both gross_pnl and costs; only one was given")
+    if gross_pnl is not None:
+        out["cost_share"] = cost_share(gross_pnl, costs)
+    if benchmark is not None:
+        out["information_ratio"] = information_ratio(r, benchmark, p)
+    if trade_pnl is not None:
+        out.update(trade_analytics(trade_pnl))
+    if n_boot > 0:
+        _, out["sharpe_lo"], out["sharpe_hi"] = sharpe_interval(r, p, n_boot=n_boot, seed=seed)
+        _, lo, hi = annual_return_interval(r, p, n_boot=n_boot, seed=seed)
+        out["annual_return_lo"], out["annual_return_hi"] = lo, hi
+    return {k: _finite_or_nan(v) for k, v in out.items()}

@@ -1,0 +1,630 @@
+"""Realistic execution simulator: orders, costs, partial fills, latency, carry and capital caps.
+
+Vectorised in torch over a batch of ``E`` environments and ``S`` symbols; the recursion over the
+``T`` decision bars is a Python loop. ``sim.reference.simulate_realistic_reference`` is a naive
+per-order, per-bar loop with the same contract, and the tests compare the two.
+
+Inputs (shared conventions of the package, see ``sim.frictionless``):
+
+- ``weights[t, s]``: target position in ``s`` as a fraction of equity, decided at close ``t``
+  (``t = 0 .. T - 1``). NaN means 0.
+- Market data (``MarketData``) has ``T + 1`` bars: bars ``0 .. T - 1`` are decision and execution
+  bars, bar ``T`` only marks the final book (its volume, volatility and flag are not used).
+  A symbol trades at bar ``t`` only when ``tradable[t]`` (inside its listed life, has a bar).
+  Positions are marked at the last known close (a missing bar carries its last close).
+- Without ``market``, ``returns`` ``(T, S)`` (``close t -> t + 1``, NaN = cannot be held) stand
+  for it: closes are ``1 * prod(1 + r)``, a symbol has a bar at ``t`` when ``r[t - 1]`` or
+  ``r[t]`` is finite (it can sell at the close after its last return), it can be held over
+  ``t -> t + 1`` only where ``r[t]`` is finite, volume is unlimited and volatility 0 (so no
+  participation cap and no impact).
+
+Order of events at bar ``t`` (all environments and symbols at once; ``q`` = shares held,
+``P`` = pending orders, ``mark_t`` = last known close):
+
+1. Mark: ``equity[t] = cash + sum_s q * mark_t``. (The previous interval's borrow and funding
+   were debited from cash at the end of step ``t - 1``.)
+2. Targets: ``w = weights[t]`` with NaN -> 0, set to 0 where the symbol cannot be held at ``t``,
+   then scaled by ``c = min(1, max_gross / sum|w|, max_net / |sum w|)``.
+3. Orders: for tradable symbols ``target = c * w * max(equity[t], 0) / close_t`` and
+   ``order = target - (q + sum P)`` (shares). An order smaller than
+   ``1e-9 * (|target| + |q| + |sum P|)`` is floating-point dust and is not placed. The order
+   gets a latency ``k ~ latency_probs`` (drawn for every ``(t, s)``, see ``draw_latencies``)
+   and is due at bar ``t + k``.
+4. Execution: ``due = sum`` of the pending orders due at ``t`` (earlier orders whose latency
+   expires now, remainders carried from ``t - 1``, this bar's ``k = 0`` order), netted per
+   symbol. ``fill = sign(due) * min(|due|, participation_cap * volume_t)``, and 0 where the symbol
+   is not tradable or the bar's volume is 0. The remainder ``due - fill`` is due again at
+   ``t + 1`` (``unfilled="carry"``) or dropped (``"cancel"``).
+5. Settlement at ``close_t``: ``q += fill`` (a fill that leaves less than ``1e-9`` of the previous
+   position closes it exactly); ``cash -= fill * close_t + commission + spread + impact`` with,
+   per nonzero fill of notional ``n = |fill| * close_t``:
+   ``commission = max(n * commission_bps / 1e4, min_commission)``,
+   ``spread = n * half_spread_bps / 1e4``,
+   ``impact = n * impact_coef * volatility_t * sqrt(|fill| / volume_t)``.
+6. Carry over ``t -> t + 1``, debited from cash now:
+   ``borrow = borrow_bps_annual / 1e4 / periods_per_year * sum_s max(-q, 0) * mark_t`` and
+   ``funding = funding_bps_annual / 1e4 / periods_per_year * max(-cash, 0)`` (cash after 5).
+7. ``equity[t + 1] = cash + sum_s q * mark_{t + 1}``.
+
+Orders still pending after bar ``T - 1`` are never filled. A position in a symbol that stops
+being tradable is frozen (marked at its last close, still paying borrow) until it trades again;
+set its weight to 0 on its last listed bar to exit. Leverage caps apply to the targets at the
+decision equity and closes; a book with ``equity <= 0`` only unwinds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import pandas as pd
+import torch
+from hydra.core.config_store import ConfigStore
+
+from plusultra.errors import ConfigError, DataError
+
+UNFILLED_MODES = {"carry": "the remainder is due again at the next bar", "cancel": "dropped"}
+DUST = 1e-9  # relative size below which an order or a leftover position is rounding noise
+COST_NAMES = ("commission", "spread", "impact", "borrow", "funding")
+TRADE_COLUMNS = (
+    "env",
+    "symbol",
+    "side",
+    "entry_bar",
+    "exit_bar",
+    "holding_bars",
+    "quantity",
+    "pnl",
+    "open",
+)
+
+Array = np.ndarray | torch.Tensor
+
+
+def _number(key: str, value, *, low: float = 0.0, strict: bool = False, inf: bool = False):
+    """``value`` as a float checked against ``low``; raises ``ConfigError`` naming the key."""
+    ok = not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
+    x = float(value) if ok else math.nan
+    ok = ok and not math.isnan(x) and (inf or math.isfinite(x))
+    ok = ok and (x > low if strict else x >= low)
+    if not ok:
+        rel = ">" if strict else ">="
+        kind = "a number" if inf else "a finite number"
+        raise ConfigError(f"simulator.{key} must be {kind} {rel} {low:g}, got {value!r}")
+    return x
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """Settings of the realistic simulator (the ``simulator`` config group); checked on creation.
+
+    Attributes:
+        initial_cash: starting equity, currency.
+        commission_bps: commission, basis points of traded notional.
+        min_commission: minimum commission per order (a nonzero fill of one symbol at one bar),
+            currency.
+        half_spread_bps: half the bid-ask spread paid on traded notional, basis points.
+        impact_coef: square-root impact: cost return ``impact_coef * volatility *
+            sqrt(|fill| / volume)`` on the fill's notional.
+        participation_cap: most of a bar's volume filled per symbol per bar (fraction); ``None``
+            or ``inf``: no cap.
+        unfilled: ``"carry"`` (the unfilled rest is due again next bar) or ``"cancel"``.
+        latency_probs: ``latency_probs[k]`` = probability that an order decided at close ``t``
+            is due at close ``t + k`` (``k = 0``: fills at the decision close); sums to 1.
+        borrow_bps_annual: cost of short positions, basis points a year of short notional.
+        funding_bps_annual: cost of borrowed cash (``cash < 0``), basis points a year.
+        max_gross_leverage: cap on ``sum|w|`` of targets (scaled down); ``None``/``inf``: none.
+        max_net_leverage: cap on ``|sum w|`` of targets (scaled down); ``None``/``inf``: none.
+        periods_per_year: bars a year, to turn annual rates into per-bar rates.
+        seed: seeds the latency draws (environment ``e`` of a batch uses ``seed + e``).
+
+    Raises:
+        ConfigError: on an invalid value; the message names ``simulator.<key>``.
+    """
+
+    initial_cash: float = 1_000_000.0
+    commission_bps: float = 1.0
+    min_commission: float = 0.0
+    half_spread_bps: float = 2.0
+    impact_coef: float = 0.1
+    participation_cap: float | None = 0.1
+    unfilled: str = "carry"
+    latency_probs: tuple[float, ...] = (1.0,)
+    borrow_bps_annual: float = 50.0
+    funding_bps_annual: float = 0.0
+    max_gross_leverage: float | None = 1.0
+    max_net_leverage: float | None = 1.0
+    periods_per_year: int = 252
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        def put(key: str, value) -> None:
+            object.__setattr__(self, key, value)
+
+        put("initial_cash", _number("initial_cash", self.initial_cash, strict=True))
+        for key in (
+            "commission_bps",
+            "min_commission",
+            "half_spread_bps",
+            "impact_coef",
+            "borrow_bps_annual",
+            "funding_bps_annual",
+        ):
+            put(key, _number(key, getattr(self, key)))
+        for key in ("participation_cap", "max_gross_leverage", "max_net_leverage"):
+            value = getattr(self, key)
+            put(key, math.inf if value is None else _number(key, value, strict=True, inf=True))
+        if self.unfilled not in UNFILLED_MODES:
+            raise ConfigError(
+                f"simulator.unfilled must be one of {sorted(UNFILLED_MODES)}, got {self.unfilled!r}"
+            )
+        probs = self.latency_probs  # a list, tuple or Hydra ListConfig (a MutableSequence)
+        if isinstance(probs, str) or not isinstance(probs, Sequence) or len(probs) == 0:
+            raise ConfigError(
+                "simulator.latency_probs must be a non-empty list of probabilities "
+                f"(P(k) for k = 0, 1, ...), got {probs!r}"
+            )
+        probs = tuple(_number(f"latency_probs[{k}]", p) for k, p in enumerate(probs))
+        if abs(sum(probs) - 1.0) > 1e-9:
+            raise ConfigError(
+                f"simulator.latency_probs must sum to 1, got {list(probs)} (sum {sum(probs):.12g})"
+            )
+        put("latency_probs", probs)
+        for key in ("periods_per_year", "seed"):
+            value = getattr(self, key)
+            integral = isinstance(value, int | np.integer) and not isinstance(value, bool)
+            if not integral or value < (1 if key == "periods_per_year" else 0):
+                low = "an integer > 0" if key == "periods_per_year" else "an integer >= 0"
+                raise ConfigError(f"simulator.{key} must be {low}, got {value!r}")
+            put(key, int(value))
+
+
+# The schema, for tools that check `simulator=realistic` against it (`_target_` aside).
+ConfigStore.instance().store(group="schema/simulator", name="realistic", node=SimulatorConfig)
+
+
+@dataclass(frozen=True)
+class MarketData:
+    """Market inputs over ``T + 1`` bars, each ``(E, T + 1, S)`` or ``(T + 1, S)`` (one shape).
+
+    Attributes:
+        close: execution price at each bar's close, currency per share; NaN where no bar.
+        volume: shares traded in the bar (``inf``: unlimited).
+        volatility: per-bar return volatility known at the bar (e.g. 20-bar std of returns).
+        tradable: bool, inside the symbol's listed life and has a bar; where true, ``close``
+            must be finite and > 0, ``volume`` >= 0 and ``volatility`` finite and >= 0.
+
+    Raises:
+        DataError: if the four arrays are not 2-D or 3-D of one shape.
+    """
+
+    close: Array
+    volume: Array
+    volatility: Array
+    tradable: Array
+
+    def __post_init__(self) -> None:
+        shapes = {f.name: tuple(getattr(self, f.name).shape) for f in fields(self)}
+        if len(set(shapes.values())) != 1 or len(shapes["close"]) not in (2, 3):
+            raise DataError(
+                f"market arrays must share one (E, T + 1, S) or (T + 1, S) shape, got {shapes}"
+            )
+
+
+@dataclass
+class RealisticResult:
+    """Outcome of ``RealisticSimulator.run`` over ``T`` steps.
+
+    Tensors are ``(E, T, ...)``, with ``E`` squeezed away when neither the weights nor the market
+    had it. Step ``t`` is the trade at close ``t`` and the holding over ``t -> t + 1``.
+
+    Attributes:
+        portfolio_returns: ``(E, T)`` ``equity[t + 1] / equity[t] - 1`` (0 where equity[t] = 0).
+        equity: ``(E, T + 1)`` marked equity at each close, currency; ``equity[0]`` is the
+            initial cash and ``equity[t + 1] = cash[t] + sum_s positions[t] * mark_{t + 1}``.
+        cash: ``(E, T)`` cash after the fills of close ``t`` and the carry of ``t -> t + 1``.
+        positions: ``(E, T, S)`` shares held over ``t -> t + 1`` (negative = short).
+        weights_held: ``(E, T, S)`` ``positions * mark_t`` / equity after the fills at ``t``.
+        fills: ``(E, T, S)`` shares filled at close ``t`` (negative = sold).
+        costs: ``{name: (E, T)}`` currency for ``commission``, ``spread``, ``impact`` (at close
+            ``t``) and ``borrow``, ``funding`` (over ``t -> t + 1``).
+        turnover: ``(E, T)`` traded notional at ``t`` / ``|equity[t]|`` (0 where equity is 0).
+        gross_exposure: ``(E, T)`` ``sum_s |weights_held|``.
+        net_exposure: ``(E, T)`` ``sum_s weights_held``.
+        trades: one row per round trip (a run of bars holding one side of one symbol):
+            ``env``, ``symbol`` (index), ``side`` (+1 long / -1 short), ``entry_bar`` (the fill
+            that opened it), ``exit_bar`` (the fill that closed or flipped it; ``T`` if still
+            open), ``holding_bars = exit_bar - entry_bar``, ``quantity`` (largest ``|shares|``
+            held), ``pnl`` (currency: mark-to-market of its bars, less its borrow and its
+            fills' trading costs; a flipping fill's costs are split by shares closed / opened;
+            funding is a portfolio cost, not in any trade) and ``open``.
+    """
+
+    portfolio_returns: torch.Tensor
+    equity: torch.Tensor
+    cash: torch.Tensor
+    positions: torch.Tensor
+    weights_held: torch.Tensor
+    fills: torch.Tensor
+    costs: dict[str, torch.Tensor]
+    turnover: torch.Tensor
+    gross_exposure: torch.Tensor
+    net_exposure: torch.Tensor
+    trades: pd.DataFrame
+
+
+@dataclass
+class PreparedInputs:
+    """Validated inputs as ``(E, T, S)`` / ``(E, T + 1, S)`` tensors (shared by both engines).
+
+    Attributes:
+        weights: ``(E, T, S)`` targets with NaN -> 0.
+        close: ``(E, T + 1, S)`` closes, NaN where no bar.
+        volume: ``(E, T, S)`` bar volume, 0 where not tradable.
+        volatility: ``(E, T, S)`` per-bar volatility, 0 where not tradable.
+        tradable: ``(E, T, S)`` bool, an order can fill at close ``t``.
+        holdable: ``(E, T, S)`` bool, a nonzero target is allowed at ``t``.
+        squeeze: whether the caller passed no ``E`` axis.
+    """
+
+    weights: torch.Tensor
+    close: torch.Tensor
+    volume: torch.Tensor
+    volatility: torch.Tensor
+    tradable: torch.Tensor
+    holdable: torch.Tensor
+    squeeze: bool
+
+
+def _tensor(x: Array, dtype: torch.dtype | None, device) -> torch.Tensor:
+    """``x`` as a tensor of ``dtype`` (``None``: bool); numpy input is copied, as it may be a
+    read-only broadcast view."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device=device, dtype=dtype or torch.bool)
+    arr = np.array(x, dtype=None if dtype is not None else bool)
+    return torch.tensor(arr, dtype=dtype, device=device)
+
+
+def _first_bad(mask: torch.Tensor) -> tuple[int, ...]:
+    return tuple(int(i) for i in torch.nonzero(mask)[0])
+
+
+def prepare_inputs(
+    weights: Array,
+    returns: Array | None,
+    market: MarketData | None,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> PreparedInputs:
+    """Check the inputs and bring them to ``(E, T, S)`` tensors (see ``PreparedInputs``).
+
+    Raises:
+        DataError: on missing or doubled market inputs, bad shapes, infinite weights or returns,
+            returns <= -1, or a tradable bar without a positive close, a volume >= 0 and a
+            finite volatility >= 0 (the message names the first ``(e, t, s)``).
+    """
+    if device is None:
+        device = weights.device if isinstance(weights, torch.Tensor) else "cpu"
+    w = _tensor(weights, dtype, device)
+    if w.ndim not in (2, 3):
+        raise DataError(f"weights must be (T, S) or (E, T, S), got shape {tuple(w.shape)}")
+    if torch.isinf(w).any():
+        raise DataError(f"weights must be finite or NaN; weights{list(_first_bad(torch.isinf(w)))}")
+    if (returns is None) == (market is None):
+        raise DataError("pass exactly one of `returns` (T, S) or `market` (MarketData)")
+    if market is None:
+        r = _tensor(returns, dtype, device)
+        same_env = r.ndim < 3 or w.ndim < 3 or r.shape[0] == w.shape[0]
+        if r.ndim not in (2, 3) or r.shape[-2:] != w.shape[-2:] or not same_env:
+            raise DataError(
+                f"returns.shape={tuple(r.shape)} does not match weights.shape={tuple(w.shape)}"
+            )
+        if torch.isinf(r).any() or (r <= -1).any():
+            bad = torch.isinf(r) | (r <= -1)
+            raise DataError(f"returns must be finite and > -1 or NaN; bad at {_first_bad(bad)}")
+        ok = ~torch.isnan(r)  # (.., T, S) holdable over t -> t + 1
+        pad = torch.zeros_like(ok[..., :1, :])
+        has_bar = torch.cat([ok, pad], dim=-2) | torch.cat([pad, ok], dim=-2)  # (.., T + 1, S)
+        growth = torch.cat([torch.ones_like(r[..., :1, :]), 1.0 + r.nan_to_num(0.0)], dim=-2)
+        close = torch.where(has_bar, growth.cumprod(dim=-2), torch.nan)
+        tradable, holdable = has_bar[..., :-1, :], ok
+        volume = torch.where(tradable, torch.inf, 0.0).to(dtype)
+        volatility = torch.zeros_like(volume)
+    else:
+        close = _tensor(market.close, dtype, device)
+        vol_all = _tensor(market.volume, dtype, device)
+        sig_all = _tensor(market.volatility, dtype, device)
+        trad_all = _tensor(market.tradable, None, device)
+        if close.shape[-2] != w.shape[-2] + 1 or close.shape[-1] != w.shape[-1]:
+            raise DataError(
+                f"market arrays must have T + 1 bars for weights of T bars: market "
+                f"{tuple(close.shape)} vs weights {tuple(w.shape)}"
+            )
+        if close.ndim == 3 and w.ndim == 3 and close.shape[0] != w.shape[0]:
+            raise DataError(f"market has {close.shape[0]} environments, weights {w.shape[0]}")
+        checks = {
+            "close must be > 0 where finite": (close <= 0) | torch.isinf(close),
+            "close must be finite where tradable": trad_all & torch.isnan(close),
+            "volume must be >= 0 where tradable": trad_all & ~(vol_all >= 0),
+            "volatility must be finite and >= 0 where tradable": trad_all
+            & ~(torch.isfinite(sig_all) & (sig_all >= 0)),
+        }
+        for what, bad in checks.items():
+            if bad.any():
+                raise DataError(f"market.{what}; first bad (e, t, s) / (t, s) {_first_bad(bad)}")
+        tradable = trad_all[..., :-1, :]
+        holdable = tradable
+        volume = torch.where(tradable, vol_all[..., :-1, :], 0.0)
+        volatility = torch.where(tradable, sig_all[..., :-1, :], 0.0)
+    squeeze = w.ndim == 2 and close.ndim == 2
+    n_env = max(w.shape[0] if w.ndim == 3 else 1, close.shape[0] if close.ndim == 3 else 1)
+
+    def batch(x: torch.Tensor) -> torch.Tensor:
+        return (x if x.ndim == 3 else x.unsqueeze(0)).expand(n_env, -1, -1).contiguous()
+
+    return PreparedInputs(
+        weights=batch(w.nan_to_num(0.0)),
+        close=batch(close),
+        volume=batch(volume),
+        volatility=batch(volatility),
+        tradable=batch(tradable),
+        holdable=batch(holdable),
+        squeeze=squeeze,
+    )
+
+
+def draw_latencies(
+    latency_probs: Sequence[float], n_env: int, n_t: int, n_s: int, seed: int
+) -> torch.Tensor:
+    """Latency ``k`` (bars) of the order of every ``(e, t, s)``: ``(E, T, S)`` int64 on CPU.
+
+    Environment ``e`` draws ``u = torch.rand((T, S))`` (float64) from a CPU ``torch.Generator``
+    seeded with ``seed + e`` and takes ``k = #{j : cdf[j] <= u}``, ``cdf = cumsum(latency_probs)``;
+    so a batch's environment ``e`` equals a lone run with ``seed + e``, on any device.
+    """
+    n_k = len(latency_probs)
+    if n_k == 1:
+        return torch.zeros((n_env, n_t, n_s), dtype=torch.int64)
+    cdf = torch.tensor(latency_probs, dtype=torch.float64).cumsum(0)
+    out = []
+    for e in range(n_env):
+        gen = torch.Generator().manual_seed(seed + e)
+        u = torch.rand((n_t, n_s), generator=gen, dtype=torch.float64)
+        out.append(torch.searchsorted(cdf, u, right=True).clamp_(max=n_k - 1))
+    return torch.stack(out)
+
+
+def forward_fill(close: torch.Tensor) -> torch.Tensor:
+    """``(E, T1, S)`` last finite close at or before each bar; 0 before a symbol's first bar."""
+    n_t = close.shape[1]
+    valid = ~torch.isnan(close)
+    steps = torch.arange(n_t, device=close.device).view(1, n_t, 1)
+    idx = torch.where(valid, steps, 0).cummax(dim=1).values
+    return torch.gather(close.nan_to_num(0.0), 1, idx)
+
+
+class RealisticSimulator:
+    """Simulates target weights with orders, costs, partial fills, latency, carry and caps.
+
+    Args:
+        config: the settings; ``None`` takes the defaults.
+        **kwargs: fields of ``SimulatorConfig`` (how Hydra builds it), overriding ``config``.
+
+    Raises:
+        ConfigError: on an unknown key or an invalid value.
+    """
+
+    def __init__(self, config: SimulatorConfig | None = None, **kwargs) -> None:
+        known = {f.name for f in fields(SimulatorConfig)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ConfigError(
+                f"simulator.{unknown[0]} is not a setting of the realistic simulator; "
+                f"valid keys: {sorted(known)}"
+            )
+        self.config = replace(config or SimulatorConfig(), **kwargs)
+
+    def run(
+        self,
+        weights: Array,
+        returns: Array | None = None,
+        market: MarketData | None = None,
+        *,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+    ) -> RealisticResult:
+        """Simulate the targets bar by bar (order of events in the module docstring).
+
+        Args:
+            weights: ``(T, S)`` or ``(E, T, S)`` target weights, fraction of equity; NaN = 0.
+            returns: ``(T, S)`` or ``(E, T, S)`` close-to-close returns, used when there is no
+                ``market`` (unlimited volume, zero volatility).
+            market: ``T + 1`` bars of market data; a 2-D market is shared by all environments.
+            dtype: floating dtype of the computation.
+            device: where to compute; default the weights' device (CPU for numpy).
+
+        Returns:
+            The ``RealisticResult``.
+
+        Raises:
+            DataError: on bad inputs (see ``prepare_inputs``).
+        """
+        cfg = self.config
+        x = prepare_inputs(weights, returns, market, dtype, device)
+        n_env, n_t, n_s = x.weights.shape
+        dev = x.weights.device
+        mark = forward_fill(x.close)  # (E, T + 1, S)
+        lat = draw_latencies(cfg.latency_probs, n_env, n_t, n_s, cfg.seed).to(dev)  # (E, T, S)
+        n_slots = max(len(cfg.latency_probs), 2)  # ring buffer of pending orders by due bar
+        carry = cfg.unfilled == "carry"
+        bps = 1e-4
+        borrow_rate = cfg.borrow_bps_annual * bps / cfg.periods_per_year
+        funding_rate = cfg.funding_bps_annual * bps / cfg.periods_per_year
+
+        def zeros(*shape: int) -> torch.Tensor:
+            return torch.zeros(shape, dtype=dtype, device=dev)
+
+        q = zeros(n_env, n_s)  # shares held
+        pending = zeros(n_env, n_slots, n_s)  # shares due at bar u in slot u % n_slots
+        cash = torch.full((n_env,), cfg.initial_cash, dtype=dtype, device=dev)
+        equity = zeros(n_env, n_t + 1)
+        equity[:, 0] = cash
+        out = {k: zeros(n_env, n_t, n_s) for k in ("positions", "fills", "weights_held")}
+        out |= {k: zeros(n_env, n_t, n_s) for k in ("commission", "spread", "impact")}
+        cash_path, turnover, borrow, funding = (zeros(n_env, n_t) for _ in range(4))
+
+        for t in range(n_t):
+            tr = x.tradable[:, t]  # (E, S)
+            px = torch.where(tr, x.close[:, t], 0.0)  # (E, S) execution price, 0 if none
+            vol = x.volume[:, t]  # (E, S)
+            eq = equity[:, t]  # (E,)  1. mark (carry of t - 1 -> t already paid)
+            # 2. targets, zero where not holdable, scaled to the leverage caps
+            w = torch.where(x.holdable[:, t], x.weights[:, t], 0.0)  # (E, S)
+            gross, net = w.abs().sum(-1), w.sum(-1).abs()  # (E,)
+            scale = torch.ones_like(eq)
+            scale = torch.where(
+                gross > cfg.max_gross_leverage, cfg.max_gross_leverage / gross, scale
+            )
+            scale = torch.minimum(
+                scale, torch.where(net > cfg.max_net_leverage, cfg.max_net_leverage / net, 1.0)
+            )
+            # 3. orders in shares net of holdings and pending orders, due after their latency
+            target = w * scale[:, None] * eq.clamp(min=0.0)[:, None] / torch.where(tr, px, 1.0)
+            held = pending.sum(1)  # (E, S) net pending shares
+            order = target - (q + held)
+            size = target.abs() + q.abs() + held.abs()
+            order = torch.where(tr & (order.abs() > DUST * size), order, 0.0)
+            due_slot = (t + lat[:, t]) % n_slots  # (E, S)
+            pending.scatter_add_(1, due_slot.unsqueeze(1), order.unsqueeze(1))
+            # 4. execution of everything due now, capped by participation of the bar's volume
+            slot = t % n_slots
+            due = pending[:, slot].clone()  # (E, S)
+            pending[:, slot] = 0.0
+            fillable = torch.where(tr & (vol > 0), cfg.participation_cap * vol, 0.0)
+            fill = torch.sign(due) * torch.minimum(due.abs(), fillable)
+            if carry:
+                pending[:, (t + 1) % n_slots] += due - fill
+            # 5. settlement at the close, with trading costs per fill
+            q_new = q + fill
+            q = torch.where(q_new.abs() <= DUST * q.abs(), 0.0, q_new)
+            notional = fill.abs() * px
+            commission = torch.where(
+                fill != 0, (notional * cfg.commission_bps * bps).clamp(min=cfg.min_commission), 0.0
+            )
+            spread = notional * cfg.half_spread_bps * bps
+            depth = fill.abs() / torch.where(vol > 0, vol, 1.0)
+            impact = notional * cfg.impact_coef * x.volatility[:, t] * depth.sqrt()
+            cash = cash - (fill * px + commission + spread + impact).sum(-1)
+            value = q * mark[:, t]  # (E, S)
+            post = cash + value.sum(-1)  # (E,) equity after the trades
+            # 6. carry over t -> t + 1
+            borrow[:, t] = borrow_rate * (-value).clamp(min=0.0).sum(-1)
+            funding[:, t] = funding_rate * (-cash).clamp(min=0.0)
+            cash = cash - borrow[:, t] - funding[:, t]
+            # 7. mark at the next close
+            equity[:, t + 1] = cash + (q * mark[:, t + 1]).sum(-1)
+            cash_path[:, t] = cash
+            turnover[:, t] = torch.where(eq != 0, notional.sum(-1) / eq.abs(), 0.0)
+            out["positions"][:, t] = q
+            out["fills"][:, t] = fill
+            nonzero = (post != 0)[:, None]
+            safe_post = torch.where(post != 0, post, 1.0)[:, None]
+            out["weights_held"][:, t] = torch.where(nonzero, value / safe_post, 0.0)
+            out["commission"][:, t], out["spread"][:, t], out["impact"][:, t] = (
+                commission,
+                spread,
+                impact,
+            )
+
+        prev = equity[:, :-1]
+        port_ret = torch.where(prev != 0, equity[:, 1:] / torch.where(prev != 0, prev, 1.0) - 1, 0)
+        trade_cost = out["commission"] + out["spread"] + out["impact"]  # (E, T, S)
+        borrow_by_symbol = borrow_rate * (-out["positions"] * mark[:, :-1]).clamp(min=0.0)
+        trades = trade_list(out["positions"], mark, trade_cost, borrow_by_symbol)
+        costs = {k: out[k].sum(-1) for k in ("commission", "spread", "impact")}
+        costs |= {"borrow": borrow, "funding": funding}
+
+        def sq(v: torch.Tensor) -> torch.Tensor:
+            return v[0] if x.squeeze else v
+
+        held = out["weights_held"]
+        return RealisticResult(
+            portfolio_returns=sq(port_ret),
+            equity=sq(equity),
+            cash=sq(cash_path),
+            positions=sq(out["positions"]),
+            weights_held=sq(held),
+            fills=sq(out["fills"]),
+            costs={k: sq(v) for k, v in costs.items()},
+            turnover=sq(turnover),
+            gross_exposure=sq(held.abs().sum(-1)),
+            net_exposure=sq(held.sum(-1)),
+            trades=trades,
+        )
+
+
+def trade_list(
+    positions: torch.Tensor,
+    mark: torch.Tensor,
+    trade_cost: torch.Tensor,
+    borrow: torch.Tensor,
+) -> pd.DataFrame:
+    """Round trips from the position paths, vectorised over environments, symbols and bars.
+
+    Args:
+        positions: ``(E, T, S)`` shares held over ``t -> t + 1``.
+        mark: ``(E, T + 1, S)`` marking closes, currency per share.
+        trade_cost: ``(E, T, S)`` commission + spread + impact of the fill at ``t``, currency.
+        borrow: ``(E, T, S)`` borrow paid over ``t -> t + 1``, currency.
+
+    Returns:
+        The ``RealisticResult.trades`` frame (columns ``TRADE_COLUMNS``), ordered by env, symbol
+        and entry bar.
+    """
+    q = positions.detach().cpu().double().numpy().transpose(0, 2, 1)  # (E, S, T)
+    m = mark.detach().cpu().double().numpy().transpose(0, 2, 1)  # (E, S, T + 1)
+    cost = trade_cost.detach().cpu().double().numpy().transpose(0, 2, 1)
+    bor = borrow.detach().cpu().double().numpy().transpose(0, 2, 1)
+    n_env, n_s, n_t = q.shape
+    side = np.sign(q)
+    prev_q = np.concatenate([np.zeros_like(q[..., :1]), q[..., :-1]], axis=-1)
+    prev_side = np.sign(prev_q)
+    start = (side != 0) & (side != prev_side)  # (E, S, T) a trade opens at this fill
+    ids = np.cumsum(start.ravel()).reshape(q.shape) - 1  # id of the trade held over t -> t + 1
+    prev_ids = np.concatenate([np.full_like(ids[..., :1], -1), ids[..., :-1]], axis=-1)
+    n_trades = int(start.sum())
+    active = side != 0
+
+    # P&L over each held interval, minus its borrow, to the trade held then.
+    carry_pnl = q * (m[..., 1:] - m[..., :-1]) - bor
+    pnl = np.bincount(ids[active], weights=carry_pnl[active], minlength=n_trades)
+    # Fill costs: the closing share to the trade held before, the rest to the one held after.
+    flip = (prev_side != 0) & (side != 0) & (side != prev_side)
+    denom = np.where(flip, np.abs(prev_q) + np.abs(q), 1.0)
+    frac_close = np.where(flip, np.abs(prev_q) / denom, ((prev_side != 0) & (side == 0)) * 1.0)
+    close_part = (prev_side != 0) & (frac_close > 0)
+    open_part = active & (frac_close < 1)
+    pnl -= np.bincount(prev_ids[close_part], (cost * frac_close)[close_part], n_trades)
+    pnl -= np.bincount(ids[open_part], (cost * (1 - frac_close))[open_part], n_trades)
+
+    env, sym, entry = np.nonzero(start)
+    lengths = np.bincount(ids[active], minlength=n_trades)  # bars held
+    exit_bar = entry + lengths  # the fill that ended it, or T if still held
+    seg_starts = np.flatnonzero(start[active])  # active elements are contiguous per trade
+    quantity = np.maximum.reduceat(np.abs(q[active]), seg_starts) if n_trades else np.zeros(0)
+    return pd.DataFrame(
+        {
+            "env": env.astype(np.int64),
+            "symbol": sym.astype(np.int64),
+            "side": side[env, sym, entry].astype(np.int64),
+            "entry_bar": entry.astype(np.int64),
+            "exit_bar": exit_bar.astype(np.int64),
+            "holding_bars": lengths.astype(np.int64),
+            "quantity": quantity.astype(np.float64),
+            "pnl": pnl.astype(np.float64),
+            "open": exit_bar >= n_t,
+        },
+        columns=list(TRADE_COLUMNS),
+    )

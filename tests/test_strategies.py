@@ -1,0 +1,366 @@
+"""Baseline weight panels: hand cases, loop references, causality, ridge closed form, NaN rules."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from plusultra.errors import ConfigError, DataError
+from plusultra.evaluation.baselines import buy_and_hold_returns
+from plusultra.evaluation.positions import positions_from_signal
+from plusultra.evaluation.strategies import (
+    BASELINES,
+    buy_and_hold_weights,
+    equal_weight_weights,
+    fit_ridge,
+    get_baseline,
+    mean_reversion_weights,
+    momentum_weights,
+    ridge_weights,
+)
+from plusultra.sim.frictionless import FrictionlessSimulator
+
+NAN = float("nan")
+
+
+def _market(seed: int, n_t: int = 80, n_s: int = 9, n_f: int = 3) -> dict[str, np.ndarray]:
+    """A random panel with a late listing, a delisting and a gap in tradability."""
+    rng = np.random.default_rng(seed)
+    close = 50.0 * np.exp(np.cumsum(rng.normal(0.0, 0.02, size=(n_t, n_s)), axis=0))
+    close[:20, 1] = NAN  # listed at t = 20
+    close[60:, 2] = NAN  # last bar at t = 59
+    returns = np.full((n_t, n_s), NAN)
+    returns[:-1] = close[1:] / close[:-1] - 1.0  # (T, S), NaN where either close is missing
+    tradable = ~np.isnan(returns)
+    tradable[30:33, 4] = False  # e.g. a trading halt
+    features = rng.normal(size=(n_t, n_s, n_f))
+    features[rng.random((n_t, n_s)) < 0.05, 0] = NAN
+    targets = np.where(tradable, returns, NAN)  # 1-bar forward return as the label
+    return {
+        "close": close,
+        "returns": np.where(tradable, returns, NAN),
+        "tradable": tradable,
+        "features": features,
+        "targets": targets,
+    }
+
+
+def _call(name: str, m: dict[str, np.ndarray], train_end: int = 20) -> np.ndarray:
+    """Each baseline with its inputs from a market dict and short lookbacks.
+
+    Ridge rows before ``train_end`` are in-sample; the causality test checks ``t >= train_end``.
+    """
+    if name == "buyhold":
+        return buy_and_hold_weights(m["returns"], m["tradable"])
+    if name == "equal_weight":
+        return equal_weight_weights(m["tradable"])
+    if name == "momentum":
+        return momentum_weights(m["close"], m["tradable"], lookback=20, skip=3, quantile=0.25)
+    if name == "mean_reversion":
+        return mean_reversion_weights(m["close"], m["tradable"], lookback=4, quantile=0.25)
+    return ridge_weights(m["features"], m["targets"], m["tradable"], train_end, alpha=0.5)
+
+
+# ---------------------------------------------------------------- naive loop references
+
+
+def long_short_ref(signal: np.ndarray, quantile: float) -> np.ndarray:
+    """Per row: sort (signal, column) pairs, short the first k, long the last k."""
+    out = np.zeros(signal.shape)
+    for t in range(signal.shape[0]):
+        pairs = sorted(
+            (signal[t, s], s) for s in range(signal.shape[1]) if signal[t, s] == signal[t, s]
+        )
+        n = len(pairs)
+        if n < 2 or pairs[0][0] == pairs[-1][0]:
+            continue
+        k = min(n // 2, max(1, math.floor(round(quantile * n, 9))))
+        for _, s in pairs[:k]:
+            out[t, s] = -0.5 / k
+        for _, s in pairs[n - k :]:
+            out[t, s] = 0.5 / k
+    return out
+
+
+def past_return_ref(close, tradable, start: int, end: int) -> np.ndarray:
+    """close[t - end] / close[t - start] - 1 by a loop over (t, s)."""
+    sig = np.full(close.shape, NAN)
+    for t in range(start, close.shape[0]):
+        for s in range(close.shape[1]):
+            a, b = close[t - start, s], close[t - end, s]
+            if tradable[t, s] and a > 0 and b > 0:
+                sig[t, s] = b / a - 1.0
+    return sig
+
+
+def buy_and_hold_ref(returns: np.ndarray, tradable: np.ndarray) -> np.ndarray:
+    """Holdings in currency: buy 1/n at t = 0, sell to cash at the first non-tradable bar."""
+    n_t, n_s = returns.shape
+    held = [bool(tradable[0, s]) for s in range(n_s)]
+    holding = [1.0 / sum(held) if held[s] else 0.0 for s in range(n_s)]
+    cash = 0.0
+    out = np.zeros((n_t, n_s))
+    for t in range(n_t):
+        for s in range(n_s):
+            if held[s] and not tradable[t, s]:
+                cash += holding[s]
+                holding[s], held[s] = 0.0, False
+        book = cash + sum(holding)
+        for s in range(n_s):
+            out[t, s] = holding[s] / book if held[s] else 0.0
+        for s in range(n_s):
+            if held[s]:
+                holding[s] *= 1.0 + returns[t, s]
+    return out
+
+
+# ---------------------------------------------------------------- equal weight, buy and hold
+
+
+def test_equal_weight_hand_example() -> None:
+    tradable = np.array([[True, True, False, True], [False, False, False, False], [True] * 4])
+    expected = np.array([[1 / 3, 1 / 3, 0, 1 / 3], [0, 0, 0, 0], [0.25] * 4])
+    np.testing.assert_allclose(equal_weight_weights(tradable), expected)
+
+
+def test_buy_and_hold_hand_example() -> None:
+    returns = np.array(
+        [
+            [0.10, -0.10, 0.5],  # symbol 2 is not tradable at 0: never bought
+            [0.00, 0.20, 0.5],
+            [0.10, NAN, 0.5],  # symbol 1 delisted: sold at its last value 0.54
+            [0.00, 0.00, 0.5],
+        ]
+    )
+    tradable = np.array([[1, 1, 0], [1, 1, 1], [1, 0, 1], [1, 1, 1]], dtype=bool)
+    expected = np.array(
+        [
+            [0.5, 0.5, 0.0],
+            [0.55, 0.45, 0.0],  # values 0.55 and 0.45 of a book of 1.0
+            [0.55 / 1.09, 0.0, 0.0],  # 0.55 held, 0.54 cash
+            [0.605 / 1.145, 0.0, 0.0],  # tradable again, but the cash is never reinvested
+        ]
+    )
+    np.testing.assert_allclose(buy_and_hold_weights(returns, tradable), expected, rtol=1e-14)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_buy_and_hold_matches_reference_and_simulates_to_buy_and_hold_returns(seed: int) -> None:
+    m = _market(seed)
+    w = buy_and_hold_weights(m["returns"], m["tradable"])
+    np.testing.assert_allclose(w, buy_and_hold_ref(m["returns"], m["tradable"]), rtol=1e-12)
+    sim = FrictionlessSimulator(1.0).run(w, m["returns"])
+    np.testing.assert_allclose(
+        sim.portfolio_returns, buy_and_hold_returns(m["returns"]), rtol=1e-12, atol=1e-15
+    )
+    # Trades only at t = 0 (buy) and when a held symbol stops being tradable (sell).
+    sells = np.flatnonzero(sim.turnover[1:] > 1e-12) + 1
+    assert set(sells) <= {30, 59, 79}  # the halt of symbol 4, the delisting of 2, the last bar
+
+
+# ---------------------------------------------------------------- long/short baselines
+
+
+def test_long_short_leg_size_convention() -> None:
+    close = np.vstack([np.full(10, 100.0), 100.0 + np.arange(10.0)])  # returns rise with column
+    w = momentum_weights(close, np.ones((2, 10), dtype=bool), lookback=1, skip=0, quantile=0.2)
+    # n = 10, quantile 0.2: k = 2 per leg, +-0.25 each; gross 1, net 0.
+    np.testing.assert_allclose(w[1], [-0.25, -0.25, 0, 0, 0, 0, 0, 0, 0.25, 0.25])
+    np.testing.assert_array_equal(w[0], 0.0)  # t < lookback: no signal
+    # n = 4, quantile 0.2: 0.8 -> at least 1 per leg.
+    sub = np.ones((2, 10), dtype=bool)
+    sub[1, 4:] = False
+    w = momentum_weights(close, sub, lookback=1, skip=0, quantile=0.2)
+    np.testing.assert_allclose(w[1], [-0.5, 0, 0, 0.5, 0, 0, 0, 0, 0, 0])
+    # n = 5, quantile 0.5: 2.5 -> k = min(5 // 2, 2) = 2; the middle symbol stays flat.
+    sub[1, :5] = True
+    w = momentum_weights(close, sub, lookback=1, skip=0, quantile=0.5)
+    np.testing.assert_allclose(w[1], [-0.25, -0.25, 0, 0.25, 0.25, 0, 0, 0, 0, 0])
+
+
+def test_long_short_ties_all_equal_and_single_symbol_rows() -> None:
+    close = np.array(
+        [
+            [100.0, 100.0, 100.0, 100.0],
+            [110.0, 110.0, 110.0, 120.0],  # ties at the bottom: the lower column is shorted
+            [100.0, 100.0, 100.0, 100.0],
+            [110.0, 110.0, 110.0, 110.0],  # all equal: no cross-section
+            [100.0, 100.0, 100.0, 100.0],
+            [110.0, NAN, NAN, NAN],  # one valid symbol
+        ]
+    )
+    w = momentum_weights(close, np.ones(close.shape, dtype=bool), lookback=1, skip=0, quantile=0.25)
+    np.testing.assert_allclose(w[1], [-0.5, 0.0, 0.0, 0.5])
+    np.testing.assert_array_equal(w[3], 0.0)
+    np.testing.assert_array_equal(w[5], 0.0)
+
+
+def test_momentum_hand_example() -> None:
+    # lookback 3, skip 1: the signal at t = 3 is close[2] / close[0] - 1.
+    close = np.array(
+        [
+            [10.0, 10.0, 10.0, 10.0],
+            [11.0, 9.0, 10.0, 10.0],
+            [12.0, 8.0, 10.5, 9.5],  # +20 %, -20 %, +5 %, -5 %
+            [1.0, 100.0, 10.0, 10.0],  # ignored at t = 3 (skipped)
+        ]
+    )
+    w = momentum_weights(close, np.ones((4, 4), dtype=bool), lookback=3, skip=1, quantile=0.25)
+    np.testing.assert_array_equal(w[:3], 0.0)
+    np.testing.assert_allclose(w[3], [0.5, -0.5, 0.0, 0.0])
+
+
+def test_mean_reversion_hand_example() -> None:
+    close = np.array([[10.0, 10.0, 10.0, 10.0], [12.0, 8.0, 10.5, 9.5]])
+    w = mean_reversion_weights(close, np.ones((2, 4), dtype=bool), lookback=1, quantile=0.25)
+    np.testing.assert_allclose(w[1], [-0.5, 0.5, 0.0, 0.0])  # short the winner, buy the loser
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_momentum_and_mean_reversion_match_references(seed: int) -> None:
+    m = _market(seed)
+    close, tradable = m["close"], m["tradable"]
+    got = momentum_weights(close, tradable, lookback=20, skip=3, quantile=0.3)
+    expected = long_short_ref(past_return_ref(close, tradable, 20, 3), 0.3)
+    np.testing.assert_allclose(got, expected, atol=1e-15)
+    got = mean_reversion_weights(close, tradable, lookback=4, quantile=0.2)
+    expected = long_short_ref(-past_return_ref(close, tradable, 4, 0), 0.2)
+    np.testing.assert_allclose(got, expected, atol=1e-15)
+
+
+# ---------------------------------------------------------------- ridge
+
+
+def test_fit_ridge_equals_augmented_least_squares() -> None:
+    # Ridge with an unpenalised intercept = least squares on [X 1; sqrt(alpha) I 0] vs [y; 0].
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3))
+    y = x @ np.array([0.5, -1.0, 2.0]) + 0.3 + rng.normal(scale=0.1, size=40)
+    for alpha in (0.0, 0.7, 25.0):
+        design = np.vstack(
+            [
+                np.hstack([x, np.ones((40, 1))]),
+                np.hstack([math.sqrt(alpha) * np.eye(3), np.zeros((3, 1))]),
+            ]
+        )
+        sol = np.linalg.lstsq(design, np.concatenate([y, np.zeros(3)]), rcond=None)[0]
+        w, b = fit_ridge(x, y, alpha)
+        np.testing.assert_allclose(w, sol[:3], rtol=1e-10)
+        assert b == pytest.approx(sol[3], rel=1e-10)
+    w, b = fit_ridge(x, y, 0.0)
+    np.testing.assert_allclose(w, [0.5, -1.0, 2.0], atol=0.05)  # recovers the truth
+
+
+def test_ridge_weights_equal_closed_form_on_toy_problem() -> None:
+    # Toy: T = 6, S = 4, F = 2; target = 2 f0 - f1 exactly, train on t <= 3.
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(6, 4, 2))
+    y = 2.0 * x[..., 0] - x[..., 1]
+    y[4:] = NAN  # labels after train_end are unknown
+    tradable = np.ones((6, 4), dtype=bool)
+    tradable[5, 3] = False
+    alpha = 0.5
+    xs, ys = x[:4].reshape(-1, 2), y[:4].reshape(-1)
+    xc, yc = xs - xs.mean(axis=0), ys - ys.mean()
+    coef = np.linalg.solve(xc.T @ xc + alpha * np.eye(2), xc.T @ yc)
+    pred = x @ coef + (ys.mean() - xs.mean(axis=0) @ coef)
+    pred[5, 3] = NAN
+    got = ridge_weights(x, y, tradable, train_end=3, alpha=alpha, method="zscore")
+    np.testing.assert_allclose(got, positions_from_signal(pred, "zscore"), rtol=1e-10, atol=1e-15)
+    assert got[5, 3] == 0.0
+
+
+def test_ridge_fits_only_up_to_train_end_and_zeroes_missing_features() -> None:
+    m = _market(2)
+    w = ridge_weights(m["features"], m["targets"], m["tradable"], train_end=40)
+    later = m["targets"].copy()
+    later[41:] = np.random.default_rng(5).normal(size=later[41:].shape)  # labels after train_end
+    np.testing.assert_array_equal(
+        w, ridge_weights(m["features"], later, m["tradable"], train_end=40)
+    )
+    missing = np.isnan(m["features"]).any(axis=2) | ~m["tradable"]
+    assert (w[missing] == 0.0).all()
+    assert not np.array_equal(w, ridge_weights(m["features"], later, m["tradable"], train_end=60))
+
+
+# ---------------------------------------------------------------- every baseline
+
+
+def test_registry_names_and_lookup() -> None:
+    assert sorted(BASELINES) == ["buyhold", "equal_weight", "mean_reversion", "momentum", "ridge"]
+    assert get_baseline("momentum") is momentum_weights
+    with pytest.raises(ConfigError, match="buyhold, equal_weight, mean_reversion, momentum, ridge"):
+        get_baseline("magic")
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_every_baseline_contract(name: str) -> None:
+    m = _market(0)
+    w = _call(name, m)
+    assert w.shape == m["tradable"].shape
+    assert np.isfinite(w).all()
+    assert (w[~m["tradable"]] == 0.0).all()  # non-tradable -> weight 0
+    assert (np.abs(w).sum(axis=1) <= 1.0 + 1e-12).all()
+    sim = FrictionlessSimulator(1.0).run(w, m["returns"])  # runs on the same simulator
+    assert np.isfinite(sim.portfolio_returns).all()
+    if name in ("momentum", "mean_reversion", "ridge"):
+        active = np.abs(w).sum(axis=1) > 0
+        assert active.sum() > 30
+        np.testing.assert_allclose(np.abs(w[active]).sum(axis=1), 1.0)  # gross 1
+        np.testing.assert_allclose(w[active].sum(axis=1), 0.0, atol=1e-12)  # dollar neutral
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+@pytest.mark.parametrize("t", [25, 45, 70])
+def test_every_baseline_is_causal(name: str, t: int) -> None:
+    """Perturbing everything not known at close t leaves rows <= t unchanged."""
+    m = _market(1)
+    before = _call(name, m)
+    rng = np.random.default_rng(t)
+    p = {k: v.copy() for k, v in m.items()}
+    p["close"][t + 1 :] *= np.exp(rng.normal(0, 0.3, size=p["close"][t + 1 :].shape))
+    p["returns"][t:] = rng.normal(0, 0.3, size=p["returns"][t:].shape)  # returns[t] ends at t + 1
+    p["tradable"][t + 1 :] = rng.random(p["tradable"][t + 1 :].shape) < 0.5
+    p["returns"] = np.where(p["tradable"], np.nan_to_num(p["returns"]), NAN)
+    p["features"][t + 1 :] = rng.normal(size=p["features"][t + 1 :].shape)
+    p["targets"][t + 1 :] = rng.normal(size=p["targets"][t + 1 :].shape)
+    after = _call(name, p)
+    np.testing.assert_array_equal(after[: t + 1], before[: t + 1])
+    assert not np.array_equal(after, before)
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+def test_bad_inputs_raise() -> None:
+    m = _market(0)
+    close, tradable = m["close"], m["tradable"]
+    with pytest.raises(DataError, match="bool"):
+        equal_weight_weights(tradable.astype(float))
+    with pytest.raises(DataError, match="shape"):
+        momentum_weights(close, tradable[:-1])
+    with pytest.raises(ConfigError, match="quantile"):
+        momentum_weights(close, tradable, quantile=0.6)
+    with pytest.raises(ConfigError, match="lookback"):
+        momentum_weights(close, tradable, lookback=21, skip=21)
+    with pytest.raises(ConfigError, match="lookback"):
+        mean_reversion_weights(close, tradable, lookback=0)
+    with pytest.raises(DataError, match="no symbol is tradable"):
+        buy_and_hold_weights(m["returns"], np.zeros_like(tradable))
+    bad = m["returns"].copy()
+    bad[10, 0] = NAN
+    with pytest.raises(DataError, match=r"returns\[10, 0\] is NaN"):
+        buy_and_hold_weights(bad, tradable)
+    args = (m["features"], m["targets"], tradable)
+    with pytest.raises(ConfigError, match="train_end"):
+        ridge_weights(*args, train_end=80)
+    with pytest.raises(ConfigError, match="rank, sign, zscore"):
+        ridge_weights(*args, train_end=40, method="magic")
+    with pytest.raises(ConfigError, match="alpha"):
+        ridge_weights(*args, train_end=40, alpha=-1.0)
+    with pytest.raises(DataError, match="no training sample"):
+        ridge_weights(m["features"], np.full_like(m["targets"], NAN), tradable, train_end=40)
+    with pytest.raises(DataError, match="3-D"):
+        ridge_weights(m["targets"], m["targets"], tradable, train_end=40)
