@@ -294,5 +294,6 @@ def test_realistic_simulator_backtest(tiny_db, tmp_path):
     assert real["test_cost_share"] is None or real["test_cost_share"] > 0
     for name in ("buyhold", "equal_weight", "momentum", "mean_reversion", "ridge"):
         assert f"test_{name}_sharpe" in real
+    assert real["test_n_trades"] > 0 and 0 <= real["test_win_rate"] <= 1
     lo, hi = real["test_sharpe_lo"], real["test_sharpe_hi"]
     assert lo <= real["test_sharpe"] <= hi

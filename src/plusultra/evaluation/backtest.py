@@ -81,6 +81,7 @@ class _Run:
     gross_exposure: np.ndarray
     costs: np.ndarray | None = None  # (T,) total costs per bar, currency
     gross_pnl: np.ndarray | None = None  # (T,) P&L before costs per bar, currency
+    trade_pnl: np.ndarray | None = None  # P&L of each closed trade, currency
 
 
 def simulate(
@@ -119,6 +120,7 @@ def simulate(
         res.gross_exposure.numpy(),
         costs=costs,
         gross_pnl=np.diff(equity) + costs,
+        trade_pnl=res.trades.loc[~res.trades["open"], "pnl"].to_numpy(),
     )
 
 
@@ -256,6 +258,7 @@ class Backtest:
                 benchmark=bench,
                 gross_pnl=sim.gross_pnl,
                 costs=sim.costs,
+                trade_pnl=sim.trade_pnl,
                 periods_per_year=self.periods_per_year,
                 n_boot=self.bootstrap,
                 seed=self.seed,
