@@ -78,7 +78,14 @@ def test_run_writes_every_output(finished_run):
         assert key in metrics, key
     assert metrics["n_params"] > 0 and metrics["test_max_drawdown"] <= 0
     preds = pd.read_parquet(run_dir / "predictions.parquet")
-    assert list(preds.columns) == ["symbol", "timestamp", "pred_1", "pred_2", "position"]
+    assert list(preds.columns) == [
+        "symbol",
+        "timestamp",
+        "pred_1",
+        "pred_2",
+        "position",
+        "realized_return",
+    ]
     assert np.isfinite(preds[["pred_1", "pred_2", "position"]].to_numpy()).all()
     gross = preds.groupby("timestamp")["position"].apply(lambda p: p.abs().sum())
     np.testing.assert_allclose(gross.to_numpy()[:-1], 1.0)
@@ -142,7 +149,12 @@ def test_predictions_before_t_do_not_move_when_the_future_changes(finished_run, 
     )
     past_a = base[base.timestamp <= cutoff].reset_index(drop=True)
     past_b = moved[moved.timestamp <= cutoff].reset_index(drop=True)
-    pd.testing.assert_frame_equal(past_a, past_b)
+    # forecasts and positions at t <= T are identical; the realized return of bar t is the
+    # outcome of bar t + 1, so it may change only at t = T (it is never a model input)
+    outcome = "realized_return"
+    pd.testing.assert_frame_equal(past_a.drop(columns=outcome), past_b.drop(columns=outcome))
+    before = past_a.timestamp < cutoff
+    pd.testing.assert_series_equal(past_a.loc[before, outcome], past_b.loc[before, outcome])
     fut_a = base[base.timestamp > cutoff]["pred_1"].to_numpy()
     fut_b = moved[moved.timestamp > cutoff]["pred_1"].to_numpy()
     assert not np.allclose(fut_a, fut_b), "the perturbation must change future predictions"

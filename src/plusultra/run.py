@@ -92,7 +92,9 @@ def train(cfg: DictConfig) -> float:
         *datamodule.segments.test,
         context=MarketContext(**datamodule.context()),
     )
-    preds = backtest.with_positions(preds, panel.dates, panel.symbols, datamodule.tradable)
+    preds = backtest.with_positions(
+        preds, panel.dates, panel.symbols, datamodule.tradable, datamodule.returns
+    )
 
     extra = {
         "n_params": model.n_params,

@@ -80,7 +80,7 @@ def predict(
     if preds.empty:
         raise DataError(f"{db}: no symbol has {dm.window} consecutive complete bars to predict")
     backtest = instantiate(cfg.evaluation, _convert_="all")
-    preds = backtest.with_positions(preds, panel.dates, panel.symbols, dm.tradable)
+    preds = backtest.with_positions(preds, panel.dates, panel.symbols, dm.tradable, dm.returns)
     return write_parquet_atomic(out, preds)
 
 

@@ -283,6 +283,10 @@ class SQLiteDataModule(L.LightningDataModule):
                     "alternative": self.alternative_config,
                     "conditioning": self.conditioning,
                 },
+                "sectors": {
+                    sym: (None if pd.isna(sec) else str(sec))
+                    for sym, sec in self.panel.assets["sector"].items()
+                },
                 "segments": asdict(self.segments) if self.segments else None,
                 "segment_dates": self.segment_dates() if self.segments else None,
             },

@@ -82,6 +82,7 @@ class _Run:
     costs: np.ndarray | None = None  # (T,) total costs per bar, currency
     gross_pnl: np.ndarray | None = None  # (T,) P&L before costs per bar, currency
     trade_pnl: np.ndarray | None = None  # P&L of each closed trade, currency
+    costs_by_type: dict[str, np.ndarray] | None = None  # name -> (T,) currency
 
 
 def simulate(
@@ -121,6 +122,7 @@ def simulate(
         costs=costs,
         gross_pnl=np.diff(equity) + costs,
         trade_pnl=res.trades.loc[~res.trades["open"], "pnl"].to_numpy(),
+        costs_by_type={k: v.numpy() for k, v in res.costs.items()},
     )
 
 
@@ -194,13 +196,22 @@ class Backtest:
         return positions_from_signal(signal, self.method, self.gross)
 
     def with_positions(
-        self, preds: pd.DataFrame, dates: np.ndarray, symbols: list[str], tradable: np.ndarray
+        self,
+        preds: pd.DataFrame,
+        dates: np.ndarray,
+        symbols: list[str],
+        tradable: np.ndarray,
+        returns: np.ndarray | None = None,
     ) -> pd.DataFrame:
-        """`preds` with a `position` column (the weight held from that bar to the next)."""
+        """`preds` with `position` (the weight held from that bar to the next) and, given the
+        (T, S) next-bar `returns`, `realized_return` (known one bar later; for attribution)."""
         w = self.weights(preds, dates, symbols, tradable)
         rows = pd.DatetimeIndex(dates).get_indexer(preds["timestamp"])
         cols = pd.Index(symbols).get_indexer(preds["symbol"])
-        return preds.assign(position=w[rows, cols])
+        out = preds.assign(position=w[rows, cols])
+        if returns is not None:
+            out["realized_return"] = returns[rows, cols]
+        return out
 
     def run(
         self,
@@ -241,6 +252,8 @@ class Backtest:
             },
             index=pd.DatetimeIndex(dates[lo : hi + 1], name="timestamp"),
         )
+        for name, cost in (sim.costs_by_type or {}).items():
+            daily[f"cost_{name}"] = cost  # currency per bar, realistic simulator only
         baselines = {}
         for name in self.baselines:
             if name == "ridge" and (context is None or context.features is None):
