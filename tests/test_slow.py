@@ -37,6 +37,23 @@ def test_default_experiment_end_to_end(tmp_path):
     assert metrics["test_loss"] < metrics["test_naive_loss"], metrics
     assert metrics["test_rank_ic"] > 0.02, metrics
     assert (tmp_path / "cache").is_dir()
+    # the investor report: self-contained HTML, every plot embedded, parsable
+    from html.parser import HTMLParser
+
+    class Images(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.srcs = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.srcs.append(dict(attrs)["src"])
+
+    parser = Images()
+    parser.feed((Path(row["run_dir"]) / "report.html").read_text())
+    assert len(parser.srcs) == 5 and all(
+        s.startswith("data:image/png;base64,") for s in parser.srcs
+    )
 
 
 def test_multirun_writes_one_row_per_job(tiny_db, tmp_path):

@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from plusultra.cli.common import fail, output_dir_from_argv
 from plusultra.evaluation.backtest import MarketContext
-from plusultra.evaluation.report import flat_metrics, summary_table, write_metrics, write_report
+from plusultra.evaluation.report import flat_metrics, summary_table, write_metrics
+from plusultra.evaluation.reporting import write_reports
 from plusultra.io import write_parquet_atomic, write_text_atomic
 from plusultra.models.module import ForecastModule
 from plusultra.training.predict import predictions_frame
@@ -106,9 +107,8 @@ def train(cfg: DictConfig) -> float:
     metrics = flat_metrics(val["val/loss"], test["test/loss"], result, extra)
     write_parquet_atomic(run_dir / "predictions.parquet", preds)
     write_parquet_atomic(run_dir / "backtest.parquet", result.daily, index=True)
-    choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
-    write_report(run_dir, metrics, datamodule.segment_dates(), choices)
-    write_metrics(run_dir, metrics)  # last: its presence marks a complete run
+    write_metrics(run_dir, metrics)  # its presence marks a complete run
+    write_reports(run_dir)  # report.html and report.md, derived (plusultra-report redoes them)
     logger.log_metrics({f"summary/{k}": v for k, v in metrics.items()})
     logger.finalize("success")
 
@@ -116,7 +116,7 @@ def train(cfg: DictConfig) -> float:
         print(f"\n{summary_table(metrics)}\n")
         print(f"run dir:     {run_dir}")
         print(f"tensorboard: tensorboard --logdir {run_dir / 'tensorboard'}")
-        print(f"report:      {run_dir / 'report.md'}")
+        print(f"report:      {run_dir / 'report.html'} (and report.md)")
         print(f'catalogue:   {cfg.paths.catalogue_dir}  (query: plusultra-catalogue "SQL")')
     return metrics[cfg.optimized_metric]
 

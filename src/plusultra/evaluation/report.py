@@ -1,4 +1,4 @@
-"""Run outputs: the flat metrics dict, the summary table and report.md."""
+"""Run outputs: the flat metrics dict, metrics.json and the summary table."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from plusultra.evaluation.backtest import BacktestResult
-from plusultra.io import write_json_atomic, write_text_atomic
+from plusultra.io import write_json_atomic
 
 # (metrics key, label, format) of the summary table, in display order.
 SUMMARY_ROWS = (
@@ -102,43 +102,6 @@ def summary_table(metrics: dict[str, float], markdown: bool = False) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(cells))
 
     return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)])
-
-
-def write_report(
-    run_dir: str | os.PathLike,
-    metrics: dict[str, float],
-    segment_dates: dict[str, list[str]],
-    choices: dict[str, str],
-) -> Path:
-    """report.md: what ran, on which dates, and the summary table."""
-    run_dir = Path(run_dir)
-    setup = ", ".join(f"{k}={v}" for k, v in sorted(choices.items()))
-    segs = "\n".join(f"| {k} | {a} | {b} |" for k, (a, b) in segment_dates.items())
-    text = f"""# PlusUltra run report
-
-Run directory: `{run_dir}`
-
-Configuration: {setup}
-
-Parameters: {int(metrics.get("n_params", 0)):,}
-
-## Segments (decision dates; embargoed)
-
-| segment | first | last |
-|---|---|---|
-{segs}
-
-## Results
-
-Positions are taken at each close from the forecast and held to the next close, frictionless.
-Buy & hold is equal weight in the symbols tradable on the first test bar.
-
-{summary_table(metrics, markdown=True)}
-
-Files: `predictions.parquet` (symbol, timestamp, pred_1..pred_H, position),
-`backtest.parquet` (daily returns and equity), `metrics.json`, `tensorboard/`, `checkpoints/`.
-"""
-    return write_text_atomic(run_dir / "report.md", text)
 
 
 def write_metrics(run_dir: str | os.PathLike, metrics: dict[str, float]) -> Path:

@@ -1,0 +1,657 @@
+"""Investor report of a finished run: `report.html` (self-contained) and `report.md` with plots.
+
+Reads only the run directory (`metrics.json`, `backtest.parquet`, `predictions.parquet`,
+`data.json`, optionally `run_id.txt` and `.hydra/hydra.yaml`), so it can be re-run on any
+finished run with `plusultra-report RUN_DIR`.
+
+Returns are simple per-bar returns: `strategy_return[t]` is earned from the close of decision
+bar *t* to the next close. Regimes are defined causally: at bar *t* only returns known at its
+close (bars before *t*) enter the trailing volatility and its trailing median.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from plusultra.errors import DataError
+from plusultra.evaluation.report import BASELINE_LABELS, summary_rows, summary_table
+from plusultra.io import write_text_atomic
+
+PERIODS_PER_YEAR = 252
+ROLLING_SHARPE_BARS = 63  # window of the rolling Sharpe plot (about a quarter)
+VOL_BARS = 21  # trailing window of buy-and-hold volatility defining the high-volatility regime
+CRASH_BARS = 5  # length of a crash window
+N_CRASHES = 5  # worst buy-and-hold windows shown
+MAX_HEATMAP_BARS = 400  # time columns of the position heatmap before subsampling
+MAX_SYMBOL_ROWS = 30  # attribution rows shown; beyond, the best and worst half each
+COST_TYPES = ("commission", "spread", "impact", "borrow", "funding")
+ATTRIBUTION_NOTE = (
+    "P&L is the sum over bars of position × the symbol's next-bar return (before costs, not "
+    "compounded); shares are of the total over all symbols."
+)
+REQUIRED = ("metrics.json", "backtest.parquet", "predictions.parquet", "data.json")
+
+
+@dataclass
+class RunArtifacts:
+    """What a finished run directory holds, loaded.
+
+    Attributes:
+        run_dir: the run directory.
+        metrics: flat `split_metric` dict (NaN where null).
+        backtest: per test bar (index `timestamp`): strategy/baseline returns and equity, costs.
+        predictions: one row per (symbol, timestamp): forecasts, `position`, `realized_return`.
+        sectors: symbol -> sector (None when unknown).
+        segment_dates: segment -> [first, last] decision date.
+        run_id: the catalogue id from `run_id.txt`, if any.
+        choices: Hydra config-group choices (`backbone=...`), if `.hydra/hydra.yaml` exists.
+    """
+
+    run_dir: Path
+    metrics: dict[str, float]
+    backtest: pd.DataFrame
+    predictions: pd.DataFrame
+    sectors: dict[str, str | None] = field(default_factory=dict)
+    segment_dates: dict[str, list[str]] = field(default_factory=dict)
+    run_id: str | None = None
+    choices: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def baselines(self) -> list[str]:
+        """Baselines with a `<b>_return` column, in display order."""
+        return [b for b in BASELINE_LABELS if f"{b}_return" in self.backtest.columns]
+
+    @property
+    def cost_columns(self) -> list[str]:
+        """`cost_*` columns present (empty with the frictionless simulator)."""
+        return [f"cost_{c}" for c in COST_TYPES if f"cost_{c}" in self.backtest.columns]
+
+
+def _choices(run_dir: Path) -> dict[str, str]:
+    path = run_dir / ".hydra" / "hydra.yaml"
+    if not path.is_file():
+        return {}
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+        choices = cfg.get("hydra", {}).get("runtime", {}).get("choices", {}) or {}
+    except (yaml.YAMLError, AttributeError):
+        return {}
+    return {str(k): str(v) for k, v in choices.items() if not str(k).startswith("hydra/")}
+
+
+def load_run(run_dir: str | os.PathLike) -> RunArtifacts:
+    """Load a finished run directory.
+
+    Raises:
+        DataError: `run_dir` is not a directory or lacks a file of a finished run (named).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"{run_dir}: not a directory")
+    missing = [n for n in REQUIRED if not (run_dir / n).is_file()]
+    if missing:
+        raise DataError(
+            f"{run_dir} is not a finished run: missing {', '.join(missing)} "
+            "(metrics.json is written last, when a run completes)"
+        )
+    raw = json.loads((run_dir / "metrics.json").read_text())
+    metrics = {k: (math.nan if v is None else v) for k, v in raw.items()}
+    data = json.loads((run_dir / "data.json").read_text())
+    backtest = pd.read_parquet(run_dir / "backtest.parquet")
+    if "timestamp" in backtest.columns:
+        backtest = backtest.set_index("timestamp")
+    backtest.index = pd.DatetimeIndex(backtest.index, name="timestamp")
+    if "strategy_return" not in backtest.columns:
+        raise DataError(f"{run_dir / 'backtest.parquet'}: no strategy_return column")
+    preds = pd.read_parquet(run_dir / "predictions.parquet")
+    for col in ("symbol", "timestamp", "position"):
+        if col not in preds.columns:
+            raise DataError(f"{run_dir / 'predictions.parquet'}: no {col} column")
+    preds["timestamp"] = pd.to_datetime(preds["timestamp"])
+    if "realized_return" not in preds.columns:
+        preds["realized_return"] = np.nan
+    run_id_path = run_dir / "run_id.txt"
+    return RunArtifacts(
+        run_dir=run_dir,
+        metrics=metrics,
+        backtest=backtest.sort_index(),
+        predictions=preds,
+        sectors=dict(data.get("sectors") or {}),
+        segment_dates=dict(data.get("segment_dates") or {}),
+        run_id=run_id_path.read_text().strip() if run_id_path.is_file() else None,
+        choices=_choices(run_dir),
+    )
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def _contribution_table(contrib: pd.DataFrame, key: str) -> pd.DataFrame:
+    """pnl (sum), share of the total, hit rate and held bars per `key`, sorted by pnl."""
+    grouped = contrib.groupby(key)["pnl"]
+    total = contrib["pnl"].sum()
+    held = contrib[contrib["pnl"] != 0]
+    out = pd.DataFrame(
+        {
+            "pnl": grouped.sum(),
+            "share": grouped.sum() / total if total != 0 else np.nan,
+            "hit_rate": held.groupby(key)["pnl"].apply(lambda s: (s > 0).mean()),
+            "bars_held": held.groupby(key)["pnl"].size(),
+        }
+    )
+    out["bars_held"] = out["bars_held"].fillna(0).astype(int)
+    return out.sort_values("pnl", ascending=False)
+
+
+def attribution(
+    preds: pd.DataFrame, sectors: dict[str, str | None]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """P&L attribution by symbol and by sector.
+
+    A symbol's contribution at bar *t* is `position[t] * realized_return[t]` (fraction of
+    equity; NaN returns count 0); contributions add up to the frictionless, non-compounded
+    portfolio return. `hit_rate` is the share of positive contributions among non-zero ones.
+
+    Args:
+        preds: predictions with `symbol`, `position`, `realized_return`.
+        sectors: symbol -> sector; missing or None -> "unknown".
+
+    Returns:
+        (by_symbol, by_sector): index symbol / sector; columns `pnl`, `share` (of the total
+        pnl), `hit_rate`, `bars_held` (bars with a non-zero contribution); sorted by pnl.
+    """
+    pnl = (preds["position"].fillna(0.0) * preds["realized_return"]).fillna(0.0)
+    contrib = pd.DataFrame({"symbol": preds["symbol"].astype(str), "pnl": pnl.to_numpy()})
+    contrib["sector"] = [sectors.get(s) or "unknown" for s in contrib["symbol"]]
+    by_symbol = _contribution_table(contrib, "symbol")
+    by_sector = _contribution_table(contrib, "sector")
+    by_symbol.insert(0, "sector", [sectors.get(s) or "unknown" for s in by_symbol.index])
+    return by_symbol, by_sector
+
+
+def _compound(r: pd.Series) -> float:
+    return float((1.0 + r.fillna(0.0)).prod() - 1.0)
+
+
+def _sharpe(r: pd.Series) -> float:
+    r = r.dropna()
+    sd = r.std(ddof=1) if len(r) > 1 else math.nan
+    if not sd or not math.isfinite(sd):
+        return math.nan
+    return float(r.mean() / sd * math.sqrt(PERIODS_PER_YEAR))
+
+
+def _period_row(model: pd.Series, bench: pd.Series | None) -> dict[str, float]:
+    row = {"bars": len(model), "model_return": _compound(model), "model_sharpe": _sharpe(model)}
+    if bench is not None:
+        row["buyhold_return"] = _compound(bench)
+        row["buyhold_sharpe"] = _sharpe(bench)
+    return row
+
+
+def high_vol_mask(bench: pd.Series, window: int = VOL_BARS) -> pd.Series:
+    """Causal high-volatility flag per bar (NaN during warm-up).
+
+    At decision bar *t* the known returns are those of bars before *t* (`bench[t]` is earned
+    over *t*→*t+1*), so vol_t = std(bench[t-window .. t-1]); the bar is "high" when vol_t is
+    above the median of vol_0..vol_t (expanding, so also causal).
+    """
+    vol = bench.shift(1).rolling(window, min_periods=window).std()
+    median = vol.expanding(min_periods=1).median()
+    return (vol > median).where(vol.notna())
+
+
+def worst_windows(bench: pd.Series, n: int = N_CRASHES, length: int = CRASH_BARS) -> list[int]:
+    """Start positions of the `n` worst non-overlapping compounded `length`-bar windows."""
+    growth = (1.0 + bench.fillna(0.0)).to_numpy()
+    if len(growth) < length:
+        return []
+    windows = np.array([growth[i : i + length].prod() - 1 for i in range(len(growth) - length + 1)])
+    taken = np.zeros(len(growth), bool)
+    starts: list[int] = []
+    for i in np.argsort(windows, kind="stable"):
+        if len(starts) == n:
+            break
+        if not taken[i : i + length].any():
+            starts.append(int(i))
+            taken[i : i + length] = True
+    return starts
+
+
+def scenarios(backtest: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Model vs buy-and-hold in scenarios.
+
+    Returns:
+        `by_year` (index year): bars, compounded model/buy-and-hold return, annualised Sharpe;
+        `volatility` (index regime: high volatility / normal / warm-up): the same per regime
+        (see `high_vol_mask`); `crashes` (the worst buy-and-hold 5-bar windows): start, end,
+        buy-and-hold and model return over the window. Without a `buyhold_return` column
+        only `by_year` (model columns) is returned.
+    """
+    model = backtest["strategy_return"]
+    bench = backtest["buyhold_return"] if "buyhold_return" in backtest.columns else None
+    years = backtest.index.year
+    by_year = pd.DataFrame(
+        {
+            y: _period_row(model[years == y], None if bench is None else bench[years == y])
+            for y in sorted(set(years))
+        }
+    ).T
+    by_year.index.name = "year"
+    by_year["bars"] = by_year["bars"].astype(int)
+    out = {"by_year": by_year}
+    if bench is None:
+        return out
+    flag = high_vol_mask(bench)
+    regime = np.where(flag.isna(), "warm-up", np.where(flag == 1.0, "high volatility", "normal"))
+    rows = {
+        name: _period_row(model[regime == name], bench[regime == name])
+        for name in ("high volatility", "normal", "warm-up")
+        if (regime == name).any()
+    }
+    volatility = pd.DataFrame(rows).T
+    volatility.index.name = "regime"
+    volatility["bars"] = volatility["bars"].astype(int)
+    out["volatility"] = volatility
+    crash_rows = []
+    for i in worst_windows(bench):
+        sl = slice(i, i + CRASH_BARS)
+        crash_rows.append(
+            {
+                "start": backtest.index[i].date().isoformat(),
+                "end": backtest.index[i + CRASH_BARS - 1].date().isoformat(),
+                "buyhold_return": _compound(bench.iloc[sl]),
+                "model_return": _compound(model.iloc[sl]),
+            }
+        )
+    out["crashes"] = pd.DataFrame(
+        crash_rows, columns=["start", "end", "buyhold_return", "model_return"]
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _figure(height: float = 3.6):
+    from matplotlib.figure import Figure  # object API: no pyplot, no global backend state
+
+    fig = Figure(figsize=(9.0, height), layout="constrained")
+    ax = fig.add_subplot()
+    ax.grid(True, alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig, ax
+
+
+def _growth(r: pd.Series) -> pd.Series:
+    return (1.0 + r.fillna(0.0)).cumprod()
+
+
+def _series(run: RunArtifacts) -> dict[str, pd.Series]:
+    """Label -> per-bar return of the model and every baseline."""
+    out = {"model": run.backtest["strategy_return"]}
+    out.update({BASELINE_LABELS[b]: run.backtest[f"{b}_return"] for b in run.baselines})
+    return out
+
+
+def make_plots(run: RunArtifacts) -> dict[str, tuple[str, bytes]]:
+    """Plot name -> (caption, PNG bytes). The cost plot only exists with cost columns."""
+    bt, plots = run.backtest, {}
+    series = _series(run)
+    bench = series.get(BASELINE_LABELS["buyhold"])
+
+    fig, ax = _figure()
+    for i, (label, r) in enumerate(series.items()):
+        ax.plot(_growth(r), label=label, lw=2.2 if i == 0 else 1.2, color=f"C{i}")
+    ax.set(ylabel="growth of 1", title="Equity: model vs baselines")
+    ax.legend(frameon=False, fontsize=8)
+    plots["equity"] = ("Growth of 1 unit of capital, model against every baseline.", _png(fig))
+
+    fig, ax = _figure(3.0)
+    for i, (label, r) in enumerate(series.items()):
+        if i == 0 or r is bench:
+            g = _growth(r)
+            ax.fill_between(g.index, g / g.cummax() - 1, 0, alpha=0.35, label=label, color=f"C{i}")
+    ax.yaxis.set_major_formatter(_percent())
+    ax.set(ylabel="drawdown", title="Drawdown")
+    ax.legend(frameon=False, fontsize=8)
+    plots["drawdown"] = ("Fall from the running peak of equity.", _png(fig))
+
+    fig, ax = _figure(3.0)
+    for i, (label, r) in enumerate(series.items()):
+        if i == 0 or r is bench:
+            roll = r.rolling(ROLLING_SHARPE_BARS, min_periods=ROLLING_SHARPE_BARS)
+            ax.plot(roll.mean() / roll.std() * math.sqrt(PERIODS_PER_YEAR), label=label)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set(ylabel="Sharpe (annualised)", title=f"Rolling Sharpe ({ROLLING_SHARPE_BARS} bars)")
+    ax.legend(frameon=False, fontsize=8)
+    plots["rolling_sharpe"] = (
+        f"Annualised Sharpe over trailing {ROLLING_SHARPE_BARS}-bar windows.",
+        _png(fig),
+    )
+
+    plots["positions"] = _position_heatmap(run.predictions)
+
+    if run.cost_columns:
+        fig, ax = _figure(3.2)
+        cum = bt[run.cost_columns].fillna(0.0).cumsum()
+        labels = [c.removeprefix("cost_") for c in run.cost_columns]
+        ax.stackplot(cum.index, cum.to_numpy().T, labels=labels, alpha=0.85)
+        ax.set(ylabel="cumulative cost (currency)", title="Trading costs by type")
+        ax.legend(frameon=False, fontsize=8, loc="upper left")
+        plots["costs"] = ("Cumulative costs, stacked by type.", _png(fig))
+
+    fig, ax = _figure(3.2)
+    model = series["model"].dropna()
+    data = [model] + ([bench.dropna()] if bench is not None else [])
+    lo, hi = np.nanpercentile(np.concatenate([d.to_numpy() for d in data]), [0.5, 99.5])
+    bins = np.linspace(lo, hi, 60) if hi > lo else 30
+    ax.hist(model, bins=bins, alpha=0.6, label="model", density=True)
+    if bench is not None:
+        ax.hist(bench.dropna(), bins=bins, alpha=0.5, label="buy & hold", density=True)
+    ax.xaxis.set_major_formatter(_percent())
+    ax.set(xlabel="return per bar", ylabel="density", title="Distribution of bar returns")
+    ax.legend(frameon=False, fontsize=8)
+    plots["returns"] = ("Histogram of per-bar returns (0.5–99.5 % range).", _png(fig))
+    return plots
+
+
+def _percent():
+    from matplotlib.ticker import PercentFormatter
+
+    return PercentFormatter(1.0)
+
+
+def _position_heatmap(preds: pd.DataFrame) -> tuple[str, bytes]:
+    wide = preds.pivot_table(index="symbol", columns="timestamp", values="position", aggfunc="sum")
+    wide = wide.sort_index(axis=1)
+    step = max(1, math.ceil(wide.shape[1] / MAX_HEATMAP_BARS))
+    wide = wide.iloc[:, ::step]
+    fig, ax = _figure(max(2.5, min(9.0, 0.18 * len(wide) + 1.5)))
+    ax.grid(False)
+    vmax = float(np.nanmax(np.abs(wide.to_numpy()))) if wide.size else 1.0
+    vmax = vmax if vmax > 0 and math.isfinite(vmax) else 1.0
+    image = ax.imshow(
+        wide.to_numpy(), aspect="auto", cmap="RdBu", vmin=-vmax, vmax=vmax, interpolation="nearest"
+    )
+    fig.colorbar(image, ax=ax, label="weight", shrink=0.9)
+    if len(wide) <= 40:
+        ax.set_yticks(range(len(wide)), wide.index, fontsize=7)
+    else:
+        ax.set_yticks([])
+        ax.set_ylabel(f"{len(wide)} symbols")
+    ticks = np.linspace(0, wide.shape[1] - 1, min(6, wide.shape[1])).astype(int)
+    ax.set_xticks(ticks, [wide.columns[t].date().isoformat() for t in ticks], fontsize=7)
+    ax.set_title("Positions (blue long, red short)")
+    note = f", one bar in {step}" if step > 1 else ""
+    return f"Weight per symbol and bar{note}.", _png(fig)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _pct(v: float, signed: bool = True) -> str:
+    if v is None or not math.isfinite(float(v)):
+        return "n/a"
+    return f"{v:+.2%}" if signed else f"{v:.2%}"
+
+
+def _num(v: float) -> str:
+    return "n/a" if v is None or not math.isfinite(float(v)) else f"{v:.2f}"
+
+
+FORMATS = {
+    "bars": lambda v: f"{int(v)}",
+    "bars_held": lambda v: f"{int(v)}",
+    "pnl": _pct,
+    "share": lambda v: _pct(v, signed=False),
+    "hit_rate": lambda v: _pct(v, signed=False),
+    "model_return": _pct,
+    "buyhold_return": _pct,
+    "model_sharpe": _num,
+    "buyhold_sharpe": _num,
+}
+HEADERS = {
+    "pnl": "P&L (sum of w·r)",
+    "share": "share of total",
+    "hit_rate": "hit rate",
+    "bars_held": "bars held",
+    "model_return": "model return",
+    "buyhold_return": "buy & hold return",
+    "model_sharpe": "model Sharpe",
+    "buyhold_sharpe": "buy & hold Sharpe",
+}
+
+
+def _cells(df: pd.DataFrame, index: bool = True) -> tuple[list[str], list[list[str]]]:
+    header = ([df.index.name or ""] if index else []) + [HEADERS.get(c, c) for c in df.columns]
+    rows = []
+    for key, rec in df.iterrows():
+        cells = [str(key)] if index else []
+        cells += [FORMATS.get(c, str)(rec[c]) for c in df.columns]
+        rows.append(cells)
+    return header, rows
+
+
+def _trim(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    if len(df) <= MAX_SYMBOL_ROWS:
+        return df, ""
+    half = MAX_SYMBOL_ROWS // 2
+    note = f"The {half} largest and {half} smallest contributors of {len(df)} symbols."
+    return pd.concat([df.head(half), df.tail(half)]), note
+
+
+def _md(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def profitability(run: RunArtifacts) -> str:
+    """One paragraph: total and annual return, Sharpe (with intervals), drawdown, costs."""
+    m, r = run.metrics, run.backtest["strategy_return"]
+
+    def get(key: str, fallback: float = math.nan) -> float:
+        v = m.get(f"test_{key}")
+        return fallback if v is None or not math.isfinite(float(v)) else float(v)
+
+    def interval(key: str, fmt) -> str:
+        lo, hi = get(f"{key}_lo"), get(f"{key}_hi")
+        return f" (95 % interval {fmt(lo)} to {fmt(hi)})" if math.isfinite(lo + hi) else ""
+
+    growth = _growth(r)
+    text = (
+        f"Over {len(r)} test bars ({r.index[0].date()} to {r.index[-1].date()}) the model "
+        f"returned {_pct(get('total_return', _compound(r)))} in total, "
+        f"{_pct(get('annual_return'))} a year{interval('annual_return', _pct)}, with a Sharpe "
+        f"ratio of {_num(get('sharpe', _sharpe(r)))}{interval('sharpe', _num)} and a maximum "
+        f"drawdown of {_pct(get('max_drawdown', float((growth / growth.cummax() - 1).min())))}."
+    )
+    bench = get("buyhold_total_return")
+    if math.isfinite(bench):
+        text += f" Buy & hold returned {_pct(bench)} (Sharpe {_num(get('buyhold_sharpe'))})."
+    if run.cost_columns:
+        total_cost = float(run.backtest[run.cost_columns].sum().sum())
+        share = get("cost_share")
+        text += f" Trading costs totalled {total_cost:,.2f} in currency"
+        text += (
+            f", {_pct(share, signed=False)} of the P&L before costs."
+            if math.isfinite(share)
+            else "."
+        )
+    else:
+        text += " Frictionless simulator: no costs."
+    return text
+
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #1d2733;
+  max-width: 1000px; margin: 2rem auto; padding: 0 1.5rem; line-height: 1.5; }
+h1 { font-size: 1.9rem; margin-bottom: .2rem; } h2 { margin-top: 2.2rem; font-size: 1.35rem;
+  border-bottom: 2px solid #e3e8ee; padding-bottom: .3rem; } h3 { font-size: 1.1rem; }
+.meta { color: #5b6b7c; font-size: .9rem; } .lead { font-size: 1.05rem; background: #f4f7fa;
+  border-left: 4px solid #2b6cb0; padding: .8rem 1rem; }
+table { border-collapse: collapse; font-size: .86rem; margin: .6rem 0 1rem; }
+th, td { padding: .28rem .7rem; text-align: right; border-bottom: 1px solid #e3e8ee; }
+th:first-child, td:first-child { text-align: left; } thead th { background: #f4f7fa; }
+figure { margin: 1rem 0 1.6rem; } img { max-width: 100%; }
+figcaption { color: #5b6b7c; font-size: .85rem; } .note { color: #5b6b7c; font-size: .85rem; }
+"""
+
+
+def _sections(run: RunArtifacts) -> list[tuple[str, list[tuple[str, str, list, list]]]]:
+    """(heading, [(subheading, note, header, rows)]) of the attribution and scenario tables."""
+    by_symbol, by_sector = attribution(run.predictions, run.sectors)
+    shown, note = _trim(by_symbol)
+    attr = [
+        ("By symbol", f"{ATTRIBUTION_NOTE} {note}".strip(), *_cells(shown)),
+        ("By sector", "", *_cells(by_sector)),
+    ]
+    scen = scenarios(run.backtest)
+    titles = {
+        "by_year": ("By calendar year", "Compounded returns within each year."),
+        "volatility": (
+            "Volatility regime",
+            f"High volatility: buy & hold's trailing {VOL_BARS}-bar volatility (returns known at "
+            "the bar) above its expanding median; warm-up bars lack that history.",
+        ),
+        "crashes": (
+            f"Worst buy & hold {CRASH_BARS}-bar windows",
+            "Non-overlapping; the model's compounded return over the same bars.",
+        ),
+    }
+    tables = []
+    for key, frame in scen.items():
+        title, text = titles[key]
+        tables.append((title, text, *_cells(frame, index=key != "crashes")))
+    return [("Attribution", attr), ("Scenarios", tables)]
+
+
+def _header_lines(run: RunArtifacts) -> list[str]:
+    lines = [f"Run directory: {run.run_dir}"]
+    if run.run_id:
+        lines.append(f"Run id: {run.run_id}")
+    if run.choices:
+        lines.append("Configuration: " + ", ".join(f"{k}={v}" for k, v in run.choices.items()))
+    segs = "; ".join(f"{k} {a} to {b}" for k, (a, b) in run.segment_dates.items())
+    if segs:
+        lines.append(f"Segments: {segs}")
+    return lines
+
+
+def render_html(run: RunArtifacts, plots: dict[str, tuple[str, bytes]]) -> str:
+    """The self-contained HTML report (inline CSS, plots as data: URIs)."""
+    e = html.escape
+    metrics_rows = summary_rows(run.metrics)
+    header = ["metric", "val", "test: model"]
+    header += [BASELINE_LABELS[b] for b in BASELINE_LABELS if f"test_{b}_sharpe" in run.metrics]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>PlusUltra report {e(run.run_id or run.run_dir.name)}</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>PlusUltra run report</h1>",
+        *(f'<p class="meta">{e(line)}</p>' for line in _header_lines(run)),
+        "<h2>Profitability</h2>",
+        f'<p class="lead">{e(profitability(run))}</p>',
+        "<h2>Summary</h2>",
+        _html_table(header, metrics_rows),
+        "<h2>Performance</h2>",
+    ]
+    if not run.cost_columns:
+        parts.append('<p class="note">Frictionless: no costs.</p>')
+    for caption, png in plots.values():
+        uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+        parts.append(
+            f'<figure><img src="{uri}" alt="{e(caption)}"><figcaption>{e(caption)}</figcaption>'
+            "</figure>"
+        )
+    for heading, tables in _sections(run):
+        parts.append(f"<h2>{e(heading)}</h2>")
+        for title, note, head, rows in tables:
+            parts.append(f"<h3>{e(title)}</h3>")
+            if note:
+                parts.append(f'<p class="note">{e(note)}</p>')
+            parts.append(_html_table(head, rows))
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def render_markdown(run: RunArtifacts, plots: dict[str, tuple[str, bytes]], links: dict) -> str:
+    """The Markdown report; `links` maps plot name -> relative PNG path."""
+    lines = ["# PlusUltra run report", ""]
+    lines += [f"{line}  " for line in _header_lines(run)]
+    lines += ["", "## Profitability", "", profitability(run), "", "## Summary", ""]
+    lines += [summary_table(run.metrics, markdown=True), "", "## Performance", ""]
+    if not run.cost_columns:
+        lines += ["Frictionless: no costs.", ""]
+    for name, (caption, _) in plots.items():
+        lines += [f"![{caption}]({links[name]})", "", f"*{caption}*", ""]
+    for heading, tables in _sections(run):
+        lines += [f"## {heading}", ""]
+        for title, note, head, rows in tables:
+            lines += [f"### {title}", ""] + ([note, ""] if note else []) + [_md(head, rows), ""]
+    return "\n".join(lines)
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_reports(
+    run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None
+) -> tuple[Path, Path]:
+    """Write `report.html`, `report.md` and `report/*.png` of a finished run (atomically).
+
+    Args:
+        run_dir: the finished run directory.
+        out_dir: where to write (default `run_dir`).
+
+    Returns:
+        (report.html, report.md) paths.
+
+    Raises:
+        DataError: the run is not finished (a file is missing).
+    """
+    run = load_run(run_dir)
+    out = Path(out_dir) if out_dir is not None else run.run_dir
+    plots = make_plots(run)
+    links = {}
+    for name, (_, png) in plots.items():
+        _write_bytes_atomic(out / "report" / f"{name}.png", png)
+        links[name] = f"report/{name}.png"
+    html_path = write_text_atomic(out / "report.html", render_html(run, plots))
+    md_path = write_text_atomic(out / "report.md", render_markdown(run, plots, links))
+    return html_path, md_path
