@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from plusultra.errors import ConfigError, DataError
-from plusultra.evaluation.baselines import buy_and_hold_returns, equal_weight_returns
 from plusultra.sim.frictionless import FrictionlessSimulator, SimResult, simulate_reference
+from tests.baseline_returns import buy_and_hold_returns, equal_weight_returns
 
 NAN = float("nan")
 FIELDS = ("portfolio_returns", "equity", "turnover", "gross_exposure", "net_exposure")

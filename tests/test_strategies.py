@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from plusultra.errors import ConfigError, DataError
-from plusultra.evaluation.baselines import buy_and_hold_returns
 from plusultra.evaluation.positions import positions_from_signal
 from plusultra.evaluation.strategies import (
     BASELINES,
@@ -21,6 +20,7 @@ from plusultra.evaluation.strategies import (
     ridge_weights,
 )
 from plusultra.sim.frictionless import FrictionlessSimulator
+from tests.baseline_returns import buy_and_hold_returns
 
 NAN = float("nan")
 

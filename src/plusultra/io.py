@@ -30,17 +30,22 @@ def _finite(v: object) -> object:
     return v
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write text atomically; returns the final path."""
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write bytes atomically; returns the final path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp(path)
     try:
-        tmp.write_text(text)
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 text atomically; returns the final path."""
+    return write_bytes_atomic(path, text.encode())
 
 
 def write_json_atomic(path: str | os.PathLike, obj: object) -> Path:

@@ -55,10 +55,8 @@ METRIC_NAMES: tuple[str, ...] = (
 _NAN = float("nan")
 
 
-def _validate(
-    returns: np.ndarray, periods_per_year: int, turnover: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Check the inputs and return them as 1-D float arrays."""
+def check_periods_per_year(periods_per_year: float) -> float:
+    """`periods_per_year` as a float; ConfigError unless it is a finite number > 0."""
     if (
         isinstance(periods_per_year, bool)
         or not isinstance(periods_per_year, int | float | np.integer | np.floating)
@@ -66,6 +64,14 @@ def _validate(
         or periods_per_year <= 0
     ):
         raise ConfigError(f"periods_per_year must be a number > 0, got {periods_per_year!r}")
+    return float(periods_per_year)
+
+
+def _validate(
+    returns: np.ndarray, periods_per_year: int, turnover: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Check the inputs and return them as 1-D float arrays."""
+    check_periods_per_year(periods_per_year)
     r = np.asarray(returns, dtype=float)
     if r.ndim != 1:
         raise DataError(f"returns must be a 1-D (T,) array of period returns, got shape {r.shape}")

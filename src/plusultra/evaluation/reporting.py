@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 import os
@@ -25,14 +24,13 @@ import pandas as pd
 
 from plusultra.errors import DataError
 from plusultra.evaluation.report import BASELINE_LABELS, summary_rows, summary_table
-from plusultra.io import write_text_atomic
+from plusultra.evaluation.report_plots import growth_of_one, make_plots
+from plusultra.io import write_bytes_atomic, write_text_atomic
 
 PERIODS_PER_YEAR = 252
-ROLLING_SHARPE_BARS = 63  # window of the rolling Sharpe plot (about a quarter)
 VOL_BARS = 21  # trailing window of buy-and-hold volatility defining the high-volatility regime
 CRASH_BARS = 5  # length of a crash window
 N_CRASHES = 5  # worst buy-and-hold windows shown
-MAX_HEATMAP_BARS = 400  # time columns of the position heatmap before subsampling
 MAX_SYMBOL_ROWS = 30  # attribution rows shown; beyond, the best and worst half each
 COST_TYPES = ("commission", "spread", "impact", "borrow", "funding")
 ATTRIBUTION_NOTE = (
@@ -282,129 +280,6 @@ def scenarios(backtest: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
-# --------------------------------------------------------------------------- plots
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-    return buf.getvalue()
-
-
-def _figure(height: float = 3.6):
-    from matplotlib.figure import Figure  # object API: no pyplot, no global backend state
-
-    fig = Figure(figsize=(9.0, height), layout="constrained")
-    ax = fig.add_subplot()
-    ax.grid(True, alpha=0.3)
-    ax.spines[["top", "right"]].set_visible(False)
-    return fig, ax
-
-
-def _growth(r: pd.Series) -> pd.Series:
-    return (1.0 + r.fillna(0.0)).cumprod()
-
-
-def _series(run: RunArtifacts) -> dict[str, pd.Series]:
-    """Label -> per-bar return of the model and every baseline."""
-    out = {"model": run.backtest["strategy_return"]}
-    out.update({BASELINE_LABELS[b]: run.backtest[f"{b}_return"] for b in run.baselines})
-    return out
-
-
-def make_plots(run: RunArtifacts) -> dict[str, tuple[str, bytes]]:
-    """Plot name -> (caption, PNG bytes). The cost plot only exists with cost columns."""
-    bt, plots = run.backtest, {}
-    series = _series(run)
-    bench = series.get(BASELINE_LABELS["buyhold"])
-
-    fig, ax = _figure()
-    for i, (label, r) in enumerate(series.items()):
-        ax.plot(_growth(r), label=label, lw=2.2 if i == 0 else 1.2, color=f"C{i}")
-    ax.set(ylabel="growth of 1", title="Equity: model vs baselines")
-    ax.legend(frameon=False, fontsize=8)
-    plots["equity"] = ("Growth of 1 unit of capital, model against every baseline.", _png(fig))
-
-    fig, ax = _figure(3.0)
-    for i, (label, r) in enumerate(series.items()):
-        if i == 0 or r is bench:
-            g = _growth(r)
-            ax.fill_between(g.index, g / g.cummax() - 1, 0, alpha=0.35, label=label, color=f"C{i}")
-    ax.yaxis.set_major_formatter(_percent())
-    ax.set(ylabel="drawdown", title="Drawdown")
-    ax.legend(frameon=False, fontsize=8)
-    plots["drawdown"] = ("Fall from the running peak of equity.", _png(fig))
-
-    fig, ax = _figure(3.0)
-    for i, (label, r) in enumerate(series.items()):
-        if i == 0 or r is bench:
-            roll = r.rolling(ROLLING_SHARPE_BARS, min_periods=ROLLING_SHARPE_BARS)
-            ax.plot(roll.mean() / roll.std() * math.sqrt(PERIODS_PER_YEAR), label=label)
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set(ylabel="Sharpe (annualised)", title=f"Rolling Sharpe ({ROLLING_SHARPE_BARS} bars)")
-    ax.legend(frameon=False, fontsize=8)
-    plots["rolling_sharpe"] = (
-        f"Annualised Sharpe over trailing {ROLLING_SHARPE_BARS}-bar windows.",
-        _png(fig),
-    )
-
-    plots["positions"] = _position_heatmap(run.predictions)
-
-    if run.cost_columns:
-        fig, ax = _figure(3.2)
-        cum = bt[run.cost_columns].fillna(0.0).cumsum()
-        labels = [c.removeprefix("cost_") for c in run.cost_columns]
-        ax.stackplot(cum.index, cum.to_numpy().T, labels=labels, alpha=0.85)
-        ax.set(ylabel="cumulative cost (currency)", title="Trading costs by type")
-        ax.legend(frameon=False, fontsize=8, loc="upper left")
-        plots["costs"] = ("Cumulative costs, stacked by type.", _png(fig))
-
-    fig, ax = _figure(3.2)
-    model = series["model"].dropna()
-    data = [model] + ([bench.dropna()] if bench is not None else [])
-    lo, hi = np.nanpercentile(np.concatenate([d.to_numpy() for d in data]), [0.5, 99.5])
-    bins = np.linspace(lo, hi, 60) if hi > lo else 30
-    ax.hist(model, bins=bins, alpha=0.6, label="model", density=True)
-    if bench is not None:
-        ax.hist(bench.dropna(), bins=bins, alpha=0.5, label="buy & hold", density=True)
-    ax.xaxis.set_major_formatter(_percent())
-    ax.set(xlabel="return per bar", ylabel="density", title="Distribution of bar returns")
-    ax.legend(frameon=False, fontsize=8)
-    plots["returns"] = ("Histogram of per-bar returns (0.5–99.5 % range).", _png(fig))
-    return plots
-
-
-def _percent():
-    from matplotlib.ticker import PercentFormatter
-
-    return PercentFormatter(1.0)
-
-
-def _position_heatmap(preds: pd.DataFrame) -> tuple[str, bytes]:
-    wide = preds.pivot_table(index="symbol", columns="timestamp", values="position", aggfunc="sum")
-    wide = wide.sort_index(axis=1)
-    step = max(1, math.ceil(wide.shape[1] / MAX_HEATMAP_BARS))
-    wide = wide.iloc[:, ::step]
-    fig, ax = _figure(max(2.5, min(9.0, 0.18 * len(wide) + 1.5)))
-    ax.grid(False)
-    vmax = float(np.nanmax(np.abs(wide.to_numpy()))) if wide.size else 1.0
-    vmax = vmax if vmax > 0 and math.isfinite(vmax) else 1.0
-    image = ax.imshow(
-        wide.to_numpy(), aspect="auto", cmap="RdBu", vmin=-vmax, vmax=vmax, interpolation="nearest"
-    )
-    fig.colorbar(image, ax=ax, label="weight", shrink=0.9)
-    if len(wide) <= 40:
-        ax.set_yticks(range(len(wide)), wide.index, fontsize=7)
-    else:
-        ax.set_yticks([])
-        ax.set_ylabel(f"{len(wide)} symbols")
-    ticks = np.linspace(0, wide.shape[1] - 1, min(6, wide.shape[1])).astype(int)
-    ax.set_xticks(ticks, [wide.columns[t].date().isoformat() for t in ticks], fontsize=7)
-    ax.set_title("Positions (blue long, red short)")
-    note = f", one bar in {step}" if step > 1 else ""
-    return f"Weight per symbol and bar{note}.", _png(fig)
-
-
 # --------------------------------------------------------------------------- rendering
 
 
@@ -484,7 +359,7 @@ def profitability(run: RunArtifacts) -> str:
         lo, hi = get(f"{key}_lo"), get(f"{key}_hi")
         return f" (95 % interval {fmt(lo)} to {fmt(hi)})" if math.isfinite(lo + hi) else ""
 
-    growth = _growth(r)
+    growth = growth_of_one(r)
     text = (
         f"Over {len(r)} test bars ({r.index[0].date()} to {r.index[-1].date()}) the model "
         f"returned {_pct(get('total_return', _compound(r)))} in total, "
@@ -619,17 +494,6 @@ def render_markdown(run: RunArtifacts, plots: dict[str, tuple[str, bytes]], link
     return "\n".join(lines)
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def write_reports(
     run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None
 ) -> tuple[Path, Path]:
@@ -650,7 +514,7 @@ def write_reports(
     plots = make_plots(run)
     links = {}
     for name, (_, png) in plots.items():
-        _write_bytes_atomic(out / "report" / f"{name}.png", png)
+        write_bytes_atomic(out / "report" / f"{name}.png", png)
         links[name] = f"report/{name}.png"
     html_path = write_text_atomic(out / "report.html", render_html(run, plots))
     md_path = write_text_atomic(out / "report.md", render_markdown(run, plots, links))

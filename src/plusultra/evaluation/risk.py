@@ -41,6 +41,7 @@ import numpy as np
 from scipy.stats import norm
 
 from plusultra.errors import ConfigError, DataError
+from plusultra.evaluation.metrics import check_periods_per_year
 
 _NAN = float("nan")
 _EULER_GAMMA = 0.5772156649015329
@@ -65,17 +66,6 @@ def _check_level(level: float) -> float:
     if not 0.0 < level < 1.0:
         raise ConfigError(f"level must be in (0, 1), got {level!r}")
     return float(level)
-
-
-def _check_periods(periods_per_year: float) -> float:
-    if (
-        isinstance(periods_per_year, bool)
-        or not isinstance(periods_per_year, int | float | np.integer | np.floating)
-        or not math.isfinite(periods_per_year)
-        or periods_per_year <= 0
-    ):
-        raise ConfigError(f"periods_per_year must be a number > 0, got {periods_per_year!r}")
-    return float(periods_per_year)
 
 
 def _finite_or_nan(value: float) -> float:
@@ -208,7 +198,7 @@ def information_ratio(
         ConfigError: if ``periods_per_year`` is not a number > 0.
         DataError: if the inputs are not finite 1-D arrays of the same length.
     """
-    p = _check_periods(periods_per_year)
+    p = check_periods_per_year(periods_per_year)
     r = _as_series(returns, "returns")
     b = _as_series(benchmark, "benchmark")
     if r.shape != b.shape:
@@ -374,7 +364,7 @@ def sharpe_interval(
     Returns:
         ``(sharpe, lo, hi)``, unitless; the point equals ``compute_metrics(...)["sharpe"]``.
     """
-    p = _check_periods(periods_per_year)
+    p = check_periods_per_year(periods_per_year)
     return stationary_bootstrap(returns, _sharpe_stat(p), **kw)
 
 
@@ -392,7 +382,7 @@ def annual_return_interval(
         ``(annual_return, lo, hi)``, fractions per year; the point equals
         ``compute_metrics(...)["annual_return"]``.
     """
-    p = _check_periods(periods_per_year)
+    p = check_periods_per_year(periods_per_year)
     return stationary_bootstrap(returns, _cagr_stat(p), **kw)
 
 
@@ -497,7 +487,7 @@ def risk_metrics(
         DataError: on malformed inputs, mismatched lengths, or only one of ``gross_pnl`` and
             ``costs``.
     """
-    p = _check_periods(periods_per_year)
+    p = check_periods_per_year(periods_per_year)
     if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 0:
         raise ConfigError(f"n_boot must be an integer >= 0, got {n_boot!r}")
     r = _as_series(returns, "returns")

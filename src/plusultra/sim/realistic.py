@@ -63,7 +63,15 @@ import pandas as pd
 import torch
 from hydra.core.config_store import ConfigStore
 
-from plusultra.errors import ConfigError, DataError
+from plusultra.errors import ConfigError
+from plusultra.sim.market import (  # noqa: F401  (MarketData is part of this module's API)
+    Array,
+    MarketData,
+    PreparedInputs,
+    draw_latencies,
+    forward_fill,
+    prepare_inputs,
+)
 
 UNFILLED_MODES = {"carry": "the remainder is due again at the next bar", "cancel": "dropped"}
 DUST = 1e-9  # relative size below which an order or a leftover position is rounding noise
@@ -79,8 +87,6 @@ TRADE_COLUMNS = (
     "pnl",
     "open",
 )
-
-Array = np.ndarray | torch.Tensor
 
 
 def _number(key: str, value, *, low: float = 0.0, strict: bool = False, inf: bool = False):
@@ -185,34 +191,6 @@ class SimulatorConfig:
 ConfigStore.instance().store(group="schema/simulator", name="realistic", node=SimulatorConfig)
 
 
-@dataclass(frozen=True)
-class MarketData:
-    """Market inputs over ``T + 1`` bars, each ``(E, T + 1, S)`` or ``(T + 1, S)`` (one shape).
-
-    Attributes:
-        close: execution price at each bar's close, currency per share; NaN where no bar.
-        volume: shares traded in the bar (``inf``: unlimited).
-        volatility: per-bar return volatility known at the bar (e.g. 20-bar std of returns).
-        tradable: bool, inside the symbol's listed life and has a bar; where true, ``close``
-            must be finite and > 0, ``volume`` >= 0 and ``volatility`` finite and >= 0.
-
-    Raises:
-        DataError: if the four arrays are not 2-D or 3-D of one shape.
-    """
-
-    close: Array
-    volume: Array
-    volatility: Array
-    tradable: Array
-
-    def __post_init__(self) -> None:
-        shapes = {f.name: tuple(getattr(self, f.name).shape) for f in fields(self)}
-        if len(set(shapes.values())) != 1 or len(shapes["close"]) not in (2, 3):
-            raise DataError(
-                f"market arrays must share one (E, T + 1, S) or (T + 1, S) shape, got {shapes}"
-            )
-
-
 @dataclass
 class RealisticResult:
     """Outcome of ``RealisticSimulator.run`` over ``T`` steps.
@@ -253,156 +231,6 @@ class RealisticResult:
     gross_exposure: torch.Tensor
     net_exposure: torch.Tensor
     trades: pd.DataFrame
-
-
-@dataclass
-class PreparedInputs:
-    """Validated inputs as ``(E, T, S)`` / ``(E, T + 1, S)`` tensors (shared by both engines).
-
-    Attributes:
-        weights: ``(E, T, S)`` targets with NaN -> 0.
-        close: ``(E, T + 1, S)`` closes, NaN where no bar.
-        volume: ``(E, T, S)`` bar volume, 0 where not tradable.
-        volatility: ``(E, T, S)`` per-bar volatility, 0 where not tradable.
-        tradable: ``(E, T, S)`` bool, an order can fill at close ``t``.
-        holdable: ``(E, T, S)`` bool, a nonzero target is allowed at ``t``.
-        squeeze: whether the caller passed no ``E`` axis.
-    """
-
-    weights: torch.Tensor
-    close: torch.Tensor
-    volume: torch.Tensor
-    volatility: torch.Tensor
-    tradable: torch.Tensor
-    holdable: torch.Tensor
-    squeeze: bool
-
-
-def _tensor(x: Array, dtype: torch.dtype | None, device) -> torch.Tensor:
-    """``x`` as a tensor of ``dtype`` (``None``: bool); numpy input is copied, as it may be a
-    read-only broadcast view."""
-    if isinstance(x, torch.Tensor):
-        return x.to(device=device, dtype=dtype or torch.bool)
-    arr = np.array(x, dtype=None if dtype is not None else bool)
-    return torch.tensor(arr, dtype=dtype, device=device)
-
-
-def _first_bad(mask: torch.Tensor) -> tuple[int, ...]:
-    return tuple(int(i) for i in torch.nonzero(mask)[0])
-
-
-def prepare_inputs(
-    weights: Array,
-    returns: Array | None,
-    market: MarketData | None,
-    dtype: torch.dtype = torch.float64,
-    device: torch.device | str | None = None,
-) -> PreparedInputs:
-    """Check the inputs and bring them to ``(E, T, S)`` tensors (see ``PreparedInputs``).
-
-    Raises:
-        DataError: on missing or doubled market inputs, bad shapes, infinite weights or returns,
-            returns <= -1, or a tradable bar without a positive close, a volume >= 0 and a
-            finite volatility >= 0 (the message names the first ``(e, t, s)``).
-    """
-    if device is None:
-        device = weights.device if isinstance(weights, torch.Tensor) else "cpu"
-    w = _tensor(weights, dtype, device)
-    if w.ndim not in (2, 3):
-        raise DataError(f"weights must be (T, S) or (E, T, S), got shape {tuple(w.shape)}")
-    if torch.isinf(w).any():
-        raise DataError(f"weights must be finite or NaN; weights{list(_first_bad(torch.isinf(w)))}")
-    if (returns is None) == (market is None):
-        raise DataError("pass exactly one of `returns` (T, S) or `market` (MarketData)")
-    if market is None:
-        r = _tensor(returns, dtype, device)
-        same_env = r.ndim < 3 or w.ndim < 3 or r.shape[0] == w.shape[0]
-        if r.ndim not in (2, 3) or r.shape[-2:] != w.shape[-2:] or not same_env:
-            raise DataError(
-                f"returns.shape={tuple(r.shape)} does not match weights.shape={tuple(w.shape)}"
-            )
-        if torch.isinf(r).any() or (r <= -1).any():
-            bad = torch.isinf(r) | (r <= -1)
-            raise DataError(f"returns must be finite and > -1 or NaN; bad at {_first_bad(bad)}")
-        ok = ~torch.isnan(r)  # (.., T, S) holdable over t -> t + 1
-        pad = torch.zeros_like(ok[..., :1, :])
-        has_bar = torch.cat([ok, pad], dim=-2) | torch.cat([pad, ok], dim=-2)  # (.., T + 1, S)
-        growth = torch.cat([torch.ones_like(r[..., :1, :]), 1.0 + r.nan_to_num(0.0)], dim=-2)
-        close = torch.where(has_bar, growth.cumprod(dim=-2), torch.nan)
-        tradable, holdable = has_bar[..., :-1, :], ok
-        volume = torch.where(tradable, torch.inf, 0.0).to(dtype)
-        volatility = torch.zeros_like(volume)
-    else:
-        close = _tensor(market.close, dtype, device)
-        vol_all = _tensor(market.volume, dtype, device)
-        sig_all = _tensor(market.volatility, dtype, device)
-        trad_all = _tensor(market.tradable, None, device)
-        if close.shape[-2] != w.shape[-2] + 1 or close.shape[-1] != w.shape[-1]:
-            raise DataError(
-                f"market arrays must have T + 1 bars for weights of T bars: market "
-                f"{tuple(close.shape)} vs weights {tuple(w.shape)}"
-            )
-        if close.ndim == 3 and w.ndim == 3 and close.shape[0] != w.shape[0]:
-            raise DataError(f"market has {close.shape[0]} environments, weights {w.shape[0]}")
-        checks = {
-            "close must be > 0 where finite": (close <= 0) | torch.isinf(close),
-            "close must be finite where tradable": trad_all & torch.isnan(close),
-            "volume must be >= 0 where tradable": trad_all & ~(vol_all >= 0),
-            "volatility must be finite and >= 0 where tradable": trad_all
-            & ~(torch.isfinite(sig_all) & (sig_all >= 0)),
-        }
-        for what, bad in checks.items():
-            if bad.any():
-                raise DataError(f"market.{what}; first bad (e, t, s) / (t, s) {_first_bad(bad)}")
-        tradable = trad_all[..., :-1, :]
-        holdable = tradable
-        volume = torch.where(tradable, vol_all[..., :-1, :], 0.0)
-        volatility = torch.where(tradable, sig_all[..., :-1, :], 0.0)
-    squeeze = w.ndim == 2 and close.ndim == 2
-    n_env = max(w.shape[0] if w.ndim == 3 else 1, close.shape[0] if close.ndim == 3 else 1)
-
-    def batch(x: torch.Tensor) -> torch.Tensor:
-        return (x if x.ndim == 3 else x.unsqueeze(0)).expand(n_env, -1, -1).contiguous()
-
-    return PreparedInputs(
-        weights=batch(w.nan_to_num(0.0)),
-        close=batch(close),
-        volume=batch(volume),
-        volatility=batch(volatility),
-        tradable=batch(tradable),
-        holdable=batch(holdable),
-        squeeze=squeeze,
-    )
-
-
-def draw_latencies(
-    latency_probs: Sequence[float], n_env: int, n_t: int, n_s: int, seed: int
-) -> torch.Tensor:
-    """Latency ``k`` (bars) of the order of every ``(e, t, s)``: ``(E, T, S)`` int64 on CPU.
-
-    Environment ``e`` draws ``u = torch.rand((T, S))`` (float64) from a CPU ``torch.Generator``
-    seeded with ``seed + e`` and takes ``k = #{j : cdf[j] <= u}``, ``cdf = cumsum(latency_probs)``;
-    so a batch's environment ``e`` equals a lone run with ``seed + e``, on any device.
-    """
-    n_k = len(latency_probs)
-    if n_k == 1:
-        return torch.zeros((n_env, n_t, n_s), dtype=torch.int64)
-    cdf = torch.tensor(latency_probs, dtype=torch.float64).cumsum(0)
-    out = []
-    for e in range(n_env):
-        gen = torch.Generator().manual_seed(seed + e)
-        u = torch.rand((n_t, n_s), generator=gen, dtype=torch.float64)
-        out.append(torch.searchsorted(cdf, u, right=True).clamp_(max=n_k - 1))
-    return torch.stack(out)
-
-
-def forward_fill(close: torch.Tensor) -> torch.Tensor:
-    """``(E, T1, S)`` last finite close at or before each bar; 0 before a symbol's first bar."""
-    n_t = close.shape[1]
-    valid = ~torch.isnan(close)
-    steps = torch.arange(n_t, device=close.device).view(1, n_t, 1)
-    idx = torch.where(valid, steps, 0).cummax(dim=1).values
-    return torch.gather(close.nan_to_num(0.0), 1, idx)
 
 
 class RealisticSimulator:

@@ -1,4 +1,4 @@
-"""Passive baselines a strategy is compared against.
+"""Returns-level baselines: the reference that the weight-level strategies are checked against.
 
 Both take the ``(T, S)`` returns panel of the package convention (``returns[t, s]`` earned from
 close ``t`` to close ``t + 1``, NaN = the symbol cannot be held over that interval) and give the
