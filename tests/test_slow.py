@@ -20,7 +20,9 @@ def test_default_experiment_end_to_end(tmp_path):
     for label in (
         "Sharpe",
         "max drawdown",
-        "test (buy & hold)",
+        "test: model",
+        "buy & hold",
+        "12-1 momentum",
         "run dir:",
         "tensorboard:",
         "report:",
