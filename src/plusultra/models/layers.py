@@ -26,6 +26,11 @@ def check_rate(name: str, value: float) -> None:
         raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
 
 
+def drop_path_rates(drop_path: float, depth: int) -> list[float]:
+    """Stochastic-depth rate of each block: linear from 0 (first) to `drop_path` (last)."""
+    return [drop_path * i / max(depth - 1, 1) for i in range(depth)]
+
+
 def step_token_end(j: int, T: int, causal: bool = True) -> int:
     """`token_end` of a backbone with one token per input step (negative j counts from the end).
 

@@ -12,6 +12,7 @@ from plusultra.models.layers import (
     PatchEmbedding,
     check_int,
     check_rate,
+    drop_path_rates,
 )
 from plusultra.models.ssm import SelectiveSSM
 
@@ -106,7 +107,7 @@ class SSMBackbone(nn.Module):
         self.patch = PatchEmbedding(n_features, d_model, patch_len, patch_stride)
         self.pos = LearnedPositionalEncoding(max_len, d_model)
         self.drop = nn.Dropout(dropout)
-        rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]  # 0 -> drop_path
+        rates = drop_path_rates(drop_path, depth)  # 0 -> drop_path
         self.blocks = nn.ModuleList(
             SSMBlock(d_model, d_state, expand, conv_kernel, mlp_ratio, dropout, rates[i], chunk)
             for i in range(depth)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plusultra.errors import ConfigError
-from plusultra.models.layers import DropPath, check_int, check_rate, step_token_end
+from plusultra.models.layers import DropPath, check_int, check_rate, drop_path_rates, step_token_end
 
 
 class TemporalBlock(nn.Module):
@@ -92,7 +92,7 @@ class TCNBackbone(nn.Module):
         self.dilations = [dilations[i % len(dilations)] for i in range(depth)]  # per block
         self.embed = nn.Linear(n_features, d_model)
         self.drop = nn.Dropout(dropout)
-        rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]  # 0 -> drop_path
+        rates = drop_path_rates(drop_path, depth)  # 0 -> drop_path
         self.blocks = nn.ModuleList(
             TemporalBlock(d_model, kernel_size, self.dilations[i], dropout, rates[i])
             for i in range(depth)
