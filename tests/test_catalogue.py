@@ -443,7 +443,12 @@ def main(cfg):
     if cfg.fail:
         raise ValueError(f"boom seed={cfg.seed}")
     out = HydraConfig.get().runtime.output_dir
-    metrics = {"val_loss": 0.5 / cfg.seed, "test_sharpe": None, "n_params": 1000 + cfg.depth}
+    metrics = {
+        "val_loss": 0.5 / cfg.seed,
+        "test_sharpe": cfg.sharpe,
+        "test_n_periods": 250,
+        "n_params": 1000 + cfg.depth,
+    }
     with open(os.path.join(out, "metrics.json"), "w") as fh:
         json.dump(metrics, fh)
     return metrics["val_loss"]
@@ -464,6 +469,7 @@ defaults:
   - _self_
 seed: 1
 depth: 2
+sharpe: null
 fail: false
 out_dir: ${hydra:runtime.output_dir}
 trainer:
@@ -547,6 +553,18 @@ def test_callback_in_multirun_mode(hydra_app: Path) -> None:
     assert df["run_dir"].tolist() == [str(hydra_app / "sweep" / n) for n in ("0", "1")]
     for run_dir, run_id in zip(df["run_dir"], df["run_id"], strict=True):
         assert (Path(run_dir) / "run_id.txt").read_text().strip() == run_id
+
+
+def test_multirun_end_logs_the_sweeps_best_trial(hydra_app: Path) -> None:
+    proc = run_app(hydra_app, "-m", "sharpe=0.5,1.5,1.0")
+    assert proc.returncode == 0, proc.stderr
+    df = query(hydra_app / "cat", "SELECT * FROM sweeps ORDER BY job_num")
+    assert df["sweep"].tolist() == [str(hydra_app / "sweep")] * 3
+    assert df["n_trials"].tolist() == [3, 3, 3] and df["is_best"].tolist() == [False, True, False]
+    best = df.iloc[1]
+    line = f"catalogue: sweep {hydra_app / 'sweep'}: best of 3 trials is job 1 ({best.run_id})"
+    assert line in proc.stdout + proc.stderr
+    assert f"deflated Sharpe {best.deflated_sharpe:.3f}" in proc.stdout + proc.stderr
 
 
 def test_callback_records_a_failing_job_and_the_error_propagates(hydra_app: Path) -> None:

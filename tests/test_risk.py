@@ -6,7 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from scipy.stats import kurtosis as scipy_kurtosis
 from scipy.stats import norm
+from scipy.stats import skew as scipy_skew
 
 from plusultra.errors import ConfigError, DataError
 from plusultra.evaluation import risk
@@ -17,8 +19,10 @@ from plusultra.evaluation.risk import (
     cvar,
     deflated_sharpe,
     drawdown_duration,
+    expected_max_sharpe,
     exposure,
     information_ratio,
+    return_moments,
     risk_metrics,
     sharpe_interval,
     stationary_bootstrap,
@@ -64,6 +68,18 @@ def information_ratio_ref(returns: list[float], bench: list[float], ppy: float) 
     mean = sum(active) / n
     var = sum((a - mean) ** 2 for a in active) / (n - 1)
     return mean / math.sqrt(var) * math.sqrt(ppy)
+
+
+def return_moments_ref(returns: list[float]) -> dict[str, float]:
+    """Population central moments by explicit sums: skew m3 / m2^1.5, kurtosis m4 / m2^2."""
+    n = len(returns)
+    if n < 3 or max(returns) == min(returns):
+        return {"skew": NAN, "kurtosis": NAN}
+    mean = sum(returns) / n
+    m2 = sum((x - mean) ** 2 for x in returns) / n
+    m3 = sum((x - mean) ** 3 for x in returns) / n
+    m4 = sum((x - mean) ** 4 for x in returns) / n
+    return {"skew": m3 / m2**1.5, "kurtosis": m4 / m2**2}
 
 
 def trade_analytics_ref(pnl: list[float]) -> dict[str, float]:
@@ -241,6 +257,42 @@ def test_trade_analytics_matches_reference() -> None:
         assert got[key] == pytest.approx(ref[key], rel=1e-12), key
 
 
+# ---------------------------------------------------------------- skew and kurtosis
+
+
+def test_return_moments_hand_computed() -> None:
+    # r = 0, 0, 0, 4: mean 1, deviations -1, -1, -1, 3; m2 = 12/4 = 3, m3 = 24/4 = 6,
+    # m4 = 84/4 = 21 -> skew 6 / 3^1.5 = 2/sqrt(3), kurtosis 21 / 9 = 7/3.
+    got = return_moments(np.array([0.0, 0.0, 0.0, 4.0]))
+    assert got["skew"] == pytest.approx(2 / math.sqrt(3), rel=1e-12)
+    assert got["kurtosis"] == pytest.approx(7 / 3, rel=1e-12)
+    # Symmetric two-point returns: skew 0, kurtosis 1 (the smallest possible).
+    got = return_moments(np.array([0.01, -0.01, 0.01, -0.01]))
+    assert got["skew"] == pytest.approx(0.0, abs=1e-12)
+    assert got["kurtosis"] == pytest.approx(1.0, rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_return_moments_match_reference_and_scipy(seed: int) -> None:
+    r = _random_returns(seed, 400)
+    got, ref = return_moments(r), return_moments_ref(r.tolist())
+    assert got["skew"] == pytest.approx(ref["skew"], rel=1e-9)
+    assert got["kurtosis"] == pytest.approx(ref["kurtosis"], rel=1e-9)
+    assert got["skew"] == pytest.approx(scipy_skew(r, bias=True), rel=1e-9)
+    assert got["kurtosis"] == pytest.approx(scipy_kurtosis(r, fisher=False, bias=True), rel=1e-9)
+
+
+def test_return_moments_nan_when_undefined_and_normal_near_three() -> None:
+    for r in ([], [0.01], [0.01, -0.02], [0.003] * 10):
+        assert all(math.isnan(v) for v in return_moments(np.array(r)).values()), r
+    normal = np.random.default_rng(0).normal(0.0, 0.01, size=200_000)
+    got = return_moments(normal)
+    assert got["skew"] == pytest.approx(0.0, abs=0.03)
+    assert got["kurtosis"] == pytest.approx(3.0, abs=0.05)  # not excess kurtosis
+    with pytest.raises(DataError, match="finite"):
+        return_moments(np.array([0.1, NAN, 0.2]))
+
+
 # ---------------------------------------------------------------- stationary bootstrap
 
 
@@ -368,6 +420,27 @@ def test_deflated_sharpe_paper_example() -> None:
     assert got == pytest.approx(norm.cdf(z), abs=1e-6)
 
 
+def test_expected_max_sharpe_is_the_papers_sr0_and_used_by_deflated_sharpe() -> None:
+    assert expected_max_sharpe(100, 0.002) == pytest.approx(0.1131720, abs=1e-7)
+    assert expected_max_sharpe(1, 0.5) == 0.0
+    # Scales with sqrt(V): an annual variance gives an annual SR0 (x sqrt(250) here).
+    assert expected_max_sharpe(100, 0.5) == pytest.approx(
+        expected_max_sharpe(100, 0.002) * math.sqrt(250), rel=1e-12
+    )
+    sr0s = [expected_max_sharpe(n, 0.01) for n in (2, 10, 100, 1000)]
+    assert sr0s == sorted(sr0s)  # more trials, higher bar
+    # DSR is exactly Phi of the probabilistic Sharpe against SR0.
+    sr, n_t = 0.12, 500
+    z = (sr - expected_max_sharpe(20, 0.003)) * math.sqrt(n_t - 1) / math.sqrt(1 + sr**2 / 2)
+    assert deflated_sharpe(sr, 20, 0.003, n_t, 0.0, 3.0) == pytest.approx(norm.cdf(z), rel=1e-12)
+    with pytest.raises(ConfigError, match="n_trials"):
+        expected_max_sharpe(0, 0.01)
+    with pytest.raises(DataError, match="sharpe_variance"):
+        expected_max_sharpe(5, -0.01)
+    with pytest.raises(DataError, match="sharpe_variance"):
+        expected_max_sharpe(5, NAN)
+
+
 def test_deflated_sharpe_one_trial_is_probabilistic_sharpe_and_more_trials_deflate() -> None:
     # One trial: SR0 = 0; normal returns (skew 0, kurtosis 3): z = SR sqrt(T-1) / sqrt(1 + SR^2/2).
     sr, n = 0.1, 101
@@ -393,7 +466,7 @@ def test_deflated_sharpe_bad_arguments() -> None:
 
 def test_risk_metrics_keys_follow_inputs() -> None:
     r = _random_returns(3, 200)
-    base = {"max_drawdown_duration", "cvar_95"}
+    base = {"max_drawdown_duration", "cvar_95", "skew", "kurtosis"}
     intervals = {"sharpe_lo", "sharpe_hi", "annual_return_lo", "annual_return_hi"}
     assert set(risk_metrics(r, n_boot=0)) == base
     assert set(risk_metrics(r, n_boot=50)) == base | intervals
@@ -420,6 +493,9 @@ def test_risk_metrics_keys_follow_inputs() -> None:
     }
     assert full["max_drawdown_duration"] == drawdown_duration_ref(r.tolist())
     assert full["cvar_95"] == pytest.approx(cvar_ref(r.tolist(), 0.95))
+    moments = return_moments_ref(r.tolist())
+    assert full["skew"] == pytest.approx(moments["skew"], rel=1e-9)
+    assert full["kurtosis"] == pytest.approx(moments["kurtosis"], rel=1e-9)
     assert full["gross_exposure"] == 1.0 and full["invested_share"] == 1.0
     assert full["profit_factor"] == 2.0
     assert (full["sharpe_lo"], full["sharpe_hi"]) == sharpe_interval(r, n_boot=50)[1:]

@@ -70,6 +70,13 @@ def test_multirun_writes_one_row_per_job(tiny_db, tmp_path):
     assert rows["status"].tolist() == ["completed", "completed"]
     assert rows["multirun"].all() and sorted(rows["job_num"]) == [0, 1]
     assert len(list((tmp_path / "multiruns").rglob("metrics.json"))) == 2
+    sweeps = query(tmp_path / "catalogue", "SELECT * FROM sweeps")
+    (sweep_dir,) = {p.parent.parent for p in (tmp_path / "multiruns").rglob("metrics.json")}
+    assert sweeps["sweep"].tolist() == [str(sweep_dir)] * 2
+    assert sweeps["n_trials"].tolist() == [2, 2] and sweeps["is_best"].sum() == 1
+    assert not sweeps["normal_moments_assumed"].any()  # test_skew, test_kurtosis recorded
+    assert sweeps["deflated_sharpe"].between(0, 1).all()
+    assert "catalogue: sweep " in res.stdout + res.stderr
 
 
 def test_multirun_with_a_failing_job_records_both(tiny_db, tmp_path):

@@ -7,6 +7,7 @@ The catalogue row is written by the Hydra job-end callback (conf/hydra/default.y
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import sys
@@ -26,7 +27,6 @@ from plusultra.evaluation.report import flat_metrics, summary_table, write_metri
 from plusultra.evaluation.reporting import write_reports
 from plusultra.io import write_parquet_atomic, write_text_atomic
 from plusultra.models.module import ForecastModule
-from plusultra.training.predict import predictions_frame
 
 log = logging.getLogger("plusultra")
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -67,21 +67,18 @@ def train(cfg: DictConfig) -> float:
 
     def make_trainer(**overrides) -> L.Trainer:
         callbacks = [build(c) for c in cfg.callbacks.values()]
-        return build(cfg.trainer, logger=logger, callbacks=callbacks, **overrides)
+        return build(cfg.trainer, **({"logger": logger, "callbacks": callbacks} | overrides))
 
+    walk = build(cfg.walk_forward)
+    initial = copy.deepcopy(model.state_dict()) if walk.refits and not walk.warm_start else None
     stages = build(cfg.curriculum).run(model, datamodule, make_trainer)
     trainer = stages[-1].trainer
     val = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
-    test = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    evaluated = walk.run(model, datamodule, trainer, make_trainer, initial, run_dir / "checkpoints")
+    test, preds = evaluated.test_metrics, evaluated.predictions
 
     panel = datamodule.panel
-    preds = predictions_frame(
-        model,
-        datamodule.inference_dataset("test"),
-        panel.dates,
-        panel.symbols,
-        datamodule.norm.target_scale,
-    )
+    refits = [(f.fit_lo, f.fit_hi, f.lo, f.hi) for f in evaluated.blocks]
     backtest = build(cfg.evaluation)
     result = backtest.run(
         preds,
@@ -91,7 +88,7 @@ def train(cfg: DictConfig) -> float:
         datamodule.returns,
         build(cfg.simulator),
         *datamodule.segments.test,
-        context=MarketContext(**datamodule.context()),
+        context=MarketContext(**datamodule.context(), refits=refits),
     )
     preds = backtest.with_positions(
         preds, panel.dates, panel.symbols, datamodule.tradable, datamodule.returns
@@ -99,6 +96,7 @@ def train(cfg: DictConfig) -> float:
 
     extra = {
         "n_params": model.n_params,
+        "walk_forward_blocks": len(evaluated.blocks),
         **datamodule.sizes(),
         **{f"{s.name}_best_val_loss": s.best_score for s in stages if s.best_score},
     }
@@ -107,6 +105,7 @@ def train(cfg: DictConfig) -> float:
     metrics = flat_metrics(val["val/loss"], test["test/loss"], result, extra)
     write_parquet_atomic(run_dir / "predictions.parquet", preds)
     write_parquet_atomic(run_dir / "backtest.parquet", result.daily, index=True)
+    write_parquet_atomic(run_dir / "walk_forward.parquet", evaluated.folds)
     write_metrics(run_dir, metrics)  # its presence marks a complete run
     write_reports(run_dir)  # report.html and report.md, derived (plusultra-report redoes them)
     logger.log_metrics({f"summary/{k}": v for k, v in metrics.items()})

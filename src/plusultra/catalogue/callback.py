@@ -14,9 +14,10 @@ relative path is taken relative to the directory ``plusultra`` was launched from
 (``hydra.runtime.cwd``), whatever ``hydra.job.chdir`` says.
 
 Per job it writes ``<output dir>/run_id.txt`` at job start and
-``<catalogue_dir>/<run_id>.parquet`` at job end (see ``plusultra.catalogue.rows``). A
-catalogue failure is logged as a warning and never raised: it must not mask the run's own
-result or error.
+``<catalogue_dir>/<run_id>.parquet`` at job end (see ``plusultra.catalogue.rows``). At the end
+of a multirun it logs one line on the sweep's best trial by test Sharpe and its deflated Sharpe
+(see ``plusultra.catalogue.sweeps``). A catalogue failure is logged as a warning and never
+raised: it must not mask the run's own result or error.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
+from plusultra.catalogue.query import SWEEPS, connect
 from plusultra.catalogue.rows import (
     build_row,
     format_error,
@@ -43,6 +45,7 @@ from plusultra.catalogue.rows import (
     new_run_id,
     write_row,
 )
+from plusultra.catalogue.sweeps import summary_line
 
 log = logging.getLogger(__name__)
 
@@ -250,3 +253,27 @@ class CatalogueCallback(Callback):
         if not run_id_file.is_file():
             run_id_file.write_text(run_id + "\n", encoding="utf-8")
         return path
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Logs the sweep's best trial and its deflated Sharpe; a warning instead of raising."""
+        try:
+            line = self._sweep_summary(config)
+            if line is not None:
+                log.info("catalogue: %s", line)
+        except Exception as exc:  # noqa: BLE001 - the sweep itself has finished
+            log.warning("catalogue: could not summarise the sweep: %s: %s", type(exc).__name__, exc)
+
+    def _sweep_summary(self, config: DictConfig) -> str | None:
+        hydra_cfg = _hydra_node(config)
+        sweep_dir = _select(hydra_cfg, "sweep.dir")
+        if sweep_dir is None:
+            return None
+        # As Hydra makes each job's output dir absolute: relative to the launch directory.
+        cwd = _select(hydra_cfg, "runtime.cwd") or os.getcwd()
+        sweep = os.path.normpath(os.path.join(cwd, str(sweep_dir)))
+        con = connect(self._resolve_dir(hydra_cfg))
+        try:
+            trials = con.sql(f"SELECT * FROM {SWEEPS}").df()
+        finally:
+            con.close()
+        return summary_line(trials, sweep)

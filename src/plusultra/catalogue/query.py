@@ -10,6 +10,19 @@ Column names with dots or slashes must be double-quoted in SQL::
 
     SELECT run_id, backbone, "backbone.depth", "trainer.max_epochs", test_sharpe
     FROM runs WHERE status = 'completed' ORDER BY test_sharpe DESC
+
+The connection also holds a table ``sweeps``: one row per trial of every multirun sweep (the
+completed multirun runs sharing a sweep directory, the parent of their ``run_dir``) with the
+trial's deflated Sharpe ratio, computed by ``plusultra.catalogue.sweeps.sweep_table`` when
+``connect`` is called (a snapshot: runs recorded later need a fresh connection). Columns:
+``sweep``, ``run_id``, ``run_dir``, ``job_num``, ``n_trials``, ``test_sharpe`` (annualised),
+``sharpe_variance`` (of the per-period Sharpes), ``expected_max_sharpe`` (``SR0``, annualised),
+``deflated_sharpe`` (a probability), ``is_best``, ``periods_per_year``, ``n_periods``, ``skew``,
+``kurtosis``, ``normal_moments_assumed``; it is empty, with these columns, when no sweep has a
+completed trial with a test Sharpe::
+
+    SELECT sweep, n_trials, test_sharpe, expected_max_sharpe, deflated_sharpe
+    FROM sweeps WHERE is_best ORDER BY deflated_sharpe DESC
 """
 
 from __future__ import annotations
@@ -23,9 +36,11 @@ import pandas as pd
 import pyarrow as pa
 
 from plusultra.catalogue.rows import CORE_COLUMNS
+from plusultra.catalogue.sweeps import INPUT_COLUMNS, SWEEP_COLUMNS, sweep_table
 from plusultra.errors import PlusUltraError
 
 VIEW = "runs"
+SWEEPS = "sweeps"
 _GLOB_CHARS = set("*?[]{}")
 
 
@@ -75,11 +90,25 @@ def catalogue_files(catalogue_dir: str | os.PathLike) -> list[pathlib.Path]:
     return sorted(p for p in directory.glob("*.parquet") if p.is_file())
 
 
+def _create_sweeps(con: duckdb.DuckDBPyConnection) -> None:
+    """Creates the table ``sweeps`` from the view ``runs`` (see the module docstring)."""
+    present = {row[0] for row in con.execute(f"DESCRIBE {VIEW}").fetchall()}
+    columns = ", ".join(_ident(name) for name in INPUT_COLUMNS if name in present)
+    runs = con.sql(f"SELECT {columns} FROM {VIEW} WHERE multirun AND status = 'completed'").df()
+    trials = sweep_table(runs)
+    casts = ", ".join(f"CAST({_ident(n)} AS {t}) AS {_ident(n)}" for n, t in SWEEP_COLUMNS.items())
+    con.register("_plusultra_sweeps", trials)
+    try:
+        con.execute(f"CREATE TABLE {SWEEPS} AS SELECT {casts} FROM _plusultra_sweeps")
+    finally:
+        con.unregister("_plusultra_sweeps")
+
+
 def connect(catalogue_dir: str | os.PathLike) -> duckdb.DuckDBPyConnection:
-    """Opens an in-memory DuckDB connection with the view ``runs`` over the catalogue.
+    """Opens an in-memory DuckDB connection with the view ``runs`` and the table ``sweeps``.
 
     The view reads the files at query time, so runs recorded later show up; a run that adds
-    new columns may need a fresh connection.
+    new columns may need a fresh connection. ``sweeps`` is computed once, here.
 
     Args:
         catalogue_dir: The catalogue directory.
@@ -110,11 +139,15 @@ def connect(catalogue_dir: str | os.PathLike) -> duckdb.DuckDBPyConnection:
                 f"CAST(NULL AS {_duckdb_type(t)}) AS {_ident(n)}" for n, t in CORE_COLUMNS.items()
             )
             con.execute(f"CREATE VIEW {VIEW} AS SELECT {columns} WHERE false")
+        _create_sweeps(con)
     except duckdb.Error as exc:
         con.close()
         raise CatalogueError(
             f"could not read the catalogue in {directory}: {one_paragraph(str(exc))}"
         ) from exc
+    except BaseException:
+        con.close()
+        raise
     return con
 
 
@@ -128,7 +161,7 @@ def _hint(message: str) -> str:
     if "Referenced table" in message and "not found" in message:
         return (
             ' (column names that contain dots must be double-quoted, e.g. "trainer.max_epochs";'
-            f" the table is {VIEW})"
+            f" the tables are {VIEW} and {SWEEPS})"
         )
     if "Referenced column" in message:
         return f" (list the columns with: DESCRIBE {VIEW})"
@@ -136,7 +169,7 @@ def _hint(message: str) -> str:
 
 
 def query(catalogue_dir: str | os.PathLike, sql: str) -> pd.DataFrame:
-    """Runs SQL against the catalogue view ``runs``.
+    """Runs SQL against the catalogue view ``runs`` and table ``sweeps``.
 
     Args:
         catalogue_dir: The catalogue directory.

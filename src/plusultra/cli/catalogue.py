@@ -27,6 +27,9 @@ EPILOG = textwrap.dedent(
     config group holding the chosen option (backbone, head, data, hardware, ...); the
     resolved config with dotted names (seed, depth, "backbone.depth",
     "trainer.max_epochs", ...); and the metrics (val_loss, test_sharpe, n_params, ...).
+    The table `sweeps` has one row per trial of each multirun sweep with its deflated Sharpe
+    ratio: sweep, run_id, run_dir, job_num, n_trials, test_sharpe, sharpe_variance (per
+    period), expected_max_sharpe (annualised), deflated_sharpe (a probability), is_best, ...
     Column names containing dots or slashes must be double-quoted in SQL ("trainer.max_epochs",
     "a/b"); SQL strings use single quotes. In bash, put the query in double quotes and escape
     the inner ones as \\", or put it in single quotes when it has no string literal.
@@ -39,6 +42,7 @@ EPILOG = textwrap.dedent(
           FROM runs WHERE status = 'completed' GROUP BY ALL ORDER BY sharpe DESC"
       plusultra-catalogue "SELECT run_id, error FROM runs WHERE status = 'failed'"
       plusultra-catalogue "DESCRIBE runs"
+      plusultra-catalogue "SELECT * FROM sweeps WHERE is_best"
       plusultra-catalogue --format csv "SELECT * FROM runs" > runs.csv
       plusultra-catalogue --out best.json "SELECT * FROM runs ORDER BY test_sharpe DESC LIMIT 5"
     """
@@ -56,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Query the PlusUltra run catalogue (one parquet file per run) with DuckDB SQL "
-        "over the view `runs`.",
+        "over the view `runs` and the table `sweeps`.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

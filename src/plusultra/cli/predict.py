@@ -3,8 +3,9 @@
   plusultra-predict outputs/runs/2026-11-21/10-00-00 --db market.sqlite --out predictions.parquet
 
 Uses the run's saved feature list, normalisation statistics (fitted on its train segment)
-and best checkpoint, and the same prediction and position code the run used for its test
-segment. Writes one row per (symbol, timestamp) with a complete input window.
+and model (the last walk-forward refit when the run refitted, else the best checkpoint), and the
+same prediction and position code the run used for its test segment. Writes one row per
+(symbol, timestamp) with a complete input window.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ REQUIRED = ("config.yaml", "data.json", "normalisation.json", "metrics.json")
 
 
 def find_checkpoint(run_dir: Path) -> Path:
-    """The run's best checkpoint (last.ckpt if no best was kept)."""
-    for name in ("best.ckpt", "last.ckpt"):
+    """The run's latest model: the last walk-forward refit (walk_forward.ckpt) when the run
+    refitted, else its best checkpoint (last.ckpt if no best was kept)."""
+    for name in ("walk_forward.ckpt", "best.ckpt", "last.ckpt"):
         path = run_dir / "checkpoints" / name
         if path.is_file():
             return path

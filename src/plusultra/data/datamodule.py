@@ -311,25 +311,35 @@ class SQLiteDataModule(L.LightningDataModule):
             out[name] = [str(d[lo].date()), str(d[min(hi, len(d) - 1)].date())]
         return out
 
-    def _dataset(self, segment: str) -> WindowDataset:
-        lo, hi = getattr(self.segments, segment)
+    def labelled_dataset(self, lo: int, hi: int) -> WindowDataset:
+        """Windows with complete inputs and targets whose decision bar is in lo..hi (may be
+        empty: the last `horizon` bars of the calendar have no label yet)."""
         idx = sample_index(self.input_ok & self.target_ok, lo, hi)
-        if len(idx) == 0:
-            raise DataError(f"no complete window in the {segment} segment")
         return WindowDataset(self.features, idx, self.window, self.scaled_targets, self.labels)
 
-    def inference_dataset(self, segment: str | None = None) -> WindowDataset:
-        """Windows with complete inputs (targets not needed) in a segment, or everywhere."""
+    def _dataset(self, segment: str) -> WindowDataset:
+        ds = self.labelled_dataset(*getattr(self.segments, segment))
+        if len(ds) == 0:
+            raise DataError(f"no complete window in the {segment} segment")
+        return ds
+
+    def inference_dataset(
+        self, segment: str | None = None, bars: tuple[int, int] | None = None
+    ) -> WindowDataset:
+        """Windows with complete inputs (targets not needed) in a segment, in the decision bars
+        `bars` (inclusive), or everywhere."""
         lo, hi = (self.window - 1, len(self.panel.dates) - 1)
         if segment is not None:
             lo, hi = getattr(self.segments, segment)
+        if bars is not None:
+            lo, hi = max(lo, bars[0]), min(hi, bars[1])
         index = sample_index(self.input_ok, lo, hi)
         return WindowDataset(self.features, index, self.window, labels=self.labels)
 
-    def _loader(self, segment: str, shuffle: bool) -> DataLoader:
-        ds = self._dataset(segment)
+    def loader(self, dataset: WindowDataset, shuffle: bool = False) -> DataLoader:
+        """A DataLoader over `dataset` with this data module's batch and worker settings."""
         return DataLoader(
-            ds,
+            dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
@@ -337,6 +347,9 @@ class SQLiteDataModule(L.LightningDataModule):
             collate_fn=passthrough_collate,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _loader(self, segment: str, shuffle: bool) -> DataLoader:
+        return self.loader(self._dataset(segment), shuffle)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

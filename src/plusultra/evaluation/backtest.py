@@ -28,7 +28,9 @@ class MarketContext:
     Attributes:
         close: adjusted close; volume: split-adjusted shares; volatility: per-bar return std
         known at t; features: (T, S, F) normalised model inputs; targets: (T, S) scaled labels of
-        the traded step; label_end: last bar whose label is known at the end of training.
+        the traded step; label_end: last bar whose label is known at the end of training;
+        refits: walk-forward blocks ``(fit_lo, fit_hi, lo, hi)``, when the model is refitted
+        (the ridge baseline is then refitted on the same samples before the same blocks).
     """
 
     close: np.ndarray
@@ -37,6 +39,7 @@ class MarketContext:
     features: np.ndarray | None = None
     targets: np.ndarray | None = None
     label_end: int | None = None
+    refits: list[tuple[int, int, int, int]] | None = None
 
 
 # Baseline weights on the full calendar (momentum needs history before the test segment);
@@ -50,10 +53,15 @@ BASELINES = {
     "mean_reversion": lambda c, tr, r, lo, hi: strategies.mean_reversion_weights(c.close, tr)[
         lo : hi + 1
     ],
-    "ridge": lambda c, tr, r, lo, hi: strategies.ridge_weights(
-        c.features, c.targets, tr, c.label_end
-    )[lo : hi + 1],
+    "ridge": lambda c, tr, r, lo, hi: _ridge(c, tr)[lo : hi + 1],
 }
+
+
+def _ridge(c: MarketContext, tradable: np.ndarray) -> np.ndarray:
+    """Ridge fitted once on the train labels, or refitted per walk-forward block."""
+    if c.refits and len(c.refits) > 1:
+        return strategies.walk_forward_ridge_weights(c.features, c.targets, tradable, c.refits)
+    return strategies.ridge_weights(c.features, c.targets, tradable, c.label_end)
 
 
 @dataclass

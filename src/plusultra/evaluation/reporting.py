@@ -1,7 +1,8 @@
 """Investor report of a finished run: `report.html` (self-contained) and `report.md` with plots.
 
 Reads only the run directory (`metrics.json`, `backtest.parquet`, `predictions.parquet`,
-`data.json`, optionally `run_id.txt` and `.hydra/hydra.yaml`), so it can be re-run on any
+`data.json`, optionally `walk_forward.parquet`, `run_id.txt` and `.hydra/hydra.yaml`), so it can
+be re-run on any
 finished run with `plusultra-report RUN_DIR`.
 
 Returns are simple per-bar returns: `strategy_return[t]` is earned from the close of decision
@@ -53,6 +54,7 @@ class RunArtifacts:
         segment_dates: segment -> [first, last] decision date.
         run_id: the catalogue id from `run_id.txt`, if any.
         choices: Hydra config-group choices (`backbone=...`), if `.hydra/hydra.yaml` exists.
+        walk_forward: one row per walk-forward block (`walk_forward.parquet`), if written.
     """
 
     run_dir: Path
@@ -63,6 +65,7 @@ class RunArtifacts:
     segment_dates: dict[str, list[str]] = field(default_factory=dict)
     run_id: str | None = None
     choices: dict[str, str] = field(default_factory=dict)
+    walk_forward: pd.DataFrame | None = None
 
     @property
     def baselines(self) -> list[str]:
@@ -121,6 +124,7 @@ def load_run(run_dir: str | os.PathLike) -> RunArtifacts:
     if "realized_return" not in preds.columns:
         preds["realized_return"] = np.nan
     run_id_path = run_dir / "run_id.txt"
+    blocks_path = run_dir / "walk_forward.parquet"
     return RunArtifacts(
         run_dir=run_dir,
         metrics=metrics,
@@ -130,6 +134,7 @@ def load_run(run_dir: str | os.PathLike) -> RunArtifacts:
         segment_dates=dict(data.get("segment_dates") or {}),
         run_id=run_id_path.read_text().strip() if run_id_path.is_file() else None,
         choices=_choices(run_dir),
+        walk_forward=pd.read_parquet(blocks_path) if blocks_path.is_file() else None,
     )
 
 
@@ -280,6 +285,27 @@ def scenarios(backtest: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
+def walk_forward_blocks(backtest: pd.DataFrame, blocks: pd.DataFrame) -> pd.DataFrame:
+    """Model vs buy-and-hold per walk-forward block: the block's dates, the end of the training
+    window its model was fitted on, its test loss, and the `_period_row` figures."""
+    model = backtest["strategy_return"]
+    bench = backtest["buyhold_return"] if "buyhold_return" in backtest.columns else None
+    rows = []
+    for b in blocks.itertuples():
+        inside = (backtest.index >= b.start) & (backtest.index <= b.end)
+        row = {
+            "start": pd.Timestamp(b.start).date().isoformat(),
+            "end": pd.Timestamp(b.end).date().isoformat(),
+            "fitted_to": pd.Timestamp(b.fit_end).date().isoformat(),
+            "refit": "yes" if b.refit else "no",
+            "test_loss": float(b.test_loss),
+        }
+        rows.append(row | _period_row(model[inside], None if bench is None else bench[inside]))
+    out = pd.DataFrame(rows)
+    out.index = pd.Index(blocks["fold"].to_numpy(), name="block")
+    return out
+
+
 # --------------------------------------------------------------------------- rendering
 
 
@@ -303,6 +329,7 @@ FORMATS = {
     "buyhold_return": _pct,
     "model_sharpe": _num,
     "buyhold_sharpe": _num,
+    "test_loss": lambda v: "n/a" if v is None or not math.isfinite(float(v)) else f"{v:.4f}",
 }
 HEADERS = {
     "pnl": "P&L (sum of w·r)",
@@ -313,6 +340,8 @@ HEADERS = {
     "buyhold_return": "buy & hold return",
     "model_sharpe": "model Sharpe",
     "buyhold_sharpe": "buy & hold Sharpe",
+    "fitted_to": "last training bar",
+    "test_loss": "test loss",
 }
 
 
@@ -424,6 +453,15 @@ def _sections(run: RunArtifacts) -> list[tuple[str, list[tuple[str, str, list, l
     for key, frame in scen.items():
         title, text = titles[key]
         tables.append((title, text, *_cells(frame, index=key != "crashes")))
+    if run.walk_forward is not None and len(run.walk_forward) > 1:
+        text = (
+            "Each block is predicted by one model: block 0 by the model trained on the train "
+            "segment, every later block by a refit on the windows whose decision bars end at "
+            "the last training bar, an embargo of window + horizon bars or more before the "
+            "block, so every label it learned from was known when the block started."
+        )
+        blocks = walk_forward_blocks(run.backtest, run.walk_forward)
+        tables.append(("By walk-forward block", text, *_cells(blocks)))
     return [("Attribution", attr), ("Scenarios", tables)]
 
 

@@ -24,6 +24,10 @@ Definitions:
   counts as a trade that did not win), ``avg_win = mean(x[x > 0])``, ``avg_loss = mean(x[x < 0])``
   (negative), ``profit_factor = sum(x[x > 0]) / |sum(x[x < 0])|`` (NaN without losing trades),
   ``n_trades``.
+- ``skew`` / ``kurtosis``: population (biased) moments of the returns,
+  ``m3 / m2 ** 1.5`` and ``m4 / m2 ** 2`` with ``mk = mean((r - mean(r)) ** k)``; kurtosis is NOT
+  excess (3 for normal returns), as ``deflated_sharpe`` expects. NaN when ``T < 3`` or the returns
+  are all equal.
 - ``sharpe_lo`` / ``sharpe_hi``, ``annual_return_lo`` / ``annual_return_hi``: 95 % percentile
   intervals of the annualised Sharpe and of the CAGR (definitions of ``compute_metrics``) from a
   Politis-Romano stationary bootstrap (``stationary_bootstrap``).
@@ -236,6 +240,32 @@ def trade_analytics(trade_pnl: np.ndarray) -> dict[str, float]:
     }
 
 
+def return_moments(returns: np.ndarray) -> dict[str, float]:
+    """Skewness and kurtosis of the period returns, the inputs of ``deflated_sharpe``.
+
+    Args:
+        returns: ``(T,)`` simple per-period returns.
+
+    Returns:
+        ``skew`` (``m3 / m2 ** 1.5``, 0 for symmetric returns) and ``kurtosis`` (``m4 / m2 ** 2``,
+        NOT excess: 3 for normal returns), population moments ``mk = mean((r - mean(r)) ** k)``
+        as ``scipy.stats.skew`` / ``kurtosis(fisher=False)`` with ``bias=True``; both NaN when
+        ``T < 3`` or the returns are all equal.
+
+    Raises:
+        DataError: if ``returns`` is not 1-D or not finite.
+    """
+    r = _as_series(returns, "returns")
+    if r.size < 3 or r.max() == r.min():
+        return {"skew": _NAN, "kurtosis": _NAN}
+    d = r - r.mean()  # (T,)
+    m2 = float(np.mean(d**2))
+    return {
+        "skew": _finite_or_nan(np.mean(d**3) / m2**1.5),
+        "kurtosis": _finite_or_nan(np.mean(d**4) / m2**2),
+    }
+
+
 def _resample_indices(uniforms: np.ndarray, p_new: float) -> np.ndarray:
     """Stationary-bootstrap index arrays from uniform draws.
 
@@ -386,6 +416,41 @@ def annual_return_interval(
     return stationary_bootstrap(returns, _cagr_stat(p), **kw)
 
 
+def _check_n_trials(n_trials: int) -> None:
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int | np.integer) or n_trials < 1:
+        raise ConfigError(f"n_trials must be an integer >= 1, got {n_trials!r}")
+
+
+def expected_max_sharpe(n_trials: int, sharpe_variance: float) -> float:
+    """``SR0``, the expected maximum Sharpe of ``n_trials`` zero-skill trials.
+
+    Bailey and Lopez de Prado (2014):
+    ``SR0 = sqrt(V) * ((1 - g) * Z(1 - 1/N) + g * Z(1 - 1/(N e)))`` with ``g`` the
+    Euler-Mascheroni constant and ``Z`` the standard normal quantile; 0 for ``N = 1``. The
+    threshold ``deflated_sharpe`` tests the selected Sharpe against.
+
+    Args:
+        n_trials: number of independent trials ``N`` in the sweep, >= 1.
+        sharpe_variance: variance ``V`` of the trials' Sharpe ratios, >= 0, in squared Sharpe
+            units of whatever frequency they are in (per period for ``deflated_sharpe``).
+
+    Returns:
+        ``SR0`` in the units of ``sqrt(sharpe_variance)`` (per period for a per-period variance).
+
+    Raises:
+        ConfigError: if ``n_trials`` is not an integer >= 1.
+        DataError: if ``sharpe_variance`` is negative or not finite.
+    """
+    _check_n_trials(n_trials)
+    if not math.isfinite(float(sharpe_variance)) or sharpe_variance < 0:
+        raise DataError(f"sharpe_variance must be finite and >= 0, got {sharpe_variance!r}")
+    if n_trials == 1:
+        return 0.0
+    z1 = norm.ppf(1.0 - 1.0 / n_trials)
+    z2 = norm.ppf(1.0 - 1.0 / (n_trials * math.e))
+    return float(math.sqrt(sharpe_variance) * ((1.0 - _EULER_GAMMA) * z1 + _EULER_GAMMA * z2))
+
+
 def deflated_sharpe(
     sharpe: float,
     n_trials: int,
@@ -400,8 +465,9 @@ def deflated_sharpe(
     ``n_trials`` zero-skill trials, given the non-normality of the returns:
 
     ``SR0 = sqrt(V) * ((1 - g) * Z(1 - 1/N) + g * Z(1 - 1/(N e)))`` with ``g`` the
-    Euler-Mascheroni constant and ``Z`` the standard normal quantile (``SR0 = 0`` for ``N = 1``),
-    and ``DSR = Phi((SR - SR0) * sqrt(T - 1) / sqrt(1 - skew * SR + (kurtosis - 1) / 4 * SR**2))``.
+    Euler-Mascheroni constant and ``Z`` the standard normal quantile (``SR0 = 0`` for ``N = 1``;
+    see ``expected_max_sharpe``), and
+    ``DSR = Phi((SR - SR0) * sqrt(T - 1) / sqrt(1 - skew * SR + (kurtosis - 1) / 4 * SR**2))``.
 
     Every Sharpe figure is PER PERIOD, not annualised: divide an annual Sharpe by
     ``sqrt(periods_per_year)`` and an annual variance by ``periods_per_year``.
@@ -422,8 +488,7 @@ def deflated_sharpe(
         ConfigError: if ``n_trials`` is not an integer >= 1.
         DataError: if a figure is not finite or ``sharpe_variance < 0``.
     """
-    if isinstance(n_trials, bool) or not isinstance(n_trials, int | np.integer) or n_trials < 1:
-        raise ConfigError(f"n_trials must be an integer >= 1, got {n_trials!r}")
+    _check_n_trials(n_trials)
     values = {
         "sharpe": sharpe,
         "sharpe_variance": sharpe_variance,
@@ -438,12 +503,7 @@ def deflated_sharpe(
         raise DataError(f"sharpe_variance must be >= 0, got {sharpe_variance!r}")
     if n_periods < 2:
         return _NAN
-    if n_trials == 1:
-        sr0 = 0.0
-    else:
-        z1 = norm.ppf(1.0 - 1.0 / n_trials)
-        z2 = norm.ppf(1.0 - 1.0 / (n_trials * math.e))
-        sr0 = math.sqrt(sharpe_variance) * ((1.0 - _EULER_GAMMA) * z1 + _EULER_GAMMA * z2)
+    sr0 = expected_max_sharpe(n_trials, sharpe_variance)
     var_term = 1.0 - skew * sharpe + (kurtosis - 1.0) / 4.0 * sharpe**2
     if var_term <= 0:
         return _NAN
@@ -478,9 +538,9 @@ def risk_metrics(
         seed: seed of the bootstrap.
 
     Returns:
-        ``max_drawdown_duration`` and ``cvar_95`` always, the interval keys when ``n_boot > 0``,
-        and the keys named above for each optional input given (definitions in the module
-        docstring).
+        ``max_drawdown_duration``, ``cvar_95``, ``skew`` and ``kurtosis`` always, the interval
+        keys when ``n_boot > 0``, and the keys named above for each optional input given
+        (definitions in the module docstring).
 
     Raises:
         ConfigError: on a bad ``periods_per_year`` or ``n_boot``.
@@ -492,6 +552,7 @@ def risk_metrics(
         raise ConfigError(f"n_boot must be an integer >= 0, got {n_boot!r}")
     r = _as_series(returns, "returns")
     out = {"max_drawdown_duration": drawdown_duration(r), "cvar_95": cvar(r, 0.95)}
+    out.update(return_moments(r))
     if weights is not None:
         w = np.asarray(weights, dtype=float)
         if w.ndim != 2 or w.shape[0] != r.size:

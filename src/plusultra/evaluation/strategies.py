@@ -254,6 +254,32 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, f
     return w, float(y_mean - x_mean @ w)
 
 
+def walk_forward_ridge_weights(
+    features: np.ndarray,
+    targets: np.ndarray,
+    tradable: np.ndarray,
+    refits: list[tuple[int, int, int, int]],
+    alpha: float = 1.0,
+    method: str = "rank",
+) -> np.ndarray:
+    """``ridge_weights`` refitted block by block, as the model is in a walk-forward evaluation.
+
+    Args:
+        features, targets, tradable, alpha, method: as for ``ridge_weights``.
+        refits: ``(fit_lo, fit_hi, lo, hi)`` per block: rows ``lo..hi`` come from a ridge fitted
+            on the samples with ``fit_lo <= t <= fit_hi`` (causal when every label of those
+            samples is known at ``lo``, the caller's contract).
+
+    Returns:
+        ``(T, S)`` weights, zero outside the blocks.
+    """
+    out = np.zeros(np.shape(tradable), dtype=float)
+    for fit_lo, fit_hi, lo, hi in refits:
+        w = ridge_weights(features, targets, tradable, fit_hi, alpha, method, train_start=fit_lo)
+        out[lo : hi + 1] = w[lo : hi + 1]
+    return out
+
+
 def ridge_weights(
     features: np.ndarray,
     targets: np.ndarray,
@@ -261,10 +287,12 @@ def ridge_weights(
     train_end: int,
     alpha: float = 1.0,
     method: str = "rank",
+    train_start: int = 0,
 ) -> np.ndarray:
     """Ridge regression of forward returns on the model's features, traded cross-sectionally.
 
-    Fits one pooled ridge (``fit_ridge``) on the samples ``(t, s)`` with ``t <= train_end`` that
+    Fits one pooled ridge (``fit_ridge``) on the samples ``(t, s)`` with
+    ``train_start <= t <= train_end`` that
     are tradable and have finite features and target, predicts every ``(t, s)`` with finite
     features, and turns the predictions into weights row by row with
     ``positions_from_signal(pred, method)`` (gross 1). Rows ``t >= train_end`` use only
@@ -278,6 +306,7 @@ def ridge_weights(
         train_end: last bar whose label is known at fit time, ``0 <= train_end < T``.
         alpha: ridge penalty, >= 0 (features are normalised, so one scale fits all).
         method: position method, a key of ``positions.POSITION_METHODS``.
+        train_start: first bar of the training samples, ``0 <= train_start <= train_end``.
 
     Returns:
         ``(T, S)`` weights; 0 where not tradable or a feature is NaN.
@@ -308,13 +337,18 @@ def ridge_weights(
     train_end = _check_int(train_end, "train_end", 0)
     if train_end >= n_t:
         raise ConfigError(f"train_end={train_end} must be < T={n_t}")
+    train_start = _check_int(train_start, "train_start", 0)
+    if train_start > train_end:
+        raise ConfigError(f"train_start={train_start} must be <= train_end={train_end}")
 
     has_x = np.isfinite(x).all(axis=2)  # (T, S)
     train = has_x & np.isfinite(y) & m
     train[train_end + 1 :] = False
+    train[:train_start] = False
     if not train.any():
         raise DataError(
-            f"ridge_weights: no training sample (t <= {train_end}) with features+target"
+            f"ridge_weights: no training sample ({train_start} <= t <= {train_end}) with "
+            "features+target"
         )
     w, b = fit_ridge(x[train], y[train], float(alpha))  # (F,), scalar
     pred = np.where(has_x, np.where(has_x[..., None], x, 0.0) @ w + b, np.nan)  # (T, S)
