@@ -19,15 +19,8 @@ import ta
 from scipy import stats
 
 from plusultra.data import indicators as F
-from plusultra.data.features import (
-    REGISTRY,
-    FeatureInputs,
-    FeaturePipeline,
-    FeatureRegistry,
-    FeatureSpec,
-    register,
-    registry_markdown,
-)
+from plusultra.data.feature_registry import FeatureInputs, FeatureRegistry, FeatureSpec
+from plusultra.data.features import REGISTRY, FeaturePipeline, register, registry_markdown
 from plusultra.data.panel import Panel
 from plusultra.errors import ConfigError, DataError
 

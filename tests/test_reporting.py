@@ -15,14 +15,13 @@ import pandas as pd
 import pytest
 
 from plusultra.errors import DataError
-from plusultra.evaluation.reporting import (
+from plusultra.evaluation.report_analysis import (
     attribution,
     high_vol_mask,
-    load_run,
     scenarios,
     worst_windows,
-    write_reports,
 )
+from plusultra.evaluation.reporting import load_run, write_reports
 
 REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""Extended risk metrics: hand-computed values, loop references, bootstrap and deflated Sharpe."""
+"""Extended risk metrics: hand-computed values, loop references and ``risk_metrics``."""
 
 from __future__ import annotations
 
@@ -7,25 +7,18 @@ import math
 import numpy as np
 import pytest
 from scipy.stats import kurtosis as scipy_kurtosis
-from scipy.stats import norm
 from scipy.stats import skew as scipy_skew
 
 from plusultra.errors import ConfigError, DataError
-from plusultra.evaluation import risk
-from plusultra.evaluation.metrics import compute_metrics
+from plusultra.evaluation.bootstrap import sharpe_interval
 from plusultra.evaluation.risk import (
-    annual_return_interval,
     cost_share,
     cvar,
-    deflated_sharpe,
     drawdown_duration,
-    expected_max_sharpe,
     exposure,
     information_ratio,
     return_moments,
     risk_metrics,
-    sharpe_interval,
-    stationary_bootstrap,
     trade_analytics,
 )
 
@@ -96,47 +89,6 @@ def trade_analytics_ref(pnl: list[float]) -> dict[str, float]:
         "profit_factor": sum(wins) / abs(sum(losses)) if losses else NAN,
         "n_trades": float(len(pnl)),
     }
-
-
-def bootstrap_indices_ref(rng: np.random.Generator, n_t: int, mean_block: float) -> list[int]:
-    """One replicate: 2 * T scalar draws (T block tests, then T starts), then walk the blocks."""
-    test = [rng.random() for _ in range(n_t)]
-    start = [rng.random() for _ in range(n_t)]
-    idx = []
-    for t in range(n_t):
-        if t == 0 or test[t] < 1.0 / mean_block:
-            i = min(int(start[t] * n_t), n_t - 1)  # a new block at a uniform position
-        else:
-            i = (idx[-1] + 1) % n_t  # the block runs on, wrapping around
-        idx.append(i)
-    return idx
-
-
-def quantile_ref(values: list[float], q: float) -> float:
-    """Linear-interpolation quantile of sorted values (numpy's default method)."""
-    xs = sorted(values)
-    h = (len(xs) - 1) * q
-    lo = math.floor(h)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (h - lo) * (xs[hi] - xs[lo])
-
-
-def stationary_bootstrap_ref(returns, statistic, n_boot, mean_block, level, seed):
-    """Python loop over replicates with the same random draws as the vectorised version."""
-    r = np.asarray(returns, dtype=float)
-    rng = np.random.default_rng(seed)
-    stats = []
-    for _ in range(n_boot):
-        idx = bootstrap_indices_ref(rng, r.size, mean_block)
-        value = float(statistic(r[idx][None, :])[0])
-        if math.isfinite(value):
-            stats.append(value)
-    point = float(statistic(r[None, :])[0])
-    return point, quantile_ref(stats, (1 - level) / 2), quantile_ref(stats, (1 + level) / 2)
-
-
-def _mean_stat(x: np.ndarray) -> np.ndarray:
-    return x.mean(axis=-1)
 
 
 def _random_returns(seed: int, n: int = 300) -> np.ndarray:
@@ -291,174 +243,6 @@ def test_return_moments_nan_when_undefined_and_normal_near_three() -> None:
     assert got["kurtosis"] == pytest.approx(3.0, abs=0.05)  # not excess kurtosis
     with pytest.raises(DataError, match="finite"):
         return_moments(np.array([0.1, NAN, 0.2]))
-
-
-# ---------------------------------------------------------------- stationary bootstrap
-
-
-@pytest.mark.parametrize("mean_block", [1, 2.5, 7, 40])
-def test_resample_indices_match_loop_with_same_draws(mean_block: float) -> None:
-    n_t, n_boot = 30, 25
-    rng = np.random.default_rng(3)
-    fast = risk._resample_indices(rng.random((n_boot, 2, n_t)), 1.0 / mean_block)
-    rng = np.random.default_rng(3)
-    slow = np.array([bootstrap_indices_ref(rng, n_t, mean_block) for _ in range(n_boot)])
-    np.testing.assert_array_equal(fast, slow)
-
-
-def test_resample_indices_blocks_wrap_around_and_have_geometric_mean_length() -> None:
-    n_t = 50
-    idx = risk._resample_indices(np.random.default_rng(0).random((400, 2, n_t)), 1 / 8)
-    runs_on = (np.diff(idx, axis=1) % n_t) == 1  # (B, T - 1) continuation of a block
-    assert ((idx[:, :-1] == n_t - 1) & (idx[:, 1:] == 0)).any()  # some block wraps
-    # A new block starts with probability 1/8 at each t >= 1 (geometric lengths, mean 8); one
-    # landing exactly on the next index (chance 1/T) looks like a continuation.
-    assert (~runs_on).mean() == pytest.approx(1 / 8 * (1 - 1 / n_t), rel=0.05)
-
-
-@pytest.mark.parametrize("chunk", [1, 97, 10_000_000])
-def test_stationary_bootstrap_matches_loop_reference(monkeypatch, chunk: int) -> None:
-    """Same draws and the same answer whatever the chunking of the replicates."""
-    monkeypatch.setattr(risk, "_CHUNK_ELEMENTS", chunk)
-    r = _random_returns(1, 60)
-    stat = risk._sharpe_stat(252)
-    got = stationary_bootstrap(r, stat, n_boot=150, mean_block=4, level=0.9, seed=11)
-    ref = stationary_bootstrap_ref(r, stat, 150, 4, 0.9, 11)
-    assert got == ref  # identical draws, identical samples: exact, not approximate
-    got = stationary_bootstrap(r, _mean_stat, n_boot=150, seed=5)  # default block: 60**(1/3) -> 4
-    assert got == stationary_bootstrap_ref(r, _mean_stat, 150, 4, 0.95, 5)
-
-
-def test_stationary_bootstrap_is_seeded_and_nan_when_undefined() -> None:
-    r = _random_returns(2, 100)
-    assert stationary_bootstrap(r, _mean_stat, 200, seed=1) == stationary_bootstrap(
-        r, _mean_stat, 200, seed=1
-    )
-    assert stationary_bootstrap(r, _mean_stat, 200, seed=1) != stationary_bootstrap(
-        r, _mean_stat, 200, seed=2
-    )
-    assert all(math.isnan(v) for v in stationary_bootstrap(np.array([]), _mean_stat))
-    point, lo, hi = sharpe_interval(np.full(10, 0.01), n_boot=50)  # flat: Sharpe undefined
-    assert math.isnan(point) and math.isnan(lo) and math.isnan(hi)
-
-
-def test_interval_points_equal_compute_metrics() -> None:
-    r = _random_returns(4, 400)
-    m = compute_metrics(r, 252)
-    point, lo, hi = sharpe_interval(r, 252, n_boot=300)
-    assert point == pytest.approx(m["sharpe"], rel=1e-12)
-    assert lo < point < hi
-    point, lo, hi = annual_return_interval(r, 252, n_boot=300)
-    assert point == pytest.approx(m["annual_return"], rel=1e-12)
-    assert lo < point < hi
-
-
-def test_sharpe_interval_covers_truth_and_shrinks_with_length() -> None:
-    # iid normal returns, mean 0.0005 and std 0.01 per day: true annual Sharpe 0.05 * sqrt(252).
-    true_sharpe = 0.05 * math.sqrt(252)
-    rng = np.random.default_rng(2024)
-    covered, n_series = 0, 20
-    for _ in range(n_series):
-        r = rng.normal(0.0005, 0.01, size=1000)
-        _, lo, hi = sharpe_interval(r, n_boot=400, seed=1)
-        covered += lo <= true_sharpe <= hi
-    assert covered >= 16  # nominal 95 %: 19 of 20 expected, 16 allows for chance
-    widths = {}
-    for n_t in (500, 4000):
-        r = rng.normal(0.0005, 0.01, size=n_t)
-        _, lo, hi = sharpe_interval(r, n_boot=500, seed=1)
-        assert lo <= true_sharpe <= hi
-        widths[n_t] = hi - lo
-    # The width scales like 1 / sqrt(T): about sqrt(8) ~ 2.8 times narrower.
-    assert 2.0 < widths[500] / widths[4000] < 4.0
-
-
-def test_stationary_bootstrap_large_input_is_chunked() -> None:
-    r = _random_returns(9, 5000)
-    point, lo, hi = sharpe_interval(r, n_boot=2000)
-    assert lo < point < hi
-    assert risk._CHUNK_ELEMENTS < 5000 * 2000  # the run above needed several chunks
-
-
-def test_stationary_bootstrap_bad_arguments() -> None:
-    r = _random_returns(0, 20)
-    with pytest.raises(ConfigError, match="n_boot"):
-        stationary_bootstrap(r, _mean_stat, n_boot=0)
-    with pytest.raises(ConfigError, match="mean_block"):
-        stationary_bootstrap(r, _mean_stat, mean_block=0.5)
-    with pytest.raises(ConfigError, match="level"):
-        stationary_bootstrap(r, _mean_stat, level=1.0)
-    with pytest.raises(DataError, match="finite"):
-        stationary_bootstrap(np.array([0.1, NAN]), _mean_stat)
-
-
-# ---------------------------------------------------------------- deflated Sharpe
-
-
-def test_deflated_sharpe_paper_example() -> None:
-    """Bailey & Lopez de Prado (2014), numerical example: DSR ~ 0.9004.
-
-    Annual Sharpe 2.5 and annual variance of trial Sharpes 0.5 over N = 100 trials, T = 1250
-    daily returns (250 a year), skew -3, kurtosis 10. Per period:
-    SR = 2.5 / sqrt(250) = 0.158113883, V = 0.5 / 250 = 0.002.
-    Z(1 - 1/100) = 2.326347874, Z(1 - 1/(100 e)) = 2.680210445, gamma = 0.5772156649:
-    SR0 = sqrt(0.002) * (0.4227843351 * 2.326347874 + 0.5772156649 * 2.680210445)
-        = 0.04472135955 * 2.530611... = 0.1131720 (the paper's 0.1132).
-    z = (0.158113883 - 0.1131720) * sqrt(1249)
-        / sqrt(1 + 3 * 0.158113883 + 9 / 4 * 0.025) = 1.283816, Phi(z) = 0.900397.
-    """
-    sr, var = 2.5 / math.sqrt(250), 0.5 / 250
-    sr0 = math.sqrt(0.002) * (0.4227843351 * 2.326347874 + 0.5772156649 * 2.680210445)
-    assert sr0 == pytest.approx(0.1131720, abs=1e-7)
-    z = (0.158113883 - sr0) * math.sqrt(1249) / math.sqrt(1 + 3 * 0.158113883 + 2.25 * 0.025)
-    assert z == pytest.approx(1.283816, abs=1e-6)
-    got = deflated_sharpe(
-        sr, n_trials=100, sharpe_variance=var, n_periods=1250, skew=-3, kurtosis=10
-    )
-    assert got == pytest.approx(0.900397, abs=1e-6)
-    assert got == pytest.approx(0.9004, abs=5e-5)  # the value printed in the paper
-    assert got == pytest.approx(norm.cdf(z), abs=1e-6)
-
-
-def test_expected_max_sharpe_is_the_papers_sr0_and_used_by_deflated_sharpe() -> None:
-    assert expected_max_sharpe(100, 0.002) == pytest.approx(0.1131720, abs=1e-7)
-    assert expected_max_sharpe(1, 0.5) == 0.0
-    # Scales with sqrt(V): an annual variance gives an annual SR0 (x sqrt(250) here).
-    assert expected_max_sharpe(100, 0.5) == pytest.approx(
-        expected_max_sharpe(100, 0.002) * math.sqrt(250), rel=1e-12
-    )
-    sr0s = [expected_max_sharpe(n, 0.01) for n in (2, 10, 100, 1000)]
-    assert sr0s == sorted(sr0s)  # more trials, higher bar
-    # DSR is exactly Phi of the probabilistic Sharpe against SR0.
-    sr, n_t = 0.12, 500
-    z = (sr - expected_max_sharpe(20, 0.003)) * math.sqrt(n_t - 1) / math.sqrt(1 + sr**2 / 2)
-    assert deflated_sharpe(sr, 20, 0.003, n_t, 0.0, 3.0) == pytest.approx(norm.cdf(z), rel=1e-12)
-    with pytest.raises(ConfigError, match="n_trials"):
-        expected_max_sharpe(0, 0.01)
-    with pytest.raises(DataError, match="sharpe_variance"):
-        expected_max_sharpe(5, -0.01)
-    with pytest.raises(DataError, match="sharpe_variance"):
-        expected_max_sharpe(5, NAN)
-
-
-def test_deflated_sharpe_one_trial_is_probabilistic_sharpe_and_more_trials_deflate() -> None:
-    # One trial: SR0 = 0; normal returns (skew 0, kurtosis 3): z = SR sqrt(T-1) / sqrt(1 + SR^2/2).
-    sr, n = 0.1, 101
-    expected = norm.cdf(0.1 * 10 / math.sqrt(1 + 0.01 / 2))
-    assert deflated_sharpe(sr, 1, 0.01, n, 0.0, 3.0) == pytest.approx(expected, rel=1e-12)
-    values = [deflated_sharpe(sr, k, 0.001, n, 0.0, 3.0) for k in (1, 10, 100, 1000)]
-    assert values == sorted(values, reverse=True) and values[-1] < values[0]
-    assert math.isnan(deflated_sharpe(sr, 10, 0.001, 1, 0.0, 3.0))  # T < 2
-    assert math.isnan(deflated_sharpe(1.0, 10, 0.001, 100, 5.0, 3.0))  # variance term <= 0
-
-
-def test_deflated_sharpe_bad_arguments() -> None:
-    with pytest.raises(ConfigError, match="n_trials"):
-        deflated_sharpe(0.1, 0, 0.001, 100, 0.0, 3.0)
-    with pytest.raises(DataError, match="sharpe_variance"):
-        deflated_sharpe(0.1, 10, -0.001, 100, 0.0, 3.0)
-    with pytest.raises(DataError, match="skew"):
-        deflated_sharpe(0.1, 10, 0.001, 100, NAN, 3.0)
 
 
 # ---------------------------------------------------------------- risk_metrics

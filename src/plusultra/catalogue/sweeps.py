@@ -2,7 +2,7 @@
 
 Picking the best of ``N`` configurations by test Sharpe inflates that Sharpe: even ``N`` trials
 without skill produce a best Sharpe near ``SR0``, the expected maximum of ``N`` draws. The
-deflated Sharpe ratio (Bailey and Lopez de Prado 2014, ``evaluation.risk.deflated_sharpe``) is
+deflated Sharpe ratio (Bailey and Lopez de Prado 2014, ``evaluation.deflated.deflated_sharpe``) is
 the probability that a trial's true Sharpe exceeds ``SR0``, given the length and the skewness
 and kurtosis of its returns.
 
@@ -17,7 +17,7 @@ out. Per sweep and trial ``i``:
   ``evaluation.periods_per_year`` (252 when the column is missing or null).
 - ``V`` (``sharpe_variance``): the sample variance (``ddof=1``) of the ``SR_i`` across the
   sweep, per period (squared per-period Sharpe units); 0 for a one-trial sweep.
-- ``SR0`` (``expected_max_sharpe``): ``evaluation.risk.expected_max_sharpe(N, V)``, reported
+- ``SR0`` (``expected_max_sharpe``): ``evaluation.deflated.expected_max_sharpe(N, V)``, reported
   annualised (times ``sqrt(P_i)``) like ``test_sharpe``.
 - ``deflated_sharpe``: ``deflated_sharpe(SR_i, N, V, T_i, skew_i, kurtosis_i)``, a probability,
   with ``T_i = test_n_periods``; null when ``T_i`` is missing or < 2 or the variance term of the
@@ -36,7 +36,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from plusultra.evaluation.risk import deflated_sharpe, expected_max_sharpe
+from plusultra.evaluation.deflated import deflated_sharpe, expected_max_sharpe
 
 DEFAULT_PERIODS_PER_YEAR = 252
 """Used for a run without an ``evaluation.periods_per_year`` value (the config default)."""

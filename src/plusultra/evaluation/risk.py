@@ -1,7 +1,9 @@
-"""Extended risk metrics, stationary-bootstrap intervals and the deflated Sharpe ratio.
+"""Extended risk metrics: drawdown duration, CVaR, exposure, costs, trades and moments.
 
 Complements ``evaluation.metrics.compute_metrics`` (which it does not repeat). ``r`` is the
-``(T,)`` array of simple per-period portfolio returns, ``P = periods_per_year``.
+``(T,)`` array of simple per-period portfolio returns, ``P = periods_per_year``. Bootstrap
+intervals live in ``evaluation.bootstrap``, the deflated Sharpe ratio in ``evaluation.deflated``;
+``risk_metrics`` gathers this module's metrics and the bootstrap intervals into one dict.
 
 Definitions:
 
@@ -26,11 +28,11 @@ Definitions:
   ``n_trades``.
 - ``skew`` / ``kurtosis``: population (biased) moments of the returns,
   ``m3 / m2 ** 1.5`` and ``m4 / m2 ** 2`` with ``mk = mean((r - mean(r)) ** k)``; kurtosis is NOT
-  excess (3 for normal returns), as ``deflated_sharpe`` expects. NaN when ``T < 3`` or the returns
-  are all equal.
+  excess (3 for normal returns), as ``evaluation.deflated.deflated_sharpe`` expects. NaN when
+  ``T < 3`` or the returns are all equal.
 - ``sharpe_lo`` / ``sharpe_hi``, ``annual_return_lo`` / ``annual_return_hi``: 95 % percentile
   intervals of the annualised Sharpe and of the CAGR (definitions of ``compute_metrics``) from a
-  Politis-Romano stationary bootstrap (``stationary_bootstrap``).
+  Politis-Romano stationary bootstrap (``evaluation.bootstrap``).
 
 Undefined values are NaN, never ``inf`` and never an exception; for empty returns every metric is
 NaN. Reference loop implementations of each kernel live in ``tests/test_risk.py``.
@@ -39,42 +41,20 @@ NaN. Reference loop implementations of each kernel live in ``tests/test_risk.py`
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
-from scipy.stats import norm
 
 from plusultra.errors import ConfigError, DataError
+from plusultra.evaluation.bootstrap import (
+    annual_return_interval,
+    as_series,
+    check_level,
+    finite_or_nan,
+    sharpe_interval,
+)
 from plusultra.evaluation.metrics import check_periods_per_year
 
 _NAN = float("nan")
-_EULER_GAMMA = 0.5772156649015329
-_CHUNK_ELEMENTS = 1_000_000
-"""Resampled values built at once by ``stationary_bootstrap`` (bounds its memory to ~50 MB)."""
-
-
-def _as_series(values: np.ndarray, name: str) -> np.ndarray:
-    """``values`` as a finite 1-D float array, else ``DataError`` naming ``name``."""
-    x = np.asarray(values, dtype=float)
-    if x.ndim != 1:
-        raise DataError(f"{name} must be a 1-D (T,) array, got shape {x.shape}")
-    if not np.isfinite(x).all():
-        i = int(np.flatnonzero(~np.isfinite(x))[0])
-        raise DataError(f"{name} must be finite; {name}[{i}] = {x[i]}")
-    return x
-
-
-def _check_level(level: float) -> float:
-    if isinstance(level, bool) or not isinstance(level, int | float | np.integer | np.floating):
-        raise ConfigError(f"level must be a number in (0, 1), got {level!r}")
-    if not 0.0 < level < 1.0:
-        raise ConfigError(f"level must be in (0, 1), got {level!r}")
-    return float(level)
-
-
-def _finite_or_nan(value: float) -> float:
-    value = float(value)
-    return value if math.isfinite(value) else _NAN
 
 
 def drawdown_duration(returns: np.ndarray) -> float:
@@ -91,7 +71,7 @@ def drawdown_duration(returns: np.ndarray) -> float:
     Raises:
         DataError: if ``returns`` is not 1-D or not finite.
     """
-    r = _as_series(returns, "returns")
+    r = as_series(returns, "returns")
     if r.size == 0:
         return _NAN
     equity = np.concatenate([[1.0], np.cumprod(1.0 + r)])  # (T + 1,)
@@ -116,8 +96,8 @@ def cvar(returns: np.ndarray, level: float = 0.95) -> float:
         ConfigError: if ``level`` is not in (0, 1).
         DataError: if ``returns`` is not 1-D or not finite.
     """
-    level = _check_level(level)
-    r = _as_series(returns, "returns")
+    level = check_level(level)
+    r = as_series(returns, "returns")
     if r.size == 0:
         return _NAN
     k = max(1, math.ceil(round((1.0 - level) * r.size, 9)))
@@ -203,14 +183,14 @@ def information_ratio(
         DataError: if the inputs are not finite 1-D arrays of the same length.
     """
     p = check_periods_per_year(periods_per_year)
-    r = _as_series(returns, "returns")
-    b = _as_series(benchmark, "benchmark")
+    r = as_series(returns, "returns")
+    b = as_series(benchmark, "benchmark")
     if r.shape != b.shape:
         raise DataError(f"benchmark.shape={b.shape} must match returns.shape={r.shape}")
     active = r - b
     if active.size < 2 or active.max() == active.min():
         return _NAN
-    return _finite_or_nan(active.mean() / active.std(ddof=1) * math.sqrt(p))
+    return finite_or_nan(active.mean() / active.std(ddof=1) * math.sqrt(p))
 
 
 def trade_analytics(trade_pnl: np.ndarray) -> dict[str, float]:
@@ -228,7 +208,7 @@ def trade_analytics(trade_pnl: np.ndarray) -> dict[str, float]:
     Raises:
         DataError: if ``trade_pnl`` is not a finite 1-D array.
     """
-    x = _as_series(trade_pnl, "trade_pnl")
+    x = as_series(trade_pnl, "trade_pnl")
     wins, losses = x[x > 0], x[x < 0]
     loss_sum = float(losses.sum())
     return {
@@ -241,7 +221,7 @@ def trade_analytics(trade_pnl: np.ndarray) -> dict[str, float]:
 
 
 def return_moments(returns: np.ndarray) -> dict[str, float]:
-    """Skewness and kurtosis of the period returns, the inputs of ``deflated_sharpe``.
+    """Skewness and kurtosis of the period returns, the inputs of ``deflated.deflated_sharpe``.
 
     Args:
         returns: ``(T,)`` simple per-period returns.
@@ -255,259 +235,15 @@ def return_moments(returns: np.ndarray) -> dict[str, float]:
     Raises:
         DataError: if ``returns`` is not 1-D or not finite.
     """
-    r = _as_series(returns, "returns")
+    r = as_series(returns, "returns")
     if r.size < 3 or r.max() == r.min():
         return {"skew": _NAN, "kurtosis": _NAN}
     d = r - r.mean()  # (T,)
     m2 = float(np.mean(d**2))
     return {
-        "skew": _finite_or_nan(np.mean(d**3) / m2**1.5),
-        "kurtosis": _finite_or_nan(np.mean(d**4) / m2**2),
+        "skew": finite_or_nan(np.mean(d**3) / m2**1.5),
+        "kurtosis": finite_or_nan(np.mean(d**4) / m2**2),
     }
-
-
-def _resample_indices(uniforms: np.ndarray, p_new: float) -> np.ndarray:
-    """Stationary-bootstrap index arrays from uniform draws.
-
-    Args:
-        uniforms: ``(B, 2, T)`` draws in [0, 1): ``[:, 0]`` decides a new block (``u < p_new``;
-            ignored at ``t = 0``, which always starts one), ``[:, 1]`` picks its start
-            ``floor(u * T)``.
-        p_new: probability of starting a new block, ``1 / mean_block``.
-
-    Returns:
-        ``(B, T)`` int indices into the series; a block runs on from its start, wrapping around.
-    """
-    n_t = uniforms.shape[-1]
-    t = np.arange(n_t)
-    new = uniforms[:, 0] < p_new  # (B, T)
-    new[:, 0] = True
-    starts = np.minimum((uniforms[:, 1] * n_t).astype(np.int64), n_t - 1)  # (B, T)
-    block_t = np.maximum.accumulate(np.where(new, t, 0), axis=1)  # (B, T) time its block began
-    block_start = np.take_along_axis(starts, block_t, axis=1)  # (B, T)
-    return (block_start + t - block_t) % n_t
-
-
-def stationary_bootstrap(
-    returns: np.ndarray,
-    statistic: Callable[[np.ndarray], np.ndarray],
-    n_boot: int = 2000,
-    mean_block: float | None = None,
-    level: float = 0.95,
-    seed: int = 0,
-) -> tuple[float, float, float]:
-    """Percentile interval of a statistic by the Politis-Romano (1994) stationary bootstrap.
-
-    Each replicate is a series of length ``T`` built from blocks with geometric lengths (mean
-    ``mean_block``) starting at uniform positions and wrapping around the end. Random draws:
-    one ``numpy.random.default_rng(seed)`` gives, replicate after replicate, ``2 * T`` uniforms
-    (``T`` new-block tests, then ``T`` start positions); replicates are built in chunks of about
-    ``_CHUNK_ELEMENTS`` values, and the result does not depend on the chunking.
-
-    Args:
-        returns: ``(T,)`` simple per-period returns.
-        statistic: maps a ``(B, T)`` array of series to ``(B,)`` values along the last axis
-            (e.g. ``lambda x: x.mean(axis=-1)``); NaN for an undefined value.
-        n_boot: number of bootstrap replicates, >= 1.
-        mean_block: mean block length in periods, >= 1; default ``max(1, round(T ** (1/3)))``.
-            1 gives the iid bootstrap.
-        level: coverage of the interval in (0, 1).
-        seed: seed of the random generator.
-
-    Returns:
-        ``(point, lo, hi)``: the statistic of the original series and the
-        ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles (linear interpolation) of the
-        replicates, replicates with a NaN statistic left out. NaN where undefined (empty
-        returns, every replicate NaN).
-
-    Raises:
-        ConfigError: if ``n_boot``, ``mean_block`` or ``level`` is out of range.
-        DataError: if ``returns`` is not a finite 1-D array.
-    """
-    level = _check_level(level)
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 1:
-        raise ConfigError(f"n_boot must be an integer >= 1, got {n_boot!r}")
-    r = _as_series(returns, "returns")
-    n_t = r.size
-    if mean_block is None:
-        mean_block = max(1, round(n_t ** (1 / 3)))
-    if isinstance(mean_block, bool) or not (
-        isinstance(mean_block, int | float | np.integer | np.floating) and mean_block >= 1
-    ):
-        raise ConfigError(f"mean_block must be a number >= 1 (periods), got {mean_block!r}")
-    if n_t == 0:
-        return _NAN, _NAN, _NAN
-
-    point = float(np.asarray(statistic(r[None, :]), dtype=float).reshape(-1)[0])
-    rng = np.random.default_rng(seed)
-    chunk = max(1, _CHUNK_ELEMENTS // n_t)
-    stats = np.empty(n_boot)
-    for b0 in range(0, n_boot, chunk):
-        b1 = min(n_boot, b0 + chunk)
-        idx = _resample_indices(rng.random((b1 - b0, 2, n_t)), 1.0 / mean_block)  # (B, T)
-        stats[b0:b1] = np.asarray(statistic(r[idx]), dtype=float).reshape(-1)
-    stats = stats[np.isfinite(stats)]
-    if stats.size == 0:
-        return _finite_or_nan(point), _NAN, _NAN
-    lo, hi = np.quantile(stats, [(1.0 - level) / 2, (1.0 + level) / 2])
-    return _finite_or_nan(point), float(lo), float(hi)
-
-
-def _sharpe_stat(periods_per_year: float) -> Callable[[np.ndarray], np.ndarray]:
-    """Annualised Sharpe ``mean / std(ddof=1) * sqrt(P)`` along the last axis; NaN if flat."""
-
-    def stat(x: np.ndarray) -> np.ndarray:
-        if x.shape[-1] < 2:
-            return np.full(x.shape[:-1], np.nan)
-        std = x.std(axis=-1, ddof=1)
-        flat = x.max(axis=-1) == x.min(axis=-1)
-        safe = np.where(flat, 1.0, std)
-        return np.where(flat, np.nan, x.mean(axis=-1) / safe * math.sqrt(periods_per_year))
-
-    return stat
-
-
-def _cagr_stat(periods_per_year: float) -> Callable[[np.ndarray], np.ndarray]:
-    """CAGR ``prod(1 + r) ** (P / T) - 1`` along the last axis; NaN if the equity went < 0."""
-
-    def stat(x: np.ndarray) -> np.ndarray:
-        base = np.prod(1.0 + x, axis=-1)
-        with np.errstate(over="ignore", invalid="ignore"):
-            out = np.where(
-                base >= 0, np.abs(base) ** (periods_per_year / x.shape[-1]) - 1.0, np.nan
-            )
-        return np.where(np.isfinite(out), out, np.nan)
-
-    return stat
-
-
-def sharpe_interval(
-    returns: np.ndarray, periods_per_year: float = 252, **kw
-) -> tuple[float, float, float]:
-    """Annualised Sharpe ratio with a stationary-bootstrap percentile interval.
-
-    Args:
-        returns: ``(T,)`` simple per-period returns.
-        periods_per_year: periods in a year.
-        **kw: ``n_boot``, ``mean_block``, ``level``, ``seed`` of ``stationary_bootstrap``.
-
-    Returns:
-        ``(sharpe, lo, hi)``, unitless; the point equals ``compute_metrics(...)["sharpe"]``.
-    """
-    p = check_periods_per_year(periods_per_year)
-    return stationary_bootstrap(returns, _sharpe_stat(p), **kw)
-
-
-def annual_return_interval(
-    returns: np.ndarray, periods_per_year: float = 252, **kw
-) -> tuple[float, float, float]:
-    """CAGR with a stationary-bootstrap percentile interval.
-
-    Args:
-        returns: ``(T,)`` simple per-period returns.
-        periods_per_year: periods in a year.
-        **kw: ``n_boot``, ``mean_block``, ``level``, ``seed`` of ``stationary_bootstrap``.
-
-    Returns:
-        ``(annual_return, lo, hi)``, fractions per year; the point equals
-        ``compute_metrics(...)["annual_return"]``.
-    """
-    p = check_periods_per_year(periods_per_year)
-    return stationary_bootstrap(returns, _cagr_stat(p), **kw)
-
-
-def _check_n_trials(n_trials: int) -> None:
-    if isinstance(n_trials, bool) or not isinstance(n_trials, int | np.integer) or n_trials < 1:
-        raise ConfigError(f"n_trials must be an integer >= 1, got {n_trials!r}")
-
-
-def expected_max_sharpe(n_trials: int, sharpe_variance: float) -> float:
-    """``SR0``, the expected maximum Sharpe of ``n_trials`` zero-skill trials.
-
-    Bailey and Lopez de Prado (2014):
-    ``SR0 = sqrt(V) * ((1 - g) * Z(1 - 1/N) + g * Z(1 - 1/(N e)))`` with ``g`` the
-    Euler-Mascheroni constant and ``Z`` the standard normal quantile; 0 for ``N = 1``. The
-    threshold ``deflated_sharpe`` tests the selected Sharpe against.
-
-    Args:
-        n_trials: number of independent trials ``N`` in the sweep, >= 1.
-        sharpe_variance: variance ``V`` of the trials' Sharpe ratios, >= 0, in squared Sharpe
-            units of whatever frequency they are in (per period for ``deflated_sharpe``).
-
-    Returns:
-        ``SR0`` in the units of ``sqrt(sharpe_variance)`` (per period for a per-period variance).
-
-    Raises:
-        ConfigError: if ``n_trials`` is not an integer >= 1.
-        DataError: if ``sharpe_variance`` is negative or not finite.
-    """
-    _check_n_trials(n_trials)
-    if not math.isfinite(float(sharpe_variance)) or sharpe_variance < 0:
-        raise DataError(f"sharpe_variance must be finite and >= 0, got {sharpe_variance!r}")
-    if n_trials == 1:
-        return 0.0
-    z1 = norm.ppf(1.0 - 1.0 / n_trials)
-    z2 = norm.ppf(1.0 - 1.0 / (n_trials * math.e))
-    return float(math.sqrt(sharpe_variance) * ((1.0 - _EULER_GAMMA) * z1 + _EULER_GAMMA * z2))
-
-
-def deflated_sharpe(
-    sharpe: float,
-    n_trials: int,
-    sharpe_variance: float,
-    n_periods: int,
-    skew: float,
-    kurtosis: float,
-) -> float:
-    """Deflated Sharpe ratio of Bailey and Lopez de Prado (2014).
-
-    The probability that the true Sharpe ratio exceeds ``SR0``, the expected maximum Sharpe of
-    ``n_trials`` zero-skill trials, given the non-normality of the returns:
-
-    ``SR0 = sqrt(V) * ((1 - g) * Z(1 - 1/N) + g * Z(1 - 1/(N e)))`` with ``g`` the
-    Euler-Mascheroni constant and ``Z`` the standard normal quantile (``SR0 = 0`` for ``N = 1``;
-    see ``expected_max_sharpe``), and
-    ``DSR = Phi((SR - SR0) * sqrt(T - 1) / sqrt(1 - skew * SR + (kurtosis - 1) / 4 * SR**2))``.
-
-    Every Sharpe figure is PER PERIOD, not annualised: divide an annual Sharpe by
-    ``sqrt(periods_per_year)`` and an annual variance by ``periods_per_year``.
-
-    Args:
-        sharpe: the selected strategy's per-period Sharpe ratio (mean / std of period returns).
-        n_trials: number of independent trials (configurations) tried in the sweep, >= 1.
-        sharpe_variance: variance of the per-period Sharpe ratios across the trials, >= 0.
-        n_periods: number of return periods ``T`` behind ``sharpe``.
-        skew: skewness of the selected strategy's period returns (0 for normal).
-        kurtosis: kurtosis of its period returns, NOT excess (3 for normal).
-
-    Returns:
-        A probability in [0, 1]; NaN when ``n_periods < 2`` or the variance term
-        ``1 - skew * SR + (kurtosis - 1) / 4 * SR**2`` is <= 0.
-
-    Raises:
-        ConfigError: if ``n_trials`` is not an integer >= 1.
-        DataError: if a figure is not finite or ``sharpe_variance < 0``.
-    """
-    _check_n_trials(n_trials)
-    values = {
-        "sharpe": sharpe,
-        "sharpe_variance": sharpe_variance,
-        "n_periods": n_periods,
-        "skew": skew,
-        "kurtosis": kurtosis,
-    }
-    for name, value in values.items():
-        if not math.isfinite(float(value)):
-            raise DataError(f"deflated_sharpe: {name} must be finite, got {value!r}")
-    if sharpe_variance < 0:
-        raise DataError(f"sharpe_variance must be >= 0, got {sharpe_variance!r}")
-    if n_periods < 2:
-        return _NAN
-    sr0 = expected_max_sharpe(n_trials, sharpe_variance)
-    var_term = 1.0 - skew * sharpe + (kurtosis - 1.0) / 4.0 * sharpe**2
-    if var_term <= 0:
-        return _NAN
-    return float(norm.cdf((sharpe - sr0) * math.sqrt(n_periods - 1) / math.sqrt(var_term)))
 
 
 def risk_metrics(
@@ -550,7 +286,7 @@ def risk_metrics(
     p = check_periods_per_year(periods_per_year)
     if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 0:
         raise ConfigError(f"n_boot must be an integer >= 0, got {n_boot!r}")
-    r = _as_series(returns, "returns")
+    r = as_series(returns, "returns")
     out = {"max_drawdown_duration": drawdown_duration(r), "cvar_95": cvar(r, 0.95)}
     out.update(return_moments(r))
     if weights is not None:
@@ -570,4 +306,4 @@ def risk_metrics(
         _, out["sharpe_lo"], out["sharpe_hi"] = sharpe_interval(r, p, n_boot=n_boot, seed=seed)
         _, lo, hi = annual_return_interval(r, p, n_boot=n_boot, seed=seed)
         out["annual_return_lo"], out["annual_return_hi"] = lo, hi
-    return {k: _finite_or_nan(v) for k, v in out.items()}
+    return {k: finite_or_nan(v) for k, v in out.items()}
