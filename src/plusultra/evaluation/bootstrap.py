@@ -35,23 +35,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from plusultra.errors import ConfigError, DataError
-from plusultra.evaluation.metrics import check_periods_per_year
+from plusultra.errors import ConfigError
+from plusultra.evaluation.metrics import as_series, check_periods_per_year, finite_or_nan
 
 _NAN = float("nan")
 _CHUNK_ELEMENTS = 1_000_000
 """Resampled values built at once by ``stationary_bootstrap`` (bounds its memory to ~50 MB)."""
-
-
-def as_series(values: np.ndarray, name: str) -> np.ndarray:
-    """``values`` as a finite 1-D float array, else ``DataError`` naming ``name``."""
-    x = np.asarray(values, dtype=float)
-    if x.ndim != 1:
-        raise DataError(f"{name} must be a 1-D (T,) array, got shape {x.shape}")
-    if not np.isfinite(x).all():
-        i = int(np.flatnonzero(~np.isfinite(x))[0])
-        raise DataError(f"{name} must be finite; {name}[{i}] = {x[i]}")
-    return x
 
 
 def check_level(level: float) -> float:
@@ -61,12 +50,6 @@ def check_level(level: float) -> float:
     if not 0.0 < level < 1.0:
         raise ConfigError(f"level must be in (0, 1), got {level!r}")
     return float(level)
-
-
-def finite_or_nan(value: float) -> float:
-    """``value`` as a float, NaN when it is not finite (metrics never hold infinities)."""
-    value = float(value)
-    return value if math.isfinite(value) else _NAN
 
 
 def _resample_indices(uniforms: np.ndarray, p_new: float) -> np.ndarray:

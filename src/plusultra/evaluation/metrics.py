@@ -67,17 +67,23 @@ def check_periods_per_year(periods_per_year: float) -> float:
     return float(periods_per_year)
 
 
+def as_series(values: np.ndarray, name: str) -> np.ndarray:
+    """``values`` as a finite 1-D float array, else ``DataError`` naming ``name``."""
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1:
+        raise DataError(f"{name} must be a 1-D (T,) array, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        i = int(np.flatnonzero(~np.isfinite(x))[0])
+        raise DataError(f"{name} must be finite; {name}[{i}] = {x[i]}")
+    return x
+
+
 def _validate(
     returns: np.ndarray, periods_per_year: int, turnover: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Check the inputs and return them as 1-D float arrays."""
     check_periods_per_year(periods_per_year)
-    r = np.asarray(returns, dtype=float)
-    if r.ndim != 1:
-        raise DataError(f"returns must be a 1-D (T,) array of period returns, got shape {r.shape}")
-    if not np.isfinite(r).all():
-        i = int(np.flatnonzero(~np.isfinite(r))[0])
-        raise DataError(f"returns must be finite; returns[{i}] = {r[i]}")
+    r = as_series(returns, "returns")
     tv = None
     if turnover is not None:
         tv = np.asarray(turnover, dtype=float)
@@ -86,13 +92,12 @@ def _validate(
                 f"turnover.shape={tv.shape} must match returns.shape={r.shape} (one value per "
                 "period)"
             )
-        if not np.isfinite(tv).all():
-            i = int(np.flatnonzero(~np.isfinite(tv))[0])
-            raise DataError(f"turnover must be finite; turnover[{i}] = {tv[i]}")
+        tv = as_series(tv, "turnover")
     return r, tv
 
 
-def _finite_or_nan(value: float) -> float:
+def finite_or_nan(value: float) -> float:
+    """``value`` as a float, NaN when it is not finite (metrics never hold infinities)."""
     value = float(value)
     return value if math.isfinite(value) else _NAN
 
@@ -168,7 +173,7 @@ def compute_metrics(
     out["max_drawdown"] = max_dd
     out["calmar"] = _ratio(annual, abs(max_dd))
     out["hit_rate"] = _ratio(float(np.count_nonzero(r > 0)), float(nonzero))
-    return {k: (v if k == "n_periods" else _finite_or_nan(v)) for k, v in out.items()}
+    return {k: (v if k == "n_periods" else finite_or_nan(v)) for k, v in out.items()}
 
 
 def metrics_reference(returns: np.ndarray, periods_per_year: int = 252) -> dict[str, float]:
@@ -230,7 +235,7 @@ def metrics_reference(returns: np.ndarray, periods_per_year: int = 252) -> dict[
     out["max_drawdown"] = max_dd
     out["calmar"] = annual / abs(max_dd) if max_dd != 0 and annual == annual else _NAN
     out["hit_rate"] = wins / nonzero if nonzero else _NAN
-    return {k: (v if k == "n_periods" else _finite_or_nan(v)) for k, v in out.items()}
+    return {k: (v if k == "n_periods" else finite_or_nan(v)) for k, v in out.items()}
 
 
 def _row_ranks(a: np.ndarray) -> np.ndarray:

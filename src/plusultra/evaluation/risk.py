@@ -45,14 +45,8 @@ import math
 import numpy as np
 
 from plusultra.errors import ConfigError, DataError
-from plusultra.evaluation.bootstrap import (
-    annual_return_interval,
-    as_series,
-    check_level,
-    finite_or_nan,
-    sharpe_interval,
-)
-from plusultra.evaluation.metrics import check_periods_per_year
+from plusultra.evaluation.bootstrap import annual_return_interval, check_level, sharpe_interval
+from plusultra.evaluation.metrics import as_series, check_periods_per_year, finite_or_nan
 
 _NAN = float("nan")
 
