@@ -175,7 +175,9 @@ def test_refit_run_writes_its_blocks(runs):
     assert not (runs["single"] / "checkpoints" / "walk_forward.ckpt").exists()
     report = (run_dir / "report.md").read_text()
     assert "By walk-forward block" in report
-    assert "By walk-forward block" not in (runs["single"] / "report.md").read_text()
+    assert "Dotted lines: the model (and ridge) refitted" in report  # refits marked on equity
+    single_report = (runs["single"] / "report.md").read_text()
+    assert "By walk-forward block" not in single_report and "Dotted lines" not in single_report
 
 
 def test_block_zero_is_the_single_fit_model_and_refits_move_later_blocks(runs):

@@ -55,9 +55,16 @@ def make_plots(run: RunArtifacts) -> dict[str, tuple[str, bytes]]:
     fig, ax = _figure()
     for i, (label, r) in enumerate(series.items()):
         ax.plot(growth_of_one(r), label=label, lw=2.2 if i == 0 else 1.2, color=f"C{i}")
+    caption = "Growth of 1 unit of capital, model against every baseline."
+    blocks = run.walk_forward
+    refits = [] if blocks is None else pd.to_datetime(blocks.loc[blocks["refit"], "start"])
+    for i, start in enumerate(refits):
+        ax.axvline(start, color="0.5", ls=":", lw=1, label="walk-forward refit" if i == 0 else None)
+    if len(refits):
+        caption += " Dotted lines: the model (and ridge) refitted before that bar."
     ax.set(ylabel="growth of 1", title="Equity: model vs baselines")
     ax.legend(frameon=False, fontsize=8)
-    plots["equity"] = ("Growth of 1 unit of capital, model against every baseline.", _png(fig))
+    plots["equity"] = (caption, _png(fig))
 
     fig, ax = _figure(3.0)
     for i, (label, r) in enumerate(series.items()):
