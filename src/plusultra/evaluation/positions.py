@@ -84,6 +84,28 @@ Each function must use only row ``t`` of the signal for row ``t`` of the weights
 """
 
 
+def as_panel(values: np.ndarray, name: str) -> np.ndarray:
+    """``values`` as a 2-D ``(T, S)`` float array, finite or NaN, else ``DataError`` naming
+    ``name`` (and the first infinite cell)."""
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 2:
+        raise DataError(f"{name} must be a 2-D (T, S) panel, got shape {x.shape}")
+    if np.isinf(x).any():
+        t, s = np.argwhere(np.isinf(x))[0]
+        raise DataError(f"{name} must be finite or NaN; {name}[{t}, {s}] = {x[t, s]}")
+    return x
+
+
+def check_position_method(method: str) -> str:
+    """``method`` if it is a key of ``POSITION_METHODS``, else ``ConfigError`` listing them."""
+    if method not in POSITION_METHODS:
+        raise ConfigError(
+            f"method={method!r} is not a position method; valid names: "
+            f"{', '.join(sorted(POSITION_METHODS))}"
+        )
+    return method
+
+
 def positions_from_signal(
     signal: np.ndarray, method: str = "rank", gross: float = 1.0
 ) -> np.ndarray:
@@ -104,19 +126,9 @@ def positions_from_signal(
             is not a finite number > 0.
         DataError: if ``signal`` is not 2-D or holds an infinite value.
     """
-    if method not in POSITION_METHODS:
-        raise ConfigError(
-            f"method={method!r} is not a position method; valid names: "
-            f"{', '.join(sorted(POSITION_METHODS))}"
-        )
+    check_position_method(method)
     if isinstance(gross, bool) or not isinstance(gross, int | float | np.integer | np.floating):
         raise ConfigError(f"gross must be a number > 0, got {gross!r}")
     if not np.isfinite(gross) or gross <= 0:
         raise ConfigError(f"gross must be a finite number > 0, got {gross!r}")
-    sig = np.asarray(signal, dtype=float)
-    if sig.ndim != 2:
-        raise DataError(f"signal must be a 2-D (T, S) panel, got shape {sig.shape}")
-    if np.isinf(sig).any():
-        t, s = np.argwhere(np.isinf(sig))[0]
-        raise DataError(f"signal must be finite or NaN; signal[{t}, {s}] = {sig[t, s]}")
-    return POSITION_METHODS[method](sig, float(gross))
+    return POSITION_METHODS[method](as_panel(signal, "signal"), float(gross))

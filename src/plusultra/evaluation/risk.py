@@ -47,6 +47,7 @@ import numpy as np
 from plusultra.errors import ConfigError, DataError
 from plusultra.evaluation.bootstrap import annual_return_interval, check_level, sharpe_interval
 from plusultra.evaluation.metrics import as_series, check_periods_per_year, finite_or_nan
+from plusultra.evaluation.positions import as_panel
 
 _NAN = float("nan")
 
@@ -112,12 +113,7 @@ def exposure(weights: np.ndarray) -> dict[str, float]:
     Raises:
         DataError: if ``weights`` is not 2-D or holds an infinite value.
     """
-    w = np.asarray(weights, dtype=float)
-    if w.ndim != 2:
-        raise DataError(f"weights must be a 2-D (T, S) panel, got shape {w.shape}")
-    if np.isinf(w).any():
-        t, s = np.argwhere(np.isinf(w))[0]
-        raise DataError(f"weights must be finite or NaN; weights[{t}, {s}] = {w[t, s]}")
+    w = as_panel(weights, "weights")
     if w.shape[0] == 0:
         return {"gross_exposure": _NAN, "net_exposure": _NAN, "invested_share": _NAN}
     w = np.where(np.isnan(w), 0.0, w)

@@ -30,7 +30,11 @@ from collections.abc import Callable
 import numpy as np
 
 from plusultra.errors import ConfigError, DataError
-from plusultra.evaluation.positions import POSITION_METHODS, positions_from_signal
+from plusultra.evaluation.positions import (
+    as_panel,
+    check_position_method,
+    positions_from_signal,
+)
 
 
 def _check_tradable(tradable: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -42,17 +46,6 @@ def _check_tradable(tradable: np.ndarray, shape: tuple[int, ...] | None = None) 
         want = "(T, S)" if shape is None else str(shape)
         raise DataError(f"tradable must have shape {want}, got {m.shape}")
     return m
-
-
-def _check_panel(values: np.ndarray, name: str) -> np.ndarray:
-    """``values`` as a 2-D float array without infinities, else ``DataError``."""
-    x = np.asarray(values, dtype=float)
-    if x.ndim != 2:
-        raise DataError(f"{name} must be a 2-D (T, S) panel, got shape {x.shape}")
-    if np.isinf(x).any():
-        t, s = np.argwhere(np.isinf(x))[0]
-        raise DataError(f"{name} must be finite or NaN; {name}[{t}, {s}] = {x[t, s]}")
-    return x
 
 
 def _check_quantile(quantile: float) -> float:
@@ -120,7 +113,7 @@ def buy_and_hold_weights(returns: np.ndarray, tradable: np.ndarray) -> np.ndarra
         DataError: on bad shapes, no symbol tradable at ``t = 0`` (with ``T > 0``), or a NaN
             return of a held position.
     """
-    r = _check_panel(returns, "returns")
+    r = as_panel(returns, "returns")
     held = _check_tradable(tradable, r.shape)
     n_t, n_s = r.shape
     if n_t == 0:
@@ -200,7 +193,7 @@ def momentum_weights(
     """
     skip = _check_int(skip, "skip", 0)
     lookback = _check_int(lookback, "lookback", skip + 1)
-    c = _check_panel(close, "close")
+    c = as_panel(close, "close")
     m = _check_tradable(tradable, c.shape)
     return _long_short(_past_return(c, m, lookback, skip), quantile)
 
@@ -227,7 +220,7 @@ def mean_reversion_weights(
         DataError: on bad shapes or an infinite close.
     """
     lookback = _check_int(lookback, "lookback", 1)
-    c = _check_panel(close, "close")
+    c = as_panel(close, "close")
     m = _check_tradable(tradable, c.shape)
     return _long_short(-_past_return(c, m, lookback, 0), quantile)
 
@@ -315,11 +308,7 @@ def ridge_weights(
         ConfigError: on a bad ``train_end``, ``alpha`` or ``method``.
         DataError: on bad shapes, infinite values, or no training sample.
     """
-    if method not in POSITION_METHODS:
-        raise ConfigError(
-            f"method={method!r} is not a position method; valid names: "
-            f"{', '.join(sorted(POSITION_METHODS))}"
-        )
+    check_position_method(method)
     if isinstance(alpha, bool) or not isinstance(alpha, int | float | np.integer | np.floating):
         raise ConfigError(f"alpha must be a number >= 0, got {alpha!r}")
     if not (math.isfinite(alpha) and alpha >= 0):
@@ -329,7 +318,7 @@ def ridge_weights(
         raise DataError(f"features must be a 3-D (T, S, F) array, got shape {x.shape}")
     if np.isinf(x).any():
         raise DataError("features must be finite or NaN; found an infinite value")
-    y = _check_panel(targets, "targets")
+    y = as_panel(targets, "targets")
     if y.shape != x.shape[:2]:
         raise DataError(f"targets.shape={y.shape} must match features (T, S)={x.shape[:2]}")
     m = _check_tradable(tradable, y.shape)
