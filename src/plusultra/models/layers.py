@@ -20,6 +20,12 @@ def check_int(name: str, value: int, minimum: int = 1) -> None:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+def check_positive(name: str, value: float) -> None:
+    """Raise ConfigError unless ``value > 0`` (NaN fails); ``name`` is the argument."""
+    if not value > 0:
+        raise ConfigError(f"{name} must be > 0, got {value!r}")
+
+
 def check_rate(name: str, value: float) -> None:
     """Raise ConfigError unless ``0 <= value < 1`` (a dropout or drop-path rate)."""
     if not 0.0 <= value < 1.0:
@@ -95,8 +101,7 @@ class GatedMLP(nn.Module):
 
     def __init__(self, d_model: int, mlp_ratio: float = 2.0, dropout: float = 0.0) -> None:
         super().__init__()
-        if mlp_ratio <= 0:
-            raise ConfigError(f"mlp_ratio must be > 0, got {mlp_ratio!r}")
+        check_positive("mlp_ratio", mlp_ratio)
         check_rate("dropout", dropout)
         hidden = max(1, int(mlp_ratio * d_model))
         self.fc_in = nn.Linear(d_model, 2 * hidden)  # fused gate and up projections

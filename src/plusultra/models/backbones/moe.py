@@ -19,6 +19,7 @@ from plusultra.models.layers import (
     CausalSelfAttention,
     LearnedPositionalEncoding,
     check_int,
+    check_positive,
     check_rate,
     step_token_end,
 )
@@ -217,12 +218,10 @@ class MoEBackbone(nn.Module):
         check_rate("dropout", dropout)
         if top_k > n_experts:
             raise ConfigError(f"top_k ({top_k}) must be <= n_experts ({n_experts})")
-        if capacity_factor <= 0:
-            raise ConfigError(f"capacity_factor must be > 0, got {capacity_factor!r}")
+        check_positive("capacity_factor", capacity_factor)
         if aux_loss_weight < 0:
             raise ConfigError(f"aux_loss_weight must be >= 0, got {aux_loss_weight!r}")
-        if mlp_ratio <= 0:
-            raise ConfigError(f"mlp_ratio must be > 0, got {mlp_ratio!r}")
+        check_positive("mlp_ratio", mlp_ratio)
         self.d_out = d_model
         self.causal = causal
         self.aux_loss_weight = aux_loss_weight

@@ -15,7 +15,13 @@ from torch import nn
 
 from plusultra.errors import ConfigError
 from plusultra.models.backbones.transformer import TransformerBlock
-from plusultra.models.layers import LearnedPositionalEncoding, check_int, check_rate, step_token_end
+from plusultra.models.layers import (
+    LearnedPositionalEncoding,
+    check_int,
+    check_positive,
+    check_rate,
+    step_token_end,
+)
 
 
 class CrossScaleAttention(nn.Module):
@@ -158,8 +164,7 @@ class MultiScaleBackbone(nn.Module):
         check_int("n_heads", n_heads)
         check_int("max_len", max_len)
         check_rate("dropout", dropout)
-        if mlp_ratio <= 0:
-            raise ConfigError(f"mlp_ratio must be > 0, got {mlp_ratio!r}")
+        check_positive("mlp_ratio", mlp_ratio)
         scales = tuple(scales)
         for i, s in enumerate(scales):
             check_int(f"scales[{i}]", s)

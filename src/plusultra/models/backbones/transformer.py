@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plusultra.errors import ConfigError
 from plusultra.models.layers import (
     CausalSelfAttention,
     LearnedPositionalEncoding,
     check_int,
+    check_positive,
     check_rate,
     step_token_end,
 )
@@ -82,8 +82,7 @@ class TransformerBackbone(nn.Module):
         check_int("depth", depth)
         check_int("n_heads", n_heads)
         check_rate("dropout", dropout)
-        if mlp_ratio <= 0:
-            raise ConfigError(f"mlp_ratio must be > 0, got {mlp_ratio!r}")
+        check_positive("mlp_ratio", mlp_ratio)
         self.d_out = d_model
         self.causal = causal
         self.embed = nn.Linear(n_features, d_model)
