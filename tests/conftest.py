@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-from plusultra.data.fixture import generate_fixture
+from plusultra.data.io.fixture import generate_fixture
 from plusultra.run import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from pandera.errors import SchemaErrors
 
-from plusultra.data.altdata import (
+from plusultra.data.features.altdata import (
     AlternativeDataSpec,
     alt_schema,
     asof_join,

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from plusultra.errors import ConfigError, DataError
-from plusultra.evaluation import bootstrap
-from plusultra.evaluation.bootstrap import (
+from plusultra.evaluation.metrics import bootstrap
+from plusultra.evaluation.metrics.bootstrap import (
     annual_return_interval,
     sharpe_interval,
     stationary_bootstrap,
 )
-from plusultra.evaluation.metrics import compute_metrics
+from plusultra.evaluation.metrics.performance import compute_metrics
 
 NAN = float("nan")
 

@@ -207,6 +207,6 @@ def test_data_cli_import_and_features(tmp_path):
     )
     assert res.returncode == 2 and "overwrite" in res.stderr
     res = run_cli(["plusultra.cli.data", "features", "--markdown"], tmp_path)
-    from plusultra.data.features import registry_markdown
+    from plusultra.data.features.pipeline import registry_markdown
 
     assert res.returncode == 0 and res.stdout.strip() == registry_markdown().strip()

@@ -165,7 +165,7 @@ def test_cpu_hardware_is_default():
 
 def test_large_hybrid_recipe_builds_the_planned_model():
     """experiment=hybrid_large: 16 blocks, 8 heads, 2048-bar windows, every feature."""
-    from plusultra.data.features import REGISTRY
+    from plusultra.data.features.pipeline import REGISTRY
 
     cfg = compose_config(["experiment=hybrid_large"])
     assert (cfg.depth, cfg.n_heads, cfg.window, cfg.backbone.depth) == (16, 8, 2048, 16)

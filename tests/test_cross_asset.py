@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from plusultra.data.cross_asset import CrossAssetDataset, cross_asset_times
-from plusultra.data.panel import Panel, load_panel, tradable_mask
-from plusultra.data.windows import forward_log_returns, passthrough_collate
+from plusultra.data.datasets.panel import Panel, load_panel, tradable_mask
+from plusultra.data.datasets.windows import forward_log_returns, passthrough_collate
+from plusultra.data.features.cross_asset import CrossAssetDataset, cross_asset_times
 
 WINDOW, HORIZON = 5, 2
 N_BARS, N_SYMBOLS, N_FEATS = 40, 4, 3

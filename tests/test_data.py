@@ -9,10 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from plusultra.data.datamodule import SQLiteDataModule
-from plusultra.data.features import REGISTRY, FeaturePipeline
-from plusultra.data.panel import load_panel
-from plusultra.data.windows import (
+from plusultra.data.datasets.datamodule import SQLiteDataModule
+from plusultra.data.datasets.panel import load_panel
+from plusultra.data.datasets.windows import (
     NormStats,
     WindowDataset,
     compute_segments,
@@ -21,6 +20,7 @@ from plusultra.data.windows import (
     sample_index,
     valid_window_mask,
 )
+from plusultra.data.features.pipeline import REGISTRY, FeaturePipeline
 from plusultra.errors import ConfigError, DataError
 
 WINDOW, HORIZON = 16, 3
@@ -46,7 +46,7 @@ def test_panel_shapes_and_listing(tiny_db):
     with sqlite3.connect(tiny_db) as con:
         n_rows = con.execute("SELECT COUNT(*) FROM series").fetchone()[0]
     assert np.isfinite(panel.fields["close"]).sum() == n_rows
-    assert set(panel.indicators) == {"sentiment", "short_interest"}
+    assert set(panel.indicators) == {"sentiment"}
 
 
 def test_adjusted_close_compounds_total_return(tiny_db):
@@ -116,7 +116,7 @@ def test_forward_log_returns_reference():
 
 
 def test_excess_targets_reference():
-    from plusultra.data.windows import make_targets
+    from plusultra.data.datasets.windows import make_targets
 
     rng = np.random.default_rng(2)
     close = np.exp(np.cumsum(rng.normal(0, 0.01, (25, 4)), axis=0))

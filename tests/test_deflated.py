@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import norm
 
 from plusultra.errors import ConfigError, DataError
-from plusultra.evaluation.deflated import deflated_sharpe, expected_max_sharpe
+from plusultra.evaluation.metrics.deflated import deflated_sharpe, expected_max_sharpe
 
 NAN = float("nan")
 

@@ -18,10 +18,10 @@ import pytest
 import ta
 from scipy import stats
 
-from plusultra.data import indicators as F
-from plusultra.data.feature_registry import FeatureInputs, FeatureRegistry, FeatureSpec
-from plusultra.data.features import REGISTRY, FeaturePipeline, register, registry_markdown
-from plusultra.data.panel import Panel
+from plusultra.data.datasets.panel import Panel
+from plusultra.data.features import indicators as F
+from plusultra.data.features.pipeline import REGISTRY, FeaturePipeline, register, registry_markdown
+from plusultra.data.features.registry import FeatureInputs, FeatureRegistry, FeatureSpec
 from plusultra.errors import ConfigError, DataError
 
 T, S, CUT = 300, 4, 200
@@ -448,7 +448,7 @@ def test_missing_volume_skips_volume_features_with_a_reason(panel, caplog):
     fields = {k: v for k, v in panel.fields.items() if k != "volume"}
     no_volume = Panel(panel.dates, panel.symbols, fields, panel.indicators)
     pipe = FeaturePipeline(tags=["volume", "returns"])
-    with caplog.at_level(logging.WARNING, logger="plusultra.data.features"):
+    with caplog.at_level(logging.WARNING, logger="plusultra.data.features.pipeline"):
         _, names = pipe.compute(no_volume)
     assert names == ["log_return", "return_5", "return_20", "gap_open"]
     assert set(pipe.skipped) == {"volume_z_20", "volume_anomaly_20"}

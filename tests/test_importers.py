@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from plusultra.data import importers
-from plusultra.data.importers import ImportSummary, import_files
-from plusultra.data.panel import load_panel
+from plusultra.data.datasets.panel import load_panel
+from plusultra.data.io import importers
+from plusultra.data.io.importers import ImportSummary, import_files
 from plusultra.errors import ConfigError, DataError
 
 DAYS = pd.bdate_range("2021-01-04", periods=25)

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from plusultra.errors import ConfigError, DataError
-from plusultra.evaluation.metrics import METRIC_NAMES, compute_metrics, metrics_reference
+from plusultra.evaluation.metrics.performance import (
+    METRIC_NAMES,
+    compute_metrics,
+    metrics_reference,
+)
 
 NAN = float("nan")
 KEYS = {
@@ -239,7 +243,7 @@ def _ic_reference(signal, realized, rank):
 
 @pytest.mark.parametrize("rank", [False, True])
 def test_information_coefficient_matches_reference(rank):
-    from plusultra.evaluation.metrics import information_coefficient
+    from plusultra.evaluation.metrics.performance import information_coefficient
 
     rng = np.random.default_rng(3)
     signal = rng.normal(size=(60, 9))
@@ -255,7 +259,7 @@ def test_information_coefficient_matches_reference(rank):
 
 
 def test_ic_summary_hand_case():
-    from plusultra.evaluation.metrics import ic_summary
+    from plusultra.evaluation.metrics.performance import ic_summary
 
     signal = np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
     realized = np.array([[0.1, 0.2, 0.3], [0.1, 0.2, 0.4], [0.1, 0.2, 0.3]])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from plusultra.errors import ConfigError, DataError
-from plusultra.evaluation.positions import POSITION_METHODS, positions_from_signal
+from plusultra.evaluation.backtest.positions import POSITION_METHODS, positions_from_signal
 
 NAN = float("nan")
 METHODS = sorted(POSITION_METHODS)

@@ -12,8 +12,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from plusultra.data.panel import load_panel, read_tables
-from plusultra.data.reader import (
+from plusultra.data.datasets.panel import load_panel, read_tables
+from plusultra.data.io.reader import (
     SQLiteReader,
     affinity,
     quote_identifier,
@@ -113,7 +113,7 @@ def test_read_tables_filters_equal_pandas(tiny_db):
     pd.testing.assert_frame_equal(tables["series"], series)
     assert set(tables["assets"]["symbol"]) == set(symbols)
     assert tables["indicators"]["timestamp"].between(start, end).all()
-    assert len(tables["indicators"]) == 2 * len(series)
+    assert len(tables["indicators"]) == len(series)  # one indicator (sentiment) per bar
 
 
 def test_read_sql_and_read_frame_types(tiny_db):

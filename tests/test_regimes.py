@@ -8,9 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from plusultra.data.fixture import _regimes, generate_fixture
-from plusultra.data.panel import Panel, load_panel, tradable_mask
-from plusultra.data.regimes import (
+from plusultra.data.datasets.panel import Panel, load_panel, tradable_mask
+from plusultra.data.features.regimes import (
     N_CLASSES,
     REGIME_LABELS,
     liquidity_regime,
@@ -19,6 +18,7 @@ from plusultra.data.regimes import (
     sector_rotation,
     volatility_regime,
 )
+from plusultra.data.io.fixture import _regimes, generate_fixture
 from plusultra.errors import ConfigError
 
 WINDOW, HISTORY = 10, 40  # small enough for the naive loops; 39 * q is never an integer

@@ -15,13 +15,13 @@ import pandas as pd
 import pytest
 
 from plusultra.errors import DataError
-from plusultra.evaluation.report_analysis import (
+from plusultra.evaluation.report.analysis import (
     attribution,
     high_vol_mask,
     scenarios,
     worst_windows,
 )
-from plusultra.evaluation.reporting import load_run, write_reports
+from plusultra.evaluation.report.render import load_run, write_reports
 
 REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -10,8 +10,8 @@ from scipy.stats import kurtosis as scipy_kurtosis
 from scipy.stats import skew as scipy_skew
 
 from plusultra.errors import ConfigError, DataError
-from plusultra.evaluation.bootstrap import sharpe_interval
-from plusultra.evaluation.risk import (
+from plusultra.evaluation.metrics.bootstrap import sharpe_interval
+from plusultra.evaluation.metrics.risk import (
     cost_share,
     cvar,
     drawdown_duration,

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from plusultra.data.altdata import load_alternative, specs_from_config
-from plusultra.data.panel import load_panel
-from plusultra.data.sp500 import SP500_ALTERNATIVE, build_sp500_database
+from plusultra.data.datasets.panel import load_panel
+from plusultra.data.features.altdata import load_alternative, specs_from_config
+from plusultra.data.io.sp500 import SP500_ALTERNATIVE, build_sp500_database
 
 
 @pytest.fixture(scope="module")

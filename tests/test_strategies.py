@@ -8,17 +8,15 @@ import numpy as np
 import pytest
 
 from plusultra.errors import ConfigError, DataError
-from plusultra.evaluation.positions import positions_from_signal
-from plusultra.evaluation.strategies import (
-    BASELINES,
+from plusultra.evaluation.backtest.baselines import (
     buy_and_hold_weights,
     equal_weight_weights,
     fit_ridge,
-    get_baseline,
     mean_reversion_weights,
     momentum_weights,
     ridge_weights,
 )
+from plusultra.evaluation.backtest.positions import positions_from_signal
 from plusultra.sim.frictionless import FrictionlessSimulator
 from tests.baseline_returns import buy_and_hold_returns
 
@@ -45,6 +43,9 @@ def _market(seed: int, n_t: int = 80, n_s: int = 9, n_f: int = 3) -> dict[str, n
         "features": features,
         "targets": targets,
     }
+
+
+BASELINE_NAMES = ["buyhold", "equal_weight", "mean_reversion", "momentum", "ridge"]
 
 
 def _call(name: str, m: dict[str, np.ndarray], train_end: int = 20) -> np.ndarray:
@@ -288,14 +289,7 @@ def test_ridge_fits_only_up_to_train_end_and_zeroes_missing_features() -> None:
 # ---------------------------------------------------------------- every baseline
 
 
-def test_registry_names_and_lookup() -> None:
-    assert sorted(BASELINES) == ["buyhold", "equal_weight", "mean_reversion", "momentum", "ridge"]
-    assert get_baseline("momentum") is momentum_weights
-    with pytest.raises(ConfigError, match="buyhold, equal_weight, mean_reversion, momentum, ridge"):
-        get_baseline("magic")
-
-
-@pytest.mark.parametrize("name", sorted(BASELINES))
+@pytest.mark.parametrize("name", BASELINE_NAMES)
 def test_every_baseline_contract(name: str) -> None:
     m = _market(0)
     w = _call(name, m)
@@ -312,7 +306,7 @@ def test_every_baseline_contract(name: str) -> None:
         np.testing.assert_allclose(w[active].sum(axis=1), 0.0, atol=1e-12)  # dollar neutral
 
 
-@pytest.mark.parametrize("name", sorted(BASELINES))
+@pytest.mark.parametrize("name", BASELINE_NAMES)
 @pytest.mark.parametrize("t", [25, 45, 70])
 def test_every_baseline_is_causal(name: str, t: int) -> None:
     """Perturbing everything not known at close t leaves rows <= t unchanged."""

@@ -18,7 +18,7 @@ from plusultra.catalogue.callback import CatalogueCallback
 from plusultra.catalogue.query import connect, query
 from plusultra.catalogue.sweeps import SWEEP_COLUMNS, sweep_table
 from plusultra.cli import catalogue as cli
-from plusultra.evaluation.deflated import deflated_sharpe, expected_max_sharpe
+from plusultra.evaluation.metrics.deflated import deflated_sharpe, expected_max_sharpe
 
 T0 = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
 SWEEP_A, SWEEP_B = "/out/multiruns/2025-03-04/05-06-07", "/out/multiruns/2025-03-04/09-00-00"

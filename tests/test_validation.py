@@ -11,9 +11,9 @@ import numpy as np
 import pandera.pandas as pa
 import pytest
 
-from plusultra.data.fixture import generate_fixture
-from plusultra.data.panel import read_tables
-from plusultra.data.validation import (
+from plusultra.data.datasets.panel import read_tables
+from plusultra.data.io.fixture import generate_fixture
+from plusultra.data.validation.checks import (
     FAILURE_COLUMNS,
     ValidationRules,
     check_tables,
@@ -70,7 +70,7 @@ def _failure(report, table: str, column: str, check: str) -> dict:
 def test_clean_database_passes_with_every_rule_on(clean_db):
     report = validate_database(clean_db, ValidationRules(max_gap_days=4, max_stale_bars=1))
     assert report.ok, report.table()
-    assert report.n_rows == {"assets": 4, "series": 230, "indicators": 460, "corporate_actions": 3}
+    assert report.n_rows == {"assets": 4, "series": 230, "indicators": 230, "corporate_actions": 3}
     assert list(report.failures.columns) == FAILURE_COLUMNS
     assert "passed validation" in report.summary()
     report.raise_if_failed()
@@ -186,7 +186,7 @@ CASES = {
             "INSERT INTO indicators VALUES ('GHOST', '2012-01-04', 'sentiment', 0.2)",
         ],
         ("indicators", "symbol", "symbol in assets"),
-        "symbol='GHOST' missing from assets (2 row(s), first row 460, timestamp='2012-01-03')",
+        "symbol='GHOST' missing from assets (2 row(s), first row 230, timestamp='2012-01-03')",
     ),
     "orphan in corporate_actions": (
         ["INSERT INTO corporate_actions VALUES ('GHOST', '2012-01-05', 'split', 2.0)"],
@@ -407,8 +407,8 @@ def test_optional_metadata_may_be_all_null(tmp_path):
     """assets.sector and assets.delisted are optional metadata: all NULL is not a failure."""
     import sqlite3
 
-    from plusultra.data.fixture import generate_fixture
-    from plusultra.data.validation import validate_database
+    from plusultra.data.io.fixture import generate_fixture
+    from plusultra.data.validation.checks import validate_database
 
     db = generate_fixture(tmp_path / "m.sqlite", 4, 60, seed=1)
     with sqlite3.connect(db) as con:

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from plusultra.cli.predict import predict
-from plusultra.data.windows import Segments
+from plusultra.data.datasets.windows import Segments
 from plusultra.errors import ConfigError, DataError
-from plusultra.evaluation import strategies
-from plusultra.evaluation.positions import positions_from_signal
+from plusultra.evaluation.backtest import baselines as strategies
+from plusultra.evaluation.backtest.positions import positions_from_signal
 from plusultra.training.walk_forward import Fold, WalkForward
 from tests.test_data import _perturb_after
 from tests.test_run import _tiny_cfg, run_in_process

@@ -32,7 +32,7 @@ WINDOW, HORIZON = 64, 5
 
 def ensure_db() -> Path:
     if not DB.exists():
-        from plusultra.data.fixture import generate_fixture
+        from plusultra.data.io.fixture import generate_fixture
 
         generate_fixture(DB, 500, 5000, seed=0)
     return DB
@@ -40,8 +40,8 @@ def ensure_db() -> Path:
 
 def setup_once() -> dict:
     """Time the data module's setup end to end (run in a subprocess)."""
-    from plusultra.data.datamodule import SQLiteDataModule
-    from plusultra.data.features import FeaturePipeline
+    from plusultra.data.datasets.datamodule import SQLiteDataModule
+    from plusultra.data.features.pipeline import FeaturePipeline
 
     start = time.perf_counter()
     pipeline = FeaturePipeline(FEATURES["names"], FEATURES["indicators"])
@@ -64,15 +64,15 @@ def setup_once() -> dict:
 
 def stages() -> dict[str, float]:
     """Per-stage wall time in this process."""
-    from plusultra.data.features import FeaturePipeline
-    from plusultra.data.panel import load_panel, read_tables
-    from plusultra.data.validation import check_tables
-    from plusultra.data.windows import (
+    from plusultra.data.datasets.panel import load_panel, read_tables
+    from plusultra.data.datasets.windows import (
         NormStats,
         compute_segments,
         make_targets,
         valid_window_mask,
     )
+    from plusultra.data.features.pipeline import FeaturePipeline
+    from plusultra.data.validation.checks import check_tables
 
     out = {}
     t0 = time.perf_counter()

@@ -3,7 +3,7 @@
     .venv/bin/python experiments/benchmarks/indicators.py [--rows 1000000] [--repeats 3]
 
 On one seeded random-walk OHLCV series, RSI(14), MACD(12, 26, 9), Bollinger width(20, 2) and
-ATR(14) are computed by `ta` and by `plusultra.data.features` in the same run: wall time of
+ATR(14) are computed by `ta` and by `plusultra.data.features.pipeline` in the same run: wall time of
 each (median of `--repeats`), the speedup, and the largest absolute difference after aligning
 the definitions (see DIFFERENCES). Then every default feature on a random 500 x 5000 panel:
 median wall time and peak traced memory. Writes the `indicators` section of docs/benchmarks.md.
@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 import ta
 
-from plusultra.data import indicators as F
-from plusultra.data.features import FeaturePipeline
-from plusultra.data.panel import Panel
+from plusultra.data.datasets.panel import Panel
+from plusultra.data.features import indicators as F
+from plusultra.data.features.pipeline import FeaturePipeline
 
 try:
     from experiments.benchmarks._report import machine, write_section

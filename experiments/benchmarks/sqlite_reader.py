@@ -10,7 +10,7 @@ Each reader is checked against its reference, then timed `--repeats` times, roun
 
 * ``pandas.read_sql_query`` on a ``sqlite3`` connection (the reference; what `panel.py` did);
 * the ``sqlite3`` row API alone (``fetchall``: the floor of any row-by-row reader);
-* ``plusultra.data.reader.read_frame`` (Arrow ADBC driver -> pandas);
+* ``plusultra.data.io.reader.read_frame`` (Arrow ADBC driver -> pandas);
 * end to end: ``panel.read_tables`` (all four tables) and a pivot of the five price fields
   into (T, S) numpy arrays, against the same with ``pandas.read_sql_query`` per table.
 
@@ -38,9 +38,9 @@ if str(ROOT) not in sys.path:  # also runnable as a file
     sys.path.insert(0, str(ROOT))
 
 from experiments.benchmarks._report import machine, write_section  # noqa: E402
-from plusultra.data.fixture import generate_fixture  # noqa: E402
-from plusultra.data.panel import PRICE_FIELDS, read_tables  # noqa: E402
-from plusultra.data.reader import read_frame  # noqa: E402
+from plusultra.data.datasets.panel import PRICE_FIELDS, read_tables  # noqa: E402
+from plusultra.data.io.fixture import generate_fixture  # noqa: E402
+from plusultra.data.io.reader import read_frame  # noqa: E402
 
 TABLES = ("assets", "series", "indicators", "corporate_actions")
 

@@ -22,9 +22,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from plusultra.cli.common import fail, output_dir_from_argv
-from plusultra.evaluation.backtest import MarketContext
-from plusultra.evaluation.report import flat_metrics, summary_table, write_metrics
-from plusultra.evaluation.reporting import write_reports
+from plusultra.evaluation.backtest.engine import MarketContext
+from plusultra.evaluation.report.render import write_reports
+from plusultra.evaluation.report.summary import flat_metrics, summary_table, write_metrics
 from plusultra.io import write_parquet_atomic, write_text_atomic
 from plusultra.models.module import ForecastModule
 

@@ -36,7 +36,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from plusultra.evaluation.deflated import deflated_sharpe, expected_max_sharpe
+from plusultra.evaluation.metrics.deflated import deflated_sharpe, expected_max_sharpe
 
 DEFAULT_PERIODS_PER_YEAR = 252
 """Used for a run without an ``evaluation.periods_per_year`` value (the config default)."""

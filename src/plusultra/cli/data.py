@@ -18,7 +18,7 @@ from plusultra.cli.common import fail
 
 
 def _fixture(args: argparse.Namespace) -> None:
-    from plusultra.data.fixture import generate_fixture
+    from plusultra.data.io.fixture import generate_fixture
 
     path = generate_fixture(
         args.path,
@@ -32,7 +32,7 @@ def _fixture(args: argparse.Namespace) -> None:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    from plusultra.data.validation import ValidationRules, validate_database
+    from plusultra.data.validation.checks import ValidationRules, validate_database
 
     rules = ValidationRules(max_gap_days=args.max_gap_days, max_stale_bars=args.max_stale_bars)
     report = validate_database(args.db, rules)
@@ -50,7 +50,7 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _features(args: argparse.Namespace) -> None:
-    from plusultra.data.features import REGISTRY, registry_markdown
+    from plusultra.data.features.pipeline import REGISTRY, registry_markdown
 
     if args.markdown:
         print(registry_markdown())
@@ -61,7 +61,7 @@ def _features(args: argparse.Namespace) -> None:
 
 
 def _import(args: argparse.Namespace) -> None:
-    from plusultra.data.importers import import_files
+    from plusultra.data.io.importers import import_files
 
     summary = import_files(
         args.inputs,
@@ -76,7 +76,7 @@ def _import(args: argparse.Namespace) -> None:
 
 
 def _sp500(args: argparse.Namespace) -> None:
-    from plusultra.data.sp500 import build_sp500_database
+    from plusultra.data.io.sp500 import build_sp500_database
 
     path = build_sp500_database(args.path, include_alternative=not args.no_alternative)
     print(f"wrote {path}")

@@ -44,7 +44,7 @@ def predict(
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from plusultra.data.datamodule import SQLiteDataModule
+    from plusultra.data.datasets.datamodule import SQLiteDataModule
     from plusultra.io import write_parquet_atomic
     from plusultra.models.module import ForecastModule
     from plusultra.training.predict import predictions_frame

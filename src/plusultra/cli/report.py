@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        from plusultra.evaluation.reporting import write_reports
+        from plusultra.evaluation.report.render import write_reports
 
         html_path, md_path = write_reports(args.run_dir, args.out)
     except Exception as exc:  # noqa: BLE001 - reported as one message

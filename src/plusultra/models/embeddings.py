@@ -1,7 +1,8 @@
 """Market-state embeddings: learned vectors for regime labels, added to every bar's input.
 
 The data layer supplies integer labels per bar (``data.conditioning``, e.g. volatility and
-liquidity regimes from `plusultra.data.regimes`, shifted so that 0 means "unknown", e.g. during
+liquidity regimes from `plusultra.data.features.regimes`, shifted so that 0 means "unknown", e.g.
+during
 a label's warm-up). Each label has its own embedding table; the vectors of a bar's labels are
 summed into one ``(dim,)`` vector that is concatenated to the bar's features before the
 backbone. The backbone's input projection (per bar, or per patch) then adds a learned function

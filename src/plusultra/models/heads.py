@@ -332,11 +332,3 @@ def expected_calibration_error(
     conf_sum = conf.new_zeros(n_bins).index_add_(0, bins, conf)  # (n_bins,)
     hit_sum = conf.new_zeros(n_bins).index_add_(0, bins, hit)  # (n_bins,)
     return float((hit_sum - conf_sum).abs().sum() / max(len(conf), 1))
-
-
-HEADS: dict[str, type[nn.Module]] = {
-    "regression": RegressionHead,
-    "quantile": QuantileHead,
-    "calibrated": CalibratedHead,
-    "policy": PolicyHead,
-}

@@ -61,7 +61,6 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import pandas as pd
 import torch
-from hydra.core.config_store import ConfigStore
 
 from plusultra.errors import ConfigError
 from plusultra.sim.market import (  # noqa: F401  (MarketData is part of this module's API)
@@ -185,10 +184,6 @@ class SimulatorConfig:
                 low = "an integer > 0" if key == "periods_per_year" else "an integer >= 0"
                 raise ConfigError(f"simulator.{key} must be {low}, got {value!r}")
             put(key, int(value))
-
-
-# The schema, for tools that check `simulator=realistic` against it (`_target_` aside).
-ConfigStore.instance().store(group="schema/simulator", name="realistic", node=SimulatorConfig)
 
 
 @dataclass

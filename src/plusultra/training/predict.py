@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from plusultra.data.windows import WindowDataset, passthrough_collate
+from plusultra.data.datasets.windows import WindowDataset, passthrough_collate
 
 
 @torch.inference_mode()

@@ -17,11 +17,8 @@ Contract every registered backbone follows (``tests/test_models.py`` asserts it 
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
-from plusultra.errors import ConfigError
 from plusultra.models.backbones.hybrid import HybridBackbone
 from plusultra.models.backbones.moe import MoEBackbone
 from plusultra.models.backbones.multiscale import MultiScaleBackbone
@@ -39,22 +36,4 @@ BACKBONES: dict[str, type[nn.Module]] = {
 }
 
 
-def build_backbone(name: str, **kwargs: Any) -> nn.Module:
-    """Build the backbone registered as ``name`` with constructor arguments ``kwargs``.
-
-    Args:
-        name: A key of ``BACKBONES``.
-        **kwargs: Passed to the backbone's constructor (``n_features`` is required).
-
-    Returns:
-        The backbone module.
-
-    Raises:
-        ConfigError: If ``name`` is not registered or an argument is invalid.
-    """
-    if name not in BACKBONES:
-        raise ConfigError(f"unknown backbone {name!r}; valid names: {sorted(BACKBONES)}")
-    return BACKBONES[name](**kwargs)
-
-
-__all__ = ["BACKBONES", "build_backbone"]
+__all__ = ["BACKBONES"]

@@ -1,11 +1,11 @@
 """The built-in features: every `FeatureSpec` of the default registry, in registration order.
 
-Kernels (`plusultra.data.indicators`) work on whole ``(T, S)`` arrays at once: pandas
+Kernels (`plusultra.data.features.indicators`) work on whole ``(T, S)`` arrays at once: pandas
 rolling/ewm (Cython, no ``rolling.apply``) across all symbols, or numpy over sliding windows
 processed in memory-bounded blocks of symbols. Each kernel has a naive loop reference in the
 tests; RSI, MACD, Bollinger width and ATR are also checked against `ta`. The conventions every
-feature follows (causality, NaN, lookback, units) are in `plusultra.data.feature_registry`;
-`plusultra.data.features` registers `BUILTIN_FEATURES` into its `REGISTRY`.
+feature follows (causality, NaN, lookback, units) are in `plusultra.data.features.registry`;
+`plusultra.data.features.pipeline` registers `BUILTIN_FEATURES` into its `REGISTRY`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from plusultra.data.feature_registry import FeatureInputs, FeatureSpec
-from plusultra.data.indicators import (
+from plusultra.data.features.indicators import (
     FFT_BANDS,
     atr,
     bollinger_width,
@@ -29,6 +28,7 @@ from plusultra.data.indicators import (
     sigmoid,
     zscore,
 )
+from plusultra.data.features.registry import FeatureInputs, FeatureSpec
 
 
 def _log_close(x: FeatureInputs) -> np.ndarray:

@@ -25,12 +25,11 @@ lower signal). A row with fewer than 2 valid signals, or all equal, is all zero.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 
 from plusultra.errors import ConfigError, DataError
-from plusultra.evaluation.positions import (
+from plusultra.evaluation.backtest.positions import (
     as_panel,
     check_position_method,
     positions_from_signal,
@@ -343,33 +342,3 @@ def ridge_weights(
     pred = np.where(has_x, np.where(has_x[..., None], x, 0.0) @ w + b, np.nan)  # (T, S)
     pred = np.where(m, pred, np.nan)
     return positions_from_signal(pred, method)
-
-
-BASELINES: dict[str, Callable[..., np.ndarray]] = {
-    "buyhold": buy_and_hold_weights,
-    "equal_weight": equal_weight_weights,
-    "momentum": momentum_weights,
-    "mean_reversion": mean_reversion_weights,
-    "ridge": ridge_weights,
-}
-"""Baseline name -> function returning ``(T, S)`` weights. Inputs per name:
-
-- ``buyhold``: ``(returns, tradable)``.
-- ``equal_weight``: ``(tradable)``.
-- ``momentum``: ``(close, tradable, lookback=252, skip=21, quantile=0.2)``.
-- ``mean_reversion``: ``(close, tradable, lookback=5, quantile=0.2)``.
-- ``ridge``: ``(features, targets, tradable, train_end, alpha=1.0, method="rank")``.
-"""
-
-
-def get_baseline(name: str) -> Callable[..., np.ndarray]:
-    """The weight function of a baseline by name.
-
-    Raises:
-        ConfigError: if ``name`` is not a key of ``BASELINES`` (the message lists them).
-    """
-    if name not in BASELINES:
-        raise ConfigError(
-            f"baseline {name!r} is unknown; valid names: {', '.join(sorted(BASELINES))}"
-        )
-    return BASELINES[name]

@@ -6,7 +6,7 @@ import math
 import os
 from pathlib import Path
 
-from plusultra.evaluation.backtest import BacktestResult
+from plusultra.evaluation.backtest.engine import BacktestResult
 from plusultra.io import write_json_atomic
 
 # (metrics key, label, format) of the summary table, in display order.

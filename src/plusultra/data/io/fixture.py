@@ -25,9 +25,7 @@ Structure of the data, with the parameters used:
   expected return has std ~0.14 sigma_i (daily signal-to-noise ~14 %).
 * Indicators: ``sentiment`` on day t is ``alpha_t / (ALPHA_SD * sigma_i) + N(0, 1)``, i.e. a
   noisy reading of information available at the close of t about the return of t+1 (legit
-  alternative data, no look-ahead). ``short_interest`` is a slowly varying fraction of float,
-  ``base_i * exp(x_t)`` with base ~ U(1 %, 8 %) and x an AR(1) (persistence 0.995, std 0.25);
-  it carries no signal.
+  alternative data, no look-ahead).
 * Volume: ``log V = log base_i + VOLUME_K * min(|r| / sigma_tot_i, 10) + VOLUME_NOISE * N(0, 1)``
   with k = 0.4, noise 0.3, base ~ logU(2e5, 2e7) shares and sigma_tot_i the symbol's calm-free
   unconditional vol, so volume rises on big-move days and in stressed regimes. Raw volume is in
@@ -274,8 +272,6 @@ def generate_fixture(
     log_volume = VOLUME_K * surprise + VOLUME_NOISE * rng.standard_normal(shape)
     volume = np.maximum(np.round(base_volume * np.exp(log_volume) * px["cum_split"]), 1.0)
     sentiment = sim["alpha"] / sim["alpha_sd"] + rng.standard_normal(shape)
-    si_x = _ar1(0.25 * np.sqrt(1 - 0.995**2) * rng.standard_normal(shape), 0.995, 0.0)
-    short_interest = rng.uniform(0.01, 0.08, n_symbols) * np.exp(si_x)
 
     days = np.arange(n_days)[:, None]
     sym_idx, day_idx = np.nonzero(((days >= first) & (days <= last)).T)  # symbol-major order
@@ -285,14 +281,7 @@ def generate_fixture(
         return values[day_idx, sym_idx].tolist()
 
     series = zip(sym_col, ts_col, *map(column, (open_, high, low, close, volume)), strict=True)
-    pairs = np.repeat(np.arange(sym_idx.size), 2)  # two indicator rows per series row
-    indicators = zip(
-        symbols[sym_idx[pairs]].tolist(),
-        dates[day_idx[pairs]].tolist(),
-        ["sentiment", "short_interest"] * sym_idx.size,  # sorted, as the primary key
-        np.stack([sentiment, short_interest], -1)[day_idx, sym_idx].ravel().tolist(),
-        strict=True,
-    )
+    indicators = zip(sym_col, ts_col, ["sentiment"] * sym_idx.size, column(sentiment), strict=True)
     actions = []
     for action, values, empty in (("split", px["split"], 1.0), ("dividend", px["dividend"], 0.0)):
         d, s = np.nonzero(values != empty)

@@ -1,10 +1,11 @@
 """Feature specs, their registry type and the memoised inputs a feature reads.
 
-Every feature is a causal function of a :class:`~plusultra.data.panel.Panel`: its value at time
+Every feature is a causal function of a :class:`~plusultra.data.datasets.panel.Panel`: its value at
+time
 ``t`` uses bars up to ``t`` only (``tests/test_features.py`` perturbs every bar after ``t`` for
 every registered feature and checks the past is bit-identical). The built-in features are in
-`plusultra.data.feature_library`; the default registry and the pipeline that computes them are
-in `plusultra.data.features`.
+`plusultra.data.features.library`; the default registry and the pipeline that computes them are
+in `plusultra.data.features.pipeline`.
 
 Conventions:
 
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from plusultra.data.panel import Panel
+from plusultra.data.datasets.panel import Panel
 from plusultra.errors import ConfigError
 
 # Panel fields a feature may depend on; any other key of `Panel.fields` works too.

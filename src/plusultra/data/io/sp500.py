@@ -11,7 +11,7 @@ Both are price indices, so ``Adj Close`` equals ``Close`` and is not stored; the
 corporate actions (the table is created empty). Rows with a missing open/high/low/close are
 dropped (none in the shipped data); volume 0 is kept (NASDAQ has two such rows, 2015-05-12 and
 2018-01-09, a data-vendor glitch; the contract allows volume >= 0). The shipped rows pass every
-check of `plusultra.data.validation` as they are.
+check of `plusultra.data.validation.checks` as they are.
 
 Market-wide alternative tables (``include_alternative=True``), all with ISO-date ``timestamp``:
 
@@ -29,9 +29,10 @@ smb, hml, rf)``       monthly, in percent (Ken French library)   the month's las
 Holidays with NaN in VIX / WTI are dropped. Note that VIX only starts in 2014, so a VIX feature
 is NaN for 1999-2013, and the window sampler skips windows with NaN features.
 
-`SP500_ALTERNATIVE` holds the recommended :class:`~plusultra.data.altdata.AlternativeDataSpec`
+`SP500_ALTERNATIVE` holds the recommended
+:class:`~plusultra.data.features.altdata.AlternativeDataSpec`
 arguments. Publication lags (``ts + lag <= bar date`` makes a value usable; see
-`plusultra.data.altdata`), for the simulator's convention of deciding and filling at the
+`plusultra.data.features.altdata`), for the simulator's convention of deciding and filling at the
 16:00 ET close:
 
 * ``vix`` ``'1D'``: the VIX close is set at 16:15 ET, 15 minutes *after* the equity close, so
@@ -62,7 +63,7 @@ import re
 
 import pandas as pd
 
-from plusultra.data.fixture import SCHEMA
+from plusultra.data.io.fixture import SCHEMA
 from plusultra.io import write_sqlite_atomic
 
 __all__ = ["SP500_ALTERNATIVE", "INDICES", "build_sp500_database"]

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from plusultra.data.panel import _ffill
+from plusultra.data.datasets.panel import _ffill
 from plusultra.errors import ConfigError, DataError
 from plusultra.io import write_json_atomic
 

@@ -45,9 +45,17 @@ import math
 import numpy as np
 
 from plusultra.errors import ConfigError, DataError
-from plusultra.evaluation.bootstrap import annual_return_interval, check_level, sharpe_interval
-from plusultra.evaluation.metrics import as_series, check_periods_per_year, finite_or_nan
-from plusultra.evaluation.positions import as_panel
+from plusultra.evaluation.backtest.positions import as_panel
+from plusultra.evaluation.metrics.bootstrap import (
+    annual_return_interval,
+    check_level,
+    sharpe_interval,
+)
+from plusultra.evaluation.metrics.performance import (
+    as_series,
+    check_periods_per_year,
+    finite_or_nan,
+)
 
 _NAN = float("nan")
 

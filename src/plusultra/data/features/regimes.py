@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from plusultra.data.panel import Panel, tradable_mask
+from plusultra.data.datasets.panel import Panel, tradable_mask
 from plusultra.errors import ConfigError
 
 __all__ = [

@@ -1,6 +1,7 @@
 """The failure report of data validation: collecting failures, summarising and writing them.
 
-`plusultra.data.validation` runs the checks and records each failure through :class:`_Failures`:
+`plusultra.data.validation.checks` runs the checks and records each failure through
+:class:`_Failures`:
 one row per (table, column, check) with how many values fail and up to five example rows
 (`MAX_EXAMPLES`), formatted by `_row` as ``row <pos> (col=value, ...)``. The result is a
 :class:`ValidationReport`, which renders the failures as a one-paragraph summary, an aligned text
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from plusultra.data.schemas import FAILURE_COLUMNS, MAX_EXAMPLES
+from plusultra.data.validation.schemas import FAILURE_COLUMNS, MAX_EXAMPLES
 from plusultra.errors import DataError
 from plusultra.io import write_text_atomic
 

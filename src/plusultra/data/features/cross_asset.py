@@ -2,7 +2,8 @@
 
 One sample per decision bar ``t``: the features of *every* symbol over bars
 ``t - window + 1 .. t``, with masks saying which (bar, symbol) cells are real. Survivorship is
-explicit: `tradable` (``(T, S)``, e.g. `plusultra.data.panel.tradable_mask`) is False before a
+explicit: `tradable` (``(T, S)``, e.g. `plusultra.data.datasets.panel.tradable_mask`) is False
+before a
 symbol lists, after it delists and on days without a bar, and a cell is visible to the model
 (``mask``) only if its features are finite *and* the symbol was tradable at that bar, so
 forward-filled features outside a symbol's life can never leak in. Targets count only for
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from plusultra.data.windows import valid_window_mask
+from plusultra.data.datasets.windows import valid_window_mask
 
 __all__ = ["CrossAssetDataset", "cross_asset_times"]
 
@@ -84,7 +85,7 @@ class CrossAssetDataset(Dataset):
 
     Batched fetching (`__getitems__`) gathers a batch with one fancy-index per tensor and
     returns the same keys stacked: x (B, window, S, F), mask (B, window, S), tradable (B, S),
-    y (B, S, H), y_mask (B, S). Use it with `plusultra.data.windows.passthrough_collate`.
+    y (B, S, H), y_mask (B, S). Use it with `plusultra.data.datasets.windows.passthrough_collate`.
     """
 
     def __init__(

@@ -36,7 +36,11 @@ from collections.abc import Callable
 import numpy as np
 
 from plusultra.errors import ConfigError
-from plusultra.evaluation.metrics import as_series, check_periods_per_year, finite_or_nan
+from plusultra.evaluation.metrics.performance import (
+    as_series,
+    check_periods_per_year,
+    finite_or_nan,
+)
 
 _NAN = float("nan")
 _CHUNK_ELEMENTS = 1_000_000

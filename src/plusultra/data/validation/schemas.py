@@ -1,6 +1,6 @@
 """Pandera models of the SQLite contract: one schema per table, and the shared conventions.
 
-`plusultra.data.validation` runs them (with cross-table checks and data-quality rules) and
+`plusultra.data.validation.checks` runs them (with cross-table checks and data-quality rules) and
 reports every failure at once; see its docstring for the check names used in reports.
 """
 

@@ -3,7 +3,7 @@
 Computes, from a finished run's tables (no I/O, no formatting): attribution of P&L by symbol and
 by sector (`attribution`), model vs buy-and-hold by calendar year, volatility regime and the worst
 buy-and-hold windows (`scenarios`, with `high_vol_mask` and `worst_windows`), and per
-walk-forward block (`walk_forward_blocks`). `plusultra.evaluation.reporting` renders them.
+walk-forward block (`walk_forward_blocks`). `plusultra.evaluation.report.render` renders them.
 
 Returns are simple per-bar returns: `strategy_return[t]` is earned from the close of decision
 bar *t* to the next close. Regimes are defined causally: at bar *t* only returns known at its

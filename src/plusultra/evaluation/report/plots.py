@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from plusultra.evaluation.report import BASELINE_LABELS
+from plusultra.evaluation.report.summary import BASELINE_LABELS
 
 if TYPE_CHECKING:
-    from plusultra.evaluation.reporting import RunArtifacts
+    from plusultra.evaluation.report.artifacts import RunArtifacts
 
 PERIODS_PER_YEAR = 252
 ROLLING_SHARPE_BARS = 63  # window of the rolling Sharpe plot (about a quarter)

@@ -6,25 +6,20 @@ be re-run on any
 finished run with `plusultra-report RUN_DIR`.
 
 The attribution and scenario tables, and their return and causality conventions, are computed
-in `plusultra.evaluation.report_analysis`; this module loads, renders and writes.
+in `plusultra.evaluation.report.analysis`; this module loads, renders and writes.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from plusultra.errors import DataError
-from plusultra.evaluation.report import BASELINE_LABELS, summary_rows, summary_table
-from plusultra.evaluation.report_analysis import (
+from plusultra.evaluation.report.analysis import (
     CRASH_BARS,
     VOL_BARS,
     annual_sharpe,
@@ -33,115 +28,16 @@ from plusultra.evaluation.report_analysis import (
     scenarios,
     walk_forward_blocks,
 )
-from plusultra.evaluation.report_plots import growth_of_one, make_plots
+from plusultra.evaluation.report.artifacts import RunArtifacts, load_run  # noqa: F401
+from plusultra.evaluation.report.plots import growth_of_one, make_plots
+from plusultra.evaluation.report.summary import BASELINE_LABELS, summary_rows, summary_table
 from plusultra.io import write_bytes_atomic, write_text_atomic
 
 MAX_SYMBOL_ROWS = 30  # attribution rows shown; beyond, the best and worst half each
-COST_TYPES = ("commission", "spread", "impact", "borrow", "funding")
 ATTRIBUTION_NOTE = (
     "P&L is the sum over bars of position × the symbol's next-bar return (before costs, not "
     "compounded); shares are of the total over all symbols."
 )
-REQUIRED = ("metrics.json", "backtest.parquet", "predictions.parquet", "data.json")
-
-
-@dataclass
-class RunArtifacts:
-    """What a finished run directory holds, loaded.
-
-    Attributes:
-        run_dir: the run directory.
-        metrics: flat `split_metric` dict (NaN where null).
-        backtest: per test bar (index `timestamp`): strategy/baseline returns and equity, costs.
-        predictions: one row per (symbol, timestamp): forecasts, `position`, `realized_return`.
-        sectors: symbol -> sector (None when unknown).
-        segment_dates: segment -> [first, last] decision date.
-        run_id: the catalogue id from `run_id.txt`, if any.
-        choices: Hydra config-group choices (`backbone=...`), if `.hydra/hydra.yaml` exists.
-        walk_forward: one row per walk-forward block (`walk_forward.parquet`), if written.
-    """
-
-    run_dir: Path
-    metrics: dict[str, float]
-    backtest: pd.DataFrame
-    predictions: pd.DataFrame
-    sectors: dict[str, str | None] = field(default_factory=dict)
-    segment_dates: dict[str, list[str]] = field(default_factory=dict)
-    run_id: str | None = None
-    choices: dict[str, str] = field(default_factory=dict)
-    walk_forward: pd.DataFrame | None = None
-
-    @property
-    def baselines(self) -> list[str]:
-        """Baselines with a `<b>_return` column, in display order."""
-        return [b for b in BASELINE_LABELS if f"{b}_return" in self.backtest.columns]
-
-    @property
-    def cost_columns(self) -> list[str]:
-        """`cost_*` columns present (empty with the frictionless simulator)."""
-        return [f"cost_{c}" for c in COST_TYPES if f"cost_{c}" in self.backtest.columns]
-
-
-def _choices(run_dir: Path) -> dict[str, str]:
-    path = run_dir / ".hydra" / "hydra.yaml"
-    if not path.is_file():
-        return {}
-    import yaml
-
-    try:
-        cfg = yaml.safe_load(path.read_text()) or {}
-        choices = cfg.get("hydra", {}).get("runtime", {}).get("choices", {}) or {}
-    except (yaml.YAMLError, AttributeError):
-        return {}
-    return {str(k): str(v) for k, v in choices.items() if not str(k).startswith("hydra/")}
-
-
-def load_run(run_dir: str | os.PathLike) -> RunArtifacts:
-    """Load a finished run directory.
-
-    Raises:
-        DataError: `run_dir` is not a directory or lacks a file of a finished run (named).
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise DataError(f"{run_dir}: not a directory")
-    missing = [n for n in REQUIRED if not (run_dir / n).is_file()]
-    if missing:
-        raise DataError(
-            f"{run_dir} is not a finished run: missing {', '.join(missing)} "
-            "(metrics.json is written last, when a run completes)"
-        )
-    raw = json.loads((run_dir / "metrics.json").read_text())
-    metrics = {k: (math.nan if v is None else v) for k, v in raw.items()}
-    data = json.loads((run_dir / "data.json").read_text())
-    backtest = pd.read_parquet(run_dir / "backtest.parquet")
-    if "timestamp" in backtest.columns:
-        backtest = backtest.set_index("timestamp")
-    backtest.index = pd.DatetimeIndex(backtest.index, name="timestamp")
-    if "strategy_return" not in backtest.columns:
-        raise DataError(f"{run_dir / 'backtest.parquet'}: no strategy_return column")
-    preds = pd.read_parquet(run_dir / "predictions.parquet")
-    for col in ("symbol", "timestamp", "position"):
-        if col not in preds.columns:
-            raise DataError(f"{run_dir / 'predictions.parquet'}: no {col} column")
-    preds["timestamp"] = pd.to_datetime(preds["timestamp"])
-    if "realized_return" not in preds.columns:
-        preds["realized_return"] = np.nan
-    run_id_path = run_dir / "run_id.txt"
-    blocks_path = run_dir / "walk_forward.parquet"
-    return RunArtifacts(
-        run_dir=run_dir,
-        metrics=metrics,
-        backtest=backtest.sort_index(),
-        predictions=preds,
-        sectors=dict(data.get("sectors") or {}),
-        segment_dates=dict(data.get("segment_dates") or {}),
-        run_id=run_id_path.read_text().strip() if run_id_path.is_file() else None,
-        choices=_choices(run_dir),
-        walk_forward=pd.read_parquet(blocks_path) if blocks_path.is_file() else None,
-    )
-
-
 # --------------------------------------------------------------------------- rendering
 
 

@@ -1,7 +1,7 @@
 """A fast, lazy validator of the SQLite contract (schemas: `schemas.py`).
 
 Every table is checked before anything trains (`validate_tables`, called by
-`plusultra.data.panel.load_panel`) and on its own by ``plusultra-data validate DB``
+`plusultra.data.datasets.panel.load_panel`) and on its own by ``plusultra-data validate DB``
 (`validate_database`). All failures are collected at once into a :class:`ValidationReport`
 (`validation_report.py`, which also formats and writes it): one row per (table, column, check)
 with how many values fail and up to five example rows.
@@ -59,7 +59,9 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import ParserError
 
-from plusultra.data.schemas import (  # noqa: F401  (re-exported: part of this module's API)
+from plusultra.data.io import tables as tables_io
+from plusultra.data.validation.report import ValidationReport, _Failures, _fmt, _row
+from plusultra.data.validation.schemas import (  # noqa: F401  (re-exported: part of this module's API)
     _NAME_RE,
     ALL_NULL_ALLOWED,
     ASSETS_SCHEMA,
@@ -75,7 +77,6 @@ from plusultra.data.schemas import (  # noqa: F401  (re-exported: part of this m
     iso8601_check,
     parse_iso,
 )
-from plusultra.data.validation_report import ValidationReport, _Failures, _fmt, _row
 from plusultra.errors import ConfigError
 
 
@@ -378,14 +379,12 @@ def check_tables(
     Raises:
         ConfigError: an extra schema's table name is not an identifier or is a contract table.
     """
-    from plusultra.data.panel import REQUIRED_TABLES
-
     rules = rules or ValidationRules()
     schemas = {**SCHEMAS, **_extra(extra_schemas)}
     out, n_rows, work = _Failures(), {}, {}
     for table, schema in schemas.items():
         if table not in tables:
-            if table in REQUIRED_TABLES or table not in SCHEMAS:
+            if table in tables_io.REQUIRED_TABLES or table not in SCHEMAS:
                 out.add(table, "*", "table present", 1, [f"tables: {', '.join(tables) or 'none'}"])
             continue
         frame = tables[table]
@@ -424,17 +423,15 @@ def validate_database(
         DataError: the file does not exist or is not an SQLite database.
         ConfigError: a bad extra table name.
     """
-    from plusultra.data import panel
-
     extra = _extra(extra_schemas)
-    con = panel._connect(path)
+    con = tables_io.connect(path)
     try:
-        present = panel._tables(con)
-        if all(t in present for t in panel.REQUIRED_TABLES):
-            tables = panel.read_tables(path)
+        present = tables_io.table_names(con)
+        if all(t in present for t in tables_io.REQUIRED_TABLES):
+            tables = tables_io.read_tables(path)
         else:
-            tables = {t: panel._read(con, t) for t in CONTRACT_TABLES if t in present}
-        tables.update({t: panel._read(con, t) for t in extra if t in present})
+            tables = {t: tables_io.read_table(con, t) for t in CONTRACT_TABLES if t in present}
+        tables.update({t: tables_io.read_table(con, t) for t in extra if t in present})
     finally:
         con.close()
     order = [t for t in (*CONTRACT_TABLES, *extra) if t in tables]

@@ -26,7 +26,8 @@
   are then undefined), ``asset_class`` 'equity', ``currency`` 'USD', ``listed`` = first
   timestamp, ``delisted`` NULL. ``corporate_actions`` is created empty.
 
-The tables are validated (:func:`plusultra.data.validation.validate_tables`) before anything is
+The tables are validated (:func:`plusultra.data.validation.checks.validate_tables`) before anything
+is
 written, then written to a temporary file next to ``out`` and renamed over it, so a failed
 import leaves no file behind.
 """
@@ -43,8 +44,8 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import is_datetime64_any_dtype, is_numeric_dtype
 
-from plusultra.data.fixture import SCHEMA
-from plusultra.data.validation import validate_tables
+from plusultra.data.io.fixture import SCHEMA
+from plusultra.data.validation.checks import validate_tables
 from plusultra.errors import ConfigError, DataError
 from plusultra.io import write_sqlite_atomic
 

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 
 from plusultra.errors import ConfigError, DataError
-from plusultra.evaluation import strategies
-from plusultra.evaluation.metrics import compute_metrics, ic_summary
-from plusultra.evaluation.positions import POSITION_METHODS, positions_from_signal
-from plusultra.evaluation.risk import risk_metrics
+from plusultra.evaluation.backtest import baselines as strategies
+from plusultra.evaluation.backtest.positions import POSITION_METHODS, positions_from_signal
+from plusultra.evaluation.metrics.performance import compute_metrics, ic_summary
+from plusultra.evaluation.metrics.risk import risk_metrics
 from plusultra.sim.realistic import MarketData, RealisticSimulator
 
 

@@ -19,14 +19,8 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 
-from plusultra.data.altdata import alt_schema, load_alternative, specs_from_config
-from plusultra.data.features import FeaturePipeline
-from plusultra.data.fixture import generate_fixture
-from plusultra.data.panel import Panel, load_panel, tradable_mask
-from plusultra.data.regimes import N_CLASSES, REGIME_LABELS, regime_labels
-from plusultra.data.sp500 import build_sp500_database
-from plusultra.data.validation import ValidationRules
-from plusultra.data.windows import (
+from plusultra.data.datasets.panel import Panel, load_panel, tradable_mask
+from plusultra.data.datasets.windows import (
     TARGETS,
     NormStats,
     Segments,
@@ -38,6 +32,12 @@ from plusultra.data.windows import (
     sample_index,
     valid_window_mask,
 )
+from plusultra.data.features.altdata import alt_schema, load_alternative, specs_from_config
+from plusultra.data.features.pipeline import FeaturePipeline
+from plusultra.data.features.regimes import N_CLASSES, REGIME_LABELS, regime_labels
+from plusultra.data.io.fixture import generate_fixture
+from plusultra.data.io.sp500 import build_sp500_database
+from plusultra.data.validation.checks import ValidationRules
 from plusultra.errors import ConfigError, DataError
 from plusultra.io import write_json_atomic
 
@@ -50,7 +50,7 @@ BUILDERS = {"sp500": build_sp500_database}
 
 @dataclass(frozen=True)
 class FixtureSpec:
-    """Parameters of the generated synthetic database (see `plusultra.data.fixture`)."""
+    """Parameters of the generated synthetic database (see `plusultra.data.io.fixture`)."""
 
     symbols: int = 16
     days: int = 1260
@@ -67,7 +67,7 @@ class SQLiteDataModule(L.LightningDataModule):
         window: bars per input window.
         horizon: forward steps predicted.
         target: label kind: "excess" (forward log return minus the cross-sectional mean) or
-            "raw" (forward log return); see `plusultra.data.windows.TARGETS`.
+            "raw" (forward log return); see `plusultra.data.datasets.windows.TARGETS`.
         train_end, val_end: last bar of the train / val segments (ISO date or fraction).
         embargo: bars between segments (None: window + horizon, the minimum allowed).
         symbols: universe (None: every symbol in `assets`).
@@ -79,7 +79,8 @@ class SQLiteDataModule(L.LightningDataModule):
         validation: data-quality rules (`ValidationRules` keys: max_gap_days, max_stale_bars).
         alternative: point-in-time side tables (`AlternativeDataSpec` keys), appended as
             ``alt_<name>`` feature columns.
-        conditioning: regime labels (`plusultra.data.regimes.REGIME_LABELS`) served with each
+        conditioning: regime labels (`plusultra.data.features.regimes.REGIME_LABELS`) served with
+            each
             window as integer inputs (label + 1; 0 = unknown) for market-state embeddings.
         clip: z-score clip applied after normalisation.
     """

@@ -1,0 +1,1 @@
+"""Datasets: the panel, embargoed windows and the LightningDataModule."""

@@ -1,0 +1,1 @@
+"""Features: indicators, the feature registry, regimes, alternative data, cross-asset views."""

@@ -1,0 +1,1 @@
+"""Reading: SQLite access, importers, the synthetic fixture and the built-in datasets."""

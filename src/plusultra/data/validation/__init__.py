@@ -1,0 +1,1 @@
+"""Validation: pandera schemas per table, cross-table checks and the failure report."""

@@ -1,0 +1,1 @@
+"""Backtests: forecasts to positions, baselines, and the simulated record."""

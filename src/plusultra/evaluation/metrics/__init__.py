@@ -1,0 +1,1 @@
+"""Metrics: performance, risk, bootstrap intervals and the deflated Sharpe."""

@@ -1,0 +1,1 @@
+"""Reports, one direction: run artifacts -> analysis tables -> plots -> HTML and Markdown."""
