@@ -165,10 +165,10 @@ def test_intraday_time_zones_become_utc(tmp_path):
 
 
 def test_missing_column_names_file_and_column(tmp_path):
-    frame = pd.DataFrame({"date": DAYS.strftime("%Y-%m-%d"), **_bars()}).drop(columns="volume")
-    frame.to_csv(tmp_path / "NOVOL.csv", index=False)
-    with pytest.raises(DataError, match=r"NOVOL\.csv has no volume column.*'vol'"):
-        import_files([tmp_path / "NOVOL.csv"], tmp_path / "out.sqlite")
+    frame = pd.DataFrame({"date": DAYS.strftime("%Y-%m-%d"), **_bars()}).drop(columns="close")
+    frame.to_csv(tmp_path / "NOCLOSE.csv", index=False)
+    with pytest.raises(DataError, match=r"NOCLOSE\.csv has no close column.*has 'date', 'open'"):
+        import_files([tmp_path / "NOCLOSE.csv"], tmp_path / "out.sqlite")
     frame = pd.DataFrame({"when": DAYS.strftime("%Y-%m-%d"), **_bars()})
     frame.to_csv(tmp_path / "NOTS.csv", index=False)
     with pytest.raises(DataError, match=r"NOTS\.csv has no timestamp column.*has 'when'"):
@@ -263,3 +263,76 @@ def test_missing_inputs(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="has no .csv, .csv.gz, .parquet files"):
         import_files([tmp_path / "empty"], tmp_path / "out.sqlite")
+
+
+def test_close_only_csv_imports_with_null_fields(tmp_path):
+    bars = _bars()
+    pd.DataFrame({"Date": DAYS.strftime("%Y-%m-%d"), "Adj Close": bars["close"]}).to_csv(
+        tmp_path / "KO.csv", index=False
+    )
+    frame = pd.DataFrame({"date": DAYS.strftime("%Y-%m-%d"), **bars}).drop(columns="volume")
+    frame.to_csv(tmp_path / "NOVOL.csv", index=False)
+    summary = import_files([tmp_path], tmp_path / "out.sqlite")
+    assert summary.absent == {
+        "open": [str(tmp_path / "KO.csv")],
+        "high": [str(tmp_path / "KO.csv")],
+        "low": [str(tmp_path / "KO.csv")],
+        "volume": [str(tmp_path / "KO.csv"), str(tmp_path / "NOVOL.csv")],
+    }
+    text = str(summary)
+    assert "No open, high, low in 1 file(s) (KO.csv): stored as NULL." in text
+    assert "No volume in 2 file(s) (KO.csv, NOVOL.csv): stored as NULL." in text
+    series = _series(tmp_path / "out.sqlite")
+    ko, novol = series[series["symbol"] == "KO"], series[series["symbol"] == "NOVOL"]
+    assert ko[["open", "high", "low", "volume"]].isna().all().all()
+    np.testing.assert_array_equal(ko["close"], bars["close"])
+    assert novol["volume"].isna().all() and novol["open"].notna().all()
+    panel = load_panel(tmp_path / "out.sqlite")  # validated on load
+    assert np.isnan(panel.fields["open"][:, panel.symbols.index("KO")]).all()
+
+
+def test_column_mapping(tmp_path):
+    bars = _bars()
+    frame = pd.DataFrame(
+        {"Datum": DAYS.strftime("%Y-%m-%d"), "Last": bars["close"], "Vol": bars["volume"]}
+    )
+    frame["Close"] = 1.0  # a decoy: the mapping wins over the default name
+    frame.to_csv(tmp_path / "X.csv", index=False)
+    columns = importers.parse_column_map(" close=Last, volume=Vol ,timestamp=datum")
+    assert columns == {"close": "Last", "volume": "Vol", "timestamp": "datum"}
+    summary = import_files([tmp_path / "X.csv"], tmp_path / "out.sqlite", columns=columns)
+    series = _series(tmp_path / "out.sqlite")
+    np.testing.assert_array_equal(series["close"], bars["close"])
+    np.testing.assert_array_equal(series["volume"], bars["volume"])
+    assert series["timestamp"].iloc[0] == "2021-01-04"
+    assert list(summary.absent) == ["open", "high", "low"]
+    assert summary.indicators == ["close"]  # the unmapped numeric column is an indicator
+    with pytest.raises(ConfigError, match=r"unknown target\(s\) 'adj', 'price'; valid targets"):
+        importers.parse_column_map("price=Last,adj=X")
+    with pytest.raises(ConfigError, match=r"'close' is not target=source"):
+        importers.parse_column_map("close")
+    with pytest.raises(ConfigError, match=r"unknown target\(s\) 'last'"):
+        import_files([tmp_path / "X.csv"], tmp_path / "b.sqlite", columns={"last": "Last"})
+    with pytest.raises(DataError, match=r"X\.csv has no column 'Px' \(mapped to close"):
+        import_files([tmp_path / "X.csv"], tmp_path / "b.sqlite", columns={"close": "Px"})
+
+
+def test_drop_duplicates_keeps_the_last_row(tmp_path):
+    frame = pd.DataFrame({"date": DAYS.strftime("%Y-%m-%d"), **_bars(), "sentiment": 0.5})
+    later = frame.iloc[[3, 7]].assign(close=[500.0, 600.0], high=700.0, sentiment=[0.9, np.nan])
+    pd.concat([frame, later]).to_csv(tmp_path / "MSFT.csv", index=False)
+    with pytest.raises(DataError, match=r"4 rows share.*MSFT\.csv line 5 and MSFT\.csv line 27"):
+        import_files([tmp_path / "MSFT.csv"], tmp_path / "out.sqlite")
+    out = tmp_path / "out.sqlite"
+    summary = import_files([tmp_path / "MSFT.csv"], out, drop_duplicates=True)
+    assert summary.dropped == 2 and summary.rows == len(DAYS)
+    assert "Dropped 2 duplicate (symbol, timestamp) row(s), kept the last." in str(summary)
+    series = _series(out).set_index("timestamp")
+    assert series.loc[DAYS[3].strftime("%Y-%m-%d"), "close"] == 500.0
+    assert series.loc[DAYS[7].strftime("%Y-%m-%d"), "close"] == 600.0
+    assert series.loc[DAYS[4].strftime("%Y-%m-%d"), "close"] == _bars()["close"][4]
+    with sqlite3.connect(out) as con:
+        sentiment = dict(con.execute("SELECT timestamp, value FROM indicators").fetchall())
+    # the kept row's indicators: 0.9 replaces 0.5; the kept row had none on DAYS[7]
+    assert sentiment[DAYS[3].strftime("%Y-%m-%d")] == 0.9
+    assert DAYS[7].strftime("%Y-%m-%d") not in sentiment and len(sentiment) == len(DAYS) - 1

@@ -90,9 +90,9 @@ CASES = {
         "timestamp='2012-01-03', close='n/a'",
     ),
     "not null": (
-        [f"UPDATE series SET open = NULL WHERE {ROW}"],
-        ("series", "open", "not null"),
-        "symbol='SYM002', timestamp='2012-02-01', open=NULL",
+        [f"UPDATE series SET close = NULL WHERE {ROW}"],
+        ("series", "close", "not null"),
+        "symbol='SYM002', timestamp='2012-02-01', close=NULL",
     ),
     "bad ISO timestamp": (
         [f"UPDATE series SET timestamp = '02/01/2012' WHERE {ROW}"],
@@ -418,3 +418,38 @@ def test_optional_metadata_may_be_all_null(tmp_path):
     with sqlite3.connect(db) as con:
         con.execute("UPDATE assets SET asset_class = NULL")
     assert not validate_database(db).ok
+
+
+def test_close_only_database_passes(db):
+    """open, high, low and volume may be entirely NULL (adjusted closes only); close may not."""
+    _sql(db, "UPDATE series SET open = NULL, high = NULL, low = NULL, volume = NULL")
+    report = validate_database(db, ValidationRules(max_gap_days=4))
+    assert report.ok, report.table()
+    _sql(db, f"UPDATE series SET close = -1 WHERE {ROW}")
+    assert _where(validate_database(db)) == {("series", "close", "> 0")}
+
+
+def test_partially_null_bars_are_checked_where_present(db):
+    """NULL fields pass; the bar checks still run on the values present in the same table."""
+    _sql(
+        db,
+        "UPDATE series SET open = NULL WHERE symbol = 'SYM000'",
+        "UPDATE series SET high = NULL, low = NULL WHERE symbol = 'SYM001'",
+        "UPDATE series SET volume = NULL WHERE symbol = 'SYM003' AND timestamp < '2012-02-01'",
+    )
+    assert validate_database(db).ok
+    # SYM000 has no open: high is still compared with the close of the same bar
+    _sql(
+        db,
+        "UPDATE series SET high = close * 0.99 WHERE symbol = 'SYM000' "
+        "AND timestamp = '2012-02-01'",
+        f"UPDATE series SET low = high * 1.01 WHERE {ROW}",
+    )
+    report = validate_database(db)
+    assert _where(report) == {
+        ("series", "high", "high >= max(open, close)"),
+        ("series", "low", "low <= min(open, close)"),
+    }
+    assert "symbol='SYM000', timestamp='2012-02-01'" in _failure(
+        report, "series", "high", "high >= max(open, close)"
+    )["examples"]

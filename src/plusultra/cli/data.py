@@ -3,6 +3,7 @@
 plusultra-data fixture --path market.sqlite --symbols 50 --days 2520 --seed 1
 plusultra-data import prices/ --out market.sqlite            # one CSV/parquet per symbol
 plusultra-data import long.parquet --out market.sqlite       # long format with a symbol column
+plusultra-data import q.csv --out m.sqlite --columns close=Last,volume=Vol --drop-duplicates
 plusultra-data sp500 --path sp500.sqlite                     # real S&P 500 / NASDAQ data
 plusultra-data validate market.sqlite --report report.md
 plusultra-data features --markdown > docs/features.md
@@ -61,7 +62,7 @@ def _features(args: argparse.Namespace) -> None:
 
 
 def _import(args: argparse.Namespace) -> None:
-    from plusultra.data.io.importers import import_files
+    from plusultra.data.io.importers import import_files, parse_column_map
 
     summary = import_files(
         args.inputs,
@@ -71,6 +72,8 @@ def _import(args: argparse.Namespace) -> None:
         timestamp_column=args.timestamp_column,
         assets=args.assets,
         overwrite=args.overwrite,
+        columns=parse_column_map(args.columns),
+        drop_duplicates=args.drop_duplicates,
     )
     print(summary)
 
@@ -111,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         "import",
         help="import CSV/parquet files into the SQLite contract",
         description="Import one file per symbol (symbol = file name) or long-format files (a "
-        "symbol column) into a new database; validated before it is written atomically.",
+        "symbol column) into a new database; validated before it is written atomically. Only "
+        "close is required: missing open/high/low/volume are stored as NULL.",
     )
     im.add_argument("inputs", nargs="+", type=Path, help="files or directories")
     im.add_argument("--out", required=True, type=Path, help="SQLite file to create")
@@ -122,6 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--timestamp-column", help="timestamp column (default: date/timestamp/...)")
     im.add_argument("--assets", type=Path, help="CSV with symbol,name,sector,asset_class,currency")
     im.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    im.add_argument(
+        "--columns",
+        metavar="TARGET=SOURCE,...",
+        help="map file columns to contract fields, e.g. close=Last,volume=Vol (targets: "
+        "timestamp, symbol, open, high, low, close, volume)",
+    )
+    im.add_argument(
+        "--drop-duplicates",
+        action="store_true",
+        help="keep the last of duplicate (symbol, timestamp) rows and report how many were "
+        "dropped (default: an error naming the rows)",
+    )
     im.set_defaults(func=_import)
 
     sp = sub.add_parser(

@@ -13,7 +13,14 @@
   ``close``, ``volume`` (also ``vol``) by name. ``adj close`` is ignored when ``close`` exists:
   the contract stores raw prices and adjusts them itself from ``corporate_actions``. A file
   with only ``adj close`` uses it as ``close`` (the prices are then already adjusted, so leave
-  ``corporate_actions`` empty). All five price columns are required.
+  ``corporate_actions`` empty). ``columns`` maps other names explicitly (CLI
+  ``--columns close=Last,volume=Vol``: target = source column; targets ``timestamp``,
+  ``symbol`` and the five prices; an unknown target is a ConfigError, a source column the
+  file lacks a DataError naming the file).
+* Only ``close`` is required. A file without ``open``, ``high``, ``low`` or ``volume`` (e.g.
+  adjusted closes only) stores them as NULL, which the contract allows; the summary lists
+  each absent field and its files. Features that need them are then skipped with a logged
+  reason, and simulators fill at the next close without a volume cap.
 * Timestamps become ISO text. A file whose timestamps are all at midnight (wall clock, in their
   own time zone) is daily and keeps its dates (``2020-01-02``); any other file is intraday and
   is converted to UTC (``2020-01-02T14:30:00Z``); timestamps without a zone are taken as UTC.
@@ -26,10 +33,14 @@
   are then undefined), ``asset_class`` 'equity', ``currency`` 'USD', ``listed`` = first
   timestamp, ``delisted`` NULL. ``corporate_actions`` is created empty.
 
-The tables are validated (:func:`plusultra.data.validation.checks.validate_tables`) before anything
-is
-written, then written to a temporary file next to ``out`` and renamed over it, so a failed
-import leaves no file behind.
+* Duplicate ``(symbol, timestamp)`` rows (in one file or across files) are an error naming
+  the files and lines, unless ``drop_duplicates`` (CLI ``--drop-duplicates``): then the last
+  row in input order (files in the order given, rows in file order) is kept, with its
+  indicator values, and the summary says how many rows were dropped.
+
+The tables are validated (:func:`plusultra.data.validation.checks.validate_tables`) before
+anything is written, then written to a temporary file next to ``out`` and renamed over it, so a
+failed import leaves no file behind.
 """
 
 from __future__ import annotations
@@ -49,11 +60,21 @@ from plusultra.data.validation.checks import validate_tables
 from plusultra.errors import ConfigError, DataError
 from plusultra.io import write_sqlite_atomic
 
-__all__ = ["ImportSummary", "LAYOUTS", "SUFFIXES", "import_files", "read_input"]
+__all__ = [
+    "COLUMN_TARGETS",
+    "ImportSummary",
+    "LAYOUTS",
+    "SUFFIXES",
+    "import_files",
+    "parse_column_map",
+    "read_input",
+]
 
 LAYOUTS = ("auto", "per_symbol", "long")
 SUFFIXES = (".csv", ".csv.gz", ".parquet")
 PRICES = ("open", "high", "low", "close", "volume")
+OPTIONAL_PRICES = ("open", "high", "low", "volume")  # NULL when a file lacks them
+COLUMN_TARGETS = ("timestamp", "symbol", *PRICES)  # what `columns` may map
 TIMESTAMP_ALIASES = ("timestamp", "datetime", "date", "time")  # first present wins
 PRICE_ALIASES = {"volume": ("volume", "vol")}  # other prices: their own name only
 ADJ_CLOSE = ("adj close", "adjclose", "adjusted close")
@@ -76,6 +97,8 @@ class ImportSummary:
         first, last: earliest and latest timestamp (ISO text).
         files: input file -> rows read from it.
         indicators: indicator names written to ``indicators``.
+        absent: price field -> input files that lack it (stored as NULL).
+        dropped: duplicate (symbol, timestamp) rows dropped (``drop_duplicates``).
     """
 
     out: Path
@@ -85,16 +108,56 @@ class ImportSummary:
     last: str
     files: dict[str, int] = field(default_factory=dict)
     indicators: list[str] = field(default_factory=list)
+    absent: dict[str, list[str]] = field(default_factory=dict)
+    dropped: int = 0
 
     def __str__(self) -> str:
         shown = ", ".join(self.symbols[:10]) + (", ..." if len(self.symbols) > 10 else "")
         per_file = "; ".join(f"{Path(f).name}: {n:,}" for f, n in self.files.items())
         extra = ", ".join(self.indicators) or "none"
-        return (
+        text = (
             f"Imported {self.rows:,} rows of {len(self.symbols)} symbol(s) ({shown}) from "
             f"{self.first} to {self.last} out of {len(self.files)} file(s) into {self.out}; "
             f"indicators: {extra}; rows per file: {per_file}."
         )
+        groups: dict[tuple[str, ...], list[str]] = {}  # same files -> one sentence
+        for price, files in self.absent.items():
+            groups.setdefault(tuple(files), []).append(price)
+        for files, prices in groups.items():
+            names = ", ".join(Path(f).name for f in files[:5]) + (", ..." if len(files) > 5 else "")
+            text += f" No {', '.join(prices)} in {len(files)} file(s) ({names}): stored as NULL."
+        if self.dropped:
+            text += f" Dropped {self.dropped:,} duplicate (symbol, timestamp) row(s), kept the last."
+        return text
+
+
+def parse_column_map(text: str | None) -> dict[str, str]:
+    """Parse ``"close=Last,volume=Vol"`` into ``{"close": "Last", "volume": "Vol"}``.
+
+    Raises:
+        ConfigError: a pair without ``=`` or with an empty side, a repeated target, or an
+            unknown target (the message lists the valid ones).
+    """
+    mapping: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in (text or "").split(","))):
+        target, sep, source = (part.strip() for part in pair.partition("="))
+        if not sep or not target or not source:
+            raise ConfigError(f"--columns: {pair!r} is not target=source (e.g. close=Last)")
+        if target.lower() in mapping:
+            raise ConfigError(f"--columns: target {target!r} is mapped twice")
+        mapping[target.lower()] = source
+    return _check_column_map(mapping)
+
+
+def _check_column_map(mapping: dict[str, str]) -> dict[str, str]:
+    mapping = {str(k).lower(): str(v) for k, v in mapping.items()}
+    unknown = sorted(set(mapping) - set(COLUMN_TARGETS))
+    if unknown:
+        raise ConfigError(
+            f"--columns: unknown target(s) {', '.join(map(repr, unknown))}; valid targets: "
+            f"{', '.join(COLUMN_TARGETS)}"
+        )
+    return mapping
 
 
 def _key(name: object) -> str:
@@ -221,8 +284,11 @@ def _normalise(
     layout: str,
     symbol_column: str,
     timestamp_column: str | None,
-) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """One input file -> (series rows with their ``row`` number, indicator rows or None)."""
+    mapping: dict[str, str] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str]]:
+    """One input file -> (series rows with their ``row`` number, indicator rows or None, the
+    optional price fields the file lacks)."""
+    mapping = mapping or {}
     columns: dict[str, str] = {}
     for name in frame.columns:
         columns.setdefault(_key(name), name)
@@ -238,8 +304,18 @@ def _normalise(
         used.add(found)
         return found
 
+    for target, source in mapping.items():
+        if _key(source) not in columns:
+            raise DataError(
+                f"{path} has no column {source!r} (mapped to {target} by --columns; "
+                f"has {', '.join(map(repr, map(str, frame.columns)))})"
+            )
+    if "symbol" in mapping:
+        symbol_column = mapping["symbol"]
+    if "timestamp" in mapping:
+        timestamp_column = mapping["timestamp"]
     symbol_names = (_key(symbol_column),)
-    if symbol_column == "symbol":
+    if symbol_column == "symbol" and "symbol" not in mapping:
         symbol_names = SYMBOL_ALIASES
     long = layout == "long" or (layout == "auto" and _find(columns, symbol_names) is not None)
     out = pd.DataFrame({"row": np.arange(len(frame))})
@@ -275,10 +351,17 @@ def _normalise(
     adj = _find(columns, ADJ_CLOSE)
     if adj is not None:
         used.add(adj)
+    absent = []
     for price in PRICES:
         names = PRICE_ALIASES.get(price, (price,))
-        if price == "close" and _find(columns, names) is None and adj is not None:
+        if price in mapping:
+            names = (_key(mapping[price]),)
+        elif price == "close" and _find(columns, names) is None and adj is not None:
             names = (_key(adj),)
+        if price in OPTIONAL_PRICES and _find(columns, names) is None:
+            absent.append(price)  # e.g. adjusted closes only: NULL, allowed by the contract
+            out[price] = np.nan
+            continue
         name = need(names, price)
         out[price] = _numeric(frame[name], path, name).to_numpy()
 
@@ -293,6 +376,7 @@ def _normalise(
         indicator_rows.append(
             pd.DataFrame(
                 {
+                    "row": out["row"].to_numpy()[keep],
                     "symbol": out["symbol"].to_numpy()[keep],
                     "timestamp": out["timestamp"].to_numpy()[keep],
                     "name": key.replace(" ", "_"),
@@ -301,7 +385,24 @@ def _normalise(
             )
         )
     indicators = pd.concat(indicator_rows, ignore_index=True) if indicator_rows else None
-    return out, indicators
+    return out, indicators, absent
+
+
+def _drop_duplicates(
+    series: pd.DataFrame, indicators: list[pd.DataFrame]
+) -> tuple[pd.DataFrame, list[pd.DataFrame], int]:
+    """Keep the last row of each (symbol, timestamp) in input order, and only its indicators.
+
+    Returns:
+        (series, indicator frames, number of series rows dropped).
+    """
+    keep = ~series.duplicated(["symbol", "timestamp"], keep="last")
+    dropped = int((~keep).sum())
+    if not dropped:
+        return series, indicators, 0
+    kept = series.loc[keep, ["file", "row"]]
+    indicators = [part.merge(kept, on=["file", "row"]) for part in indicators]
+    return series[keep], indicators, dropped
 
 
 def _check_duplicates(series: pd.DataFrame) -> None:
@@ -318,7 +419,7 @@ def _check_duplicates(series: pd.DataFrame) -> None:
     raise DataError(
         f"duplicate rows: {int(dup.sum())} rows share a (symbol, timestamp) with another; e.g. "
         f"{first['symbol']} {first['timestamp']} in {where}. Remove the duplicates (or the "
-        "duplicate file) and import again"
+        "duplicate file), or pass --drop-duplicates to keep the last of each"
     )
 
 
@@ -378,6 +479,8 @@ def import_files(
     timestamp_column: str | None = None,
     assets: Path | None = None,
     overwrite: bool = False,
+    columns: dict[str, str] | None = None,
+    drop_duplicates: bool = False,
 ) -> ImportSummary:
     """Import CSV/parquet files into a new SQLite database following the contract.
 
@@ -391,33 +494,45 @@ def import_files(
             datetime, date, time).
         assets: optional CSV of symbol, name, sector, asset_class, currency.
         overwrite: replace an existing `out`.
+        columns: target -> source column name (case-insensitive), overriding the names
+            matched by default; targets: `COLUMN_TARGETS`.
+        drop_duplicates: keep the last of duplicate (symbol, timestamp) rows instead of
+            failing; the count is in the summary.
 
     Returns:
         What was written; ``str()`` gives a one-paragraph summary.
 
     Raises:
-        ConfigError: unknown `layout`.
+        ConfigError: unknown `layout` or `columns` target.
         DataError: missing input or column (naming file and column), unparsable values
             (naming file, column and line), duplicate rows, failed validation, existing
             `out`. Nothing is written then.
     """
     if layout not in LAYOUTS:
         raise ConfigError(f"import: layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    mapping = _check_column_map(dict(columns or {}))
     out = Path(out)
     if out.is_dir():
         raise DataError(f"output {out} is a directory; give a database file name")
     if out.exists() and not overwrite:
         raise DataError(f"output {out} exists; pass overwrite=True (--overwrite) to replace it")
 
-    series_parts, indicator_parts, counts = [], [], {}
+    series_parts, indicator_parts, counts, absent = [], [], {}, {}
     for path in _expand(inputs):
         frame = read_input(path)
-        series, indicators = _normalise(frame, path, layout, symbol_column, timestamp_column)
+        series, indicators, lacks = _normalise(
+            frame, path, layout, symbol_column, timestamp_column, mapping
+        )
         series_parts.append(series.assign(file=str(path)))
         if indicators is not None:
-            indicator_parts.append(indicators)
+            indicator_parts.append(indicators.assign(file=str(path)))
         counts[str(path)] = len(frame)
+        for price in lacks:
+            absent.setdefault(price, []).append(str(path))
     series = pd.concat(series_parts, ignore_index=True)
+    dropped = 0
+    if drop_duplicates:
+        series, indicator_parts, dropped = _drop_duplicates(series, indicator_parts)
     _check_duplicates(series)
     series = series.sort_values(["symbol", "timestamp"], ignore_index=True)
     columns = ["symbol", "timestamp", "name", "value"]
@@ -451,4 +566,6 @@ def import_files(
         last=str(series["timestamp"].max()),
         files=counts,
         indicators=sorted(indicators["name"].unique().tolist()),
+        absent={p: absent[p] for p in OPTIONAL_PRICES if p in absent},
+        dropped=dropped,
     )

@@ -24,13 +24,16 @@ Checks, by the name they have in reports (`column` in brackets; ``*`` is the who
 ``finite``, ``> 0``           prices (open/high/low/close) and corporate action values;
                               ``finite`` also for indicators.value (NULL allowed there)
 ``>= 0``                      volume
-``high >= max(open, close)``  [high]; ``low <= min(open, close)`` [low]
+``high >= max(open, close)``  [high]; ``low <= min(open, close)`` [low]; on the values present
+                              (open, high, low and volume may be NULL; close may not)
 ``in {split, dividend}``      corporate_actions.action
 ``symbol in assets``          a symbol of series/indicators/corporate_actions (or an extra table
                               with a ``symbol`` column) is not in assets
 ``not all null``              a column of a non-empty table is entirely NULL; except
                               ``assets.delisted`` (NULL while listed, so all NULL when nothing
-                              has been delisted) and non-nullable columns (already ``not null``)
+                              has been delisted), ``assets.sector`` (optional metadata),
+                              ``series`` open/high/low/volume (close-only data) and
+                              non-nullable columns (already ``not null``)
 ``gap <= N days``             [timestamp] rule ``max_gap_days``: consecutive bars of a symbol more
                               than N calendar days apart (one failure value per gap)
 ``stale run <= N bars``       [close] rule ``max_stale_bars``: more than N consecutive bars of a

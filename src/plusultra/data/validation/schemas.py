@@ -16,8 +16,14 @@ MAX_EXAMPLES = 5
 FAILURE_COLUMNS = ["table", "column", "check", "count", "examples"]
 CONTRACT_TABLES = ("assets", "series", "indicators", "corporate_actions")
 # Columns that may legitimately be entirely NULL: delisted (NULL while listed, so all NULL
-# when nothing delisted) and sector (optional metadata; sector features are then undefined).
-ALL_NULL_ALLOWED = {("assets", "delisted"), ("assets", "sector")}
+# when nothing delisted), sector (optional metadata; sector features are then undefined) and
+# the bar fields other than close (close-only data such as adjusted closes: features that need
+# them are skipped, and simulators fill at the next close without a volume cap).
+ALL_NULL_ALLOWED = {
+    ("assets", "delisted"),
+    ("assets", "sector"),
+    *(("series", c) for c in ("open", "high", "low", "volume")),
+}
 TIME_COLUMNS = ("timestamp", "ex_date")  # key columns compared as instants after parsing
 _ISO_RE = r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)?)?"
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -41,6 +47,8 @@ def iso8601_check() -> pa.Check:
     return pa.Check(lambda s: parse_iso(s).notna(), error="ISO-8601")
 
 
+# Bar consistency on the values present: a NULL open is left out of max/min (skipna), a NULL
+# high or low passes. close is never NULL, so high >= close >= low also gives high >= low.
 def _high_ok(d: pd.DataFrame) -> pd.Series:
     top = d[["open", "close"]].max(axis=1)
     return (d["high"] >= top) | d["high"].isna() | top.isna()
@@ -73,9 +81,10 @@ SERIES_SCHEMA = pa.DataFrameSchema(
     {
         "symbol": pa.Column(str, nullable=False),
         "timestamp": pa.Column(str, iso8601_check(), nullable=False),
-        "open": pa.Column(float, _PRICE, nullable=False),
-        "high": pa.Column(float, _PRICE, nullable=False),
-        "low": pa.Column(float, _PRICE, nullable=False),
+        # close is the one required price; open/high/low/volume may be NULL (close-only data)
+        "open": pa.Column(float, _PRICE, nullable=True),
+        "high": pa.Column(float, _PRICE, nullable=True),
+        "low": pa.Column(float, _PRICE, nullable=True),
         "close": pa.Column(float, _PRICE, nullable=False),
         "volume": pa.Column(float, pa.Check.ge(0, error=">= 0"), nullable=True),
     },
