@@ -450,6 +450,7 @@ def test_partially_null_bars_are_checked_where_present(db):
         ("series", "high", "high >= max(open, close)"),
         ("series", "low", "low <= min(open, close)"),
     }
-    assert "symbol='SYM000', timestamp='2012-02-01'" in _failure(
-        report, "series", "high", "high >= max(open, close)"
-    )["examples"]
+    assert (
+        "symbol='SYM000', timestamp='2012-02-01'"
+        in _failure(report, "series", "high", "high >= max(open, close)")["examples"]
+    )

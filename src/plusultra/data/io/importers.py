@@ -127,7 +127,9 @@ class ImportSummary:
             names = ", ".join(Path(f).name for f in files[:5]) + (", ..." if len(files) > 5 else "")
             text += f" No {', '.join(prices)} in {len(files)} file(s) ({names}): stored as NULL."
         if self.dropped:
-            text += f" Dropped {self.dropped:,} duplicate (symbol, timestamp) row(s), kept the last."
+            text += (
+                f" Dropped {self.dropped:,} duplicate (symbol, timestamp) row(s), kept the last."
+            )
         return text
 
 
