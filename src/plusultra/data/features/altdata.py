@@ -25,17 +25,16 @@ calendar with an **as-of backward** join:
   broadcast to every symbol.
 
 Identifier safety: table and column names must be plain identifiers (checked when the spec is
-built) and must exist in the database (``sqlite_master`` / ``PRAGMA table_info``) before any
-query uses them; they are then double-quoted. The database is opened read-only and no values
-are interpolated into SQL.
+built) and must exist in the database before any query uses them; they are then double-quoted.
+Reads go through the one read-only access path of the package,
+:class:`plusultra.data.io.reader.SQLiteReader` (allow-listed identifiers, bound parameters,
+``mode=ro``), so no values are interpolated into SQL and nothing is written.
 """
 
 from __future__ import annotations
 
 import os
-import pathlib
 import re
-import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
@@ -44,6 +43,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
+from plusultra.data.io.reader import SQLiteReader
 from plusultra.errors import ConfigError, DataError
 
 __all__ = [
@@ -276,23 +276,6 @@ def asof_join(
     return out
 
 
-def _connect(path: str | os.PathLike) -> sqlite3.Connection:
-    """Open `path` read-only (never created, never written)."""
-    if not os.path.isfile(path):
-        raise DataError(f"database file not found: {path} (set data.path to an existing file)")
-    try:
-        con = sqlite3.connect(f"{pathlib.Path(path).resolve().as_uri()}?mode=ro", uri=True)
-        con.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
-    except sqlite3.DatabaseError as exc:
-        raise DataError(f"{path} is not a readable SQLite database: {exc}") from exc
-    return con
-
-
-def _quote(name: str) -> str:
-    """Double-quote an identifier already checked to exist in the database."""
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _schema_problems(table: str, err: SchemaErrors) -> list[str]:
     """Format pandera failure cases as `table.column: check ... e.g. row i: value` lines."""
     cases = err.failure_cases.copy()
@@ -310,17 +293,15 @@ def _schema_problems(table: str, err: SchemaErrors) -> list[str]:
 
 
 def _read_table(
-    con: sqlite3.Connection, spec: AlternativeDataSpec, where: str, path: str
+    con: SQLiteReader, spec: AlternativeDataSpec, where: str, path: str
 ) -> pd.DataFrame:
     """Check names against the database, then read and validate the spec's columns."""
-    tables = sorted(
-        r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
-    )
+    tables = sorted(con.table_names())
     if spec.table not in tables:
         raise DataError(
             f"{where}.table: no table {spec.table!r} in {path}; tables: {', '.join(tables)}"
         )
-    present = [r[1] for r in con.execute(f"PRAGMA table_info({_quote(spec.table)})")]
+    present = con.table_columns(spec.table)
     wanted = [spec.timestamp_column, *filter(None, [spec.symbol_column]), *spec.columns]
     missing = [c for c in wanted if c not in present]
     if missing:
@@ -328,8 +309,7 @@ def _read_table(
             f"{where}: table {spec.table} in {path} has no column(s) "
             f"{', '.join(map(repr, missing))}; columns: {', '.join(present)}"
         )
-    sql = f"SELECT {', '.join(map(_quote, wanted))} FROM {_quote(spec.table)}"
-    frame = pd.read_sql_query(sql, con)
+    frame = con.read_table(spec.table, wanted)  # identifiers allow-listed again, then quoted
     try:
         return alt_schema(spec).validate(frame, lazy=True)
     except SchemaErrors as err:
@@ -370,7 +350,7 @@ def load_alternative(
     out: dict[str, np.ndarray] = {}
     if not specs:
         return out
-    con = _connect(path)
+    con = SQLiteReader(path)  # read-only; DataError if missing or not SQLite
     try:
         for i, spec in enumerate(specs):
             where = f"{CONFIG_KEY}[{i}]"
