@@ -343,7 +343,8 @@ def test_feature_without_train_values_is_named(tiny_db, tmp_path):
 
 
 def test_unknown_builder_and_target():
-    with pytest.raises(ConfigError, match=r"data.build='nope'; valid: \['sp500'\]"):
+    valid = r"valid: \['sp500', 'sp500_stocks'\]"
+    with pytest.raises(ConfigError, match=rf"data.build='nope'; {valid}"):
         SQLiteDataModule("x.sqlite", _pipeline(), WINDOW, HORIZON, build="nope")
     with pytest.raises(ConfigError, match="data.target='log'"):
         SQLiteDataModule("x.sqlite", _pipeline(), WINDOW, HORIZON, target="log")

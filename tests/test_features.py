@@ -504,3 +504,37 @@ def test_docs_features_md_is_generated_from_the_registry():
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "features.md"
     assert doc.read_text().strip() == registry_markdown().strip()
+
+
+def test_close_only_panel_skips_bar_features_and_says_why(panel, caplog):
+    """Close-only data (NULL open/high/low/volume): features=default computes what it can."""
+    nan = np.full((T, S), np.nan)
+    fields = {**panel.fields, "open": nan, "high": nan, "low": nan, "volume": nan}
+    close_only = Panel(panel.dates, panel.symbols, fields, {})
+    default = ["log_return", "return_5", "return_20", "volatility_20", "range_hl", "gap_open"]
+    pipe = FeaturePipeline([*default, "volume_z_20", "rsi_14"], ["sentiment"])
+    with caplog.at_level(logging.WARNING, logger="plusultra.data.features.pipeline"):
+        x, names = pipe.compute(close_only)
+    assert names == ["log_return", "return_5", "return_20", "volatility_20", "rsi_14"]
+    assert pipe.skipped == {
+        "range_hl": "needs column 'high', which the panel does not have (or is all NaN)",
+        "gap_open": "needs column 'open', which the panel does not have (or is all NaN)",
+        "volume_z_20": "needs column 'volume', which the panel does not have (or is all NaN)",
+    }
+    for name, reason in pipe.skipped.items():  # one logged line per skipped feature
+        assert f"skipping feature '{name}': it {reason}" in caplog.text
+    assert x.shape == (T, S, 5) and np.isfinite(x[260]).all()  # a bar without gaps nearby
+
+
+def test_a_symbol_without_opens_skips_the_feature_for_all(panel):
+    """A field some symbols lack entirely would make them lose every window: skip it."""
+    open_ = panel.fields["open"].copy()
+    open_[:, [0, 2]] = np.nan
+    mixed = Panel(panel.dates, panel.symbols, {**panel.fields, "open": open_}, {})
+    pipe = FeaturePipeline(["gap_open", "range_hl"])
+    assert pipe.compute(mixed)[1] == ["range_hl"]
+    assert pipe.skipped == {
+        "gap_open": "needs column 'open', which 2 symbol(s) have no value of (S0, S2)"
+    }
+    open_[5, 0] = open_[5, 2] = 50.0  # a single value each: computed (NaN elsewhere, as any gap)
+    assert pipe.compute(mixed)[1] == ["gap_open", "range_hl"] and pipe.skipped == {}

@@ -5,6 +5,7 @@ plusultra-data import prices/ --out market.sqlite            # one CSV/parquet p
 plusultra-data import long.parquet --out market.sqlite       # long format with a symbol column
 plusultra-data import q.csv --out m.sqlite --columns close=Last,volume=Vol --drop-duplicates
 plusultra-data sp500 --path sp500.sqlite                     # real S&P 500 / NASDAQ data
+plusultra-data sp500_stocks --path stocks.sqlite             # 20 real stocks, closes only
 plusultra-data validate market.sqlite --report report.md
 plusultra-data features --markdown > docs/features.md
 """
@@ -85,6 +86,13 @@ def _sp500(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _sp500_stocks(args: argparse.Namespace) -> None:
+    from plusultra.data.io.sp500_stocks import build_sp500_stocks_database
+
+    path = build_sp500_stocks_database(args.path, include_alternative=not args.no_alternative)
+    print(f"wrote {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plusultra-data",
@@ -149,6 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--path", required=True, help="SQLite file to write")
     sp.add_argument("--no-alternative", action="store_true", help="prices only")
     sp.set_defaults(func=_sp500)
+
+    st = sub.add_parser(
+        "sp500_stocks",
+        help="build the real 20-stock database from the data files of the `skfolio` wheel",
+        description="Daily adjusted closes of 20 large US stocks 1990-2022 (close only; "
+        "survivorship-biased universe, see docs/data.md) with factor-ETF returns and the S&P "
+        "500 index as side tables. Reads skfolio's files without importing it; no download.",
+    )
+    st.add_argument("--path", required=True, help="SQLite file to write")
+    st.add_argument("--no-alternative", action="store_true", help="prices only")
+    st.set_defaults(func=_sp500_stocks)
 
     va = sub.add_parser(
         "validate",

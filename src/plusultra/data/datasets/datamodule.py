@@ -37,6 +37,7 @@ from plusultra.data.features.pipeline import FeaturePipeline
 from plusultra.data.features.regimes import N_CLASSES, REGIME_LABELS, regime_labels
 from plusultra.data.io.fixture import generate_fixture
 from plusultra.data.io.sp500 import build_sp500_database
+from plusultra.data.io.sp500_stocks import build_sp500_stocks_database
 from plusultra.data.validation.checks import ValidationRules
 from plusultra.errors import ConfigError, DataError
 from plusultra.io import write_json_atomic
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 
 
 # Named database builders (`data.build`): generate the database at `data.path` if missing.
-BUILDERS = {"sp500": build_sp500_database}
+BUILDERS = {"sp500": build_sp500_database, "sp500_stocks": build_sp500_stocks_database}
 
 
 @dataclass(frozen=True)

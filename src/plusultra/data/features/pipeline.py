@@ -46,7 +46,9 @@ def registry_markdown(registry: FeatureRegistry = REGISTRY) -> str:
         "- **Units.** Returns are log returns; price-valued indicators (ATR, MACD) are divided "
         "by the close; oscillators and probabilities are bounded. All columns are z-scored "
         "with train-segment statistics afterwards.",
-        "- A feature whose dependencies are absent (e.g. no volume) is skipped with a warning.",
+        "- A feature whose dependencies are absent (e.g. no volume, or close-only data), or "
+        "that some symbol lacks entirely, is skipped with one logged line naming the missing "
+        "input; `FeaturePipeline.skipped` maps each skipped feature to that reason.",
         "- Select with `features.names` and/or `features.tags`; `ind_<name>` columns come from "
         "`features.indicators`.",
         "",

@@ -103,6 +103,20 @@ class FeatureInputs:
         return self._cache[key]
 
 
+def _field_missing(panel: Panel, field: str) -> str:
+    """Why panel field `field` is unusable ('' if every symbol has a value of it somewhere)."""
+    if field not in panel.fields:
+        return "which the panel does not have (or is all NaN)"
+    lacking = np.isnan(panel.fields[field]).all(axis=0)  # (S,)
+    if lacking.all():
+        return "which the panel does not have (or is all NaN)"
+    if lacking.any():
+        names = [str(sym) for sym, lacks in zip(panel.symbols, lacking, strict=True) if lacks]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        return f"which {len(names)} symbol(s) have no value of ({shown})"
+    return ""
+
+
 class FeatureRegistry(Mapping[str, FeatureSpec]):
     """Named feature specs, in registration order; dict-like (``name in``, ``[name]``, iter)."""
 
@@ -157,9 +171,15 @@ class FeatureRegistry(Mapping[str, FeatureSpec]):
         chosen += [n for n, s in self._specs.items() if wanted & set(s.tags) and n not in chosen]
         return chosen
 
-    def missing(self, name: str, panel: Panel, _empty: dict[str, bool] | None = None) -> str | None:
-        """Why feature `name` cannot be computed on `panel`, or None if it can."""
-        empty = {} if _empty is None else _empty  # field -> absent or all NaN
+    def missing(self, name: str, panel: Panel, _empty: dict[str, str] | None = None) -> str | None:
+        """Why feature `name` cannot be computed on `panel`, or None if it can.
+
+        A panel field is missing when the panel lacks it, or when some symbol has no value of
+        it at all (close-only data: NULL open/high/low/volume). Computing the feature anyway
+        would make it NaN on every bar of those symbols, so that no window of theirs is
+        complete and they would drop out of training; the feature is skipped instead.
+        """
+        empty = {} if _empty is None else _empty  # field -> reason ('' = present)
         for dep in self._specs[name].dependencies:
             if dep in self._specs:
                 why = self.missing(dep, panel, empty)
@@ -170,9 +190,9 @@ class FeatureRegistry(Mapping[str, FeatureSpec]):
                     return f"needs indicator '{dep[4:]}', which the panel does not have"
             else:
                 if dep not in empty:
-                    empty[dep] = dep not in panel.fields or np.isnan(panel.fields[dep]).all()
+                    empty[dep] = _field_missing(panel, dep)
                 if empty[dep]:
-                    return f"needs column '{dep}', which the panel does not have (or is all NaN)"
+                    return f"needs column '{dep}', {empty[dep]}"
         return None
 
     def requirements(self, names: Iterable[str]) -> set[str]:
