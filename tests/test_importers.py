@@ -336,3 +336,22 @@ def test_drop_duplicates_keeps_the_last_row(tmp_path):
     # the kept row's indicators: 0.9 replaces 0.5; the kept row had none on DAYS[7]
     assert sentiment[DAYS[3].strftime("%Y-%m-%d")] == 0.9
     assert DAYS[7].strftime("%Y-%m-%d") not in sentiment and len(sentiment) == len(DAYS) - 1
+
+
+def test_cli_columns_and_drop_duplicates(tmp_path, capsys):
+    from plusultra.cli.data import main
+
+    (tmp_path / "QQ.csv").write_text(
+        "Date,Last,Vol\n2021-01-04,10,5\n2021-01-05,11,6\n2021-01-05,12,7\n"
+    )
+    base = ["import", str(tmp_path / "QQ.csv"), "--out", str(tmp_path / "o.sqlite")]
+    with pytest.raises(SystemExit) as exit_:
+        main([*base, "--columns", "close=Last,volume=Vol"])
+    assert exit_.value.code == 2 and "--drop-duplicates" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main([*base, "--columns", "close=Last,px=Vol", "--drop-duplicates"])
+    assert exit_.value.code == 2 and "unknown target(s) 'px'" in capsys.readouterr().err
+    main([*base, "--columns", "close=Last,volume=Vol", "--drop-duplicates"])
+    assert "Dropped 1 duplicate" in capsys.readouterr().out
+    series = _series(tmp_path / "o.sqlite")
+    assert series["close"].tolist() == [10.0, 12.0] and series["volume"].tolist() == [5.0, 7.0]

@@ -160,6 +160,29 @@ def test_datamodule_on_the_conf_splits(db):
     assert np.isnan(dm.context()["volume"]).all()  # simulators see no volume: no volume cap
 
 
+def test_datamodule_with_factor_etfs(db):
+    """conf/data/sp500_stocks_factors.yaml: 2014-2022 with the factor returns as inputs."""
+    conf = OmegaConf.load(f"{CONF_DIR}/data/sp500_stocks_factors.yaml")
+    dm = SQLiteDataModule(
+        str(db),
+        FeaturePipeline(["log_return"]),
+        window=16,
+        horizon=2,
+        train_end=conf.train_end,
+        val_end=conf.val_end,
+        embargo=100,
+        start=conf.start,
+        alternative=OmegaConf.to_container(conf.alternative),
+    )
+    dm.setup()
+    etf = [f"alt_etf_{n}" for n in ("mtum", "qual", "size", "usmv", "vlue")]
+    assert dm.feature_names == ["log_return", *etf, "alt_available_factor_returns"]
+    assert str(dm.panel.dates[0])[:10] == "2014-01-02"
+    flag = dm.features[..., -1]
+    assert (flag[:2] == 0).all() and (flag[2:] == 1).all()  # first return known on 2014-01-06
+    assert dm.sizes()["train_samples"] > 0
+
+
 @pytest.mark.slow  # ~20-30 s on a shared 2-core machine
 def test_tiny_run_on_sp500_stocks(tmp_path):
     """data=sp500_stocks end to end on 2010-2015, shrunk: builds the database on first use."""
