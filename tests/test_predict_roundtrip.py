@@ -123,9 +123,12 @@ def test_full_features_on_an_imported_database_without_sectors(fixture_db, tmp_p
 
 def test_conditioning_and_alternative_data_round_trip(fixture_db, tmp_path):
     """Regime labels served as conditioning inputs, a side table with its availability flag,
-    and a symbol without a sector among sectored ones (neutral sector values)."""
+    a symbol without a sector among sectored ones (neutral sector values), and a run on part of
+    the universe from a later start (the sector columns are cross-sectional, the exponential
+    averages depend on their first bar): predict rebuilds both from data.json."""
     db = _copy(fixture_db, tmp_path / "alt.sqlite")
-    dates = pd.DatetimeIndex(load_panel(db).dates)
+    panel = load_panel(db)
+    dates, universe = pd.DatetimeIndex(panel.dates), panel.symbols[:-1]
     with sqlite3.connect(db) as con:
         no_sector = con.execute("SELECT MIN(symbol) FROM assets").fetchone()[0]
         con.execute("UPDATE assets SET sector = NULL WHERE symbol = ?", (no_sector,))
@@ -137,6 +140,8 @@ def test_conditioning_and_alternative_data_round_trip(fixture_db, tmp_path):
         tmp_path / "out",
         "data.conditioning=[volatility]",
         "market_state.dim=4",
+        f"data.symbols=[{','.join(universe)}]",
+        f"data.start={dates[10].date()}",
         alternative=[MACRO],
     )
     data = _data(run_dir)
@@ -147,6 +152,13 @@ def test_conditioning_and_alternative_data_round_trip(fixture_db, tmp_path):
     assert data["loader"]["alternative"][0]["table"] == "macro"
     merged = assert_round_trip(run_dir, db, tmp_path)
     assert no_sector in set(merged["symbol"])  # trained and predicted, not dropped
+    assert data["loader"]["symbols"] == universe
+    # the recorded universe matters: every symbol moves the sector columns and the predictions
+    wider = predict(
+        run_dir, str(db), tmp_path / "all.parquet", 256, None, None, False, panel.symbols
+    )
+    both = merged.merge(pd.read_parquet(wider), on=["symbol", "timestamp"])
+    assert len(both) == len(merged) and not np.allclose(both["pred_1_x"], both["pred_1_y"])
     # a database that cannot rebuild a recorded column is refused, naming it and why
     with sqlite3.connect(db) as con:
         con.execute("UPDATE assets SET sector = NULL")

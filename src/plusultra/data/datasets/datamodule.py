@@ -265,8 +265,11 @@ class SQLiteDataModule(L.LightningDataModule):
 
         From the run's data.json: the registered features, indicator columns and regime columns
         the run computed (not those it skipped), its alternative data and conditioning labels,
-        window, validation and clip; from normalisation.json its train-segment statistics.
-        Anything the run had that `path` cannot provide is a DataError naming it.
+        window, validation, clip, universe (`symbols`: the sector columns are cross-sectional)
+        and first date loaded (`start`: exponential averages depend on where they start); from
+        normalisation.json its train-segment statistics. `overrides` (e.g. ``end``, another
+        ``symbols`` or ``start``) replace recorded loader settings. Anything the run had that
+        `path` cannot provide is a DataError naming it.
         """
         run_dir = Path(run_dir)
         meta = json.loads((run_dir / "data.json").read_text())
@@ -326,6 +329,8 @@ class SQLiteDataModule(L.LightningDataModule):
                     },
                     "alternative": self.alternative_config,
                     "conditioning": self.conditioning,
+                    "symbols": self.symbols,  # universe (null: every symbol)
+                    "start": self.start,  # first date loaded (null: all)
                 },
                 "sectors": {
                     sym: (None if pd.isna(sec) else str(sec))
