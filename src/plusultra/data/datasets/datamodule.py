@@ -293,12 +293,15 @@ class SQLiteDataModule(L.LightningDataModule):
         raw = dm._load(strict_indicators=True)
         if dm.feature_names != columns:
             lacks = [c for c in columns if c not in dm.feature_names]
+            extra = [c for c in dm.feature_names if c not in columns]
             skipped = dm.pipeline.skipped
             why = "; ".join(f"{c}: {skipped[c]}" for c in lacks if c in skipped)
             raise DataError(
-                f"{path}: features {dm.feature_names} differ from the run's {columns}"
-                + (f"; this database lacks {lacks}" if lacks else "")
+                f"{path}: cannot rebuild the features of run {run_dir}: "
+                + (f"this database lacks {lacks}" if lacks else "")
                 + (f" ({why})" if why else "")
+                + (f"{'; ' if lacks else ''}unexpected {extra}" if extra else "")
+                + ("" if lacks or extra else f"order differs: {dm.feature_names} vs {columns}")
             )
         dm._finish(raw, None)
         return dm
@@ -307,7 +310,8 @@ class SQLiteDataModule(L.LightningDataModule):
         """Write normalisation.json and data.json, everything inference needs."""
         run_dir = Path(run_dir)
         self.norm.save(run_dir / "normalisation.json")
-        used = [c[len("ind_") :] for c in self.feature_names if c.startswith("ind_")]
+        columns = self.feature_names
+        used = [c[len("ind_") :] for c in columns if c.startswith("ind_")]
         write_json_atomic(
             run_dir / "data.json",
             {
@@ -316,7 +320,7 @@ class SQLiteDataModule(L.LightningDataModule):
                 "features": {
                     "names": [n for n in self.pipeline.names if n in self.feature_names],
                     "indicators": used,
-                    "regimes": [c[7:] for c in self.feature_names if c.startswith("regime_")],
+                    "regimes": [c[len("regime_") :] for c in columns if c.startswith("regime_")],
                     "skipped": dict(self.pipeline.skipped),  # not computed, with the reason
                     "columns": self.feature_names,
                 },
