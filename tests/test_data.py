@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 
@@ -348,3 +349,91 @@ def test_unknown_builder_and_target():
         SQLiteDataModule("x.sqlite", _pipeline(), WINDOW, HORIZON, build="nope")
     with pytest.raises(ConfigError, match="data.target='log'"):
         SQLiteDataModule("x.sqlite", _pipeline(), WINDOW, HORIZON, target="log")
+
+
+# ------------------------------------------------------------------ dropped symbols, statistics
+def test_symbol_without_a_train_window_is_reported(tiny_db, tmp_path, caplog):
+    """A symbol whose indicator is missing never has a complete window: logged with the reason,
+    recorded in data.json and counted in the statistics, not lost silently."""
+    path = _copy(tiny_db, tmp_path)
+    with sqlite3.connect(path) as con:
+        gone, late = [r[0] for r in con.execute("SELECT symbol FROM assets ORDER BY symbol")][:2]
+        con.execute("DELETE FROM indicators WHERE symbol = ?", (gone,))
+    with caplog.at_level("WARNING", logger="plusultra.data.datasets.statistics"):
+        dm = _dm(path)
+    assert list(dm.dropped) == [gone]
+    assert "['ind_sentiment'] undefined" in dm.dropped[gone]
+    assert f"{gone} (feature(s) ['ind_sentiment']" in caplog.text and "left out" in caplog.text
+    train = dm._dataset("train").index.numpy()
+    symbols = set(np.asarray(dm.panel.symbols)[train[:, 1]])
+    assert gone not in symbols and late in symbols
+    dm.save_artifacts(tmp_path)
+    data = json.loads((tmp_path / "data.json").read_text())
+    assert data["dropped_symbols"] == dm.dropped
+    assert data["statistics"]["n_dropped_symbols"] == 1
+
+
+def test_every_symbol_dropped_names_the_reasons(tiny_db):
+    """return_20 needs 21 bars and the train segment is shorter than its warm-up + window."""
+    args = dict(train_end=0.275, val_end=0.7)  # train: decision bars 99 .. ~109
+    dm = SQLiteDataModule(str(tiny_db), FeaturePipeline(["return_20"]), 100, 2, **args)
+    dm.setup()
+    assert len(dm.dropped) == len(dm.panel.symbols)
+    with pytest.raises(DataError, match=r"no complete window in the train segment \(.*: no 100"):
+        dm.train_dataloader()
+
+
+def test_statistics_name_the_data_read(tiny_db, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(tiny_db, tmp_path / "rel.sqlite")
+    dm = _dm("rel.sqlite")
+    stats = dm.statistics()
+    panel = load_panel(tiny_db)
+    assert stats == {
+        "data_path": str(tmp_path / "rel.sqlite"),  # absolute, though given relative
+        "n_symbols": len(panel.symbols),
+        "n_dates": len(panel.dates),
+        "n_bars": int(np.isfinite(panel.fields["close"]).sum()),
+        "data_first_date": str(pd.Timestamp(panel.dates[0]).date()),
+        "data_last_date": str(pd.Timestamp(panel.dates[-1]).date()),
+        "n_features": dm.n_features,
+        "n_dropped_symbols": 0,
+    }
+    assert stats["n_bars"] < stats["n_symbols"] * stats["n_dates"]  # late listings, delistings
+
+
+def test_dataset_statistics_reach_the_catalogue_row(tiny_db, tmp_path):
+    """The catalogue callback merges data.json's statistics: root columns, resolved data.path."""
+    from plusultra.catalogue.rows import build_row
+    from plusultra.data.datasets.statistics import with_dataset_statistics
+
+    dm = _dm(tiny_db)
+    dm.save_artifacts(tmp_path)
+    config = {"seed": 1, "data": {"path": "cache/x.sqlite", "window": WINDOW}}
+    merged = with_dataset_statistics(config, tmp_path)
+    assert config["data"]["path"] == "cache/x.sqlite"  # not mutated
+    now = pd.Timestamp.now(tz="UTC").to_pydatetime()
+    row = build_row(
+        run_id="r",
+        run_dir=str(tmp_path),
+        status="completed",
+        error=None,
+        started_at=now,
+        finished_at=now,
+        git_rev="x",
+        overrides=[],
+        choices={},
+        config=merged,
+        metrics={},
+    )
+    stats = dm.statistics()
+    assert row["data.path"] == str(tiny_db.resolve()) and row["data.window"] == WINDOW
+    for key in ("n_symbols", "data_first_date", "data_last_date", "n_bars", "n_features"):
+        assert row[key] == stats[key], key
+    assert with_dataset_statistics(config, tmp_path / "missing") == config  # failed early
+
+
+def test_conditioning_label_undefined_in_train_is_refused(tiny_db):
+    """tiny_db's train segment is shorter than the regimes' ~270-bar warm-up."""
+    with pytest.raises(DataError, match=r"data.conditioning: label\(s\) \['volatility'\]"):
+        _dm(tiny_db, conditioning=["volatility"])

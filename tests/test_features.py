@@ -298,6 +298,30 @@ def test_kernels_match_references(panel):
     np.testing.assert_allclose(F.atr(h[:, 0], lo[:, 0], c[:, 0]), F.atr(h, lo, c)[:, 0])
 
 
+def realised_vol_ref(r, n, min_periods, periods_per_year):
+    """Loop: stdev of the finite returns among the n bars ending at t (partial at the start)."""
+
+    def cell(t, s):
+        w = [float(v) for v in r[max(0, t - n + 1) : t + 1, s] if np.isfinite(v)]
+        if len(w) < max(min_periods, 2):
+            return None
+        return statistics.stdev(w) * math.sqrt(periods_per_year or 1.0)
+
+    return _each(r.shape, cell)
+
+
+@pytest.mark.parametrize("min_periods, ppy", [(None, 252), (2, None), (5, 52)])
+def test_realised_vol_matches_reference(panel, min_periods, ppy):
+    """The one rolling-volatility kernel, complete windows only or partial ones (after gaps)."""
+    r = F.log_returns(panel.fields["close"])
+    got = F.realised_vol(r, 20, min_periods=min_periods, periods_per_year=ppy)
+    want = realised_vol_ref(r, 20, 20 if min_periods is None else min_periods, ppy)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-15)
+    first = 20 if min_periods is None else min_periods  # returns start at bar 1
+    assert np.isnan(got[:first]).all() and np.isfinite(got[first:40, 0]).all()
+    assert F.realised_vol(r[:, 0], 20).shape == (T,)
+
+
 def test_fft_shares_sum_to_one_and_blocking_is_exact(panel, monkeypatch):
     r = F.log_returns(panel.fields["close"])
     full = F.fft_band_energy(r)

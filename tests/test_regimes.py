@@ -9,6 +9,12 @@ import pandas as pd
 import pytest
 
 from plusultra.data.datasets.panel import Panel, load_panel, tradable_mask
+from plusultra.data.features.pipeline import (
+    NO_SECTORS,
+    REGIME_FEATURES,
+    FeaturePipeline,
+    regime_missing,
+)
 from plusultra.data.features.regimes import (
     N_CLASSES,
     REGIME_LABELS,
@@ -316,3 +322,52 @@ def test_liquidity_label_tracks_volume(market):
     assert means[0] < means[1] < means[2]
     # the fixture's volume rises with |return| / vol, so stress is liquid
     assert _class_shares(labels, hidden == 2)[2] > _class_shares(labels, hidden == 0)[2] + 0.2
+
+
+# ------------------------------------------------------------------ regime columns in the pipeline
+def _regime_columns(panel: Panel, caplog) -> tuple[FeaturePipeline, np.ndarray, list[str]]:
+    pipe = FeaturePipeline(["log_return"], regimes=list(REGIME_FEATURES))
+    with caplog.at_level("WARNING", logger="plusultra.data.features.pipeline"):
+        x, names = pipe.compute(panel)
+    return pipe, x, names
+
+
+@pytest.mark.parametrize("sectors", [[None] * 7, ["A"] * 7, ["A", None] * 3 + ["A"]])
+def test_sector_columns_are_skipped_without_two_sectors(sectors, caplog):
+    """NULL sectors (sp500, imported data) or one sector: skipped with the reason, not NaN."""
+    base = random_panel()
+    panel = Panel(base.dates, base.symbols, base.fields, {}, base.assets.assign(sector=sectors))
+    pipe, _, names = _regime_columns(panel, caplog)
+    assert names == ["log_return", "regime_volatility", "regime_liquidity"]
+    for name in ("regime_sector_strength", "regime_sector_rank"):
+        assert pipe.skipped[name] == NO_SECTORS
+    assert "skipping regime 'sector_rank'" in caplog.text and "assets.sector" in caplog.text
+    no_assets = Panel(base.dates, base.symbols, base.fields, {}, None)
+    assert regime_missing("sector_strength", no_assets) == NO_SECTORS
+
+
+def test_liquidity_is_skipped_without_volume(caplog):
+    base = random_panel()
+    fields = {**base.fields, "volume": np.full(base.shape, np.nan)}
+    panel = Panel(base.dates, base.symbols, fields, {}, base.assets)
+    pipe, _, names = _regime_columns(panel, caplog)
+    assert "regime_liquidity" not in names and "'volume'" in pipe.skipped["regime_liquidity"]
+
+
+def test_symbols_without_a_sector_get_neutral_sector_values(caplog):
+    """Among sectored symbols, a NULL sector gets strength 0 and rank 0.5 wherever the column
+    is defined for the universe and the symbol has a bar; the others are unchanged."""
+    panel = random_panel(seed=3)  # S05 has no sector
+    _, x, names = _regime_columns(panel, caplog)
+    strength = x[..., names.index("regime_sector_strength")]
+    rank = x[..., names.index("regime_sector_rank")]
+    assert "1 symbol(s) without a sector" in caplog.text and "S05" in caplog.text
+    kernel = {"strength": sector_rotation(panel, 60), "rank": sector_rank(panel, 60)}
+    for got, want, neutral in ((strength, kernel["strength"], 0.0), (rank, kernel["rank"], 0.5)):
+        others = [s for s in range(7) if s != 5]
+        np.testing.assert_allclose(got[:, others], want[:, others].astype(np.float32))
+        defined = np.isfinite(want[:, others]).any(axis=1) & np.isfinite(
+            panel.fields["close"][:, 5]
+        )
+        assert defined.sum() > 50
+        assert (got[defined, 5] == neutral).all() and np.isnan(got[~defined, 5]).all()

@@ -279,6 +279,9 @@ def test_every_backbone_trains_end_to_end(tiny_db, tmp_path, backbone):
 
 def test_market_state_embedding_is_an_ablation_switch(tiny_db, tmp_path):
     """data.conditioning adds embedded regime labels to the inputs; predict reuses them."""
+    from plusultra.data.io.fixture import generate_fixture
+
+    tiny_db = generate_fixture(tmp_path / "long.sqlite", 6, 700, seed=3)  # regime warm-up ~270
     on = ["data.conditioning=[volatility,liquidity]", "market_state.dim=4"]
     _, with_run = run_in_process(_tiny_cfg(tiny_db, tmp_path / "on", *on))
     _, without_run = run_in_process(_tiny_cfg(tiny_db, tmp_path / "off"))

@@ -46,6 +46,7 @@ from plusultra.catalogue.rows import (
     write_row,
 )
 from plusultra.catalogue.sweeps import summary_line
+from plusultra.data.datasets.statistics import with_dataset_statistics
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,7 @@ class CatalogueCallback(Callback):
             git_rev=git_revision(_select(hydra_cfg, "runtime.cwd") or os.getcwd()),
             overrides=[str(o) for o in (overrides or [])],
             choices=choices,
-            config=job_config(config),
+            config=with_dataset_statistics(job_config(config), output_dir),  # n_symbols, dates..
             metrics=metrics,
             multirun=multirun,
             job_num=None if job_num is None else int(job_num),

@@ -2,9 +2,12 @@
 
   plusultra-predict outputs/runs/2026-11-21/10-00-00 --db market.sqlite --out predictions.parquet
 
-Uses the run's saved feature list, normalisation statistics (fitted on its train segment)
-and model (the last walk-forward refit when the run refitted, else the best checkpoint), and the
-same prediction and position code the run used for its test segment. Writes one row per
+Rebuilds the run's inputs from its data.json: the features, indicators and regime columns it
+computed, its alternative data and market-state conditioning labels, its universe and first date
+(overridable: --symbols, --start), with its normalisation statistics (fitted on its train
+segment); uses its model (the last walk-forward refit when the run refitted, else the best
+checkpoint) and the same prediction and position code the run used for its test segment. On the
+run's own database the predictions equal the run's test predictions. Writes one row per
 (symbol, timestamp) with a complete input window.
 """
 
@@ -38,8 +41,12 @@ def predict(
     start: str | None,
     end: str | None,
     progress: bool = True,
+    symbols: list[str] | None = None,
 ) -> Path:
-    """Write predictions of the run at `run_dir` on `db` to `out` (parquet, atomic)."""
+    """Write predictions of the run at `run_dir` on `db` to `out` (parquet, atomic).
+
+    `start` and `symbols` default (None) to the run's own; `end` to the database's last bar.
+    """
     import torch
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -56,7 +63,9 @@ def predict(
             "(metrics.json is written last, when a run completes)"
         )
     cfg = OmegaConf.load(run_dir / "config.yaml")
-    dm = SQLiteDataModule.for_inference(db, run_dir, batch_size=batch_size, start=start, end=end)
+    given = {"start": start, "end": end, "symbols": symbols}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    dm = SQLiteDataModule.for_inference(db, run_dir, batch_size=batch_size, **overrides)
     classes = dm.condition_classes
     embedding = instantiate(cfg.market_state, n_classes=classes) if classes else None
     n_inputs = dm.n_features + (embedding.dim if embedding else 0)
@@ -104,8 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=1024, help="windows per batch")
     parser.add_argument(
         "--start",
-        help="first date loaded (ISO); history before the first "
+        help="first date loaded (ISO; default: the run's data.start); history before the first "
         "prediction is needed to fill a window",
+    )
+    parser.add_argument(
+        "--symbols",
+        type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
+        help="comma-separated universe (default: the run's data.symbols, else every symbol); "
+        "the sector regime columns are computed across it",
     )
     parser.add_argument("--end", help="last date loaded (ISO)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -123,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
             args.start,
             args.end,
             progress=not args.quiet,
+            symbols=args.symbols,
         )
     except Exception as exc:  # noqa: BLE001 - reported as one message
         fail("plusultra-predict", exc)

@@ -20,6 +20,7 @@ import pandas as pd
 from torch.utils.data import DataLoader
 
 from plusultra.data.datasets.panel import Panel, load_panel, tradable_mask
+from plusultra.data.datasets.statistics import dataset_statistics, dropped_symbols
 from plusultra.data.datasets.windows import (
     TARGETS,
     NormStats,
@@ -33,6 +34,7 @@ from plusultra.data.datasets.windows import (
     valid_window_mask,
 )
 from plusultra.data.features.altdata import alt_schema, load_alternative, specs_from_config
+from plusultra.data.features.indicators import log_returns, realised_vol
 from plusultra.data.features.pipeline import FeaturePipeline
 from plusultra.data.features.regimes import N_CLASSES, REGIME_LABELS, regime_labels
 from plusultra.data.io.fixture import generate_fixture
@@ -146,6 +148,7 @@ class SQLiteDataModule(L.LightningDataModule):
         self.norm: NormStats | None = None
         self.segments: Segments | None = None
         self.feature_names: list[str] = []
+        self.dropped: dict[str, str] = {}  # symbol -> why it has no complete train window
 
     # ----------------------------------------------------------------- preparation
     def prepare_data(self) -> None:
@@ -210,6 +213,28 @@ class SQLiteDataModule(L.LightningDataModule):
             if name.startswith("alt_available_"):
                 self.norm.mean[j], self.norm.std[j] = 0.0, 1.0
         self._finish(raw, targets)
+        self._check_conditioning()
+        self.dropped = dropped_symbols(
+            self.features,
+            self.input_ok,
+            self.target_ok,
+            close,
+            self.segments.train,
+            self.feature_names,
+            self.panel.symbols,
+            self.window,
+        )
+
+    def _check_conditioning(self) -> None:
+        """A conditioning label unknown on every train bar would embed nothing: refuse it."""
+        hi = self.segments.train_end + 1
+        empty = [n for j, n in enumerate(self.conditioning) if not self.labels[:hi, :, j].any()]
+        if empty:
+            raise DataError(
+                f"data.conditioning: label(s) {empty} are undefined on every bar of the train "
+                "segment (liquidity needs volume; both need about 270 bars of history); "
+                "remove them or load more history"
+            )
 
     def _finish(self, raw: np.ndarray, targets: np.ndarray | None) -> None:
         self.features = self.norm.apply(raw)  # (T, S, F)
@@ -237,10 +262,26 @@ class SQLiteDataModule(L.LightningDataModule):
     def for_inference(
         cls, path: str, run_dir: str | os.PathLike, batch_size: int = 1024, **overrides
     ) -> SQLiteDataModule:
-        """Data module over `path` using a finished run's features and normalisation."""
+        """Data module over `path` rebuilding exactly a finished run's inputs.
+
+        From the run's data.json: the registered features, indicator columns and regime columns
+        the run computed (not those it skipped), its alternative data and conditioning labels,
+        window, validation, clip, universe (`symbols`: the sector columns are cross-sectional)
+        and first date loaded (`start`: exponential averages depend on where they start); from
+        normalisation.json its train-segment statistics. `overrides` (e.g. ``end``, another
+        ``symbols`` or ``start``) replace recorded loader settings. Anything the run had that
+        `path` cannot provide is a DataError naming it.
+        """
         run_dir = Path(run_dir)
         meta = json.loads((run_dir / "data.json").read_text())
-        pipeline = FeaturePipeline(meta["features"]["names"], meta["features"]["indicators"], False)
+        recorded = meta["features"]
+        columns = recorded["columns"]
+        pipeline = FeaturePipeline(
+            recorded["names"],
+            recorded["indicators"],
+            False,
+            regimes=[c[len("regime_") :] for c in columns if c.startswith("regime_")],
+        )
         dm = cls(
             path,
             pipeline,
@@ -251,10 +292,17 @@ class SQLiteDataModule(L.LightningDataModule):
         )
         dm.norm = NormStats.load(run_dir / "normalisation.json")
         raw = dm._load(strict_indicators=True)
-        if dm.feature_names != meta["features"]["columns"]:
+        if dm.feature_names != columns:
+            lacks = [c for c in columns if c not in dm.feature_names]
+            extra = [c for c in dm.feature_names if c not in columns]
+            skipped = dm.pipeline.skipped
+            why = "; ".join(f"{c}: {skipped[c]}" for c in lacks if c in skipped)
             raise DataError(
-                f"{path}: features {dm.feature_names} differ from the run's "
-                f"{meta['features']['columns']}"
+                f"{path}: cannot rebuild the features of run {run_dir}: "
+                + (f"this database lacks {lacks}" if lacks else "")
+                + (f" ({why})" if why else "")
+                + (f"{'; ' if lacks else ''}unexpected {extra}" if extra else "")
+                + ("" if lacks or extra else f"order differs: {dm.feature_names} vs {columns}")
             )
         dm._finish(raw, None)
         return dm
@@ -263,7 +311,8 @@ class SQLiteDataModule(L.LightningDataModule):
         """Write normalisation.json and data.json, everything inference needs."""
         run_dir = Path(run_dir)
         self.norm.save(run_dir / "normalisation.json")
-        used = [c[len("ind_") :] for c in self.feature_names if c.startswith("ind_")]
+        columns = self.feature_names
+        used = [c[len("ind_") :] for c in columns if c.startswith("ind_")]
         write_json_atomic(
             run_dir / "data.json",
             {
@@ -272,7 +321,8 @@ class SQLiteDataModule(L.LightningDataModule):
                 "features": {
                     "names": [n for n in self.pipeline.names if n in self.feature_names],
                     "indicators": used,
-                    "regimes": self.pipeline.regimes,
+                    "regimes": [c[len("regime_") :] for c in columns if c.startswith("regime_")],
+                    "skipped": dict(self.pipeline.skipped),  # not computed, with the reason
                     "columns": self.feature_names,
                 },
                 "loader": {
@@ -284,6 +334,8 @@ class SQLiteDataModule(L.LightningDataModule):
                     },
                     "alternative": self.alternative_config,
                     "conditioning": self.conditioning,
+                    "symbols": self.symbols,  # universe (null: every symbol)
+                    "start": self.start,  # first date loaded (null: all)
                 },
                 "sectors": {
                     sym: (None if pd.isna(sec) else str(sec))
@@ -291,6 +343,8 @@ class SQLiteDataModule(L.LightningDataModule):
                 },
                 "segments": asdict(self.segments) if self.segments else None,
                 "segment_dates": self.segment_dates() if self.segments else None,
+                "dropped_symbols": self.dropped,  # symbol -> why it has no train window
+                "statistics": self.statistics(),  # catalogue columns, data_path absolute
             },
         )
 
@@ -322,7 +376,11 @@ class SQLiteDataModule(L.LightningDataModule):
     def _dataset(self, segment: str) -> WindowDataset:
         ds = self.labelled_dataset(*getattr(self.segments, segment))
         if len(ds) == 0:
-            raise DataError(f"no complete window in the {segment} segment")
+            why = "; ".join(f"{sym}: {r}" for sym, r in self.dropped.items())
+            raise DataError(
+                f"no complete window in the {segment} segment"
+                + (f" ({why})" if segment == "train" and why else "")
+            )
         return ds
 
     def inference_dataset(
@@ -370,11 +428,11 @@ class SQLiteDataModule(L.LightningDataModule):
         forecast step, with `label_end` the last train bar whose label is known.
         """
         close = self.panel.fields["close"]
-        log_ret = pd.DataFrame(np.log(close)).diff()
+        volatility = realised_vol(log_returns(close), window, min_periods=2, periods_per_year=None)
         return {
             "close": close,
             "volume": self.panel.fields["volume"],
-            "volatility": log_ret.rolling(window, min_periods=2).std().to_numpy(),
+            "volatility": volatility,
             "features": self.features,
             "targets": None if self.scaled_targets is None else self.scaled_targets[..., -1],
             "label_end": self.segments.train[1] if self.segments else None,
@@ -383,3 +441,13 @@ class SQLiteDataModule(L.LightningDataModule):
     def sizes(self) -> dict[str, int]:
         """Number of labelled samples per segment."""
         return {f"{s}_samples": len(self._dataset(s)) for s in ("train", "val", "test")}
+
+    def statistics(self) -> dict[str, int | str]:
+        """Dataset statistics of the loaded data (`plusultra.data.datasets.statistics`)."""
+        return dataset_statistics(
+            self.path,
+            self.panel.dates,
+            self.panel.fields["close"],
+            self.n_features,
+            len(self.dropped),
+        )

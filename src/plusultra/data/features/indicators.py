@@ -292,9 +292,31 @@ def zscore(x: np.ndarray, n: int, ddof: int = 1) -> np.ndarray:
     return _div(x - _back(roll.mean(), x), _back(roll.std(ddof=ddof), x))
 
 
-def realised_vol(returns: np.ndarray, n: int) -> np.ndarray:
-    """Annualised realised volatility: sample std of n returns (incl. t) x sqrt(252)."""
-    return _back(_rolling(returns, n).std(), returns) * np.sqrt(TRADING_DAYS)
+def realised_vol(
+    returns: np.ndarray,
+    n: int,
+    min_periods: int | None = None,
+    periods_per_year: float | None = TRADING_DAYS,
+) -> np.ndarray:
+    """Realised volatility: sample std (ddof 1) of the returns in the n bars ending at t.
+
+    The one rolling-volatility kernel of the data layer: the ``volatility_*`` features, the
+    volatility regime and the simulators' per-bar volatility (`SQLiteDataModule.context`) call it.
+
+    Args:
+        returns: (T,) or (T, S) per-bar returns (log returns in this package), NaN where missing.
+        n: bars in the window, t included.
+        min_periods: finite returns the window needs (default n: NaN for n bars after a gap);
+            fewer than n uses the finite ones only.
+        periods_per_year: annualise by ``sqrt(periods_per_year)``; None keeps per-bar units.
+
+    Returns:
+        Same shape as `returns`; NaN where fewer than `min_periods` (and fewer than 2) finite
+        returns are in the window.
+    """
+    need = n if min_periods is None else int(min_periods)
+    vol = _back(_frame(returns).rolling(n, min_periods=need).std(), returns)
+    return vol if periods_per_year is None else vol * np.sqrt(periods_per_year)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
+import pandas as pd
 
 from plusultra.data.datasets.panel import Panel
 from plusultra.data.features import regimes
@@ -76,13 +77,58 @@ def _label(fn: Callable[[Panel], np.ndarray]) -> Callable[[Panel], np.ndarray]:
     return column
 
 
+def _sectors(panel: Panel) -> pd.Series:
+    """Each symbol's sector (NaN where NULL or no assets table), indexed by symbol."""
+    if panel.assets is None or "sector" not in panel.assets.columns:
+        return pd.Series(np.nan, index=panel.symbols, dtype=object)
+    return panel.assets["sector"].reindex(panel.symbols)
+
+
+def _neutral_without_sector(
+    fn: Callable[[Panel], np.ndarray], neutral: float
+) -> Callable[[Panel], np.ndarray]:
+    """A sector column where symbols with a NULL sector get `neutral` (strength 0, mid rank).
+
+    Those symbols would otherwise be NaN on every bar and never have a complete window. The
+    neutral value says "nothing known about its sector"; it is set where the symbol has a bar
+    and the sector column is defined for some symbol at that bar (so the warm-up stays NaN).
+    """
+
+    def column(panel: Panel) -> np.ndarray:
+        out = fn(panel)
+        none = _sectors(panel).isna().to_numpy()  # (S,)
+        if none.any() and not none.all():
+            defined = np.isfinite(out[:, ~none]).any(axis=1)[:, None]  # (T, 1), known at t
+            has_bar = np.isfinite(panel.fields["close"][:, none])
+            out[:, none] = np.where(defined & has_bar, neutral, np.nan)
+        return out
+
+    return column
+
+
 # Regime columns (plusultra.data.features.regimes), computed from the panel with default parameters.
 REGIME_FEATURES: dict[str, Callable[[Panel], np.ndarray]] = {
     "volatility": _label(regimes.volatility_regime),
     "liquidity": _label(regimes.liquidity_regime),
-    "sector_strength": regimes.sector_rotation,
-    "sector_rank": regimes.sector_rank,
+    "sector_strength": _neutral_without_sector(regimes.sector_rotation, 0.0),
+    "sector_rank": _neutral_without_sector(regimes.sector_rank, 0.5),
 }
+NO_SECTORS = "cannot be computed: assets.sector is NULL or has one value"
+
+
+def regime_missing(name: str, panel: Panel) -> str | None:
+    """Why regime column `name` cannot be computed on `panel`, or None if it can.
+
+    liquidity needs volume; the sector columns need at least two distinct sectors (with one
+    sector, strength is identically 0 and rank undefined; with none, both are undefined).
+    """
+    if name == "liquidity":
+        volume = panel.fields.get("volume")
+        if volume is None or np.isnan(volume).all():
+            return "needs column 'volume', which the panel does not have (or is all NaN)"
+    if name.startswith("sector_") and _sectors(panel).nunique(dropna=True) < 2:
+        return NO_SECTORS
+    return None
 
 
 class FeaturePipeline:
@@ -98,7 +144,10 @@ class FeaturePipeline:
         tags: also select every feature carrying any of these tags.
         regimes: market-regime columns appended as ``regime_<name>`` (see `REGIME_FEATURES`):
             volatility / liquidity labels (0, 1, 2; NaN during their ~270-bar warm-up) and
-            sector relative strength / rank. Opt-in because of that warm-up.
+            sector relative strength / rank. Opt-in because of that warm-up. A regime that
+            cannot be computed (`regime_missing`: no volume, fewer than two sectors) is skipped
+            with a logged reason, like a feature whose inputs are absent; symbols with a NULL
+            sector among sectored ones get neutral sector values.
 
     Raises:
         ConfigError: unknown name or tag, or nothing selected.
@@ -155,9 +204,24 @@ class FeaturePipeline:
                 if not self.skip_missing_indicators:
                     raise DataError(msg)
                 log.warning("%s; skipped", msg)
+                self.skipped[f"ind_{ind}"] = "not in the database's indicators table"
                 continue
             names.append(f"ind_{ind}")
-        names += [f"regime_{r}" for r in self.regimes]
+        for regime in self.regimes:
+            why = regime_missing(regime, panel)
+            if why:
+                log.warning("features.regimes: skipping regime '%s': it %s", regime, why)
+                self.skipped[f"regime_{regime}"] = why
+            else:
+                names.append(f"regime_{regime}")
+        no_sector = [s for s, sec in _sectors(panel).items() if pd.isna(sec)]
+        if no_sector and any(n.startswith("regime_sector_") for n in names):
+            log.warning(
+                "features.regimes: %d symbol(s) without a sector get the neutral sector values "
+                "(strength 0, rank 0.5): %s",
+                len(no_sector),
+                ", ".join(no_sector),
+            )
         keep = self.registry.requirements(n for n in names if n in self.registry)
         inputs = FeatureInputs(panel, self.registry, keep)
         out = np.empty((*panel.shape, len(names)), dtype=np.float32)  # (T, S, F)

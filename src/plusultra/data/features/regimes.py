@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from plusultra.data.datasets.panel import Panel, tradable_mask
+from plusultra.data.features.indicators import log_returns, realised_vol
 from plusultra.errors import ConfigError
 
 __all__ = [
@@ -93,10 +94,11 @@ def _label_against_history(
 def realised_volatility(panel: Panel, window: int = 20) -> np.ndarray:
     """(T, S) std of the last `window` daily log close-to-close returns (not annualised).
 
-    NaN until `window` returns are available and for `window` bars after a missing bar.
+    NaN until `window` returns are available and for `window` bars after a missing bar
+    (`plusultra.data.features.indicators.realised_vol`, per-bar units).
     """
-    log_close = np.log(pd.DataFrame(panel.fields["close"]))
-    return log_close.diff().rolling(window, min_periods=window).std().to_numpy()
+    returns = log_returns(panel.fields["close"])
+    return realised_vol(returns, window, min_periods=window, periods_per_year=None)
 
 
 def trailing_dollar_volume(panel: Panel, window: int = 20) -> np.ndarray:
