@@ -407,6 +407,7 @@ class RiskAware(_PortfolioLoss):
             total = total + w["cvar_weight"] * cvar(r, self.cvar_alpha)
         return total
 
+
 def _check_weights(**weights: float) -> dict[str, float]:
     for name, w in weights.items():
         if not w >= 0:
