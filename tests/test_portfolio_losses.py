@@ -176,3 +176,41 @@ def test_policy_sharpe_beats_the_mse_forecast_on_validation():
     print(f"val Sharpe: policy {policy_sharpe:.2f}, mse+rank {mse_sharpe:.2f}, oracle {oracle:.2f}")
     assert policy_sharpe > mse_sharpe + 3.0
     assert policy_sharpe > 0.8 * oracle  # close to the known optimal policy
+
+
+def test_policy_head_selects_weights_and_portfolio_batches_through_hydra():
+    """head=policy picks evaluation=weights; a portfolio loss sets data.block; both overridable."""
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["head=policy", "loss=sharpe"])
+    assert cfg.evaluation.position_method == "weights"
+    assert cfg.data.block == cfg.loss.block == 32
+    assert cfg.loss.gross == cfg.evaluation.gross
+    cfg = compose_config(["head=policy", "loss=cvar", "evaluation.position_method=rank"])
+    assert cfg.evaluation.position_method == "rank"
+    cfg = compose_config(["head=policy", "loss=sortino", "evaluation=default", "loss.block=5"])
+    assert cfg.evaluation.position_method == "rank" and cfg.data.block == 5
+    cfg = compose_config([])  # the default regression run: pooled, shuffled samples, rank
+    assert cfg.data.block is None and cfg.evaluation.position_method == "rank"
+
+
+@pytest.mark.slow
+def test_policy_run_trades_its_positions_as_capped_weights(tiny_db, tmp_path):
+    """`head=policy loss=sharpe`: Hydra selects evaluation=weights, training uses block batches
+    (walk-forward refits too), and the traded position is the policy's output, capped."""
+    import pandas as pd
+
+    from tests.test_run import _tiny_cfg, run_in_process
+
+    cfg = _tiny_cfg(tiny_db, tmp_path, "head=policy", "loss=sharpe", "walk_forward.refit_every=40")
+    assert cfg.evaluation.position_method == "weights" and cfg.data.block == cfg.loss.block
+    _, run_dir = run_in_process(cfg)
+    preds = pd.read_parquet(run_dir / "predictions.parquet")
+    wide = preds.pivot(index="timestamp", columns="symbol", values="pred_1").to_numpy()
+    got = np.nan_to_num(preds.pivot(index="timestamp", columns="symbol", values="position"))
+    # A tanh position is never exactly 0: a 0 is a symbol the backtest could not trade there.
+    signal = np.where(got != 0, wide, np.nan)
+    want = positions_from_signal(signal, "weights", cfg.evaluation.gross)
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    assert (got != 0).mean() > 0.9
+    assert (np.abs(want).sum(axis=1) <= cfg.evaluation.gross + 1e-9).all()
