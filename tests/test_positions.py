@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from plusultra.errors import ConfigError, DataError
-from plusultra.evaluation.backtest.positions import POSITION_METHODS, positions_from_signal
+from plusultra.evaluation.backtest.positions import (
+    POSITION_METHODS,
+    cap_exposure,
+    cap_exposure_reference,
+    positions_from_signal,
+)
 
 NAN = float("nan")
 METHODS = sorted(POSITION_METHODS)
@@ -24,7 +29,7 @@ def _random_signal(seed: int, n_t: int = 40, n_s: int = 12) -> np.ndarray:
 
 
 def test_registry_names() -> None:
-    assert METHODS == ["rank", "sign", "zscore"]
+    assert METHODS == ["rank", "sign", "weights", "zscore"]
 
 
 def test_rank_hand_example() -> None:
@@ -53,7 +58,48 @@ def test_sign_hand_example() -> None:
     np.testing.assert_allclose(positions_from_signal(signal, "sign", 1.5), [[0.5, -0.5, 0.0, 0.0]])
 
 
-@pytest.mark.parametrize("method", METHODS)
+def test_weights_hand_example() -> None:
+    """The signal is the weight; rows over the gross cap are scaled down, never up."""
+    signal = np.array(
+        [
+            [0.2, -0.1, NAN, 0.3],  # sum|w| = 0.6 <= 1: kept as it is
+            [0.8, 0.8, -0.4, NAN],  # sum|w| = 2.0 -> halved
+            [NAN, NAN, NAN, NAN],  # nothing tradable
+        ]
+    )
+    expected = np.array([[0.2, -0.1, 0.0, 0.3], [0.4, 0.4, -0.2, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(positions_from_signal(signal, "weights"), expected, atol=1e-15)
+    # Net cap 0.3: row 0 (net 0.4) is divided by 4/3; row 1 by max(1, 2.0 / 1, 1.2 / 0.3) = 4.
+    np.testing.assert_allclose(
+        positions_from_signal(signal, "weights", 1.0, net=0.3),
+        [[0.15, -0.075, 0.0, 0.225], [0.2, 0.2, -0.1, 0.0], [0.0, 0.0, 0.0, 0.0]],
+        atol=1e-15,
+    )
+
+
+@pytest.mark.parametrize("gross", [0.5, 1.0, 3.0])
+@pytest.mark.parametrize("net", [None, 0.1, 0.5, 5.0])
+def test_cap_exposure_matches_loop_reference(gross: float, net: float | None) -> None:
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=(50, 9)) * rng.choice([0.01, 0.2, 1.0], size=(50, 1))
+    w[0] = 0.0
+    got = cap_exposure(w, gross, net)
+    np.testing.assert_allclose(got, cap_exposure_reference(w, gross, net), rtol=1e-12, atol=1e-15)
+    assert (np.abs(got).sum(axis=1) <= gross * (1 + 1e-12)).all()
+    if net is not None:
+        assert (np.abs(got.sum(axis=1)) <= net * (1 + 1e-12)).all()
+    ratio = np.divide(got, w, out=np.ones_like(w), where=w != 0)
+    assert (ratio <= 1 + 1e-12).all() and (ratio > 0).all()  # scaled down, signs kept
+    assert np.allclose(ratio, ratio[:, :1])  # one factor per row: relative sizes kept
+
+
+@pytest.mark.parametrize("net", [0.0, -1.0, NAN, "1"])
+def test_bad_net(net) -> None:
+    with pytest.raises(ConfigError, match="net"):
+        positions_from_signal(np.zeros((2, 2)), "weights", 1.0, net)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "weights"])
 @pytest.mark.parametrize("gross", [1.0, 2.5])
 def test_gross_and_neutrality(method: str, gross: float) -> None:
     signal = _random_signal(0)
@@ -105,7 +151,7 @@ def test_rows_are_independent(method: str) -> None:
 
 
 def test_unknown_method_lists_valid_names() -> None:
-    with pytest.raises(ConfigError, match="rank, sign, zscore"):
+    with pytest.raises(ConfigError, match="rank, sign, weights, zscore"):
         positions_from_signal(np.zeros((2, 2)), "softmax")
 
 

@@ -350,7 +350,7 @@ def test_bad_inputs_raise() -> None:
     args = (m["features"], m["targets"], tradable)
     with pytest.raises(ConfigError, match="train_end"):
         ridge_weights(*args, train_end=80)
-    with pytest.raises(ConfigError, match="rank, sign, zscore"):
+    with pytest.raises(ConfigError, match="rank, sign, weights, zscore"):
         ridge_weights(*args, train_end=40, method="magic")
     with pytest.raises(ConfigError, match="alpha"):
         ridge_weights(*args, train_end=40, alpha=-1.0)

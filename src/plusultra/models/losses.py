@@ -8,15 +8,19 @@ accept several kinds, such as the risk losses, read ``out`` differently per kind
 Plain torch losses such as ``torch.nn.MSELoss`` have no ``accepts`` and are taken to accept
 "forecast" only.
 
-Risk losses score the portfolio return ``r = p * y_step`` of a one-asset position per sample:
+Risk losses (sharpe, sortino, drawdown, cvar, risk_aware) score a *portfolio*: they have
+``portfolio = True`` and ``forward(out, y, date, symbol, ret)``. Their batches come from the
+block sampler (``plusultra.data.datasets.sampler``): every symbol's sample for a block of
+consecutive decision dates, each with its decision bar, symbol index and execution-aligned
+return. Each sample's position ``p`` is
 
-* head kind "position": ``p`` is the head's position (discrete heads: P(buy) - P(sell)) and
-  ``y_step = y[:, 0]``, the next-step return;
-* head kind "forecast": ``p = tanh(out[:, step] / temperature)`` and ``y_step = y[:, step]``,
-  with ``step`` a 0-based index (0 = the next step).
+* head kind "position": the head's position (discrete heads: P(buy) - P(sell));
+* head kind "forecast": ``tanh(out[:, step] / temperature)``, ``step`` 0-based (0 = next step);
 
-The batch is treated as one sample of returns; ``DrawdownPenalty`` also treats it as a path in
-batch order, which is a time path only when batches are not shuffled.
+the positions form the (dates, symbols) book, capped like the backtest (gross, net), and the
+loss scores the block's portfolio return series net of turnover costs, in time order
+(``plusultra.models.portfolio``). So Sharpe, Sortino and CVaR are time-series statistics of one
+portfolio, and the drawdown follows the calendar.
 
 Shapes: B batch, H horizon, Q quantile levels.
 """
@@ -30,8 +34,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plusultra.errors import ConfigError
+from plusultra.errors import ConfigError, DataError
 from plusultra.models.heads import HEAD_KINDS, check_quantiles, classify, policy_position
+from plusultra.models.portfolio import (
+    Portfolio,
+    cvar,
+    max_drawdown,
+    neg_sharpe,
+    neg_sortino,
+    portfolio_series,
+)
 
 DEFAULT_ACCEPTS = frozenset({"forecast"})  # what a loss without `accepts` (torch.nn.MSELoss) takes
 RISK_KINDS = frozenset({"forecast", "position"})
@@ -44,59 +56,6 @@ def pinball(q: torch.Tensor, y: torch.Tensor, taus: torch.Tensor) -> torch.Tenso
     """Mean pinball (quantile) loss; q (B, H, Q) quantiles at levels taus (Q,), y (B, H)."""
     u = y.unsqueeze(-1) - q  # (B, H, Q) residuals
     return torch.maximum(taus * u, (taus - 1) * u).mean()
-
-
-def portfolio_returns(
-    out: torch.Tensor, y: torch.Tensor, kind: str, step: int = 0, temperature: float = 1.0
-) -> torch.Tensor:
-    """Per-sample return r = p * y_step (B,) of the position implied by ``out`` (module doc)."""
-    if kind == "position":
-        return policy_position(out) * y[:, 0]  # (B,)
-    if step >= out.shape[1]:
-        raise ConfigError(f"step={step} is outside the forecast's {out.shape[1]} steps (0-based)")
-    return torch.tanh(out[:, step] / temperature) * y[:, step]  # (B,)
-
-
-def neg_sharpe(r: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """-mean(r) / sqrt(var(r) + eps), population variance (finite for a batch of 1)."""
-    mean = r.mean()
-    return -mean / torch.sqrt((r - mean).pow(2).mean() + eps)
-
-
-def neg_sortino(r: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """-mean(r) / sqrt(mean(min(r, 0)^2) + eps): only losses count as risk."""
-    return -r.mean() / torch.sqrt(r.clamp(max=0).pow(2).mean() + eps)
-
-
-def max_drawdown(r: torch.Tensor, smooth: float = 0.0) -> torch.Tensor:
-    """Largest fall of the cumulative return path (starting at 0) from its running peak.
-
-    The running peak is an exact ``cummax`` and, with ``smooth == 0``, so is the max over time:
-    both are piecewise linear, so the result is differentiable almost everywhere (the gradient
-    reaches the returns between the peak and the trough). With ``smooth > 0`` the max over time
-    is ``smooth * logsumexp(drawdown / smooth)``, which spreads the gradient over all deep
-    drawdowns and lies within ``smooth * log(B + 1)`` above the exact max.
-    """
-    path = torch.cat([r.new_zeros(1), r.cumsum(dim=0)])  # (B + 1,) wealth, starting at 0
-    drawdown = path.cummax(dim=0).values - path  # (B + 1,) >= 0
-    if smooth > 0:
-        return smooth * torch.logsumexp(drawdown / smooth, dim=0)
-    return drawdown.max()
-
-
-def cvar(r: torch.Tensor, alpha: float = 0.95) -> torch.Tensor:
-    """Conditional value at risk of the losses -r at level alpha (Rockafellar–Uryasev).
-
-    ``z`` is the empirical alpha-quantile of the losses (inverse CDF: the k-th smallest with
-    k = ceil(alpha * B)), detached; CVaR = z + mean(relu(-r - z)) / (1 - alpha). At this z the
-    R–U objective is at its minimum, so the value is the exact empirical CVaR; the gradient
-    flows through the losses strictly above z (exact when (1 - alpha) * B is an integer; the
-    sample at z gets no gradient otherwise). Equal losses give zero gradient, never NaN.
-    """
-    loss = -r  # (B,)
-    k = min(max(math.ceil(alpha * loss.numel() - 1e-9), 1), loss.numel())
-    z = loss.detach().kthvalue(k).values  # () the alpha-quantile (VaR)
-    return z + F.relu(loss - z).mean() / (1 - alpha)
 
 
 # ---------------------------------------------------------------- losses
@@ -214,18 +173,51 @@ class CalibratedLoss(_QuantileLevels):
         return self.nll_weight * nll.mean() + self.pinball_weight * quantile_loss
 
 
-class _RiskLoss(HeadLoss):
-    """Shared ``step`` / ``temperature`` handling of the risk losses (module docstring)."""
+class _PortfolioLoss(HeadLoss):
+    """Shared settings of the risk losses: the block's book, its caps, costs and positions.
+
+    ``forward(out, y, date, symbol, ret)`` builds the batch's ``Portfolio`` (module docstring)
+    and scores its return series ``R`` (D,), in time order, with the subclass's
+    ``risk(R, out, y) -> scalar``.
+
+    Args:
+        block: Consecutive decision dates per batch (>= 2). The data module reads it
+            (``data.block: ${oc.select:loss.block,null}``) to build portfolio batches.
+        cost_bps: Cost per unit of turnover in basis points (1 bp = 1e-4), subtracted from
+            ``R`` inside the objective; >= 0.
+        gross: Gross cap ``sum_s |w|`` per date, as in the backtest (``evaluation.gross``).
+        net: Net cap ``|sum_s w|`` per date; None: none beyond the gross cap.
+        step: Forecast step (0-based) whose forecast a forecast head trades.
+        temperature: p = tanh(forecast / temperature) for a forecast head.
+    """
 
     accepts = RISK_KINDS
+    portfolio = True  # the module passes date, symbol and ret: batches from the block sampler
 
-    def __init__(self, step: int = 0, temperature: float = 1.0) -> None:
+    def __init__(
+        self,
+        block: int = 32,
+        cost_bps: float = 0.0,
+        gross: float = 1.0,
+        net: float | None = None,
+        step: int = 0,
+        temperature: float = 1.0,
+    ) -> None:
         super().__init__()
+        if isinstance(block, bool) or not isinstance(block, int) or block < 2:
+            raise ConfigError(f"block must be an integer >= 2 (dates per batch), got {block!r}")
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ConfigError(f"step must be an integer >= 0 (0 = next step), got {step!r}")
         if not temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {temperature!r}")
-        self.step, self.temperature = step, float(temperature)
+        if not cost_bps >= 0:
+            raise ConfigError(f"cost_bps must be >= 0, got {cost_bps!r}")
+        for name, cap in (("gross", gross), ("net", net)):
+            if cap is not None and not (math.isfinite(cap) and cap > 0):
+                raise ConfigError(f"{name} must be a finite number > 0, got {cap!r}")
+        self.block, self.step, self.temperature = block, step, float(temperature)
+        self.cost = float(cost_bps) / 1e4  # fraction of equity per unit of turnover
+        self.gross, self.net = float(gross), None if net is None else float(net)
 
     def bind(self, kind: str) -> HeadLoss:
         if kind == "position" and self.step != 0:
@@ -235,88 +227,121 @@ class _RiskLoss(HeadLoss):
             )
         return super().bind(kind)
 
-    def returns(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-sample portfolio returns r (B,)."""
-        return portfolio_returns(out, y, self._kind(), self.step, self.temperature)
+    def positions(self, out: torch.Tensor) -> torch.Tensor:
+        """Per-sample position p (B,) before the caps: the policy's, or tanh(forecast / T)."""
+        if self._kind() == "position":
+            return policy_position(out)  # (B,)
+        if self.step >= out.shape[1]:
+            raise ConfigError(
+                f"step={self.step} is outside the forecast's {out.shape[1]} steps (0-based)"
+            )
+        return torch.tanh(out[:, self.step] / self.temperature)  # (B,)
+
+    def book(
+        self, out: torch.Tensor, date: torch.Tensor, symbol: torch.Tensor, ret: torch.Tensor
+    ) -> Portfolio:
+        """The batch's capped book and its return series net of turnover costs."""
+        book = portfolio_series(
+            self.positions(out), ret, date, symbol, self.gross, self.net, self.cost
+        )
+        if len(book.dates) < 2:
+            raise DataError(
+                f"a portfolio batch spans {len(book.dates)} date(s); a return series needs >= 2 "
+                "(is the segment shorter than two decision dates?)"
+            )
+        return book
+
+    def forward(
+        self,
+        out: torch.Tensor,
+        y: torch.Tensor,
+        date: torch.Tensor | None = None,
+        symbol: torch.Tensor | None = None,
+        ret: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if date is None or symbol is None or ret is None:
+            raise ConfigError(
+                f"{type(self).__name__} scores a portfolio: it needs batches of consecutive dates "
+                "with each sample's date, symbol and execution return (data.block, set from "
+                "loss.block)"
+            )
+        return self.risk(self.book(out, date, symbol, ret).returns, out, y)
 
 
-class NegSharpe(_RiskLoss):
-    """Negative Sharpe ratio of the batch's returns: -mean(r) / sqrt(var(r) + eps).
+class NegSharpe(_PortfolioLoss):
+    """Negative Sharpe ratio of the block's portfolio returns: -mean(R) / sqrt(var(R) + eps).
 
     Args:
         eps: Added to the variance so that constant returns give a finite loss and gradient.
-        step: Forecast step (0-based) traded by a forecast head.
-        temperature: p = tanh(forecast / temperature) for a forecast head.
+        **book: ``block``, ``cost_bps``, ``gross``, ``net``, ``step``, ``temperature`` (see
+            ``_PortfolioLoss``).
     """
 
-    def __init__(self, eps: float = 1e-6, step: int = 0, temperature: float = 1.0) -> None:
-        super().__init__(step, temperature)
+    def __init__(self, eps: float = 1e-6, **book) -> None:
+        super().__init__(**book)
         self.eps = _check_eps(eps)
 
-    def forward(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return neg_sharpe(self.returns(out, y), self.eps)
+    def risk(self, r: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return neg_sharpe(r, self.eps)
 
 
-class NegSortino(_RiskLoss):
-    """Negative Sortino ratio: -mean(r) / sqrt(mean(min(r, 0)^2) + eps).
+class NegSortino(_PortfolioLoss):
+    """Negative Sortino ratio: -mean(R) / sqrt(mean(min(R, 0)^2) + eps).
 
     Args:
-        eps: Added to the downside second moment (a batch without losses divides by
+        eps: Added to the downside second moment (a block without losses divides by
             sqrt(eps), so the loss can be large but stays finite).
-        step: Forecast step (0-based) traded by a forecast head.
-        temperature: p = tanh(forecast / temperature) for a forecast head.
+        **book: see ``_PortfolioLoss``.
     """
 
-    def __init__(self, eps: float = 1e-6, step: int = 0, temperature: float = 1.0) -> None:
-        super().__init__(step, temperature)
+    def __init__(self, eps: float = 1e-6, **book) -> None:
+        super().__init__(**book)
         self.eps = _check_eps(eps)
 
-    def forward(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return neg_sortino(self.returns(out, y), self.eps)
+    def risk(self, r: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return neg_sortino(r, self.eps)
 
 
-class DrawdownPenalty(_RiskLoss):
-    """Maximum drawdown of the cumulative returns in batch order (see ``max_drawdown``).
+class DrawdownPenalty(_PortfolioLoss):
+    """Maximum drawdown of the block's cumulative portfolio returns, in time order.
 
     Args:
         smooth: 0 for the exact max (differentiable almost everywhere); > 0 for a logsumexp
-            soft max at that scale (target units).
-        step: Forecast step (0-based) traded by a forecast head.
-        temperature: p = tanh(forecast / temperature) for a forecast head.
+            soft max at that scale (return units).
+        **book: see ``_PortfolioLoss``.
     """
 
-    def __init__(self, smooth: float = 0.0, step: int = 0, temperature: float = 1.0) -> None:
-        super().__init__(step, temperature)
+    def __init__(self, smooth: float = 0.0, **book) -> None:
+        super().__init__(**book)
         if smooth < 0:
             raise ConfigError(f"smooth must be >= 0, got {smooth!r}")
         self.smooth = float(smooth)
 
-    def forward(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return max_drawdown(self.returns(out, y), self.smooth)
+    def risk(self, r: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return max_drawdown(r, self.smooth)
 
 
-class CVaR(_RiskLoss):
-    """Conditional value at risk of the losses -r at level ``alpha`` (see ``cvar``).
+class CVaR(_PortfolioLoss):
+    """Conditional value at risk of the block's portfolio losses -R at level ``alpha``.
 
     Args:
-        alpha: Confidence level in (0, 1); CVaR is the mean of the worst (1 - alpha) losses.
-        step: Forecast step (0-based) traded by a forecast head.
-        temperature: p = tanh(forecast / temperature) for a forecast head.
+        alpha: Confidence level in (0, 1); CVaR is the mean of the worst (1 - alpha) dates.
+        **book: see ``_PortfolioLoss``.
     """
 
-    def __init__(self, alpha: float = 0.95, step: int = 0, temperature: float = 1.0) -> None:
-        super().__init__(step, temperature)
+    def __init__(self, alpha: float = 0.9, **book) -> None:
+        super().__init__(**book)
         self.alpha = _check_alpha("alpha", alpha)
 
-    def forward(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return cvar(self.returns(out, y), self.alpha)
+    def risk(self, r: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return cvar(r, self.alpha)
 
 
-class RiskAware(_RiskLoss):
-    """Weighted sum of MSE (forecast heads only) and the risk terms above.
+class RiskAware(_PortfolioLoss):
+    """Weighted sum of MSE (forecast heads only) and the risk terms above, on one block's R.
 
     loss = mse_weight * MSE(out, y) + sharpe_weight * NegSharpe + sortino_weight * NegSortino
-           + drawdown_weight * DrawdownPenalty + cvar_weight * CVaR, all on the same r.
+           + drawdown_weight * DrawdownPenalty + cvar_weight * CVaR.
 
     Args:
         mse_weight: Weight of the MSE over all (B, H) forecasts; must be 0 for position heads.
@@ -324,11 +349,11 @@ class RiskAware(_RiskLoss):
         drawdown_weight: Weight of the maximum drawdown.
         cvar_weight: Weight of the CVaR.
         sortino_weight: Weight of the negative Sortino ratio.
-        step: Forecast step (0-based) traded by a forecast head.
-        temperature: p = tanh(forecast / temperature) for a forecast head.
         cvar_alpha: CVaR level in (0, 1).
         eps: Stabiliser of the Sharpe and Sortino denominators.
         smooth: Drawdown soft-max scale; 0 for the exact max.
+        **book: ``block``, ``cost_bps``, ``gross``, ``net``, ``step``, ``temperature`` (see
+            ``_PortfolioLoss``).
     """
 
     def __init__(
@@ -338,13 +363,12 @@ class RiskAware(_RiskLoss):
         drawdown_weight: float = 0.0,
         cvar_weight: float = 0.0,
         sortino_weight: float = 0.0,
-        step: int = 0,
-        temperature: float = 1.0,
-        cvar_alpha: float = 0.95,
+        cvar_alpha: float = 0.9,
         eps: float = 1e-6,
         smooth: float = 0.0,
+        **book,
     ) -> None:
-        super().__init__(step, temperature)
+        super().__init__(**book)
         self.weights = _check_weights(
             mse_weight=mse_weight,
             sharpe_weight=sharpe_weight,
@@ -368,9 +392,9 @@ class RiskAware(_RiskLoss):
             )
         return super().bind(kind)
 
-    def forward(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        w, r = self.weights, self.returns(out, y)  # r (B,)
-        total = out.new_zeros(())
+    def risk(self, r: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        w = self.weights
+        total = r.new_zeros(())
         if w["mse_weight"]:
             total = total + w["mse_weight"] * F.mse_loss(out, y)
         if w["sharpe_weight"]:

@@ -57,7 +57,9 @@ class ForecastModule(L.LightningModule):
     Args:
         backbone: (B, T, F) -> (B, T', D).
         head: (B, T', D) -> (B, H).
-        loss: callable(pred (B, H), target (B, H)) -> scalar.
+        loss: callable(pred (B, H), target (B, H)) -> scalar; a portfolio loss
+            (``loss.portfolio``) also takes each sample's date, symbol and execution return,
+            which its batches (the data module's block sampler) carry after the targets.
         optim: optimiser settings.
         compile: wrap the forward pass in torch.compile (hardware configs switch it on).
         embedding: market-state embedding of per-bar labels (B, T, R) -> (B, T, E), concatenated
@@ -106,11 +108,24 @@ class ForecastModule(L.LightningModule):
             naive[..., :3] = 1.0  # equal Dirichlet concentrations over down / flat / up
         return naive
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
-        *inputs, y = batch  # (x, y) or (x, labels, y)
+    def _split_batch(self, batch: tuple[torch.Tensor, ...]):
+        """(inputs, y, market): market is (date, symbol, ret) for a portfolio loss, else ()."""
+        if not getattr(self.loss_fn, "portfolio", False):
+            *inputs, y = batch  # (x, y) or (x, labels, y)
+            return inputs, y, ()
+        if len(batch) < 5:
+            raise ConfigError(
+                f"loss={type(self.loss_fn).__name__} scores a portfolio but the batches carry no "
+                "date, symbol and execution return; set data.block (conf/data reads loss.block)"
+            )
+        *inputs, y, date, symbol, ret = batch  # ... + (B,) decision bar, symbol, exec return
+        return inputs, y, (date, symbol, ret)
+
+    def _step(self, batch: tuple[torch.Tensor, ...], split: str) -> torch.Tensor:
+        inputs, y, market = self._split_batch(batch)
         x = inputs[0]
         out = self(*inputs)
-        loss = self.loss_fn(out, y)
+        loss = self.loss_fn(out, y, *market)
         on_step = split == "train"
         self.log(
             f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(x)
@@ -123,7 +138,7 @@ class ForecastModule(L.LightningModule):
             if split == "train":
                 loss = loss + aux
         if split != "train":  # the same loss with no information: the bar to beat
-            naive = self.loss_fn(self._naive_output(out), y)
+            naive = self.loss_fn(self._naive_output(out), y, *market)
             self.log(f"{split}/naive_loss", naive, on_epoch=True, batch_size=len(x))
             if self.kind == "calibrated":
                 self._calibration.append((self.head.probabilities(out).detach(), y.detach()))

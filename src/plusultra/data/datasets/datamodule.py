@@ -20,6 +20,7 @@ import pandas as pd
 from torch.utils.data import DataLoader
 
 from plusultra.data.datasets.panel import Panel, load_panel, tradable_mask
+from plusultra.data.datasets.sampler import BlockBatchSampler, check_block
 from plusultra.data.datasets.statistics import dataset_statistics, dropped_symbols
 from plusultra.data.datasets.windows import (
     TARGETS,
@@ -43,6 +44,7 @@ from plusultra.data.io.sp500_stocks import build_sp500_stocks_database
 from plusultra.data.validation.checks import ValidationRules
 from plusultra.errors import ConfigError, DataError
 from plusultra.io import write_json_atomic
+from plusultra.sim.execution import check_execution, execution_returns, fill_lag, resolve_execution
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,11 @@ class SQLiteDataModule(L.LightningDataModule):
             each
             window as integer inputs (label + 1; 0 = unknown) for market-state embeddings.
         clip: z-score clip applied after normalisation.
+        block: portfolio batches of this many consecutive decision dates x all symbols, served
+            with each sample's execution return (for the portfolio losses; see
+            `plusultra.data.datasets.sampler`); None: pooled (date, symbol) samples, shuffled.
+        execution: fill timing of the execution returns (`plusultra.sim.execution`); None:
+            next_open where the data has opens, else next_close. Used only with `block`.
     """
 
     def __init__(
@@ -111,8 +118,13 @@ class SQLiteDataModule(L.LightningDataModule):
         alternative: list[dict] | None = None,
         conditioning: list[str] | None = None,
         clip: float = 10.0,
+        block: int | None = None,
+        execution: str | None = None,
     ) -> None:
         super().__init__()
+        self.block = None if block is None else check_block(block)
+        self.execution = check_execution(execution)
+        self.exec_returns: np.ndarray | None = None  # (T, S), portfolio batches only
         if window < 2:
             raise ConfigError(f"window={window}: need at least 2 bars per window")
         if horizon < 1:
@@ -370,8 +382,29 @@ class SQLiteDataModule(L.LightningDataModule):
     def labelled_dataset(self, lo: int, hi: int) -> WindowDataset:
         """Windows with complete inputs and targets whose decision bar is in lo..hi (may be
         empty: the last `horizon` bars of the calendar have no label yet)."""
+        if self.block is not None:
+            return self._portfolio_dataset(lo, hi)
         idx = sample_index(self.input_ok & self.target_ok, lo, hi)
         return WindowDataset(self.features, idx, self.window, self.scaled_targets, self.labels)
+
+    def _portfolio_dataset(self, lo: int, hi: int) -> WindowDataset:
+        """Labelled windows that also carry their execution return (portfolio losses).
+
+        The return of decision t ends at bar t + lag + 1 (lag 1 for next-bar fills); where that
+        is later than the label's last bar t + horizon, `hi` moves back so that no sample of a
+        segment uses a price past the segment's last label bar.
+        """
+        if self.exec_returns is None:
+            fields = self.panel.fields
+            mode = resolve_execution(self.execution, fields.get("open"), fields["close"])
+            self.exec_returns = execution_returns(mode, fields.get("open"), fields["close"])
+            self.exec_lag = fill_lag(mode)
+        hi -= max(0, self.exec_lag + 1 - self.horizon)
+        ok = self.input_ok & self.target_ok & np.isfinite(self.exec_returns)
+        idx = sample_index(ok, lo, hi)
+        return WindowDataset(
+            self.features, idx, self.window, self.scaled_targets, self.labels, self.exec_returns
+        )
 
     def _dataset(self, segment: str) -> WindowDataset:
         ds = self.labelled_dataset(*getattr(self.segments, segment))
@@ -397,7 +430,18 @@ class SQLiteDataModule(L.LightningDataModule):
         return WindowDataset(self.features, index, self.window, labels=self.labels)
 
     def loader(self, dataset: WindowDataset, shuffle: bool = False) -> DataLoader:
-        """A DataLoader over `dataset` with this data module's batch and worker settings."""
+        """A DataLoader over `dataset` with this data module's batch and worker settings; over a
+        portfolio dataset, batches of `block` consecutive dates (blocks shuffled if `shuffle`)."""
+        if dataset.returns is not None:
+            batches = BlockBatchSampler(dataset.index[:, 0].numpy(), self.block, shuffle)
+            return DataLoader(
+                dataset,
+                batch_sampler=batches,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                collate_fn=passthrough_collate,
+                persistent_workers=self.num_workers > 0,
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

@@ -225,10 +225,15 @@ class WindowDataset(Dataset):
         index: (N, 2) decision (t, s) pairs.
         window: bars per sample.
         targets: (T, S, H) scaled targets, or None for inference.
+        labels: (T, S, R) int market-state labels, or None.
+        returns: (T, S) execution-aligned simple returns (`plusultra.sim.execution`) for the
+            portfolio losses, or None; needs targets.
 
     Batched fetching (`__getitems__`) gathers a whole batch with one fancy-index.
     Items are `(x (window, F), y (H,))`, or `x` alone without targets; with `labels`
-    (T, S, R) int market-state labels, `(x, c (window, R), y)` / `(x, c)`.
+    (T, S, R) int market-state labels, `(x, c (window, R), y)` / `(x, c)`. With `returns`,
+    three more follow y: the decision bar t (int64), the symbol index s (int64) and the
+    execution return r[t, s] (float32), which a portfolio loss arranges into (date, symbol).
     """
 
     def __init__(
@@ -238,8 +243,12 @@ class WindowDataset(Dataset):
         window: int,
         targets: np.ndarray | None = None,
         labels: np.ndarray | None = None,
+        returns: np.ndarray | None = None,
     ) -> None:
+        if returns is not None and targets is None:
+            raise DataError("WindowDataset: execution returns are served with targets only")
         self.feats = torch.from_numpy(np.nan_to_num(feats, nan=0.0))
+        self.returns = None if returns is None else torch.from_numpy(returns.astype(np.float32))
         self.targets = None if targets is None else torch.from_numpy(targets.astype(np.float32))
         self.labels = None if labels is None else torch.from_numpy(labels.astype(np.int64))
         self.index = torch.from_numpy(index)
@@ -257,7 +266,9 @@ class WindowDataset(Dataset):
             inputs += (self.labels[rows, s[:, None]],)  # market-state labels (B, W, R)
         if self.targets is None:
             return inputs if len(inputs) > 1 else inputs[0]
-        return (*inputs, self.targets[t, s])  # ..., y (B, H)
+        if self.returns is None:
+            return (*inputs, self.targets[t, s])  # ..., y (B, H)
+        return (*inputs, self.targets[t, s], t, s, self.returns[t, s])  # ..., y, t, s, r (B,)
 
     def __getitem__(self, i: int):
         out = self.__getitems__([i])

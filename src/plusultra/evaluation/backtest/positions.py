@@ -14,6 +14,11 @@ Methods (``POSITION_METHODS``):
   Dollar neutral.
 - ``sign``: ``sign(signal) / n_valid * gross``: long the positive, short the negative, 0 for a
   zero signal; not neutral, ``sum|w| = gross * (nonzero signals / n_valid) <= gross``.
+- ``weights``: the signal *is* the weight (a policy head's position per symbol), not re-ranked:
+  NaN (not tradable) -> 0, then each row is scaled down, never up, by ``cap_exposure`` so that
+  ``sum|w| <= gross`` (and ``|sum w| <= net`` when a net cap is given). Relative sizes and the
+  net exposure the model chose are kept. Meant for ``head=policy``; a return forecast used as
+  weights trades almost nothing.
 
 For ``rank`` and ``zscore`` a row with fewer than 2 valid symbols, or whose valid signals are all
 equal, gets zero weights (there is no cross-section to trade). A row with no valid symbol is zero
@@ -53,6 +58,51 @@ def _scale_demeaned(values: np.ndarray, gross: float) -> np.ndarray:
     return centred * scale[:, None]
 
 
+def cap_exposure(weights: np.ndarray, gross: float, net: float | None = None) -> np.ndarray:
+    """Scale each row down, never up, so ``sum_s |w| <= gross`` and ``|sum_s w| <= net``.
+
+    ``w[t] / max(1, sum|w[t]| / gross, |sum w[t]| / net)``: one factor per row, so relative
+    sizes are kept. The training-time portfolio losses use the same formula in torch
+    (``plusultra.models.losses.cap_exposure``).
+
+    Args:
+        weights: ``(T, S)`` finite weights, fraction of equity.
+        gross: gross cap, > 0.
+        net: net cap, > 0; None: no net cap beyond the one implied by gross.
+
+    Returns:
+        ``(T, S)`` capped weights.
+    """
+    factor = np.maximum(1.0, np.abs(weights).sum(axis=1) / gross)  # (T,)
+    if net is not None:
+        factor = np.maximum(factor, np.abs(weights.sum(axis=1)) / net)
+    return weights / factor[:, None]
+
+
+def cap_exposure_reference(
+    weights: np.ndarray, gross: float, net: float | None = None
+) -> np.ndarray:
+    """Per-bar loop reference of ``cap_exposure`` (tests compare the two)."""
+    out = np.zeros_like(weights, dtype=float)
+    for t in range(weights.shape[0]):
+        row = [float(v) for v in weights[t]]
+        total_abs = sum(abs(v) for v in row)
+        total = sum(row)
+        scale = 1.0
+        if total_abs > gross:
+            scale = gross / total_abs
+        if net is not None and abs(total) * scale > net:
+            scale = net / abs(total)
+        for s, v in enumerate(row):
+            out[t, s] = v * scale
+    return out
+
+
+def _direct_weights(signal: np.ndarray, gross: float) -> np.ndarray:
+    """The signal as weights, NaN -> 0, rows scaled down to ``sum|w| <= gross``; ``(T, S)``."""
+    return cap_exposure(np.where(np.isnan(signal), 0.0, signal), gross)
+
+
 def _rank_weights(signal: np.ndarray, gross: float) -> np.ndarray:
     """Demeaned average-tie cross-sectional ranks scaled to ``sum|w| = gross``; ``(T, S)``."""
     ranks = pd.DataFrame(signal).rank(axis=1, method="average", na_option="keep").to_numpy()
@@ -76,6 +126,7 @@ POSITION_METHODS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
     "rank": _rank_weights,
     "zscore": _zscore_weights,
     "sign": _sign_weights,
+    "weights": _direct_weights,
 }
 """Method name -> ``fn(signal (T, S) with NaN = not tradable, gross) -> weights (T, S)``.
 
@@ -106,29 +157,40 @@ def check_position_method(method: str) -> str:
     return method
 
 
+def _check_cap(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ConfigError(f"{name} must be a number > 0, got {value!r}")
+    if not np.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
 def positions_from_signal(
-    signal: np.ndarray, method: str = "rank", gross: float = 1.0
+    signal: np.ndarray, method: str = "rank", gross: float = 1.0, net: float | None = None
 ) -> np.ndarray:
     """Cross-sectional target weights from a signal panel, row by row.
 
     Args:
         signal: ``(T, S)`` signal per decision time and symbol (higher = more bullish); NaN
             means not tradable at that time.
-        method: a key of ``POSITION_METHODS``: ``rank``, ``zscore`` or ``sign`` (see the module
-            docstring for each definition).
-        gross: target gross exposure ``sum_s |w[t, s]|`` per row, fraction of equity; > 0.
+        method: a key of ``POSITION_METHODS``: ``rank``, ``zscore``, ``sign`` or ``weights`` (see
+            the module docstring for each definition).
+        gross: target gross exposure ``sum_s |w[t, s]|`` per row, fraction of equity; > 0
+            (a cap, not a target, for ``weights``).
+        net: cap on ``|sum_s w[t, s]|`` per row, applied last with ``cap_exposure``; > 0;
+            None: none (rank and zscore are dollar neutral anyway).
 
     Returns:
         ``(T, S)`` weights, fraction of equity, 0 where the signal is NaN; no NaN.
 
     Raises:
         ConfigError: if ``method`` is unknown (the message lists the valid names) or ``gross``
-            is not a finite number > 0.
+            or ``net`` is not a finite number > 0.
         DataError: if ``signal`` is not 2-D or holds an infinite value.
     """
     check_position_method(method)
-    if isinstance(gross, bool) or not isinstance(gross, int | float | np.integer | np.floating):
-        raise ConfigError(f"gross must be a number > 0, got {gross!r}")
-    if not np.isfinite(gross) or gross <= 0:
-        raise ConfigError(f"gross must be a finite number > 0, got {gross!r}")
-    return POSITION_METHODS[method](as_panel(signal, "signal"), float(gross))
+    gross = _check_cap("gross", gross)
+    weights = POSITION_METHODS[method](as_panel(signal, "signal"), gross)
+    if net is None:
+        return weights
+    return cap_exposure(weights, gross, _check_cap("net", net))
