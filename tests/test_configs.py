@@ -175,3 +175,36 @@ def test_large_hybrid_recipe_builds_the_planned_model():
     assert len(model.blocks) == 16
     dilations = [b.conv.conv.dilation[0] for b in model.blocks]
     assert dilations[:6] == [1, 2, 4, 8, 16, 32] and model.n_tokens(2048) == 255
+
+
+NATURAL_LOSS = {
+    "regression": "mse",
+    "quantile": "pinball",
+    "calibrated": "calibrated",
+    "policy": "sharpe",
+}
+
+
+@pytest.mark.parametrize("head", sorted(f.stem for f in (CONF / "head").glob("*.yaml")))
+def test_every_head_composes_with_its_natural_loss(head):
+    """`head=X` alone picks the head's loss (head/*.yaml defaults), and the pair is compatible."""
+    from plusultra.models.losses import check_compatible
+
+    cfg = compose_config([f"head={head}", "horizon=2", "d_model=8"])
+    assert cfg.hydra.runtime.choices.loss == NATURAL_LOSS[head]
+    check_compatible(instantiate(cfg.head, _convert_="all"), instantiate(cfg.loss, _convert_="all"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "loss"),
+    [
+        (["head=policy", "loss=cvar"], "cvar"),
+        (["loss=sortino", "head=policy"], "sortino"),  # the order on the command line is moot
+        (["head=quantile", "loss=pinball", "loss.quantiles=[0.2,0.5,0.8]"], "pinball"),
+        (["loss=huber"], "huber"),
+    ],
+)
+def test_loss_on_the_command_line_beats_the_heads_default(overrides, loss):
+    cfg = compose_config(overrides)
+    assert cfg.hydra.runtime.choices.loss == loss
+    assert cfg.loss._target_ == compose_config([f"loss={loss}"]).loss._target_

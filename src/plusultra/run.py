@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from plusultra.cli.common import fail, output_dir_from_argv
+from plusultra.cli.overrides import check_appended
 from plusultra.evaluation.backtest.engine import MarketContext
 from plusultra.evaluation.report.render import write_reports
 from plusultra.evaluation.report.summary import flat_metrics, summary_table, write_metrics
@@ -44,6 +45,7 @@ def build(node: DictConfig, **kwargs):
 def train(cfg: DictConfig) -> float:
     """Train, evaluate and record one run; returns `metrics[cfg.optimized_metric]`."""
     hc = HydraConfig.get()
+    check_appended(cfg, hc.overrides.task, hc.runtime.choices)  # refuse +key=value nothing reads
     run_dir = Path(hc.runtime.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.matmul_precision)
