@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from plusultra.cli.common import fail, output_dir_from_argv
 from plusultra.cli.overrides import check_appended
+from plusultra.data.datasets.calendar import resolve_periods_per_year
 from plusultra.evaluation.backtest.engine import MarketContext
 from plusultra.evaluation.report.render import write_reports
 from plusultra.evaluation.report.summary import flat_metrics, summary_table, write_metrics
@@ -54,6 +55,7 @@ def train(cfg: DictConfig) -> float:
     datamodule = build(cfg.data, features=build(cfg.features))
     datamodule.setup()
     datamodule.save_artifacts(run_dir)
+    cfg.periods_per_year = resolve_periods_per_year(cfg.periods_per_year, datamodule.panel.dates)
     classes = datamodule.condition_classes  # market-state labels, if data.conditioning is set
     embedding = build(cfg.market_state, n_classes=classes) if classes else None
     n_inputs = datamodule.n_features + (embedding.dim if embedding else 0)
@@ -98,6 +100,7 @@ def train(cfg: DictConfig) -> float:
 
     extra = {
         "n_params": model.n_params,
+        "periods_per_year": cfg.periods_per_year,  # the reports annualise with the same number
         "walk_forward_blocks": len(evaluated.blocks),
         **datamodule.sizes(),
         **{f"{s.name}_best_val_loss": s.best_score for s in stages if s.best_score},
@@ -114,7 +117,7 @@ def train(cfg: DictConfig) -> float:
     logger.finalize("success")
 
     if cfg.print_summary:
-        print(f"\n{summary_table(metrics)}\n")
+        print(f"\n{summary_table(metrics, loss=hc.runtime.choices.loss)}\n")
         print(f"run dir:     {run_dir}")
         print(f"tensorboard: tensorboard --logdir {run_dir / 'tensorboard'}")
         print(f"report:      {run_dir / 'report.html'} (and report.md)")
