@@ -98,8 +98,9 @@ def test_depth_override_changes_layers_and_params(tiny_db, tmp_path):
             "database file not found: /no/such/market.sqlite",
         ),
         (["depth=0"], "depth"),
+        (["+foo=1"], "+foo=1: nothing reads `foo`"),
     ],
-    ids=["unknown-option", "unknown-key", "missing-path", "missing-db", "bad-depth"],
+    ids=["unknown-option", "unknown-key", "missing-path", "missing-db", "bad-depth", "unread-key"],
 )
 def test_bad_input_fails_cleanly_and_is_recorded(args, message, tmp_path):
     res = run_cli(["plusultra.run", *TINY_ARGS, *args], tmp_path)
