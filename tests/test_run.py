@@ -324,3 +324,5 @@ def test_run_records_the_periods_per_year_it_used(finished_run):
     assert metrics["periods_per_year"] == 252
     report = (run_dir / "report.md").read_text()
     assert "Annualisation: 252 bars a year" in report
+    config = (run_dir / "config.yaml").read_text()  # the resolved config plusultra-predict reads
+    assert "periods_per_year: 252" in config and "periods_per_year: null" not in config

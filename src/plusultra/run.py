@@ -56,6 +56,7 @@ def train(cfg: DictConfig) -> float:
     datamodule.setup()
     datamodule.save_artifacts(run_dir)
     cfg.periods_per_year = resolve_periods_per_year(cfg.periods_per_year, datamodule.panel.dates)
+    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # with it
     classes = datamodule.condition_classes  # market-state labels, if data.conditioning is set
     embedding = build(cfg.market_state, n_classes=classes) if classes else None
     n_inputs = datamodule.n_features + (embedding.dim if embedding else 0)
