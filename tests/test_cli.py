@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from hydra.errors import HydraException
+from hydra.errors import HydraException, OverrideParseException
 
 from plusultra.catalogue.query import query
 from plusultra.cli.overrides import check_appended, explain_composition_error
@@ -281,6 +281,17 @@ def test_composition_errors_become_one_line_with_did_you_mean():
     )
     assert "did you mean `backbone=tcn`?" in group
     assert explain_composition_error(HydraException("something else"), []) is None
+    exists = HydraException(
+        "Could not append to config. An item is already at 'trainer.max_epochs'.\nEither ..."
+    )
+    assert explain_composition_error(exists, ["+trainer.max_epochs=2"]) == (
+        "+trainer.max_epochs=2: `trainer.max_epochs` already exists; set it without +: "
+        "`trainer.max_epochs=2`"
+    )
+    parse = OverrideParseException("depth=[1", "no viable alternative at input '[1'\nSee docs")
+    assert explain_composition_error(parse, ["depth=[1"]) == (
+        "depth=[1: no viable alternative at input '[1' (See docs)"
+    )
 
 
 def test_fail_prints_the_hint(capsys):

@@ -13,7 +13,8 @@ Two checks, both ending in a one-line ``plusultra: error:`` message:
 * ``explain_composition_error`` turns Hydra's composition errors for an unknown option
   (``backbone=hybird``) or an unknown key (``trainer.max_epoch=1``) into one line with a
   "did you mean" (difflib) and, for options, the valid choices. It replaces Hydra's advice to
-  add ``+``, which is exactly the trap above.
+  add ``+``, which is exactly the trap above. A ``+key`` that already exists and an override
+  that does not parse also get one line each.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
@@ -164,6 +165,14 @@ def explain_composition_error(exc: BaseException, overrides: Sequence[str]) -> s
             f"{typed}: no option '{option}' in group '{group}'{hint}. "
             f"Options: {', '.join(sorted(exc.options))}"
         )
+    if isinstance(exc, OverrideParseException):
+        first, *rest = [line.strip() for line in exc.message.splitlines() if line.strip()]
+        return f"{exc.override}: {first}" + (f" ({' '.join(rest)})" if rest else "")
+    exists = re.match(r"Could not append to config\. An item is already at '([^']+)'", str(exc))
+    if exists:
+        key = exists.group(1)
+        typed = _user_override(overrides, key) or f"+{key}=..."
+        return f"{typed}: `{key}` already exists; set it without +: `{typed.lstrip('+')}`"
     match = re.match(r"Could not override '([^']+)'\.", str(exc))
     if isinstance(exc, HydraException) and match:
         key = match.group(1)
