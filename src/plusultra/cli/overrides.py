@@ -66,8 +66,15 @@ def _node(cfg: DictConfig, path: str):
 
 
 def _parameters(target: str) -> tuple[set[str], bool]:
-    """Names a ``_target_`` accepts as keywords, and whether it takes ``**kwargs``."""
-    params = inspect.signature(get_object(target)).parameters.values()
+    """Names a ``_target_`` accepts as keywords, and whether it takes ``**kwargs``.
+
+    A target that does not import (or has no signature) counts as taking anything: building
+    it fails later with Hydra's own message, which names the target.
+    """
+    try:
+        params = inspect.signature(get_object(target)).parameters.values()
+    except (ImportError, ValueError, TypeError, HydraException):
+        return set(), True
     named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     return named, any(p.kind is p.VAR_KEYWORD for p in params)
 
