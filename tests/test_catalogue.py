@@ -346,11 +346,24 @@ def test_cli_default_query_env_dir_and_out_file(
     catalogue: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     monkeypatch.setenv("PLUSULTRA_OUTPUT_DIR", str(catalogue.parent))
-    assert cli.main([]) == 0
+    assert cli.main(["SELECT * FROM runs ORDER BY started_at"]) == 0
     out = capsys.readouterr().out
     assert "run_id" in out and "git_revision" in out and "2025-01-02 03:04:05+00:00" in out
     assert " NULL " in out and "None" not in out  # SQL NULLs print alike whatever the dtype
     assert out.index("20250102-030405-00000030") < out.index("20250102-030407-00000031")
+    assert cli.main([]) == 0  # no query: the curated view
+    out = capsys.readouterr().out
+    assert out.split("\n")[0].split() == [
+        "run_id",
+        "status",
+        "started",
+        "backbone",
+        "depth",
+        "n_params",
+        "val_loss",
+        "test_sharpe",
+    ]  # the fixture's rows have no head, loss, val_sharpe ... columns: left out, no error
+    assert "2025-01-02 03:04:05 " in out and "git_revision" not in out
     target = tmp_path / "export.json"
     assert cli.main(["SELECT run_id FROM runs ORDER BY run_id", "--out", str(target)]) == 0
     assert capsys.readouterr().out == ""
@@ -376,6 +389,73 @@ def test_cli_errors_exit_2_without_traceback(catalogue: Path, tmp_path: Path, ca
 def test_cli_help_explains_quoting() -> None:
     text = cli.build_parser().format_help()
     assert '"trainer.max_epochs"' in text and "--format" in text and "examples:" in text
+    assert "quote dotted names" in text and "curated view of the last 20 runs" in text
+
+
+def test_curated_view_shows_the_last_runs_compactly(tmp_path: Path) -> None:
+    cat = tmp_path / "catalogue"
+    for i in range(25):
+        run_id = f"20250102-0304{i:02d}-{i:08x}"
+        rows.write_row(
+            cat,
+            make_row(
+                run_id,
+                started_at=T0 + timedelta(seconds=i),
+                choices={
+                    "data": "synthetic",
+                    "backbone": "hybrid",
+                    "head": "policy",
+                    "loss": "sharpe",
+                },
+                config={
+                    "depth": 2,
+                    "d_model": 16,
+                    "window": 32,
+                    "simulator": {"execution": "next_open"},
+                },
+                metrics={
+                    "val_loss": 0.5,
+                    "val_sharpe": 0.1 * i,
+                    "test_sharpe": 1.0,
+                    "n_params": 99,
+                    "test_max_drawdown": -0.2,
+                    "test_buyhold_sharpe": 0.3,
+                },
+            ),
+        )
+    rows.write_row(
+        cat,
+        make_row(
+            "20250102-030500-000000ff",
+            started_at=T0 + timedelta(seconds=60),
+            status="failed",
+            error="ConfigError: x",
+            metrics={},
+        ),
+    )
+    df = query(cat, cli.curated_sql(query(cat, "DESCRIBE runs")["column_name"].tolist()))
+    assert list(df.columns) == [
+        "run_id",
+        "status",
+        "started",
+        "data",
+        "backbone",
+        "head",
+        "loss",
+        "depth",
+        "d_model",
+        "window",
+        "n_params",
+        "val_loss",
+        "val_sharpe",
+        "test_sharpe",
+        "test_max_drawdown",
+        "execution",
+    ]
+    assert len(df) == cli.LAST_RUNS
+    assert df["started"].is_monotonic_increasing and df["status"].iloc[-1] == "failed"
+    assert df["run_id"].iloc[0] == "20250102-030406-00000006"  # the 20 most recent of 26
+    assert df["execution"].iloc[0] == "next_open" and df["started"].iloc[0] == "2025-01-02 03:04:11"
 
 
 # --------------------------------------------------------------------------- callback, unit
@@ -578,3 +658,20 @@ def test_callback_records_a_failing_job_and_the_error_propagates(hydra_app: Path
     assert (row["status"], row["error"]) == ("failed", "ValueError: boom seed=5")
     assert row["backbone"] == "hybrid" and row["fail"]
     assert "val_loss" not in df.columns and "n_params" not in df.columns
+
+
+def test_null_config_key_filled_by_a_metric_is_not_a_conflict(caplog) -> None:
+    """periods_per_year: null in the config (derived), the run's value in metrics.json."""
+    with caplog.at_level(logging.WARNING, logger="plusultra.catalogue.rows"):
+        row = make_row(
+            "20250102-030405-000000aa",
+            config={"periods_per_year": None},
+            metrics={"periods_per_year": 52.0},
+        )
+        assert row["periods_per_year"] == 52.0 and not caplog.records
+        row = make_row(
+            "20250102-030405-000000ab",
+            config={"periods_per_year": 12},
+            metrics={"periods_per_year": 52.0},
+        )
+    assert row["periods_per_year"] == 52.0 and "shadowed" in caplog.text

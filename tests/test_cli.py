@@ -9,8 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from hydra.errors import HydraException, OverrideParseException
 
 from plusultra.catalogue.query import query
+from plusultra.cli.overrides import check_appended, explain_composition_error
+from plusultra.errors import ConfigError
 from tests.conftest import TINY, run_cli
 
 TINY_ARGS = [a for a in TINY if not a.startswith(("depth=", "d_model="))]
@@ -87,16 +90,17 @@ def test_depth_override_changes_layers_and_params(tiny_db, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["backbone=nope"], "Could not find 'backbone/nope'"),
-        (["trainer.nope=1"], "Could not override 'trainer.nope'"),
+        (["backbone=nope"], "no option 'nope' in group 'backbone'"),
+        (["trainer.max_epoch=1"], "did you mean `trainer.max_epochs=1`?"),
         (["data=sqlite"], "data.path"),
         (
             ["data=sqlite", "data.path=/no/such/market.sqlite"],
             "database file not found: /no/such/market.sqlite",
         ),
         (["depth=0"], "depth"),
+        (["+foo=1"], "+foo=1: nothing reads `foo`"),
     ],
-    ids=["unknown-option", "unknown-key", "missing-path", "missing-db", "bad-depth"],
+    ids=["unknown-option", "unknown-key", "missing-path", "missing-db", "bad-depth", "unread-key"],
 )
 def test_bad_input_fails_cleanly_and_is_recorded(args, message, tmp_path):
     res = run_cli(["plusultra.run", *TINY_ARGS, *args], tmp_path)
@@ -106,15 +110,20 @@ def test_bad_input_fails_cleanly_and_is_recorded(args, message, tmp_path):
     assert "Traceback" not in res.stderr
     rows = _rows(tmp_path)
     assert len(rows) == 1 and rows["status"].iloc[0] == "failed"
-    assert message.split(":")[0] in rows["error"].iloc[0]
+    # the row keeps Hydra's own error; the one-line message above adds the did-you-mean
+    recorded = {"backbone=nope": "backbone/nope", "trainer.max_epoch=1": "trainer.max_epoch"}
+    assert recorded.get(args[0], message.split(":")[0]) in rows["error"].iloc[0]
     assert not list(tmp_path.rglob("metrics.json")), "a failed run must not look like a result"
 
 
 def test_unknown_option_lists_valid_choices(tmp_path):
-    res = run_cli(["plusultra.run", "backbone=nope"], tmp_path)
+    res = run_cli(["plusultra.run", "backbone=hybird"], tmp_path)
     assert res.returncode == 2
-    assert "Available options in 'backbone'" in res.stderr
-    assert "hybrid" in res.stderr and "transformer" in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1] == (
+        "plusultra: error: backbone=hybird: no option 'hybird' in group 'backbone' "
+        "(did you mean 'hybrid'?). Options: hybrid, moe, multiscale, ssm, tcn, transformer"
+    )
 
 
 def test_database_without_required_table(tiny_db, tmp_path):
@@ -210,3 +219,97 @@ def test_data_cli_import_and_features(tmp_path):
     from plusultra.data.features.pipeline import registry_markdown
 
     assert res.returncode == 0 and res.stdout.strip() == registry_markdown().strip()
+
+
+# ---------------------------------------------------------------- overrides nothing reads
+
+
+def _appended(overrides: list[str]) -> None:
+    from tests.conftest import compose_config
+
+    cfg = compose_config(overrides)
+    check_appended(cfg, overrides, cfg.hydra.runtime.choices)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+foo=1", "+foo=1: nothing reads `foo`"),
+        ("+sed=1", "did you mean `seed=1`?"),
+        ("+data.something_unused=2", "SQLiteDataModule takes no argument `something_unused`"),
+        ("+trainer.max_epoch=2", "did you mean `trainer.max_epochs=2`?"),
+        ("+data.fixture.x=1", "`data.fixture` has no `_target_`"),
+    ],
+)
+def test_appended_key_that_nothing_reads_is_refused(override, message):
+    with pytest.raises(ConfigError) as err:
+        _appended([override])
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["+trainer.gradient_clip_algorithm=norm"],  # a Trainer argument
+        ["+loss.reduction=sum"],  # torch.nn.MSELoss(reduction=...)
+        [
+            "+callbacks.es._target_=lightning.pytorch.callbacks.EarlyStopping",
+            "+callbacks.es.monitor=x",
+        ],
+        ["++foo=1"],  # set-or-add is the explicit escape hatch
+        ["seed=3", "backbone=tcn"],  # plain sets and group choices are Hydra's to check
+    ],
+)
+def test_appended_constructor_arguments_are_accepted(overrides):
+    _appended(overrides)
+
+
+def test_composition_errors_become_one_line_with_did_you_mean():
+    from hydra.errors import MissingConfigException
+
+    missing = MissingConfigException("long text", "backbone/hybird", ["hybrid", "moe", "tcn"])
+    assert explain_composition_error(missing, ["depth=1", "backbone=hybird"]) == (
+        "backbone=hybird: no option 'hybird' in group 'backbone' (did you mean 'hybrid'?). "
+        "Options: hybrid, moe, tcn"
+    )
+    unknown = HydraException("Could not override 'trainer.max_epoch'.\nTo append use +...")
+    line = explain_composition_error(unknown, ["trainer.max_epoch=1"])
+    assert line.startswith("trainer.max_epoch=1: the config has no key `trainer.max_epoch`")
+    assert "did you mean `trainer.max_epochs=1`?" in line and "\n" not in line
+    group = explain_composition_error(
+        HydraException("Could not override 'bakbone'."), ["bakbone=tcn"]
+    )
+    assert "did you mean `backbone=tcn`?" in group
+    assert explain_composition_error(HydraException("something else"), []) is None
+    exists = HydraException(
+        "Could not append to config. An item is already at 'trainer.max_epochs'.\nEither ..."
+    )
+    assert explain_composition_error(exists, ["+trainer.max_epochs=2"]) == (
+        "+trainer.max_epochs=2: `trainer.max_epochs` already exists; set it without +: "
+        "`trainer.max_epochs=2`"
+    )
+    parse = OverrideParseException("depth=[1", "no viable alternative at input '[1'\nSee docs")
+    assert explain_composition_error(parse, ["depth=[1"]) == (
+        "depth=[1: no viable alternative at input '[1' (See docs)"
+    )
+
+
+def test_fail_prints_the_hint(capsys):
+    from hydra.errors import MissingConfigException
+
+    from plusultra.cli.common import fail
+
+    exc = MissingConfigException("Could not find 'head/quantle'", "head/quantle", ["quantile"])
+    with pytest.raises(SystemExit) as code:
+        fail("plusultra", exc, overrides=["head=quantle"])
+    assert code.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("plusultra: error: head=quantle: no option 'quantle' in group 'head'")
+    assert "did you mean 'quantile'?" in err
+
+
+def test_overrides_conf_dir_is_the_entrypoints():
+    from plusultra.cli import overrides
+    from plusultra.run import CONF_DIR
+
+    assert overrides.CONF_DIR == CONF_DIR

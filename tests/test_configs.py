@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from hydra.utils import get_object, instantiate
@@ -118,6 +119,7 @@ def test_every_option_builds(group, option, tiny_db, tmp_path):
         [
             f"{group}={option}",
             f"data.path={tiny_db}",
+            "periods_per_year=252",  # run.py resolves the null default from the data
             f"paths.output_dir={tmp_path}",
             f"hydra.runtime.output_dir={tmp_path}",
         ]
@@ -175,3 +177,95 @@ def test_large_hybrid_recipe_builds_the_planned_model():
     assert len(model.blocks) == 16
     dilations = [b.conv.conv.dilation[0] for b in model.blocks]
     assert dilations[:6] == [1, 2, 4, 8, 16, 32] and model.n_tokens(2048) == 255
+
+
+NATURAL_LOSS = {
+    "regression": "mse",
+    "quantile": "pinball",
+    "calibrated": "calibrated",
+    "policy": "sharpe",
+}
+
+
+@pytest.mark.parametrize("head", sorted(f.stem for f in (CONF / "head").glob("*.yaml")))
+def test_every_head_composes_with_its_natural_loss(head):
+    """`head=X` alone picks the head's loss (head/*.yaml defaults), and the pair is compatible."""
+    from plusultra.models.losses import check_compatible
+
+    cfg = compose_config([f"head={head}", "horizon=2", "d_model=8"])
+    assert cfg.hydra.runtime.choices.loss == NATURAL_LOSS[head]
+    check_compatible(instantiate(cfg.head, _convert_="all"), instantiate(cfg.loss, _convert_="all"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "loss"),
+    [
+        (["head=policy", "loss=cvar"], "cvar"),
+        (["loss=sortino", "head=policy"], "sortino"),  # the order on the command line is moot
+        (["head=quantile", "loss=pinball", "loss.quantiles=[0.2,0.5,0.8]"], "pinball"),
+        (["loss=huber"], "huber"),
+    ],
+)
+def test_loss_on_the_command_line_beats_the_heads_default(overrides, loss):
+    cfg = compose_config(overrides)
+    assert cfg.hydra.runtime.choices.loss == loss
+    assert cfg.loss._target_ == compose_config([f"loss={loss}"]).loss._target_
+
+
+# ---------------------------------------------------------------- periods_per_year: one source
+
+
+@pytest.mark.parametrize(
+    ("dates", "expected"),
+    [
+        (pd.bdate_range("2020-01-01", periods=300), 252),  # business days
+        (pd.date_range("2020-01-01", periods=300, freq="D"), 365),  # every day (crypto)
+        (pd.date_range("2015-01-02", periods=200, freq="W-FRI"), 52),  # weekly
+        (pd.date_range("2000-01-31", periods=120, freq="ME"), 12),  # month ends
+        (pd.date_range("2000-03-31", periods=40, freq="QE"), 4),  # quarter ends
+        (
+            pd.DatetimeIndex(
+                [
+                    d + pd.Timedelta(hours=h)
+                    for d in pd.bdate_range("2021-01-04", periods=30)
+                    for h in range(10, 17)
+                ]
+            ),
+            7 * 252,  # 7 hourly bars a business day
+        ),
+    ],
+    ids=["daily", "calendar-daily", "weekly", "monthly", "quarterly", "hourly"],
+)
+def test_periods_per_year_from_bar_spacing(dates, expected):
+    from plusultra.data.datasets.calendar import periods_per_year
+
+    assert periods_per_year(dates) == expected
+    holidays = dates.delete([5, 30])  # a few missing bars do not move the median spacing
+    assert periods_per_year(holidays) == expected
+
+
+def test_periods_per_year_root_key_overrides_and_is_checked():
+    from plusultra.data.datasets.calendar import resolve_periods_per_year
+    from plusultra.errors import ConfigError, DataError
+
+    days = pd.bdate_range("2020-01-01", periods=50)
+    assert resolve_periods_per_year(None, days) == 252
+    assert resolve_periods_per_year(260, days) == 260
+    for bad in (0, 52.5, True, "252"):
+        with pytest.raises(ConfigError, match="periods_per_year"):
+            resolve_periods_per_year(bad, days)
+    with pytest.raises(DataError, match="set periods_per_year"):
+        resolve_periods_per_year(None, days[:1])
+
+
+def test_periods_per_year_is_one_root_key():
+    """Metrics and the realistic simulator's accrual read the root key, nothing else."""
+    cfg = compose_config(["simulator=realistic", "periods_per_year=52"])
+    assert cfg.periods_per_year == 52
+    assert cfg.evaluation.periods_per_year == 52 and cfg.simulator.periods_per_year == 52
+    assert compose_config().periods_per_year is None  # null: derived from the data
+    for path in CONF.rglob("*.yaml"):
+        for line in path.read_text().splitlines():
+            if line.strip().startswith("periods_per_year:"):
+                value = line.split(":", 1)[1].split("#")[0].strip()
+                assert value in ("null", "${periods_per_year}"), f"{path}: {line}"

@@ -16,6 +16,7 @@ import pytest
 
 from plusultra.errors import DataError
 from plusultra.evaluation.report.analysis import (
+    annual_sharpe,
     attribution,
     high_vol_mask,
     scenarios,
@@ -135,7 +136,7 @@ def test_attribution_sums_match_naive_loop(runs):
 
 def test_scenarios_by_year_compound_by_hand(runs):
     bt = load_run(runs["frictionless"]).backtest
-    scen = scenarios(bt)
+    scen = scenarios(bt, 252)
     by_year = scen["by_year"]
     assert list(by_year.index) == [2021, 2022]
     for year in (2021, 2022):
@@ -243,3 +244,65 @@ def test_cli(tmp_path):
     assert "metrics.json" in lines[0]
     helped = _cli("--help")
     assert helped.returncode == 0 and "plusultra-report" in helped.stdout
+
+
+# ---------------------------------------------------------------- header, loss name, periods
+
+
+def _with_hydra(run: Path, overrides: list[str], choices: dict) -> Path:
+    """Add the `.hydra` files Hydra writes (choices stored in reverse defaults-list order)."""
+    import yaml
+
+    (run / ".hydra").mkdir(exist_ok=True)
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    hydra = {"hydra": {"runtime": {"choices": choices}}}
+    (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra, sort_keys=False))
+    return run
+
+
+def test_header_lists_overrides_as_typed_model_size_and_choices(tmp_path):
+    run = make_run(tmp_path / "run", n_bars=80)
+    metrics = json.loads((run / "metrics.json").read_text()) | {"n_params": 12345}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    typed = [
+        "head=quantile",
+        "depth=1",
+        "trainer.max_epochs=1",
+        "+trainer.gradient_clip_algorithm=norm",
+    ]
+    hydra_order = {"experiment": None, "hydra": "default", "hardware": "cpu", "head": "quantile"}
+    hydra_order |= {"loss": "pinball", "backbone": "hybrid", "data": "synthetic"}
+    _with_hydra(run, typed, hydra_order)
+    loaded = load_run(run)
+    assert loaded.overrides == typed
+    assert list(loaded.choices) == ["data", "backbone", "loss", "head", "hardware"]
+    _, md_path = write_reports(run, tmp_path / "out")
+    md = md_path.read_text()
+    assert "Overrides: " + " ".join(typed) + "  \n" in md
+    assert "Model size: 12,345 parameters" in md
+    assert "Configuration: data=synthetic, backbone=hybrid, loss=pinball, head=quantile" in md
+    assert "| loss (pinball) | 0.9800 | 1.0100 |" in md  # the summary names the loss used
+    assert "scaled MSE" not in md
+
+
+def test_header_of_a_default_run_says_so(tmp_path):
+    run = _with_hydra(make_run(tmp_path / "run", n_bars=60), [], {"loss": "mse"})
+    md = write_reports(run, tmp_path / "out")[1].read_text()
+    assert "Overrides: none (the default experiment)" in md and "| loss (mse) |" in md
+
+
+def test_report_annualises_with_the_runs_periods_per_year(tmp_path):
+    run = make_run(tmp_path / "run", n_bars=80)
+    assert load_run(run).periods_per_year == 252  # no metric: derived from the business days
+    metrics = json.loads((run / "metrics.json").read_text()) | {"periods_per_year": 52}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    loaded = load_run(run)
+    assert loaded.periods_per_year == 52
+    r = loaded.backtest["strategy_return"]
+    by_year = scenarios(loaded.backtest, loaded.periods_per_year)["by_year"]
+    in_2021 = r[r.index.year == 2021]
+    naive = in_2021.mean() / in_2021.std(ddof=1) * np.sqrt(52)
+    assert by_year.loc[2021, "model_sharpe"] == pytest.approx(naive)
+    assert annual_sharpe(r, 52) == pytest.approx(annual_sharpe(r, 252) * np.sqrt(52 / 252))
+    md = write_reports(run, tmp_path / "out")[1].read_text()
+    assert "Annualisation: 52 bars a year" in md

@@ -318,3 +318,14 @@ def test_realistic_simulator_backtest(tiny_db, tmp_path):
     assert real["test_n_trades"] > 0 and 0 <= real["test_win_rate"] <= 1
     lo, hi = real["test_sharpe_lo"], real["test_sharpe_hi"]
     assert lo <= real["test_sharpe"] <= hi
+
+
+def test_run_records_the_periods_per_year_it_used(finished_run):
+    """Daily business-day bars: 252, derived (the root key is null), in metrics and report."""
+    _, run_dir, _ = finished_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["periods_per_year"] == 252
+    report = (run_dir / "report.md").read_text()
+    assert "Annualisation: 252 bars a year" in report
+    config = (run_dir / "config.yaml").read_text()  # the resolved config plusultra-predict reads
+    assert "periods_per_year: 252" in config and "periods_per_year: null" not in config

@@ -242,3 +242,19 @@ def test_on_multirun_end_never_raises(tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.INFO):
         CatalogueCallback("cat").on_multirun_end(config)
     assert "no completed trial with a finite test_sharpe" in caplog.text
+
+
+def test_periods_per_year_metric_wins_over_the_old_config_key(tmp_path: Path) -> None:
+    """Runs record the bars a year they annualised with as a metric; older rows have only the
+    config key evaluation.periods_per_year, which is still read."""
+    cat = tmp_path / "catalogue"
+    base = {"test_n_periods": 500.0, "test_skew": 0.0, "test_kurtosis": 3.0}
+    for i, (metric, config) in enumerate([(12, None), (12, 252), (None, 52), (None, None)]):
+        metrics = (
+            base | {"test_sharpe": 1.0} | ({} if metric is None else {"periods_per_year": metric})
+        )
+        rows.write_row(
+            cat, trial(f"/m/s/{i}", 1.0, job_num=i, metrics=metrics, periods_per_year=config)
+        )
+    df = _sweeps(cat)
+    assert df["periods_per_year"].tolist() == [12.0, 12.0, 52.0, 252.0]

@@ -22,6 +22,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from plusultra.cli.common import fail, output_dir_from_argv
+from plusultra.cli.overrides import check_appended
+from plusultra.data.datasets.calendar import resolve_periods_per_year
 from plusultra.evaluation.backtest.engine import MarketContext
 from plusultra.evaluation.report.render import write_reports
 from plusultra.evaluation.report.summary import flat_metrics, summary_table, write_metrics
@@ -44,6 +46,7 @@ def build(node: DictConfig, **kwargs):
 def train(cfg: DictConfig) -> float:
     """Train, evaluate and record one run; returns `metrics[cfg.optimized_metric]`."""
     hc = HydraConfig.get()
+    check_appended(cfg, hc.overrides.task, hc.runtime.choices)  # refuse +key=value nothing reads
     run_dir = Path(hc.runtime.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.matmul_precision)
@@ -52,6 +55,8 @@ def train(cfg: DictConfig) -> float:
     datamodule = build(cfg.data, features=build(cfg.features))
     datamodule.setup()
     datamodule.save_artifacts(run_dir)
+    cfg.periods_per_year = resolve_periods_per_year(cfg.periods_per_year, datamodule.panel.dates)
+    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # with it
     classes = datamodule.condition_classes  # market-state labels, if data.conditioning is set
     embedding = build(cfg.market_state, n_classes=classes) if classes else None
     n_inputs = datamodule.n_features + (embedding.dim if embedding else 0)
@@ -96,6 +101,7 @@ def train(cfg: DictConfig) -> float:
 
     extra = {
         "n_params": model.n_params,
+        "periods_per_year": cfg.periods_per_year,  # the reports annualise with the same number
         "walk_forward_blocks": len(evaluated.blocks),
         **datamodule.sizes(),
         **{f"{s.name}_best_val_loss": s.best_score for s in stages if s.best_score},
@@ -112,7 +118,7 @@ def train(cfg: DictConfig) -> float:
     logger.finalize("success")
 
     if cfg.print_summary:
-        print(f"\n{summary_table(metrics)}\n")
+        print(f"\n{summary_table(metrics, loss=hc.runtime.choices.loss)}\n")
         print(f"run dir:     {run_dir}")
         print(f"tensorboard: tensorboard --logdir {run_dir / 'tensorboard'}")
         print(f"report:      {run_dir / 'report.html'} (and report.md)")

@@ -264,7 +264,8 @@ def build_row(
     metric_row = {str(k): _metric_value(str(k), v) for k, v in metrics.items()}
     for name, value in flat.items():
         if name in metric_row and name not in row:
-            log.warning("catalogue: config key %r is shadowed by the metric of that name", name)
+            if value is not None:  # a null config key filled by the run (periods_per_year) is fine
+                log.warning("catalogue: config key %r is shadowed by the metric of that name", name)
             continue
         put(name, value, "config key")
     for name, value in metric_row.items():

@@ -14,7 +14,7 @@ out. Per sweep and trial ``i``:
 
 - ``N`` (``n_trials``): the number of trials in the sweep.
 - ``SR_i = test_sharpe_i / sqrt(P_i)``: the per-period Sharpe, ``P_i`` the run's
-  ``evaluation.periods_per_year`` (252 when the column is missing or null).
+  ``periods_per_year`` metric (older rows: ``evaluation.periods_per_year``; 252 when neither).
 - ``V`` (``sharpe_variance``): the sample variance (``ddof=1``) of the ``SR_i`` across the
   sweep, per period (squared per-period Sharpe units); 0 for a one-trial sweep.
 - ``SR0`` (``expected_max_sharpe``): ``evaluation.deflated.expected_max_sharpe(N, V)``, reported
@@ -39,7 +39,7 @@ import pandas as pd
 from plusultra.evaluation.metrics.deflated import deflated_sharpe, expected_max_sharpe
 
 DEFAULT_PERIODS_PER_YEAR = 252
-"""Used for a run without an ``evaluation.periods_per_year`` value (the config default)."""
+"""Used for a run without a ``periods_per_year`` value (catalogues older than that metric)."""
 
 INPUT_COLUMNS = (
     "run_id",
@@ -51,6 +51,7 @@ INPUT_COLUMNS = (
     "test_n_periods",
     "test_skew",
     "test_kurtosis",
+    "periods_per_year",
     "evaluation.periods_per_year",
 )
 """Catalogue columns ``sweep_table`` reads; all but the first five (core columns) may be absent."""
@@ -136,7 +137,8 @@ def sweep_table(runs: pd.DataFrame) -> pd.DataFrame:
     if not keep.any():
         return _empty()
 
-    ppy = _numeric(runs, "evaluation.periods_per_year")
+    # the metric the run annualised with; older catalogues only have the config key
+    ppy = _numeric(runs, "periods_per_year").fillna(_numeric(runs, "evaluation.periods_per_year"))
     skew, kurtosis = _numeric(runs, "test_skew"), _numeric(runs, "test_kurtosis")
     trials = pd.DataFrame(
         {

@@ -17,8 +17,29 @@ from plusultra.catalogue.query import CatalogueError, catalogue_files, query
 from plusultra.errors import PlusUltraError
 
 PROG = "plusultra-catalogue"
-DEFAULT_SQL = "SELECT * FROM runs ORDER BY started_at"
 FORMATS = ("table", "csv", "json")
+LAST_RUNS = 20  # runs in the curated view (no SQL given)
+# The curated view: (column, shown as), in display order; a column an older catalogue lacks is
+# left out. `execution` is the simulator's fill timing where runs record it.
+CURATED = (
+    ("run_id", "run_id"),
+    ("status", "status"),
+    ("started_at", "started"),
+    ("data", "data"),
+    ("backbone", "backbone"),
+    ("head", "head"),
+    ("loss", "loss"),
+    ("depth", "depth"),
+    ("d_model", "d_model"),
+    ("window", "window"),
+    ("n_params", "n_params"),
+    ("val_loss", "val_loss"),
+    ("val_sharpe", "val_sharpe"),
+    ("test_sharpe", "test_sharpe"),
+    ("test_max_drawdown", "test_max_drawdown"),
+    ("execution", "execution"),
+    ("simulator.execution", "execution"),
+)
 
 EPILOG = textwrap.dedent(
     """\
@@ -34,8 +55,14 @@ EPILOG = textwrap.dedent(
     "a/b"); SQL strings use single quotes. In bash, put the query in double quotes and escape
     the inner ones as \\", or put it in single quotes when it has no string literal.
 
+    Without a query it prints a curated view of the last 20 runs (run_id, status, started,
+    data, backbone, head, loss, depth, d_model, window, n_params, val_loss, val_sharpe,
+    test_sharpe, test_max_drawdown, execution; columns an older catalogue lacks are left out);
+    every column: plusultra-catalogue "SELECT * FROM runs".
+
     examples:
       plusultra-catalogue
+      plusultra-catalogue "SELECT * FROM runs ORDER BY started_at"
       plusultra-catalogue "SELECT run_id, backbone, depth, n_params, test_sharpe FROM runs"
       plusultra-catalogue 'SELECT run_id, "trainer.max_epochs", val_loss FROM runs'
       plusultra-catalogue "SELECT backbone, \\"trainer.max_epochs\\", avg(test_sharpe) AS sharpe
@@ -65,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "sql", nargs="?", default=DEFAULT_SQL, help=f"the query (default: {DEFAULT_SQL!r})"
+        "sql",
+        nargs="?",
+        default=None,
+        help=f"the query; quote dotted names: 'SELECT \"trainer.max_epochs\" FROM runs' "
+        f"(default: a curated view of the last {LAST_RUNS} runs)",
     )
     parser.add_argument(
         "--catalogue",
@@ -127,6 +158,30 @@ def render(df: pd.DataFrame, fmt: str) -> str:
     return _table(df)
 
 
+def curated_sql(columns: set[str] | list[str], last: int = LAST_RUNS) -> str:
+    """The query of the curated view over the catalogue's ``columns`` (the newest last).
+
+    Args:
+        columns: The columns the view ``runs`` has (``DESCRIBE runs``).
+        last: How many of the most recent runs to show.
+    """
+    present, shown, select = set(columns), set(), []
+    for column, label in CURATED:
+        if column in present and label not in shown:
+            shown.add(label)
+            value = _ident(column)
+            if column == "started_at":  # to the second, in UTC, as text: compact and unambiguous
+                value = f"strftime(timezone('UTC', {value}), '%Y-%m-%d %H:%M:%S')"
+            select.append(f"{value} AS {_ident(label)}")
+    inner = f"SELECT {', '.join(select)}, started_at AS _t FROM runs"
+    inner += f" ORDER BY started_at DESC, run_id DESC LIMIT {int(last)}"
+    return f"SELECT * EXCLUDE (_t) FROM ({inner}) ORDER BY _t, run_id"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 def _write_atomic(path: pathlib.Path, text: str) -> None:
     directory = path.parent if str(path.parent) else pathlib.Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
@@ -152,7 +207,11 @@ def _run(args: argparse.Namespace) -> int:
     if fmt is None:
         suffix = args.out.suffix.lower().lstrip(".") if args.out is not None else ""
         fmt = suffix if suffix in ("csv", "json") else "table"
-    text = render(query(catalogue, args.sql), fmt)
+    sql = args.sql
+    if sql is None:
+        described = query(catalogue, "DESCRIBE runs")
+        sql = curated_sql(described["column_name"].tolist())
+    text = render(query(catalogue, sql), fmt)
     if args.out is None:
         sys.stdout.write(text)
         sys.stdout.flush()

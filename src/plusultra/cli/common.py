@@ -66,6 +66,19 @@ def output_dir_from_argv(argv: list[str]) -> str:
     return out
 
 
+def _composition_hint(cause: BaseException, overrides: list[str] | None) -> str | None:
+    """Hydra's unknown option / unknown key errors as one line with a did-you-mean, else None."""
+    if overrides is None or not isinstance(cause, HydraException):
+        return None
+    from plusultra.cli.overrides import explain_composition_error
+
+    try:
+        return explain_composition_error(cause, overrides)
+    except Exception as hint_exc:  # noqa: BLE001 - a hint must not mask the real error
+        log.debug("no hint for %s: %s", type(cause).__name__, hint_exc)
+        return None
+
+
 def fail(
     prog: str,
     exc: BaseException,
@@ -89,6 +102,7 @@ def fail(
         print(f"{prog}: error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(1)
     message = str(cause).strip() or type(cause).__name__
+    message = _composition_hint(cause, overrides) or message
     if isinstance(cause, OmegaConfBaseException):
         message = message.split("\n")[0]  # drop OmegaConf's full_key/object_type lines
     group = _instantiated_group(exc)

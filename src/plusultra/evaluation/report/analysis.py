@@ -17,7 +17,6 @@ import math
 import numpy as np
 import pandas as pd
 
-PERIODS_PER_YEAR = 252
 VOL_BARS = 21  # trailing window of buy-and-hold volatility defining the high-volatility regime
 CRASH_BARS = 5  # length of a crash window
 N_CRASHES = 5  # worst buy-and-hold windows shown
@@ -71,24 +70,24 @@ def compound_return(r: pd.Series) -> float:
     return float((1.0 + r.fillna(0.0)).prod() - 1.0)
 
 
-def annual_sharpe(r: pd.Series) -> float:
-    """Annualised Sharpe (PERIODS_PER_YEAR bars) of per-bar returns; NaN without dispersion."""
+def annual_sharpe(r: pd.Series, periods_per_year: float) -> float:
+    """Annualised Sharpe (x sqrt(periods_per_year)) of per-bar returns; NaN without dispersion."""
     r = r.dropna()
     sd = r.std(ddof=1) if len(r) > 1 else math.nan
     if not sd or not math.isfinite(sd):
         return math.nan
-    return float(r.mean() / sd * math.sqrt(PERIODS_PER_YEAR))
+    return float(r.mean() / sd * math.sqrt(periods_per_year))
 
 
-def _period_row(model: pd.Series, bench: pd.Series | None) -> dict[str, float]:
+def _period_row(model: pd.Series, bench: pd.Series | None, ppy: float) -> dict[str, float]:
     row = {
         "bars": len(model),
         "model_return": compound_return(model),
-        "model_sharpe": annual_sharpe(model),
+        "model_sharpe": annual_sharpe(model, ppy),
     }
     if bench is not None:
         row["buyhold_return"] = compound_return(bench)
-        row["buyhold_sharpe"] = annual_sharpe(bench)
+        row["buyhold_sharpe"] = annual_sharpe(bench, ppy)
     return row
 
 
@@ -121,8 +120,8 @@ def worst_windows(bench: pd.Series, n: int = N_CRASHES, length: int = CRASH_BARS
     return starts
 
 
-def scenarios(backtest: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Model vs buy-and-hold in scenarios.
+def scenarios(backtest: pd.DataFrame, periods_per_year: float) -> dict[str, pd.DataFrame]:
+    """Model vs buy-and-hold in scenarios; Sharpe ratios annualised with `periods_per_year`.
 
     Returns:
         `by_year` (index year): bars, compounded model/buy-and-hold return, annualised Sharpe;
@@ -136,7 +135,9 @@ def scenarios(backtest: pd.DataFrame) -> dict[str, pd.DataFrame]:
     years = backtest.index.year
     by_year = pd.DataFrame(
         {
-            y: _period_row(model[years == y], None if bench is None else bench[years == y])
+            y: _period_row(
+                model[years == y], None if bench is None else bench[years == y], periods_per_year
+            )
             for y in sorted(set(years))
         }
     ).T
@@ -148,7 +149,7 @@ def scenarios(backtest: pd.DataFrame) -> dict[str, pd.DataFrame]:
     flag = high_vol_mask(bench)
     regime = np.where(flag.isna(), "warm-up", np.where(flag == 1.0, "high volatility", "normal"))
     rows = {
-        name: _period_row(model[regime == name], bench[regime == name])
+        name: _period_row(model[regime == name], bench[regime == name], periods_per_year)
         for name in ("high volatility", "normal", "warm-up")
         if (regime == name).any()
     }
@@ -173,7 +174,9 @@ def scenarios(backtest: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
-def walk_forward_blocks(backtest: pd.DataFrame, blocks: pd.DataFrame) -> pd.DataFrame:
+def walk_forward_blocks(
+    backtest: pd.DataFrame, blocks: pd.DataFrame, periods_per_year: float
+) -> pd.DataFrame:
     """Model vs buy-and-hold per walk-forward block: the block's dates, the end of the training
     window its model was fitted on, its test loss, and the `_period_row` figures."""
     model = backtest["strategy_return"]
@@ -188,7 +191,10 @@ def walk_forward_blocks(backtest: pd.DataFrame, blocks: pd.DataFrame) -> pd.Data
             "refit": "yes" if b.refit else "no",
             "test_loss": float(b.test_loss),
         }
-        rows.append(row | _period_row(model[inside], None if bench is None else bench[inside]))
+        rows.append(
+            row
+            | _period_row(model[inside], None if bench is None else bench[inside], periods_per_year)
+        )
     out = pd.DataFrame(rows)
     out.index = pd.Index(blocks["fold"].to_numpy(), name="block")
     return out

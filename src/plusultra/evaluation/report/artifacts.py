@@ -1,7 +1,8 @@
 """A finished run directory, loaded: the one input of every report step.
 
 Reads only the run directory (`metrics.json`, `backtest.parquet`, `predictions.parquet`,
-`data.json`, optionally `walk_forward.parquet`, `run_id.txt` and `.hydra/hydra.yaml`).
+`data.json`, optionally `walk_forward.parquet`, `run_id.txt`, `.hydra/overrides.yaml` and
+`.hydra/hydra.yaml`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from plusultra.data.datasets.calendar import periods_per_year
 from plusultra.errors import DataError
 from plusultra.evaluation.report.summary import BASELINE_LABELS
 
@@ -34,7 +36,9 @@ class RunArtifacts:
         sectors: symbol -> sector (None when unknown).
         segment_dates: segment -> [first, last] decision date.
         run_id: the catalogue id from `run_id.txt`, if any.
-        choices: Hydra config-group choices (`backbone=...`), if `.hydra/hydra.yaml` exists.
+        choices: Hydra config-group choices (`backbone=...`) in the order of the root defaults
+            list, if `.hydra/hydra.yaml` exists.
+        overrides: the command line's overrides as typed, in order (`.hydra/overrides.yaml`).
         walk_forward: one row per walk-forward block (`walk_forward.parquet`), if written.
     """
 
@@ -47,6 +51,16 @@ class RunArtifacts:
     run_id: str | None = None
     choices: dict[str, str] = field(default_factory=dict)
     walk_forward: pd.DataFrame | None = None
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def periods_per_year(self) -> float:
+        """Bars a year the run annualised with (`metrics.json`); runs older than that metric:
+        derived from the test calendar by the same rule (`data.datasets.calendar`)."""
+        value = self.metrics.get("periods_per_year", math.nan)
+        if isinstance(value, int | float) and math.isfinite(value) and value > 0:
+            return float(value)
+        return float(periods_per_year(self.backtest.index))
 
     @property
     def baselines(self) -> list[str]:
@@ -59,18 +73,34 @@ class RunArtifacts:
         return [f"cost_{c}" for c in COST_TYPES if f"cost_{c}" in self.backtest.columns]
 
 
-def _choices(run_dir: Path) -> dict[str, str]:
-    path = run_dir / ".hydra" / "hydra.yaml"
+def _hydra_yaml(run_dir: Path, name: str):
+    """The parsed `.hydra/<name>`, or None when it is missing or unreadable."""
+    path = run_dir / ".hydra" / name
     if not path.is_file():
-        return {}
+        return None
     import yaml
 
     try:
-        cfg = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return None
+
+
+def _choices(run_dir: Path) -> dict[str, str]:
+    """Group choices in the order of the root defaults list (Hydra stores them reversed)."""
+    cfg = _hydra_yaml(run_dir, "hydra.yaml")
+    try:
         choices = cfg.get("hydra", {}).get("runtime", {}).get("choices", {}) or {}
-    except (yaml.YAMLError, AttributeError):
+    except AttributeError:
         return {}
-    return {str(k): str(v) for k, v in choices.items() if not str(k).startswith("hydra/")}
+    items = [(str(k), v) for k, v in choices.items() if not str(k).startswith("hydra")]
+    return {k: str(v) for k, v in reversed(items) if v is not None}
+
+
+def _overrides(run_dir: Path) -> list[str]:
+    """The task overrides as typed, in command-line order."""
+    raw = _hydra_yaml(run_dir, "overrides.yaml")
+    return [str(o) for o in raw] if isinstance(raw, list) else []
 
 
 def load_run(run_dir: str | os.PathLike) -> RunArtifacts:
@@ -115,5 +145,6 @@ def load_run(run_dir: str | os.PathLike) -> RunArtifacts:
         segment_dates=dict(data.get("segment_dates") or {}),
         run_id=run_id_path.read_text().strip() if run_id_path.is_file() else None,
         choices=_choices(run_dir),
+        overrides=_overrides(run_dir),
         walk_forward=pd.read_parquet(blocks_path) if blocks_path.is_file() else None,
     )

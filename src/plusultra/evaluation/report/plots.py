@@ -14,7 +14,6 @@ from plusultra.evaluation.report.summary import BASELINE_LABELS
 if TYPE_CHECKING:
     from plusultra.evaluation.report.artifacts import RunArtifacts
 
-PERIODS_PER_YEAR = 252
 ROLLING_SHARPE_BARS = 63  # window of the rolling Sharpe plot (about a quarter)
 MAX_HEATMAP_BARS = 400  # time columns of the position heatmap before subsampling
 
@@ -80,7 +79,7 @@ def make_plots(run: RunArtifacts) -> dict[str, tuple[str, bytes]]:
     for i, (label, r) in enumerate(series.items()):
         if i == 0 or r is bench:
             roll = r.rolling(ROLLING_SHARPE_BARS, min_periods=ROLLING_SHARPE_BARS)
-            ax.plot(roll.mean() / roll.std() * math.sqrt(PERIODS_PER_YEAR), label=label)
+            ax.plot(roll.mean() / roll.std() * math.sqrt(run.periods_per_year), label=label)
     ax.axhline(0, color="black", lw=0.8)
     ax.set(ylabel="Sharpe (annualised)", title=f"Rolling Sharpe ({ROLLING_SHARPE_BARS} bars)")
     ax.legend(frameon=False, fontsize=8)

@@ -121,11 +121,12 @@ def profitability(run: RunArtifacts) -> str:
         return f" (95 % interval {fmt(lo)} to {fmt(hi)})" if math.isfinite(lo + hi) else ""
 
     growth = growth_of_one(r)
+    sharpe = get("sharpe", annual_sharpe(r, run.periods_per_year))
     text = (
         f"Over {len(r)} test bars ({r.index[0].date()} to {r.index[-1].date()}) the model "
         f"returned {_pct(get('total_return', compound_return(r)))} in total, "
         f"{_pct(get('annual_return'))} a year{interval('annual_return', _pct)}, with a Sharpe "
-        f"ratio of {_num(get('sharpe', annual_sharpe(r)))}{interval('sharpe', _num)} and a maximum "
+        f"ratio of {_num(sharpe)}{interval('sharpe', _num)} and a maximum "
         f"drawdown of {_pct(get('max_drawdown', float((growth / growth.cummax() - 1).min())))}."
     )
     bench = get("buyhold_total_return")
@@ -168,7 +169,7 @@ def _sections(run: RunArtifacts) -> list[tuple[str, list[tuple[str, str, list, l
         ("By symbol", f"{ATTRIBUTION_NOTE} {note}".strip(), *_cells(shown)),
         ("By sector", "", *_cells(by_sector)),
     ]
-    scen = scenarios(run.backtest)
+    scen = scenarios(run.backtest, run.periods_per_year)
     titles = {
         "by_year": ("By calendar year", "Compounded returns within each year."),
         "volatility": (
@@ -192,7 +193,7 @@ def _sections(run: RunArtifacts) -> list[tuple[str, list[tuple[str, str, list, l
             "the last training bar, an embargo of window + horizon bars or more before the "
             "block, so every label it learned from was known when the block started."
         )
-        blocks = walk_forward_blocks(run.backtest, run.walk_forward)
+        blocks = walk_forward_blocks(run.backtest, run.walk_forward, run.periods_per_year)
         tables.append(("By walk-forward block", text, *_cells(blocks)))
     return [("Attribution", attr), ("Scenarios", tables)]
 
@@ -201,8 +202,14 @@ def _header_lines(run: RunArtifacts) -> list[str]:
     lines = [f"Run directory: {run.run_dir}"]
     if run.run_id:
         lines.append(f"Run id: {run.run_id}")
+    if run.overrides or run.choices:  # as typed, in order; none: the default experiment
+        lines.append("Overrides: " + (" ".join(run.overrides) or "none (the default experiment)"))
+    n_params = run.metrics.get("n_params", math.nan)
+    if isinstance(n_params, int | float) and math.isfinite(n_params):
+        lines.append(f"Model size: {int(n_params):,} parameters")
     if run.choices:
         lines.append("Configuration: " + ", ".join(f"{k}={v}" for k, v in run.choices.items()))
+    lines.append(f"Annualisation: {run.periods_per_year:g} bars a year")
     segs = "; ".join(f"{k} {a} to {b}" for k, (a, b) in run.segment_dates.items())
     if segs:
         lines.append(f"Segments: {segs}")
@@ -212,7 +219,7 @@ def _header_lines(run: RunArtifacts) -> list[str]:
 def render_html(run: RunArtifacts, plots: dict[str, tuple[str, bytes]]) -> str:
     """The self-contained HTML report (inline CSS, plots as data: URIs)."""
     e = html.escape
-    metrics_rows = summary_rows(run.metrics)
+    metrics_rows = summary_rows(run.metrics, loss=run.choices.get("loss"))
     header = ["metric", "val", "test: model"]
     header += [BASELINE_LABELS[b] for b in BASELINE_LABELS if f"test_{b}_sharpe" in run.metrics]
     parts = [
@@ -252,7 +259,12 @@ def render_markdown(run: RunArtifacts, plots: dict[str, tuple[str, bytes]], link
     lines = ["# PlusUltra run report", ""]
     lines += [f"{line}  " for line in _header_lines(run)]
     lines += ["", "## Profitability", "", profitability(run), "", "## Summary", ""]
-    lines += [summary_table(run.metrics, markdown=True), "", "## Performance", ""]
+    lines += [
+        summary_table(run.metrics, markdown=True, loss=run.choices.get("loss")),
+        "",
+        "## Performance",
+        "",
+    ]
     if not run.cost_columns:
         lines += ["Frictionless: no costs.", ""]
     for name, (caption, _) in plots.items():

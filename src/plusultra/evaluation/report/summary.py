@@ -11,7 +11,7 @@ from plusultra.io import write_json_atomic
 
 # (metrics key, label, format) of the summary table, in display order.
 SUMMARY_ROWS = (
-    ("loss", "loss (scaled MSE)", "{:.4f}"),
+    ("loss", "loss", "{:.4f}"),  # labelled "loss (<name>)" with the loss the run trained on
     ("naive_loss", "loss of a zero forecast", "{:.4f}"),
     ("ic", "IC (next bar)", "{:+.4f}"),
     ("rank_ic", "rank IC (next bar)", "{:+.4f}"),
@@ -61,11 +61,14 @@ def _baselines(metrics: dict[str, float]) -> list[str]:
     return [b for b in BASELINE_LABELS if f"test_{b}_sharpe" in metrics]
 
 
-def summary_rows(metrics: dict[str, float], baselines: list[str] | None = None) -> list[list[str]]:
-    """Rows [label, val, test, baseline...] of the summary table."""
+def summary_rows(
+    metrics: dict[str, float], baselines: list[str] | None = None, loss: str | None = None
+) -> list[list[str]]:
+    """Rows [label, val, test, baseline...] of the summary table; `loss` names the loss."""
     baselines = _baselines(metrics) if baselines is None else baselines
     rows = []
     for key, label, pattern in SUMMARY_ROWS:
+        label = f"{label} ({loss})" if key == "loss" and loss else label
         if key in ("loss", "naive_loss"):
             rows.append(
                 [
@@ -86,11 +89,16 @@ def summary_rows(metrics: dict[str, float], baselines: list[str] | None = None) 
     return rows
 
 
-def summary_table(metrics: dict[str, float], markdown: bool = False) -> str:
-    """The val / test table, the model beside every baseline, as aligned text or Markdown."""
+def summary_table(
+    metrics: dict[str, float], markdown: bool = False, loss: str | None = None
+) -> str:
+    """The val / test table, the model beside every baseline, as aligned text or Markdown.
+
+    `loss` (the loss group's choice, e.g. "pinball") names the loss in the first row.
+    """
     baselines = _baselines(metrics)
     header = ["metric", "val", "test: model", *(BASELINE_LABELS[b] for b in baselines)]
-    rows = summary_rows(metrics, baselines)
+    rows = summary_rows(metrics, baselines, loss)
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
