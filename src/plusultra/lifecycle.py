@@ -5,8 +5,8 @@ the ``plusultra.uid`` resolver adds this process's id and a random suffix to the
 time, so two runs started in the same second, in one process or many, on one host or on a
 shared file system, get different names, and names still sort by start time. ``RunDirCallback``
 then creates the directory with ``os.mkdir`` before Hydra touches it: an existing directory
-(e.g. a ``hydra.run.dir=...`` given twice) stops the run with a ``ConfigError`` instead of mixing
-two runs' checkpoints, logs and metrics.
+(e.g. a ``hydra.run.dir=...`` given twice) stops the run with a ``ConfigError`` (exit code 2)
+before anything is written, instead of mixing two runs' checkpoints, logs and metrics.
 
 ``handle_signals`` turns SIGINT and SIGTERM into ``Interrupted``, raised in the main thread.
 Inside a job it is an ordinary exception for Hydra (which records the job: the catalogue row
@@ -69,8 +69,24 @@ def claim_dir(path: str | os.PathLike, key: str) -> Path:
     return path
 
 
+class RunDirTaken(BaseException):
+    """Carries the ``ConfigError`` of ``claim_dir`` out of a Hydra callback.
+
+    A BaseException because Hydra turns an ``Exception`` raised by a callback into a warning
+    and goes on; ``plusultra.run.main`` unwraps it (``error``) and reports it as bad input.
+    """
+
+    def __init__(self, error: ConfigError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class RunDirCallback(Callback):
-    """Claims the run (or sweep) directory before Hydra creates it with ``exist_ok=True``."""
+    """Claims the run (or sweep) directory before Hydra creates it with ``exist_ok=True``.
+
+    Raises:
+        RunDirTaken: the directory exists.
+    """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Resolve ``hydra.run.dir`` (cached for the job) and create it exclusively."""
@@ -83,7 +99,10 @@ class RunDirCallback(Callback):
     @staticmethod
     def _claim(config: DictConfig, key: str) -> None:
         HydraConfig.instance().set_config(config)  # for ${hydra:...} in the directory name
-        claim_dir(str(OmegaConf.select(config, key)), key)
+        try:
+            claim_dir(str(OmegaConf.select(config, key)), key)
+        except ConfigError as exc:
+            raise RunDirTaken(exc) from None
 
 
 class Interrupted(Exception):

@@ -28,7 +28,7 @@ from plusultra.cli.common import fail, output_dir_from_argv
 from plusultra.evaluation.report.render import write_reports
 from plusultra.evaluation.report.summary import flat_metrics, summary_table, write_metrics
 from plusultra.io import write_parquet_atomic, write_text_atomic
-from plusultra.lifecycle import Interrupted, handle_signals
+from plusultra.lifecycle import Interrupted, RunDirTaken, handle_signals
 from plusultra.models.module import ForecastModule
 from plusultra.training.evaluate import evaluate
 
@@ -132,9 +132,10 @@ def main() -> None:
             train()
             if signals.received is not None:  # swallowed somewhere on the way: still report it
                 raise Interrupted(signals.received)
-        except Exception as exc:  # noqa: BLE001 - every failure is reported and recorded
+        except (Exception, RunDirTaken) as exc:  # noqa: BLE001 - every failure is reported
+            exc = exc.error if isinstance(exc, RunDirTaken) else exc
             if full_error and not isinstance(exc, Interrupted):
-                raise
+                raise exc
             catalogue = Path(output_dir_from_argv(sys.argv[1:])) / "catalogue"
             fail("plusultra", exc, catalogue_dir=catalogue, overrides=sys.argv[1:])
 
