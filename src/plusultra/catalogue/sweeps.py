@@ -214,12 +214,13 @@ def _select(trials: pd.DataFrame, runs: pd.DataFrame) -> None:
     trials["is_best"] = False
     for _, group in trials.groupby("study", sort=False):
         latest = group.sort_values("_started", kind="stable").iloc[-1]
-        metric = latest["_metric"] or DEFAULT_OBJECTIVE
+        metric = latest["_metric"] if isinstance(latest["_metric"], str) else DEFAULT_OBJECTIVE
+        chosen = latest["_direction"] if isinstance(latest["_direction"], str) else None
         trials.loc[group.index, "selected_by"] = metric
         values = _numeric(runs, metric).loc[group["_row"]].to_numpy()
         trials.loc[group.index, "objective"] = values
         try:
-            direction = objective_direction(metric, latest["_direction"])
+            direction = objective_direction(metric, chosen)
         except ConfigError:
             continue  # an old row with an unusable objective: no best trial
         trials.loc[group.index, "direction"] = direction
