@@ -36,9 +36,17 @@ UID_RESOLVER = "plusultra.uid"
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+_issued: set[str] = set()
+
+
 def unique_id() -> str:
-    """``<pid>-<6 hex>``: unique among live processes of a host, random across hosts."""
-    return f"{os.getpid()}-{secrets.token_hex(3)}"
+    """``<pid>-<6 hex>``: never repeated by this process, unique among the live processes of a
+    host (the pid), random across hosts (and exclusive creation catches the rest)."""
+    while True:
+        uid = f"{os.getpid()}-{secrets.token_hex(3)}"
+        if uid not in _issued:
+            _issued.add(uid)
+            return uid
 
 
 if not OmegaConf.has_resolver(UID_RESOLVER):
