@@ -95,8 +95,9 @@ def test_depth_override_changes_layers_and_params(tiny_db, tmp_path):
             "database file not found: /no/such/market.sqlite",
         ),
         (["depth=0"], "depth"),
+        (["optimized_metric=test_sharpe"], "optimized_metric='test_sharpe'"),
     ],
-    ids=["unknown-option", "unknown-key", "missing-path", "missing-db", "bad-depth"],
+    ids=["unknown-option", "unknown-key", "missing-path", "missing-db", "bad-depth", "test-obj"],
 )
 def test_bad_input_fails_cleanly_and_is_recorded(args, message, tmp_path):
     res = run_cli(["plusultra.run", *TINY_ARGS, *args], tmp_path)
@@ -108,6 +109,17 @@ def test_bad_input_fails_cleanly_and_is_recorded(args, message, tmp_path):
     assert len(rows) == 1 and rows["status"].iloc[0] == "failed"
     assert message.split(":")[0] in rows["error"].iloc[0]
     assert not list(tmp_path.rglob("metrics.json")), "a failed run must not look like a result"
+
+
+def test_an_existing_run_dir_is_refused_before_anything_is_written(tmp_path):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "metrics.json").write_text("{}")
+    res = run_cli(["plusultra.run", *TINY_ARGS, f"hydra.run.dir={taken}"], tmp_path)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert f"plusultra: error: hydra.run.dir: {taken} already exists" in res.stderr
+    assert sorted(p.name for p in taken.iterdir()) == ["metrics.json"]  # untouched: no .hydra
+    assert _rows(tmp_path)["status"].tolist() == ["failed"]
 
 
 def test_unknown_option_lists_valid_choices(tmp_path):
