@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from plusultra.catalogue.query import query
 from tests.conftest import REPO, TINY, run_cli
@@ -152,7 +153,7 @@ def test_four_runs_started_at_once_never_collide(tiny_db, tmp_path):
         metrics = json.loads((run_dir / "metrics.json").read_text())
         for key, value in metrics.items():
             assert row[key] == pytest.approx(value, nan_ok=True), (run_dir, key)
-        assert f"\nseed: {row['seed']}\n" in (run_dir / "config.yaml").read_text()
+        assert yaml.safe_load((run_dir / "config.yaml").read_text())["seed"] == row["seed"]
         assert (run_dir / "run_id.txt").read_text().strip() == row["run_id"]
         assert (run_dir / "checkpoints" / "best.ckpt").is_file()
     assert len(set(rows["test_sharpe"])) == 4
