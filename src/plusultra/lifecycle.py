@@ -106,6 +106,8 @@ class RunDirCallback(Callback):
 
     @staticmethod
     def _claim(config: DictConfig, key: str) -> None:
+        if os.environ.get("LOCAL_RANK", "0") != "0":
+            return  # a DDP worker Lightning relaunched into rank 0's run dir: joins, not claims
         HydraConfig.instance().set_config(config)  # for ${hydra:...} in the directory name
         try:
             claim_dir(str(OmegaConf.select(config, key)), key)
