@@ -224,6 +224,11 @@ def test_record_failed_invocation(tmp_path: Path) -> None:
     assert error._plusultra_recorded is True
     path2 = rows.record_failed_invocation(tmp_path, [], "plain message", cwd=tmp_path)
     assert pq.read_table(path2).column("error").to_pylist() == ["plain message"]
+    path3 = rows.record_failed_invocation(
+        tmp_path, [], "stop", cwd=tmp_path, status="interrupted", run_dir="/r"
+    )
+    got = pq.read_table(path3).to_pylist()[0]
+    assert (got["status"], got["run_dir"]) == ("interrupted", "/r")
 
 
 # --------------------------------------------------------------------------- query
@@ -513,18 +518,23 @@ def test_callback_never_raises_and_ignores_stale_metrics(tmp_path: Path, caplog)
 # --------------------------------------------------------------------------- callback, real Hydra
 
 APP = """
-import json, os
+import json, os, signal, time
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from plusultra.cli.common import fail, interruption
+from plusultra.lifecycle import handle_signals
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg):
+    if cfg.fail == "sigterm":  # as `kill <pid>` would, once the job runs
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
     if cfg.fail:
         raise ValueError(f"boom seed={cfg.seed}")
     out = HydraConfig.get().runtime.output_dir
     metrics = {
-        "val_loss": 0.5 / cfg.seed,
+        "val_loss": 0.5 / cfg.seed + 0.1 * (cfg.sharpe or 0),
         "test_sharpe": cfg.sharpe,
         "test_n_periods": 250,
         "n_params": 1000 + cfg.depth,
@@ -536,9 +546,12 @@ def main(cfg):
 
 if __name__ == "__main__":
     try:
-        main()
+        with handle_signals():
+            main()
     except Exception as exc:
         print("RECORDED", getattr(exc, "_plusultra_recorded", False), flush=True)
+        if interruption(exc):
+            fail("app", exc, catalogue_dir="cat")
         raise
 """
 
@@ -639,12 +652,30 @@ def test_multirun_end_logs_the_sweeps_best_trial(hydra_app: Path) -> None:
     proc = run_app(hydra_app, "-m", "sharpe=0.5,1.5,1.0")
     assert proc.returncode == 0, proc.stderr
     df = query(hydra_app / "cat", "SELECT * FROM sweeps ORDER BY job_num")
-    assert df["sweep"].tolist() == [str(hydra_app / "sweep")] * 3
-    assert df["n_trials"].tolist() == [3, 3, 3] and df["is_best"].tolist() == [False, True, False]
-    best = df.iloc[1]
-    line = f"catalogue: sweep {hydra_app / 'sweep'}: best of 3 trials is job 1 ({best.run_id})"
+    assert df["study"].tolist() == ["(defaults)"] * 3  # every override is swept
+    assert df["sweep_dir"].tolist() == [str(hydra_app / "sweep")] * 3
+    # val_loss = 0.5 + 0.1 * sharpe: the lowest val_loss is job 0, the best test Sharpe job 1
+    assert df["n_trials"].tolist() == [3, 3, 3] and df["is_best"].tolist() == [True, False, False]
+    best = df.iloc[0]
+    line = (
+        "catalogue: study (defaults): best of 3 trials (1 sweep) by val_loss (minimize) is "
+        f"job 0 of {hydra_app / 'sweep'} ({best.run_id})"
+    )
     assert line in proc.stdout + proc.stderr
     assert f"deflated Sharpe {best.deflated_sharpe:.3f}" in proc.stdout + proc.stderr
+
+
+def test_sigterm_in_a_job_is_recorded_as_interrupted(hydra_app: Path) -> None:
+    proc = run_app(hydra_app, "fail=sigterm", env={"HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode == 143, proc.stderr
+    (run_dir,) = (hydra_app / "runs").iterdir()
+    assert f"app: interrupted (SIGTERM); run dir {run_dir} kept" in proc.stderr
+    assert "RECORDED True" in proc.stdout
+    df = query(hydra_app / "cat", "SELECT * FROM runs")
+    assert len(df) == 1  # the callback's row only: the entry point does not add another
+    row = df.iloc[0]
+    assert (row["status"], row["run_dir"]) == ("interrupted", str(run_dir))
+    assert row["error"].startswith("Interrupted: interrupted (SIGTERM)")
 
 
 def test_callback_records_a_failing_job_and_the_error_propagates(hydra_app: Path) -> None:

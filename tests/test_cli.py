@@ -99,8 +99,17 @@ def test_depth_override_changes_layers_and_params(tiny_db, tmp_path):
         ),
         (["depth=0"], "depth"),
         (["+foo=1"], "+foo=1: nothing reads `foo`"),
+        (["optimized_metric=test_sharpe"], "optimized_metric='test_sharpe'"),
     ],
-    ids=["unknown-option", "unknown-key", "missing-path", "missing-db", "bad-depth", "unread-key"],
+    ids=[
+        "unknown-option",
+        "unknown-key",
+        "missing-path",
+        "missing-db",
+        "bad-depth",
+        "unread-key",
+        "test-obj",
+    ],
 )
 def test_bad_input_fails_cleanly_and_is_recorded(args, message, tmp_path):
     res = run_cli(["plusultra.run", *TINY_ARGS, *args], tmp_path)
@@ -114,6 +123,17 @@ def test_bad_input_fails_cleanly_and_is_recorded(args, message, tmp_path):
     recorded = {"backbone=nope": "backbone/nope", "trainer.max_epoch=1": "trainer.max_epoch"}
     assert recorded.get(args[0], message.split(":")[0]) in rows["error"].iloc[0]
     assert not list(tmp_path.rglob("metrics.json")), "a failed run must not look like a result"
+
+
+def test_an_existing_run_dir_is_refused_before_anything_is_written(tmp_path):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "metrics.json").write_text("{}")
+    res = run_cli(["plusultra.run", *TINY_ARGS, f"hydra.run.dir={taken}"], tmp_path)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert f"plusultra: error: hydra.run.dir: {taken} already exists" in res.stderr
+    assert sorted(p.name for p in taken.iterdir()) == ["metrics.json"]  # untouched: no .hydra
+    assert _rows(tmp_path)["status"].tolist() == ["failed"]
 
 
 def test_unknown_option_lists_valid_choices(tmp_path):

@@ -28,6 +28,9 @@ def run_in_process(cfg: DictConfig) -> tuple[float, Path]:
     return train(task), run_dir
 
 
+WRITE_ORDER: dict[str, set[str]] = {}
+
+
 @pytest.fixture(scope="module")
 def finished_run(tiny_db, tmp_path_factory):
     """One tiny run shared by the tests below (trains for a few batches)."""
@@ -39,7 +42,21 @@ def finished_run(tiny_db, tmp_path_factory):
         cfg.paths.output_dir = str(tmp)
         cfg.hydra.runtime.output_dir = str(tmp / "run")
     (tmp / "run").mkdir()
-    value, run_dir = run_in_process(cfg)
+    import plusultra.run as run_module
+
+    order = WRITE_ORDER  # what the run dir held when the reports and metrics.json were written
+
+    def spy(name, real):
+        def wrapped(run_dir, *args, **kwargs):
+            order[name] = {p.name for p in Path(run_dir).iterdir()}
+            return real(run_dir, *args, **kwargs)
+
+        return wrapped
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("write_reports", "write_metrics"):
+            mp.setattr(run_module, name, spy(name, getattr(run_module, name)))
+        value, run_dir = run_in_process(cfg)
     return value, run_dir, tiny_db
 
 
@@ -79,6 +96,8 @@ def test_run_writes_every_output(finished_run):
         "test_samples",
     ):
         assert key in metrics, key
+        if key.startswith("test_") and not key.endswith(("_loss", "_samples")):
+            assert key.replace("test_", "val_", 1) in metrics, key  # the same backtest on val
     assert metrics["n_params"] > 0 and metrics["test_max_drawdown"] <= 0
     preds = pd.read_parquet(run_dir / "predictions.parquet")
     assert list(preds.columns) == [
@@ -98,6 +117,7 @@ def test_run_writes_every_output(finished_run):
         "normalisation.json",
         "data.json",
         "backtest.parquet",
+        "val_backtest.parquet",
         "checkpoints/best.ckpt",
     ):
         assert (run_dir / name).is_file(), name
@@ -114,6 +134,29 @@ def test_run_writes_every_output(finished_run):
     assert "http://" not in html and "https://" not in html
     report = (run_dir / "report.md").read_text()
     assert "Sharpe" in report and "buy & hold" in report
+
+
+def test_validation_backtest_and_metrics_json_written_last(finished_run):
+    """Val metrics: one backtest of the val segment by the model selected on val; metrics.json
+    is written after every other output (reports included), so its presence marks a run done."""
+    _, run_dir, _ = finished_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    segments = json.loads((run_dir / "data.json").read_text())["segment_dates"]
+    val = pd.read_parquet(run_dir / "val_backtest.parquet")
+    assert str(val.index.min().date()) == segments["val"][0]
+    assert str(val.index.max().date()) <= segments["val"][1]
+    assert metrics["val_n_periods"] == len(val)
+    assert np.prod(1 + val["strategy_return"]) - 1 == pytest.approx(metrics["val_total_return"])
+    assert metrics["val_loss"] == pytest.approx(metrics["supervised_best_val_loss"])  # restored
+    assert {"buyhold_return", "ridge_return"} <= set(val.columns)  # baselines on val too
+    order = WRITE_ORDER
+    assert "metrics.json" not in order["write_reports"]
+    assert {"report.html", "report.md", "predictions.parquet"} <= order["write_metrics"]
+    assert "metrics.json" not in order["write_metrics"]
+    from plusultra.evaluation.report.summary import summary_rows
+
+    (sharpe,) = [r for r in summary_rows(metrics) if r[0] == "Sharpe"]
+    assert sharpe[1] == f"{metrics['val_sharpe']:.2f}"  # the val column of the summary
 
 
 def test_test_predictions_are_in_the_test_segment(finished_run):

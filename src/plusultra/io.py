@@ -1,7 +1,10 @@
-"""Atomic file writes: a temporary file in the target's directory, then a rename.
+"""Atomic, durable file writes: a temporary file in the target's directory, fsynced, renamed
+over the target, then the directory fsynced.
 
-A reader never sees a half-written file, and a killed process leaves at most a `.tmp` file
-that no glob of results picks up.
+A reader never sees a half-written file; after a crash or power loss the target holds either
+its old or its new content, never a torn or empty file; a killed process leaves at most a
+`.tmp` file that no glob of results picks up. Temporary names carry the process id and a
+random suffix, so concurrent writers never share one.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,7 +21,34 @@ import pandas as pd
 
 
 def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}.tmp")
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Make a rename or creation in `directory` durable (a no-op where directories cannot be
+    opened, e.g. on Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    """fsync `tmp`, rename it over `path`, fsync the directory."""
+    _fsync_file(tmp)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def _finite(v: object) -> object:
@@ -37,7 +68,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     tmp = _tmp(path)
     try:
         tmp.write_bytes(data)
-        os.replace(tmp, path)
+        _commit(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -60,7 +91,7 @@ def write_parquet_atomic(path: str | os.PathLike, frame: pd.DataFrame, index: bo
     tmp = _tmp(path)
     try:
         frame.to_parquet(tmp, index=index)
-        os.replace(tmp, path)
+        _commit(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -101,9 +132,7 @@ def write_sqlite_atomic(
             con.execute("COMMIT")
         finally:
             con.close()
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        _commit(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -1,8 +1,10 @@
 """The one entrypoint: `plusultra` (= `python -m plusultra.run`).
 
 Wiring only: seed, instantiate every config group (logging each target), run the curriculum,
-evaluate on the test segment, write the run's outputs, return the metric a sweeper optimises.
-The catalogue row is written by the Hydra job-end callback (conf/hydra/default.yaml).
+evaluate on the validation and test segments, write the run's outputs (metrics.json last),
+return the validation metric a sweeper optimises. The run dir is unique and claimed by
+`plusultra.lifecycle`; the catalogue row is written by the Hydra job-end callback
+(conf/hydra/default.yaml).
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from plusultra.catalogue.sweeps import objective_direction, objective_value
 from plusultra.cli.common import fail, output_dir_from_argv
 from plusultra.cli.overrides import check_appended
 from plusultra.data.datasets.calendar import resolve_periods_per_year
-from plusultra.evaluation.backtest.engine import MarketContext
 from plusultra.evaluation.report.render import write_reports
 from plusultra.evaluation.report.summary import flat_metrics, summary_table, write_metrics
 from plusultra.io import write_parquet_atomic, write_text_atomic
+from plusultra.lifecycle import Interrupted, RunDirTaken, handle_signals
 from plusultra.models.module import ForecastModule
+from plusultra.training.evaluate import evaluate
 
 log = logging.getLogger("plusultra")
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -44,9 +48,11 @@ def build(node: DictConfig, **kwargs):
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def train(cfg: DictConfig) -> float:
-    """Train, evaluate and record one run; returns `metrics[cfg.optimized_metric]`."""
+    """Train, evaluate and record one run; returns `metrics[cfg.optimized_metric]` (a val_*
+    metric: selection never reads the test segment)."""
     hc = HydraConfig.get()
     check_appended(cfg, hc.overrides.task, hc.runtime.choices)  # refuse +key=value nothing reads
+    objective_direction(cfg.optimized_metric, cfg.optimized_direction)  # fail before training
     run_dir = Path(hc.runtime.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.matmul_precision)
@@ -77,45 +83,38 @@ def train(cfg: DictConfig) -> float:
     walk = build(cfg.walk_forward)
     initial = copy.deepcopy(model.state_dict()) if walk.refits and not walk.warm_start else None
     stages = build(cfg.curriculum).run(model, datamodule, make_trainer)
-    trainer = stages[-1].trainer
-    val = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
-    evaluated = walk.run(model, datamodule, trainer, make_trainer, initial, run_dir / "checkpoints")
-    test, preds = evaluated.test_metrics, evaluated.predictions
-
-    panel = datamodule.panel
-    refits = [(f.fit_lo, f.fit_hi, f.lo, f.hi) for f in evaluated.blocks]
-    backtest = build(cfg.evaluation)
-    result = backtest.run(
-        preds,
-        panel.dates,
-        panel.symbols,
-        datamodule.tradable,
-        datamodule.returns,
+    evaluated = evaluate(
+        model,
+        datamodule,
+        stages[-1].trainer,
+        make_trainer,
+        walk,
+        build(cfg.evaluation),
         build(cfg.simulator),
-        *datamodule.segments.test,
-        context=MarketContext(**datamodule.context(), refits=refits),
+        initial,
+        run_dir / "checkpoints",
     )
-    preds = backtest.with_positions(
-        preds, panel.dates, panel.symbols, datamodule.tradable, datamodule.returns
-    )
+    val, test = evaluated.val_metrics, evaluated.walk.test_metrics
 
     extra = {
         "n_params": model.n_params,
         "periods_per_year": cfg.periods_per_year,  # the reports annualise with the same number
-        "walk_forward_blocks": len(evaluated.blocks),
+        "walk_forward_blocks": len(evaluated.walk.blocks),
         **datamodule.sizes(),
         **{f"{s.name}_best_val_loss": s.best_score for s in stages if s.best_score},
     }
     # everything the module logged on val/test: naive loss, calibration error, MoE balance ...
     extra |= {k.replace("/", "_"): float(v) for k, v in {**val, **test}.items()}
-    metrics = flat_metrics(val["val/loss"], test["test/loss"], result, extra)
-    write_parquet_atomic(run_dir / "predictions.parquet", preds)
-    write_parquet_atomic(run_dir / "backtest.parquet", result.daily, index=True)
-    write_parquet_atomic(run_dir / "walk_forward.parquet", evaluated.folds)
-    write_metrics(run_dir, metrics)  # its presence marks a complete run
-    write_reports(run_dir)  # report.html and report.md, derived (plusultra-report redoes them)
+    metrics = flat_metrics(val["val/loss"], test["test/loss"], evaluated.test, extra, evaluated.val)
+    objective = objective_value(metrics, cfg.optimized_metric)  # what a sweeper optimises
+    write_parquet_atomic(run_dir / "predictions.parquet", evaluated.predictions)
+    write_parquet_atomic(run_dir / "backtest.parquet", evaluated.test.daily, index=True)
+    write_parquet_atomic(run_dir / "val_backtest.parquet", evaluated.val.daily, index=True)
+    write_parquet_atomic(run_dir / "walk_forward.parquet", evaluated.walk.folds)
+    write_reports(run_dir, metrics=metrics)  # report.html/.md (plusultra-report redoes them)
     logger.log_metrics({f"summary/{k}": v for k, v in metrics.items()})
     logger.finalize("success")
+    write_metrics(run_dir, metrics)  # last: its presence marks a complete run
 
     if cfg.print_summary:
         print(f"\n{summary_table(metrics, loss=hc.runtime.choices.loss)}\n")
@@ -123,24 +122,29 @@ def train(cfg: DictConfig) -> float:
         print(f"tensorboard: tensorboard --logdir {run_dir / 'tensorboard'}")
         print(f"report:      {run_dir / 'report.html'} (and report.md)")
         print(f'catalogue:   {cfg.paths.catalogue_dir}  (query: plusultra-catalogue "SQL")')
-    return metrics[cfg.optimized_metric]
+    return objective
 
 
 def main() -> None:
-    """Console script: Hydra as usual, but bad input ends in one clear message and exit code 2.
+    """Console script: Hydra as usual, but bad input ends in one clear message and exit code 2,
+    and SIGINT / SIGTERM in `plusultra: interrupted (...)` and exit code 130 / 143.
 
     Errors raised before a job starts (an unknown group option or key) are recorded in the
-    catalogue here; errors inside a job are recorded by the catalogue callback.
+    catalogue here; errors and interruptions inside a job are recorded by the catalogue callback.
     """
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's printer
-    try:
-        train()
-    except Exception as exc:  # noqa: BLE001 - every failure is reported and recorded
-        if full_error:
-            raise
-        catalogue = Path(output_dir_from_argv(sys.argv[1:])) / "catalogue"
-        fail("plusultra", exc, catalogue_dir=catalogue, overrides=sys.argv[1:])
+    with handle_signals() as signals:  # a second signal cannot cut the recording short
+        try:
+            train()
+            if signals.received is not None:  # swallowed somewhere on the way: still report it
+                raise Interrupted(signals.received)
+        except (Exception, RunDirTaken) as exc:  # noqa: BLE001 - every failure is reported
+            exc = exc.error if isinstance(exc, RunDirTaken) else exc
+            if full_error and not isinstance(exc, Interrupted):
+                raise exc
+            catalogue = Path(output_dir_from_argv(sys.argv[1:])) / "catalogue"
+            fail("plusultra", exc, catalogue_dir=catalogue, overrides=sys.argv[1:])
 
 
 if __name__ == "__main__":

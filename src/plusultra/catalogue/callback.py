@@ -14,10 +14,14 @@ relative path is taken relative to the directory ``plusultra`` was launched from
 (``hydra.runtime.cwd``), whatever ``hydra.job.chdir`` says.
 
 Per job it writes ``<output dir>/run_id.txt`` at job start and
-``<catalogue_dir>/<run_id>.parquet`` at job end (see ``plusultra.catalogue.rows``). At the end
-of a multirun it logs one line on the sweep's best trial by test Sharpe and its deflated Sharpe
-(see ``plusultra.catalogue.sweeps``). A catalogue failure is logged as a warning and never
-raised: it must not mask the run's own result or error.
+``<catalogue_dir>/<run_id>.parquet`` at job end (see ``plusultra.catalogue.rows``); a job ended
+by SIGINT/SIGTERM (``plusultra.lifecycle.Interrupted``) gets ``status='interrupted'``. A
+multirun job's row carries its ``study``: the ``sweep_name`` config key, else the invocation's
+overrides minus the swept ones (read at multirun start), else the sweep directory. At the end of
+a multirun it logs one line on the study's best trial by its validation objective
+(``optimized_metric``), across every invocation of the study, with that trial's reported test
+Sharpe and deflated Sharpe (see ``plusultra.catalogue.sweeps``). A catalogue failure is logged
+as a warning and never raised: it must not mask the run's own result or error.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
@@ -47,6 +52,7 @@ from plusultra.catalogue.rows import (
 )
 from plusultra.catalogue.sweeps import summary_line
 from plusultra.data.datasets.statistics import with_dataset_statistics
+from plusultra.lifecycle import Interrupted
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +147,30 @@ def _file_signature(path: pathlib.Path) -> tuple[int, int, int] | None:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
+_NOT_PART_OF_A_STUDY = ("hydra.", "paths.", "sweep_name=", "+sweep_name=", "++sweep_name=")
+
+
+def study_of(overrides: list[str]) -> str:
+    """The default study of a multirun: its overrides minus the swept ones, sorted.
+
+    Args:
+        overrides: The invocation's task overrides as given (``seed=1,2 data=sp500``).
+
+    Returns:
+        e.g. ``data=sp500``; ``(defaults)`` when every override is swept or there is none.
+        ``hydra.*``, ``paths.*`` and ``sweep_name`` overrides are left out (they move outputs,
+        not the experiment).
+    """
+    parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
+    fixed = sorted(
+        o.input_line
+        for o in parsed
+        if not o.is_sweep_override()
+        and not o.input_line.lstrip("+~").startswith(_NOT_PART_OF_A_STUDY)
+    )
+    return " ".join(fixed) or "(defaults)"
+
+
 def read_metrics(path: pathlib.Path) -> dict[str, Any]:
     """Reads a flat ``metrics.json``; returns {} (with a warning) if it is absent or invalid."""
     if not path.is_file():
@@ -168,6 +198,21 @@ class CatalogueCallback(Callback):
         self.catalogue_dir = str(catalogue_dir)
         # Per output dir: (run_id, started_at, signature of a metrics.json already there).
         self._jobs: dict[str, tuple[str, datetime, tuple[int, int, int] | None]] = {}
+        self._study: str | None = None  # of the running multirun, from its overrides
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Remembers the study of this multirun (``sweep_name``, else the fixed overrides)."""
+        try:
+            self._study = self._study_of(config)
+        except Exception as exc:  # noqa: BLE001 - never break the run
+            log.warning("catalogue: could not name the study: %s: %s", type(exc).__name__, exc)
+
+    def _study_of(self, config: DictConfig) -> str:
+        name = _select(config, "sweep_name")
+        if name not in (None, ""):
+            return str(name)
+        overrides = _select(_hydra_node(config), "overrides.task") or []
+        return study_of([str(o) for o in overrides])
 
     def _resolve_dir(self, hydra_cfg: DictConfig) -> pathlib.Path:
         path = pathlib.Path(os.path.expanduser(self.catalogue_dir))
@@ -212,14 +257,19 @@ class CatalogueCallback(Callback):
         if job_return.status == JobStatus.COMPLETED:
             status, error = "completed", None
         else:
-            status = "failed"
             exc = job_return._return_value  # .return_value would re-raise it
+            status = "interrupted" if isinstance(exc, Interrupted) else "failed"
             error = format_error(exc) if exc is not None else "unknown error"
             mark_recorded(exc)
 
         mode = _select(hydra_cfg, "mode")
         multirun = getattr(mode, "name", str(mode)) == "MULTIRUN"
         job_num = _select(hydra_cfg, "job.num") if multirun else None
+        study = None
+        if multirun:
+            name = _select(config, "sweep_name")
+            study = str(name) if name not in (None, "") else self._study
+            study = study or os.path.dirname(os.path.normpath(str(output_dir)))
         choices_node = _select(hydra_cfg, "runtime.choices")
         choices = {} if choices_node is None else OmegaConf.to_container(choices_node)
         overrides = _select(hydra_cfg, "overrides.task")
@@ -247,6 +297,7 @@ class CatalogueCallback(Callback):
             metrics=metrics,
             multirun=multirun,
             job_num=None if job_num is None else int(job_num),
+            study=study,
         )
         path = write_row(self._resolve_dir(hydra_cfg), row)
         _recorded_in_process.append(run_id)
@@ -256,7 +307,7 @@ class CatalogueCallback(Callback):
         return path
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        """Logs the sweep's best trial and its deflated Sharpe; a warning instead of raising."""
+        """Logs the study's best trial and its deflated Sharpe; a warning instead of raising."""
         try:
             line = self._sweep_summary(config)
             if line is not None:
@@ -266,15 +317,10 @@ class CatalogueCallback(Callback):
 
     def _sweep_summary(self, config: DictConfig) -> str | None:
         hydra_cfg = _hydra_node(config)
-        sweep_dir = _select(hydra_cfg, "sweep.dir")
-        if sweep_dir is None:
-            return None
-        # As Hydra makes each job's output dir absolute: relative to the launch directory.
-        cwd = _select(hydra_cfg, "runtime.cwd") or os.getcwd()
-        sweep = os.path.normpath(os.path.join(cwd, str(sweep_dir)))
+        study = self._study or self._study_of(config)
         con = connect(self._resolve_dir(hydra_cfg))
         try:
             trials = con.sql(f"SELECT * FROM {SWEEPS}").df()
         finally:
             con.close()
-        return summary_line(trials, sweep)
+        return summary_line(trials, study)

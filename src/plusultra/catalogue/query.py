@@ -11,17 +11,17 @@ Column names with dots or slashes must be double-quoted in SQL::
     SELECT run_id, backbone, "backbone.depth", "trainer.max_epochs", test_sharpe
     FROM runs WHERE status = 'completed' ORDER BY test_sharpe DESC
 
-The connection also holds a table ``sweeps``: one row per trial of every multirun sweep (the
-completed multirun runs sharing a sweep directory, the parent of their ``run_dir``) with the
-trial's deflated Sharpe ratio, computed by ``plusultra.catalogue.sweeps.sweep_table`` when
-``connect`` is called (a snapshot: runs recorded later need a fresh connection). Columns:
-``sweep``, ``run_id``, ``run_dir``, ``job_num``, ``n_trials``, ``test_sharpe`` (annualised),
-``sharpe_variance`` (of the per-period Sharpes), ``expected_max_sharpe`` (``SR0``, annualised),
-``deflated_sharpe`` (a probability), ``is_best``, ``periods_per_year``, ``n_periods``, ``skew``,
-``kurtosis``, ``normal_moments_assumed``; it is empty, with these columns, when no sweep has a
-completed trial with a test Sharpe::
+The connection also holds a table ``sweeps``: one row per trial of every study (the completed
+multirun runs sharing the ``study`` column, across every invocation) with the trial chosen by
+the study's validation objective (``is_best``) and every trial's deflated Sharpe ratio, computed
+by ``plusultra.catalogue.sweeps.sweep_table`` when ``connect`` is called (a snapshot: runs
+recorded later need a fresh connection). Columns: see ``SWEEP_COLUMNS`` (``study``,
+``sweep_dir``, ``run_id``, ``run_dir``, ``job_num``, ``n_trials``, ``n_sweeps``,
+``selected_by``, ``direction``, ``objective``, ``is_best``, ``test_sharpe``,
+``sharpe_variance``, ``expected_max_sharpe``, ``deflated_sharpe``, ...); it is empty, with these
+columns, when no study has a completed trial with a test Sharpe::
 
-    SELECT sweep, n_trials, test_sharpe, expected_max_sharpe, deflated_sharpe
+    SELECT study, n_trials, selected_by, objective, test_sharpe, deflated_sharpe
     FROM sweeps WHERE is_best ORDER BY deflated_sharpe DESC
 """
 
@@ -36,7 +36,12 @@ import pandas as pd
 import pyarrow as pa
 
 from plusultra.catalogue.rows import CORE_COLUMNS
-from plusultra.catalogue.sweeps import INPUT_COLUMNS, SWEEP_COLUMNS, sweep_table
+from plusultra.catalogue.sweeps import (
+    INPUT_COLUMNS,
+    SWEEP_COLUMNS,
+    objective_columns,
+    sweep_table,
+)
 from plusultra.errors import PlusUltraError
 
 VIEW = "runs"
@@ -93,8 +98,15 @@ def catalogue_files(catalogue_dir: str | os.PathLike) -> list[pathlib.Path]:
 def _create_sweeps(con: duckdb.DuckDBPyConnection) -> None:
     """Creates the table ``sweeps`` from the view ``runs`` (see the module docstring)."""
     present = {row[0] for row in con.execute(f"DESCRIBE {VIEW}").fetchall()}
-    columns = ", ".join(_ident(name) for name in INPUT_COLUMNS if name in present)
-    runs = con.sql(f"SELECT {columns} FROM {VIEW} WHERE multirun AND status = 'completed'").df()
+    where = "WHERE multirun AND status = 'completed'"
+    wanted = list(INPUT_COLUMNS)
+    if "optimized_metric" in present:  # the objective columns the trials name
+        named = con.sql(f"SELECT DISTINCT optimized_metric FROM {VIEW} {where}").fetchall()
+        wanted += objective_columns(pd.DataFrame({"optimized_metric": [r[0] for r in named]}))
+    else:
+        wanted += objective_columns(pd.DataFrame())
+    columns = ", ".join(_ident(name) for name in dict.fromkeys(wanted) if name in present)
+    runs = con.sql(f"SELECT {columns} FROM {VIEW} {where}").df()
     trials = sweep_table(runs)
     casts = ", ".join(f"CAST({_ident(n)} AS {t}) AS {_ident(n)}" for n, t in SWEEP_COLUMNS.items())
     con.register("_plusultra_sweeps", trials)

@@ -3,9 +3,11 @@
 A row is a plain ``dict[str, object]`` with, in this column order:
 
 1. Core columns (always present, fixed types, see ``CORE_COLUMNS``): ``run_id``, ``run_dir``,
-   ``status`` (``'completed'`` | ``'failed'``), ``error`` (``"ExceptionType: message"`` or null),
-   ``started_at``/``finished_at`` (UTC timestamps), ``duration_s``, ``git_revision``,
-   ``overrides`` (task overrides joined by one space), ``multirun``, ``job_num``.
+   ``status`` (``'completed'`` | ``'failed'`` | ``'interrupted'``: ended by SIGINT/SIGTERM),
+   ``error`` (``"ExceptionType: message"`` or null), ``started_at``/``finished_at`` (UTC
+   timestamps), ``duration_s``, ``git_revision``, ``overrides`` (task overrides joined by one
+   space), ``multirun``, ``job_num``, ``study`` (the study a multirun job belongs to, see
+   ``plusultra.catalogue.sweeps``; null for a single run).
 2. Group choices, one column per config group, named by Hydra's choice key verbatim:
    ``backbone``, a nested group ``a/b`` stays ``a/b``, a group placed with a package override
    ``backbone@enc`` stays ``backbone@enc``. ``hydra/...`` groups are skipped. The value is the
@@ -45,6 +47,8 @@ from enum import Enum
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from plusultra.io import fsync_dir
+
 log = logging.getLogger(__name__)
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -61,10 +65,11 @@ CORE_COLUMNS: dict[str, pa.DataType] = {
     "overrides": pa.string(),
     "multirun": pa.bool_(),
     "job_num": pa.int64(),
+    "study": pa.string(),
 }
 """Columns every row has, with their parquet types."""
 
-STATUSES = ("completed", "failed")
+STATUSES = ("completed", "failed", "interrupted")
 RUN_ID_PATTERN = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")
 _SAFE_FILE_STEM = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -203,14 +208,15 @@ def build_row(
     metrics: Mapping[str, float | None],
     multirun: bool = False,
     job_num: int | None = None,
+    study: str | None = None,
 ) -> dict[str, object]:
     """Builds one catalogue row (column rules in the module docstring).
 
     Args:
         run_id: From ``new_run_id``.
         run_dir: The run's output directory, or None when no job started.
-        status: ``'completed'`` or ``'failed'``.
-        error: ``"ExceptionType: message"`` for a failed run, else None.
+        status: one of ``STATUSES``.
+        error: ``"ExceptionType: message"`` for a failed or interrupted run, else None.
         started_at: Job start (UTC; naive datetimes are taken as UTC).
         finished_at: Job end (UTC).
         git_rev: From ``git_revision``.
@@ -220,6 +226,7 @@ def build_row(
         metrics: The run's ``metrics.json``; a null value means NaN.
         multirun: Whether the job ran under ``-m``.
         job_num: The job's number in the sweep (None in run mode).
+        study: The study of a multirun job (None in run mode).
 
     Returns:
         The row, core columns first, then choices, config and metrics.
@@ -242,6 +249,7 @@ def build_row(
         "overrides": " ".join(str(o) for o in overrides),
         "multirun": bool(multirun),
         "job_num": None if job_num is None else int(job_num),
+        "study": None if study is None else str(study),
     }
 
     def put(name: str, value: object, source: str) -> None:
@@ -349,22 +357,8 @@ def write_row(catalogue_dir: str | os.PathLike, row: Mapping[str, object]) -> pa
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return final
-
-
-def _fsync_dir(directory: pathlib.Path) -> None:
-    """Makes the rename durable where the platform allows it (best effort)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def format_error(error: BaseException | str) -> str:
@@ -389,11 +383,14 @@ def record_failed_invocation(
     *,
     started_at: datetime | None = None,
     multirun: bool = False,
+    status: str = "failed",
+    run_dir: str | os.PathLike | None = None,
 ) -> pathlib.Path:
-    """Records an invocation that failed before any job started (e.g. config composition).
+    """Records an invocation that ended outside a job (e.g. config composition, a signal).
 
-    The row has ``status='failed'``, the error, null ``run_dir``, and no choice, config or
-    metric columns. An exception passed in is marked ``_plusultra_recorded``.
+    The row has the ``status`` (``'failed'``, or ``'interrupted'`` for a signal), the error,
+    ``run_dir`` (null when no job had started), and no choice, config or metric columns. An
+    exception passed in is marked ``_plusultra_recorded``.
 
     Args:
         catalogue_dir: The catalogue directory.
@@ -402,6 +399,8 @@ def record_failed_invocation(
         cwd: Where to read the git revision.
         started_at: When the invocation started; defaults to now.
         multirun: Whether it was a ``-m`` invocation.
+        status: ``'failed'`` or ``'interrupted'``.
+        run_dir: The run directory, when one had been created.
 
     Returns:
         The path of the written parquet file.
@@ -410,8 +409,8 @@ def record_failed_invocation(
     started = _utc(started_at) if started_at is not None else finished
     row = build_row(
         run_id=new_run_id(started),
-        run_dir=None,
-        status="failed",
+        run_dir=run_dir,
+        status=status,
         error=format_error(error),
         started_at=started,
         finished_at=finished,

@@ -1,31 +1,40 @@
-"""Deflated Sharpe ratios across the trials of every multirun sweep in the catalogue.
+"""Trial selection and deflated Sharpe ratios across the trials of every study in the catalogue.
 
-Picking the best of ``N`` configurations by test Sharpe inflates that Sharpe: even ``N`` trials
-without skill produce a best Sharpe near ``SR0``, the expected maximum of ``N`` draws. The
-deflated Sharpe ratio (Bailey and Lopez de Prado 2014, ``evaluation.deflated.deflated_sharpe``) is
-the probability that a trial's true Sharpe exceeds ``SR0``, given the length and the skewness
-and kurtosis of its returns.
+Select on validation, report on test. A sweep's best trial is chosen by its objective, a
+validation metric, and only then is its test Sharpe reported, deflated for the number of trials
+tried.
 
-A sweep is the set of completed multirun rows whose ``run_dir`` shares a parent directory: in
-Hydra multirun a job's directory is ``<hydra.sweep.dir>/<hydra.sweep.subdir>``, the subdir
-being the job number by default. Its trials are the completed rows of the sweep with a finite
-``test_sharpe``; failed jobs, completed jobs without a test Sharpe, and single runs are left
-out. Per sweep and trial ``i``:
+A **study** is the set of completed multirun rows sharing the catalogue column ``study``, across
+every invocation (``plusultra -m``) that contributed to it. The callback fills ``study`` with the
+``sweep_name`` config key when set, else with the invocation's command-line overrides minus the
+swept ones (and minus ``hydra.*`` / ``paths.*``), sorted: ``plusultra -m seed=1,2 data=sp500``
+and a later ``plusultra -m seed=3,4 data=sp500`` form the study ``data=sp500`` of 4 trials; with
+no fixed override the study is ``(defaults)``. Rows recorded before the column existed fall back
+to their sweep directory (the parent of ``run_dir``). Its trials are the completed rows of the
+study with a finite ``test_sharpe``; failed or interrupted jobs, completed jobs without a test
+Sharpe, and single runs are left out. Per study and trial ``i``:
 
-- ``N`` (``n_trials``): the number of trials in the sweep.
-- ``SR_i = test_sharpe_i / sqrt(P_i)``: the per-period Sharpe, ``P_i`` the run's
+- ``n_trials`` (``N``): the number of trials of the study; ``n_sweeps``: the sweep directories
+  (invocations) they come from.
+- ``selected_by``, ``direction``: the study's objective, the ``optimized_metric`` and
+  ``optimized_direction`` recorded by its most recently started trial (a direction left null is
+  derived from the metric's name, see ``objective_direction``); ``objective``: the trial's value
+  of that metric.
+- ``is_best``: the trial with the lowest (``minimize``) or highest (``maximize``) finite
+  ``objective`` of its study (ties: the first in ``sweep_dir``, ``job_num`` order), at most one
+  per study and none when no trial has the objective. Never chosen by a test metric.
+- ``SR_i = test_sharpe_i / sqrt(P_i)``: the per-period test Sharpe, ``P_i`` the run's
   ``periods_per_year`` metric (older rows: ``evaluation.periods_per_year``; 252 when neither).
 - ``V`` (``sharpe_variance``): the sample variance (``ddof=1``) of the ``SR_i`` across the
-  sweep, per period (squared per-period Sharpe units); 0 for a one-trial sweep.
+  study, per period (squared per-period Sharpe units); 0 for a one-trial study.
 - ``SR0`` (``expected_max_sharpe``): ``evaluation.deflated.expected_max_sharpe(N, V)``, reported
   annualised (times ``sqrt(P_i)``) like ``test_sharpe``.
 - ``deflated_sharpe``: ``deflated_sharpe(SR_i, N, V, T_i, skew_i, kurtosis_i)``, a probability,
   with ``T_i = test_n_periods``; null when ``T_i`` is missing or < 2 or the variance term of the
   formula is <= 0. ``skew_i`` and ``kurtosis_i`` are ``test_skew`` and ``test_kurtosis``
   (kurtosis NOT excess); where either is missing (runs recorded before they existed) the normal
-  values 0 and 3 are used and ``normal_moments_assumed`` is true.
-- ``is_best``: the trial with the highest ``test_sharpe`` in its sweep (ties: the lowest
-  ``job_num``), exactly one per sweep.
+  values 0 and 3 are used and ``normal_moments_assumed`` is true. It is about the reported
+  (test) Sharpe of a trial; the selection itself never reads the test segment.
 """
 
 from __future__ import annotations
@@ -36,10 +45,28 @@ import os
 import numpy as np
 import pandas as pd
 
+from plusultra.errors import ConfigError
 from plusultra.evaluation.metrics.deflated import deflated_sharpe, expected_max_sharpe
 
 DEFAULT_PERIODS_PER_YEAR = 252
 """Used for a run without a ``periods_per_year`` value (catalogues older than that metric)."""
+DEFAULT_OBJECTIVE = "val_loss"
+"""Objective of rows recorded without an ``optimized_metric`` column."""
+DIRECTIONS = ("minimize", "maximize")
+# Metric-name endings (after the split prefix) whose direction is unambiguous.
+_MINIMIZE = ("loss", "error", "volatility", "turnover", "duration", "cost_share")
+_MAXIMIZE = (
+    "sharpe",
+    "sortino",
+    "return",
+    "calmar",
+    "hit_rate",
+    "ic",
+    "ic_ir",
+    "information_ratio",
+    "max_drawdown",  # a negative fraction: closer to 0 is better
+    "cvar_95",  # signed per-bar return of the worst 5 %: higher is better
+)
 
 INPUT_COLUMNS = (
     "run_id",
@@ -47,6 +74,10 @@ INPUT_COLUMNS = (
     "status",
     "multirun",
     "job_num",
+    "started_at",
+    "study",
+    "optimized_metric",
+    "optimized_direction",
     "test_sharpe",
     "test_n_periods",
     "test_skew",
@@ -54,19 +85,25 @@ INPUT_COLUMNS = (
     "periods_per_year",
     "evaluation.periods_per_year",
 )
-"""Catalogue columns ``sweep_table`` reads; all but the first five (core columns) may be absent."""
+"""Catalogue columns ``sweep_table`` reads (besides the objective columns the rows name); all but
+the first five (core columns) may be absent."""
 
 SWEEP_COLUMNS: dict[str, str] = {
-    "sweep": "VARCHAR",  # the sweep directory, parent of run_dir
+    "study": "VARCHAR",  # the study identity (sweep_name, or fixed overrides, or sweep dir)
+    "sweep_dir": "VARCHAR",  # this trial's sweep directory (one per invocation), parent of run_dir
     "run_id": "VARCHAR",
     "run_dir": "VARCHAR",
     "job_num": "BIGINT",
-    "n_trials": "BIGINT",  # N: completed trials with a finite test_sharpe in the sweep
-    "test_sharpe": "DOUBLE",  # annualised, as in runs
-    "sharpe_variance": "DOUBLE",  # V: variance of the per-period Sharpes across the sweep
+    "n_trials": "BIGINT",  # N: completed trials with a finite test_sharpe in the study
+    "n_sweeps": "BIGINT",  # sweep directories (invocations) those trials come from
+    "selected_by": "VARCHAR",  # the validation metric the best trial is chosen by
+    "direction": "VARCHAR",  # minimize | maximize (null: unknown, no best)
+    "objective": "DOUBLE",  # this trial's value of selected_by
+    "is_best": "BOOLEAN",  # best objective of its study
+    "test_sharpe": "DOUBLE",  # annualised, as in runs (reported, never selected on)
+    "sharpe_variance": "DOUBLE",  # V: variance of the per-period Sharpes across the study
     "expected_max_sharpe": "DOUBLE",  # SR0, annualised like test_sharpe
     "deflated_sharpe": "DOUBLE",  # probability that the true Sharpe exceeds SR0
-    "is_best": "BOOLEAN",  # highest test_sharpe of its sweep
     "periods_per_year": "DOUBLE",  # P used to de-annualise test_sharpe
     "n_periods": "DOUBLE",  # T: test_n_periods
     "skew": "DOUBLE",  # test_skew, or 0 when assumed
@@ -78,12 +115,67 @@ SWEEP_COLUMNS: dict[str, str] = {
 _REQUIRED = INPUT_COLUMNS[:5]
 
 
+def objective_direction(metric: str, direction: str | None = None) -> str:
+    """The direction a sweep optimises ``metric`` in.
+
+    Args:
+        metric: the objective, a ``val_*`` key of ``metrics.json`` (``optimized_metric``).
+        direction: ``minimize`` | ``maximize``; None derives it from the name: minimize for
+            names ending in loss, error, volatility, turnover, duration or cost_share;
+            maximize for Sharpe, Sortino, returns, Calmar, hit rate, IC, information ratio,
+            max drawdown (a negative fraction) and CVaR (a signed return).
+
+    Raises:
+        ConfigError: ``metric`` is not a validation metric, ``direction`` is not one of
+            ``DIRECTIONS``, or it is None and the name does not say.
+    """
+    if not isinstance(metric, str) or not metric.startswith("val_"):
+        raise ConfigError(
+            f"optimized_metric={metric!r}: a sweep selects on the validation segment, so the "
+            "objective must be a val_* metric (e.g. val_loss, val_sharpe); test_* metrics are "
+            "only reported"
+        )
+    if direction is not None:
+        if direction not in DIRECTIONS:
+            raise ConfigError(f"optimized_direction={direction!r}; valid: {list(DIRECTIONS)}")
+        return direction
+    if metric.endswith(_MINIMIZE):
+        return "minimize"
+    if metric.endswith(_MAXIMIZE):
+        return "maximize"
+    raise ConfigError(
+        f"optimized_direction is null and {metric!r} does not say whether lower or higher is "
+        "better; set optimized_direction=minimize or optimized_direction=maximize"
+    )
+
+
+def objective_value(metrics: dict[str, float], metric: str) -> float:
+    """``metrics[metric]``, the value a run returns to the sweeper.
+
+    Raises:
+        ConfigError: the run produced no such metric (the message lists the val_* keys).
+    """
+    if metric not in metrics:
+        valid = sorted(k for k in metrics if k.startswith("val_"))
+        raise ConfigError(
+            f"optimized_metric={metric!r} is not a metric of this run; valid: {valid}"
+        )
+    return metrics[metric]
+
+
 def _numeric(runs: pd.DataFrame, name: str) -> pd.Series:
     """Column ``name`` as floats; NaN where it is absent, null, infinite or not a number."""
     if name not in runs.columns:
         return pd.Series(np.nan, index=runs.index, dtype=float)
     values = pd.to_numeric(runs[name], errors="coerce").astype(float)
     return values.where(np.isfinite(values))
+
+
+def _text(runs: pd.DataFrame, name: str) -> pd.Series:
+    """Column ``name`` as strings; None where it is absent, null or empty."""
+    if name not in runs.columns:
+        return pd.Series(None, index=runs.index, dtype=object)
+    return runs[name].map(lambda v: v if isinstance(v, str) and v != "" else None)
 
 
 def _sweep_dir(run_dir: str) -> str:
@@ -109,17 +201,48 @@ def _dsr(
     return deflated_sharpe(sharpe, n_trials, variance, int(n_periods), skew, kurtosis)
 
 
+def objective_columns(runs: pd.DataFrame) -> list[str]:
+    """Metric columns named by the rows' ``optimized_metric`` (and ``DEFAULT_OBJECTIVE``)."""
+    names = set(_text(runs, "optimized_metric").dropna()) | {DEFAULT_OBJECTIVE}
+    return sorted(names)
+
+
+def _select(trials: pd.DataFrame, runs: pd.DataFrame) -> None:
+    """Fills ``selected_by``, ``direction``, ``objective`` and ``is_best`` per study, in place."""
+    trials["selected_by"] = None
+    trials["direction"] = None
+    trials["objective"] = np.nan
+    trials["is_best"] = False
+    for _, group in trials.groupby("study", sort=False):
+        latest = group.sort_values("_started", kind="stable").iloc[-1]
+        metric = latest["_metric"] if isinstance(latest["_metric"], str) else DEFAULT_OBJECTIVE
+        chosen = latest["_direction"] if isinstance(latest["_direction"], str) else None
+        trials.loc[group.index, "selected_by"] = metric
+        values = _numeric(runs, metric).loc[group["_row"]].to_numpy()
+        trials.loc[group.index, "objective"] = values
+        try:
+            direction = objective_direction(metric, chosen)
+        except ConfigError:
+            continue  # an old row with an unusable objective: no best trial
+        trials.loc[group.index, "direction"] = direction
+        scores = pd.Series(values, index=group.index).dropna()
+        if not scores.empty:
+            best = scores.idxmin() if direction == "minimize" else scores.idxmax()
+            trials.loc[best, "is_best"] = True
+
+
 def sweep_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per-trial deflated Sharpe ratios of every sweep (definitions in the module docstring).
+    """Per-trial selection and deflated Sharpe of every study (see the module docstring).
 
     Args:
         runs: Catalogue rows, e.g. ``SELECT * FROM runs``; needs ``run_id``, ``run_dir``,
-            ``status``, ``multirun`` and ``job_num``, and reads the other ``INPUT_COLUMNS``
-            where present.
+            ``status``, ``multirun`` and ``job_num``, and reads the other ``INPUT_COLUMNS`` and
+            the objective columns (``objective_columns``) where present.
 
     Returns:
-        One row per trial with the columns of ``SWEEP_COLUMNS`` in that order, sorted by sweep
-        and ``job_num``; empty (same columns) when no multirun row has a finite test Sharpe.
+        One row per trial with the columns of ``SWEEP_COLUMNS`` in that order, sorted by study,
+        sweep directory and ``job_num``; empty (same columns) when no multirun row has a finite
+        test Sharpe.
 
     Raises:
         ValueError: If a required column is missing.
@@ -140,9 +263,16 @@ def sweep_table(runs: pd.DataFrame) -> pd.DataFrame:
     # the metric the run annualised with; older catalogues only have the config key
     ppy = _numeric(runs, "periods_per_year").fillna(_numeric(runs, "evaluation.periods_per_year"))
     skew, kurtosis = _numeric(runs, "test_skew"), _numeric(runs, "test_kurtosis")
+    sweep_dir = runs["run_dir"].map(lambda d: _sweep_dir(d) if isinstance(d, str) else None)
+    started = (
+        pd.to_datetime(runs["started_at"], utc=True, errors="coerce")
+        if "started_at" in runs.columns
+        else pd.Series(pd.NaT, index=runs.index, dtype="datetime64[ns, UTC]")
+    )
     trials = pd.DataFrame(
         {
-            "sweep": runs["run_dir"].map(lambda d: _sweep_dir(d) if isinstance(d, str) else None),
+            "study": _text(runs, "study").fillna(sweep_dir),
+            "sweep_dir": sweep_dir,
             "run_id": runs["run_id"],
             "run_dir": runs["run_dir"],
             "job_num": pd.to_numeric(runs["job_num"], errors="coerce").astype("Int64"),
@@ -152,14 +282,19 @@ def sweep_table(runs: pd.DataFrame) -> pd.DataFrame:
             "normal_moments_assumed": (skew.isna() | kurtosis.isna()).to_numpy(),
             "skew": skew.fillna(0.0),
             "kurtosis": kurtosis.fillna(3.0),
+            "_row": runs.index,
+            "_started": started,
+            "_metric": _text(runs, "optimized_metric"),
+            "_direction": _text(runs, "optimized_direction"),
         }
     )[keep]
-    trials = trials.sort_values(["sweep", "job_num", "run_id"], na_position="last")
+    trials = trials.sort_values(["study", "sweep_dir", "job_num", "run_id"], na_position="last")
     trials = trials.reset_index(drop=True)
 
     per_period = trials["test_sharpe"] / np.sqrt(trials["periods_per_year"])  # SR_i
-    groups = per_period.groupby(trials["sweep"], sort=False)
+    groups = per_period.groupby(trials["study"], sort=False)
     trials["n_trials"] = groups.transform("size").astype("Int64")
+    trials["n_sweeps"] = trials.groupby("study")["sweep_dir"].transform("nunique").astype("Int64")
     trials["sharpe_variance"] = groups.transform("var").fillna(0.0)  # ddof=1; 0 when N = 1
     sr0 = [
         expected_max_sharpe(int(n), float(v))
@@ -178,31 +313,37 @@ def sweep_table(runs: pd.DataFrame) -> pd.DataFrame:
             strict=True,
         )
     ]
-    best = trials.groupby("sweep", sort=False)["test_sharpe"].idxmax()  # first of equals
-    trials["is_best"] = trials.index.isin(best.to_numpy())
+    _select(trials, runs)
     return trials[list(SWEEP_COLUMNS)].astype(_pandas_dtypes())
 
 
-def summary_line(trials: pd.DataFrame, sweep: str) -> str:
-    """One line on the best trial of ``sweep``, for the log at the end of a multirun.
+def summary_line(trials: pd.DataFrame, study: str) -> str:
+    """One line on the best trial of ``study``, for the log at the end of a multirun.
 
     Args:
         trials: From ``sweep_table``.
-        sweep: The sweep directory, as in the ``sweep`` column.
+        study: The study, as in the ``study`` column.
 
     Returns:
-        e.g. ``sweep <dir>: best of 8 trials is job 3 (<run_id>): test_sharpe 1.42, deflated
-        Sharpe 0.913 (expected max Sharpe of 8 unskilled trials 0.87)``.
+        e.g. ``study data=sp500: best of 8 trials (2 sweeps) by val_loss (minimize) is job 3 of
+        <sweep dir> (<run_id>): val_loss 0.4210; reported test_sharpe 1.42, deflated Sharpe
+        0.913 (expected max Sharpe of 8 unskilled trials 0.87)``.
     """
-    rows = trials[(trials["sweep"] == sweep) & trials["is_best"]]
+    rows = trials[trials["study"] == study]
     if rows.empty:
-        return f"sweep {sweep}: no completed trial with a finite test_sharpe"
-    best = rows.iloc[0]
+        return f"study {study}: no completed trial with a finite test_sharpe"
+    first = rows.iloc[0]
+    n, sweeps, metric = int(first["n_trials"]), int(first["n_sweeps"]), first["selected_by"]
+    best = rows[rows["is_best"]]
+    if best.empty:
+        return f"study {study}: {n} trials, none with a finite {metric} to select on"
+    best = best.iloc[0]
     job = "?" if pd.isna(best["job_num"]) else int(best["job_num"])
     dsr = "n/a" if pd.isna(best["deflated_sharpe"]) else f"{best['deflated_sharpe']:.3f}"
-    n = int(best["n_trials"])
     return (
-        f"sweep {sweep}: best of {n} trials is job {job} ({best['run_id']}): "
-        f"test_sharpe {best['test_sharpe']:.2f}, deflated Sharpe {dsr} "
-        f"(expected max Sharpe of {n} unskilled trials {best['expected_max_sharpe']:.2f})"
+        f"study {study}: best of {n} trials ({sweeps} sweep{'s' * (sweeps > 1)}) by {metric} "
+        f"({best['direction']}) is job {job} of {best['sweep_dir']} ({best['run_id']}): "
+        f"{metric} {best['objective']:.4g}; reported test_sharpe {best['test_sharpe']:.2f}, "
+        f"deflated Sharpe {dsr} (expected max Sharpe of {n} unskilled trials "
+        f"{best['expected_max_sharpe']:.2f})"
     )

@@ -48,9 +48,10 @@ EPILOG = textwrap.dedent(
     config group holding the chosen option (backbone, head, data, hardware, ...); the
     resolved config with dotted names (seed, depth, "backbone.depth",
     "trainer.max_epochs", ...); and the metrics (val_loss, test_sharpe, n_params, ...).
-    The table `sweeps` has one row per trial of each multirun sweep with its deflated Sharpe
-    ratio: sweep, run_id, run_dir, job_num, n_trials, test_sharpe, sharpe_variance (per
-    period), expected_max_sharpe (annualised), deflated_sharpe (a probability), is_best, ...
+    The table `sweeps` has one row per trial of each study (multirun jobs sharing `study`,
+    across invocations): study, sweep_dir, run_id, job_num, n_trials, selected_by (the val_*
+    objective), objective, is_best (best objective), test_sharpe, expected_max_sharpe
+    (annualised), deflated_sharpe (a probability), ...
     Column names containing dots or slashes must be double-quoted in SQL ("trainer.max_epochs",
     "a/b"); SQL strings use single quotes. In bash, put the query in double quotes and escape
     the inner ones as \\", or put it in single quotes when it has no string literal.

@@ -12,6 +12,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from plusultra.errors import PlusUltraError
+from plusultra.lifecycle import Interrupted
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,11 @@ def _instantiated_group(exc: BaseException) -> str | None:
     return None
 
 
+def interruption(exc: BaseException) -> Interrupted | None:
+    """The `Interrupted` (SIGINT/SIGTERM) in the exception chain, if any."""
+    return next((e for e in _chain(exc) if isinstance(e, Interrupted)), None)
+
+
 def output_dir_from_argv(argv: list[str]) -> str:
     """paths.output_dir as the command line or PLUSULTRA_OUTPUT_DIR sets it (default outputs)."""
     out = os.environ.get("PLUSULTRA_OUTPUT_DIR", "outputs")
@@ -87,15 +93,28 @@ def fail(
 ) -> None:
     """Print `prog: error: ...`, record a failed catalogue row if none was written, and exit.
 
-    Exit code 2 for bad input (message only), 1 for a bug (with traceback).
+    Exit code 2 for bad input (message only), 1 for a bug (with traceback). A run ended by
+    SIGINT or SIGTERM (`plusultra.lifecycle.Interrupted`) prints `prog: interrupted (SIGTERM);
+    run dir ...` and exits with 128 + the signal number (130, 143); its row says `interrupted`.
     """
+    interrupted = interruption(exc)
     if catalogue_dir is not None and not getattr(exc, "_plusultra_recorded", False):
         try:
             from plusultra.catalogue.rows import record_failed_invocation
 
-            record_failed_invocation(Path(catalogue_dir), overrides or [], exc, cwd=os.getcwd())
+            record_failed_invocation(
+                Path(catalogue_dir),
+                overrides or [],
+                exc,
+                cwd=os.getcwd(),
+                status="interrupted" if interrupted else "failed",
+                run_dir=interrupted.run_dir if interrupted else None,
+            )
         except Exception as rec_exc:  # noqa: BLE001 - recording must not mask the real error
             log.warning("could not record the failure in the catalogue: %s", rec_exc)
+    if interrupted is not None:
+        print(f"{prog}: {interrupted}", file=sys.stderr)
+        sys.exit(interrupted.exit_code)
     cause = user_error(exc)
     if cause is None:
         traceback.print_exception(exc)

@@ -55,9 +55,12 @@ class SupervisedStage:
         best = getattr(ckpt, "best_model_path", "") or None
         score = getattr(ckpt, "best_model_score", None)
         if self.restore_best and best:
+            # this fit's own checkpoint: callbacks.model_checkpoint writes into the run's
+            # unique directory, so no other run can have put a file there
             state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
             module.load_state_dict(state)
-            log.info("Restored best checkpoint %s (val/loss=%.6f)", best, float(score))
+            shown = "n/a" if score is None else f"{float(score):.6f}"
+            log.info("Restored best checkpoint %s (%s=%s)", best, ckpt.monitor, shown)
         return StageResult(self.name, trainer, best, None if score is None else float(score))
 
 

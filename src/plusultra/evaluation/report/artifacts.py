@@ -103,8 +103,13 @@ def _overrides(run_dir: Path) -> list[str]:
     return [str(o) for o in raw] if isinstance(raw, list) else []
 
 
-def load_run(run_dir: str | os.PathLike) -> RunArtifacts:
+def load_run(run_dir: str | os.PathLike, metrics: dict[str, float] | None = None) -> RunArtifacts:
     """Load a finished run directory.
+
+    Args:
+        run_dir: the run directory.
+        metrics: the run's metrics, in memory: a run renders its reports before it writes
+            `metrics.json` (the last file, which marks it complete); None reads the file.
 
     Raises:
         DataError: `run_dir` is not a directory or lacks a file of a finished run (named).
@@ -112,13 +117,14 @@ def load_run(run_dir: str | os.PathLike) -> RunArtifacts:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: not a directory")
-    missing = [n for n in REQUIRED if not (run_dir / n).is_file()]
+    needed = REQUIRED if metrics is None else [n for n in REQUIRED if n != "metrics.json"]
+    missing = [n for n in needed if not (run_dir / n).is_file()]
     if missing:
         raise DataError(
             f"{run_dir} is not a finished run: missing {', '.join(missing)} "
             "(metrics.json is written last, when a run completes)"
         )
-    raw = json.loads((run_dir / "metrics.json").read_text())
+    raw = json.loads((run_dir / "metrics.json").read_text()) if metrics is None else metrics
     metrics = {k: (math.nan if v is None else v) for k, v in raw.items()}
     data = json.loads((run_dir / "data.json").read_text())
     backtest = pd.read_parquet(run_dir / "backtest.parquet")

@@ -277,13 +277,17 @@ def render_markdown(run: RunArtifacts, plots: dict[str, tuple[str, bytes]], link
 
 
 def write_reports(
-    run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None
+    run_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    metrics: dict[str, float] | None = None,
 ) -> tuple[Path, Path]:
     """Write `report.html`, `report.md` and `report/*.png` of a finished run (atomically).
 
     Args:
         run_dir: the finished run directory.
         out_dir: where to write (default `run_dir`).
+        metrics: the run's metrics in memory (a run writes `metrics.json` after its reports);
+            None reads `metrics.json`.
 
     Returns:
         (report.html, report.md) paths.
@@ -291,7 +295,7 @@ def write_reports(
     Raises:
         DataError: the run is not finished (a file is missing).
     """
-    run = load_run(run_dir)
+    run = load_run(run_dir, metrics)
     out = Path(out_dir) if out_dir is not None else run.run_dir
     plots = make_plots(run)
     links = {}

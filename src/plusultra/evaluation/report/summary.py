@@ -40,19 +40,29 @@ BASELINE_LABELS = {
 
 
 def flat_metrics(
-    val_loss: float, test_loss: float, result: BacktestResult, extra: dict[str, float]
+    val_loss: float,
+    test_loss: float,
+    result: BacktestResult,
+    extra: dict[str, float],
+    val_result: BacktestResult | None = None,
 ) -> dict[str, float]:
-    """`split_metric` names: val_loss, test_loss, test_sharpe, test_buyhold_sharpe, ..."""
+    """`split_metric` names: val_loss, test_loss, test_sharpe, test_buyhold_sharpe, ... and,
+    given the validation backtest, val_sharpe, val_buyhold_sharpe, ... (same keys, val_)."""
     out = {"val_loss": float(val_loss), "test_loss": float(test_loss)}
-    out.update({f"test_{k}": float(v) for k, v in result.metrics.items()})
-    for name, metrics in result.baselines.items():
-        out.update({f"test_{name}_{k}": float(v) for k, v in metrics.items()})
+    for split, res in (("val", val_result), ("test", result)):
+        if res is None:
+            continue
+        out.update({f"{split}_{k}": float(v) for k, v in res.metrics.items()})
+        for name, metrics in res.baselines.items():
+            out.update({f"{split}_{name}_{k}": float(v) for k, v in metrics.items()})
     out.update({k: float(v) for k, v in extra.items()})
     return out
 
 
-def _fmt(value: float | None, pattern: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _fmt(value: float | None, pattern: str, missing: str = "n/a") -> str:
+    if value is None:
+        return missing  # not recorded (e.g. a run from before validation backtests)
+    if isinstance(value, float) and math.isnan(value):
         return "n/a"
     return pattern.format(value)
 
@@ -64,7 +74,8 @@ def _baselines(metrics: dict[str, float]) -> list[str]:
 def summary_rows(
     metrics: dict[str, float], baselines: list[str] | None = None, loss: str | None = None
 ) -> list[list[str]]:
-    """Rows [label, val, test, baseline...] of the summary table; `loss` names the loss."""
+    """Rows [label, val, test, baseline...] of the summary table (val: the model on the
+    validation segment, what a sweep selects on); `loss` names the loss."""
     baselines = _baselines(metrics) if baselines is None else baselines
     rows = []
     for key, label, pattern in SUMMARY_ROWS:
@@ -79,7 +90,11 @@ def summary_rows(
                 + ["" for _ in baselines]
             )
             continue
-        row = [label, "", _fmt(metrics.get(f"test_{key}"), pattern)]
+        row = [
+            label,
+            _fmt(metrics.get(f"val_{key}"), pattern, ""),
+            _fmt(metrics.get(f"test_{key}"), pattern),
+        ]
         row += [_fmt(metrics.get(f"test_{b}_{key}"), pattern) for b in baselines]
         rows.append(row)
         if key == "sharpe" and f"test_{key}_lo" in metrics:  # stationary-bootstrap interval

@@ -1,0 +1,168 @@
+"""Run lifecycle: unique run directories, claimed exclusively, and interruption by a signal.
+
+Run and sweep directories are named ``<date>/<time>_<pid>-<6 hex>`` (conf/hydra/default.yaml):
+the ``plusultra.uid`` resolver adds this process's id and a random suffix to the second-resolution
+time, so two runs started in the same second, in one process or many, on one host or on a
+shared file system, get different names, and names still sort by start time. ``RunDirCallback``
+then creates the directory with ``os.mkdir`` before Hydra touches it: an existing directory
+(e.g. a ``hydra.run.dir=...`` given twice) stops the run with a ``ConfigError`` (exit code 2)
+before anything is written, instead of mixing two runs' checkpoints, logs and metrics.
+
+``handle_signals`` turns SIGINT and SIGTERM into ``Interrupted``, raised in the main thread.
+Inside a job it is an ordinary exception for Hydra (which records the job: the catalogue row
+gets ``status=interrupted``); ``plusultra.cli.common.fail`` prints one line and exits with
+``128 + signal`` (130 for SIGINT, 143 for SIGTERM). Lightning composes its own SIGTERM handler
+with ours during ``fit`` and restores ours afterwards, so the same holds inside and outside
+training. Checkpoints written before the signal stay in the run directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from plusultra.errors import ConfigError
+
+UID_RESOLVER = "plusultra.uid"
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+_issued: set[str] = set()
+
+
+def unique_id() -> str:
+    """``<pid>-<6 hex>``: never repeated by this process, unique among the live processes of a
+    host (the pid), random across hosts (and exclusive creation catches the rest)."""
+    while True:
+        uid = f"{os.getpid()}-{secrets.token_hex(3)}"
+        if uid not in _issued:
+            _issued.add(uid)
+            return uid
+
+
+if not OmegaConf.has_resolver(UID_RESOLVER):
+    # use_cache: every interpolation of one config (run.dir, sweep.dir, paths.run_dir, and the
+    # per-job configs of a sweep, which copy the cache) sees the same id.
+    OmegaConf.register_new_resolver(UID_RESOLVER, unique_id, use_cache=True)
+
+
+def claim_dir(path: str | os.PathLike, key: str) -> Path:
+    """Create ``path`` (absolute, parents as needed); refuse one that already exists.
+
+    Args:
+        path: the run or sweep directory.
+        key: the config key that named it, for the message (``hydra.run.dir``).
+
+    Raises:
+        ConfigError: ``path`` exists (another run's directory, or a path given twice).
+    """
+    path = Path(os.path.abspath(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        raise ConfigError(
+            f"{key}: {path} already exists; a run never reuses a directory "
+            "(leave hydra.run.dir / hydra.sweep.dir at their unique default, or pick a new path)"
+        ) from None
+    return path
+
+
+class RunDirTaken(BaseException):
+    """Carries the ``ConfigError`` of ``claim_dir`` out of a Hydra callback.
+
+    A BaseException because Hydra turns an ``Exception`` raised by a callback into a warning
+    and goes on; ``plusultra.run.main`` unwraps it (``error``) and reports it as bad input.
+    """
+
+    def __init__(self, error: ConfigError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class RunDirCallback(Callback):
+    """Claims the run (or sweep) directory before Hydra creates it with ``exist_ok=True``.
+
+    Raises:
+        RunDirTaken: the directory exists.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Resolve ``hydra.run.dir`` (cached for the job) and create it exclusively."""
+        self._claim(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Resolve ``hydra.sweep.dir`` and create it exclusively; jobs get subdirs inside."""
+        self._claim(config, "hydra.sweep.dir")
+
+    @staticmethod
+    def _claim(config: DictConfig, key: str) -> None:
+        if os.environ.get("LOCAL_RANK", "0") != "0":
+            return  # a DDP worker Lightning relaunched into rank 0's run dir: joins, not claims
+        HydraConfig.instance().set_config(config)  # for ${hydra:...} in the directory name
+        try:
+            claim_dir(str(OmegaConf.select(config, key)), key)
+        except ConfigError as exc:
+            raise RunDirTaken(exc) from None
+
+
+class Interrupted(Exception):
+    """A run ended by SIGINT or SIGTERM.
+
+    Attributes:
+        signum: the signal number; exit_code: ``128 + signum``; run_dir: the job's output
+        directory when the signal arrived inside a job, else None.
+    """
+
+    def __init__(self, signum: int, run_dir: str | None = None) -> None:
+        self.signum, self.run_dir = int(signum), run_dir
+        self.exit_code = 128 + self.signum
+        self.signal_name = signal.Signals(self.signum).name
+        where = f"; run dir {run_dir} kept with its checkpoints" if run_dir else ""
+        super().__init__(f"interrupted ({self.signal_name}){where}")
+
+
+def _current_run_dir() -> str | None:
+    try:
+        return str(HydraConfig.get().runtime.output_dir)
+    except Exception:  # noqa: BLE001 - no job running (composition, or not under Hydra)
+        return None
+
+
+class _Handler:
+    """Raises ``Interrupted`` on the first signal; later signals are ignored while it unwinds
+    (so a second Ctrl-C cannot cut the catalogue row short)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            return
+        self.received = signum
+        raise Interrupted(signum, _current_run_dir())
+
+
+@contextlib.contextmanager
+def handle_signals() -> Iterator[_Handler]:
+    """Within the block, SIGINT and SIGTERM raise ``Interrupted`` in the main thread.
+
+    Yields the handler: ``handler.received`` is the signal number if one arrived (also when
+    some code swallowed the exception), else None. The previous handlers are restored on exit.
+    """
+    handler = _Handler()
+    previous = {s: signal.signal(s, handler) for s in SIGNALS}
+    try:
+        yield handler
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

@@ -1,0 +1,100 @@
+"""Evaluate a trained model on both held-out segments: validation to select, test to report.
+
+- Validation: the module's ``val/*`` metrics, then ONE inference pass over the validation
+  segment with the model the curriculum selected on validation (its restored best checkpoint),
+  backtested with the run's Backtest and simulator, baselines included: the ``val_*`` backtest
+  metrics a sweep selects on. The model is not refitted inside the validation segment.
+- Test: the walk-forward evaluation (``training.walk_forward``) predicts the test segment once,
+  refitting if configured, and the same Backtest and simulator evaluate it: the ``test_*``
+  metrics a run reports.
+
+Validation comes first because walk-forward refits update the model in place.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import lightning as L
+import pandas as pd
+import torch
+
+from plusultra.evaluation.backtest.engine import Backtest, BacktestResult, MarketContext
+from plusultra.training.predict import predictions_frame
+from plusultra.training.walk_forward import WalkForward, WalkForwardResult
+
+
+@dataclass
+class Evaluation:
+    """Both segments' metrics and records.
+
+    Attributes:
+        val_metrics: the module's ``val/*`` metrics (loss, naive loss, ...).
+        val: the validation backtest (model and baselines); ``val.daily`` per val bar.
+        test: the test backtest; ``test.daily`` per test bar.
+        walk: the walk-forward result (test predictions, ``test/*`` metrics, blocks).
+        predictions: test predictions with ``position`` and ``realized_return``.
+    """
+
+    val_metrics: dict[str, float]
+    val: BacktestResult
+    test: BacktestResult
+    walk: WalkForwardResult
+    predictions: pd.DataFrame
+
+
+def evaluate(
+    model: L.LightningModule,
+    datamodule,
+    trainer: L.Trainer,
+    make_trainer: Callable[..., L.Trainer],
+    walk: WalkForward,
+    backtest: Backtest,
+    simulator,
+    initial_state: dict[str, torch.Tensor] | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+) -> Evaluation:
+    """Validate, backtest the validation segment, then walk forward and backtest the test one.
+
+    Args:
+        model: the trained module, weights as selected on validation.
+        datamodule: the set-up `SQLiteDataModule`.
+        trainer: the last curriculum stage's trainer (its logger records ``val/*``, ``test/*``).
+        make_trainer: builds a Trainer from the run's config (walk-forward refits).
+        walk: the walk-forward evaluator.
+        backtest: positions, simulation and metrics, shared by both segments.
+        simulator: the run's simulator, shared by both segments.
+        initial_state: the module's untrained weights (walk-forward cold refits).
+        checkpoint_dir: where walk-forward writes its last block's weights (in the run dir).
+    """
+    panel = datamodule.panel
+    market = (panel.dates, panel.symbols, datamodule.tradable, datamodule.returns, simulator)
+    val_metrics = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
+    val_preds = predictions_frame(
+        model,
+        datamodule.inference_dataset("val"),
+        panel.dates,
+        panel.symbols,
+        datamodule.norm.target_scale,
+    )
+    val = backtest.run(
+        val_preds,
+        *market,
+        *datamodule.segments.val,
+        context=MarketContext(**datamodule.context()),
+    )
+
+    walked = walk.run(model, datamodule, trainer, make_trainer, initial_state, checkpoint_dir)
+    refits = [(f.fit_lo, f.fit_hi, f.lo, f.hi) for f in walked.blocks]
+    test = backtest.run(
+        walked.predictions,
+        *market,
+        *datamodule.segments.test,
+        context=MarketContext(**datamodule.context(), refits=refits),
+    )
+    predictions = backtest.with_positions(
+        walked.predictions, panel.dates, panel.symbols, datamodule.tradable, datamodule.returns
+    )
+    return Evaluation(val_metrics, val, test, walked, predictions)
