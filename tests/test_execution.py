@@ -55,7 +55,9 @@ def test_perturbing_next_open_changes_the_fill_of_an_order_decided_at_t() -> Non
     moved[t + 1] *= 1.1
     after = execution_returns("next_open", moved, close)
     assert not np.allclose(after[t], before[t])
-    np.testing.assert_array_equal(after[: t - 1], before[: t - 1])  # decisions before t-1 unaffected
+    np.testing.assert_array_equal(
+        after[: t - 1], before[: t - 1]
+    )  # decisions before t-1 unaffected
 
 
 def test_same_close_is_the_close_to_close_return() -> None:

@@ -108,7 +108,7 @@ def train(cfg: DictConfig) -> float:
     write_parquet_atomic(run_dir / "walk_forward.parquet", evaluated.folds)
     write_metrics(run_dir, metrics)  # its presence marks a complete run
     write_reports(run_dir)  # report.html and report.md, derived (plusultra-report redoes them)
-    logger.log_metrics({f"summary/{k}": v for k, v in metrics.items()})
+    logger.log_metrics({f"summary/{k}": v for k, v in metrics.items() if not isinstance(v, str)})
     logger.finalize("success")
 
     if cfg.print_summary:

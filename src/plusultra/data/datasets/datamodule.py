@@ -364,7 +364,8 @@ class SQLiteDataModule(L.LightningDataModule):
     def context(self, window: int = 20) -> dict[str, np.ndarray | int | None]:
         """Full-calendar arrays for baselines and simulators, each known at its bar's close.
 
-        close: adjusted close; volume: split-adjusted shares; volatility: std of the last
+        close: adjusted close; open: adjusted open (NaN for close-only data; the fill price of
+        next-bar-open execution); volume: split-adjusted shares; volatility: std of the last
         `window` log returns (per bar); features/targets: model inputs and the labels of the last
         forecast step, with `label_end` the last train bar whose label is known.
         """
@@ -372,6 +373,7 @@ class SQLiteDataModule(L.LightningDataModule):
         log_ret = pd.DataFrame(np.log(close)).diff()
         return {
             "close": close,
+            "open": self.panel.fields.get("open"),
             "volume": self.panel.fields["volume"],
             "volatility": log_ret.rolling(window, min_periods=2).std().to_numpy(),
             "features": self.features,

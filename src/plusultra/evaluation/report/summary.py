@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from plusultra.evaluation.backtest.engine import BacktestResult
+from plusultra.evaluation.metrics.risk import IR_BENCHMARKS as IR_LABELS
 from plusultra.io import write_json_atomic
 
 # (metrics key, label, format) of the summary table, in display order.
@@ -26,7 +27,7 @@ SUMMARY_ROWS = (
     ("turnover", "turnover / bar", "{:.3f}"),
     ("max_drawdown_duration", "max DD duration (bars)", "{:.0f}"),
     ("cvar_95", "CVaR 95% (per bar)", "{:+.2%}"),
-    ("information_ratio", "information ratio vs B&H", "{:.2f}"),
+    ("information_ratio", "information ratio vs cash|B&H", "{:.2f}"),
     ("cost_share", "costs / gross P&L", "{:.1%}"),
 )
 # Baseline columns, in display order, with their headers.
@@ -39,22 +40,38 @@ BASELINE_LABELS = {
 }
 
 
+def _value(v: float | str) -> float | str:
+    return v if isinstance(v, str) else float(v)
+
+
 def flat_metrics(
     val_loss: float, test_loss: float, result: BacktestResult, extra: dict[str, float]
-) -> dict[str, float]:
-    """`split_metric` names: val_loss, test_loss, test_sharpe, test_buyhold_sharpe, ..."""
+) -> dict[str, float | str]:
+    """`split_metric` names: val_loss, test_loss, test_sharpe, test_buyhold_sharpe, ...
+
+    Numbers, except the labels `execution` (the simulator's fill timing: next_open,
+    next_close or same_close) and `*_information_ratio_benchmark` (cash or buyhold).
+    """
     out = {"val_loss": float(val_loss), "test_loss": float(test_loss)}
-    out.update({f"test_{k}": float(v) for k, v in result.metrics.items()})
+    out["execution"] = result.execution
+    out.update({f"test_{k}": _value(v) for k, v in result.metrics.items()})
     for name, metrics in result.baselines.items():
-        out.update({f"test_{name}_{k}": float(v) for k, v in metrics.items()})
+        out.update({f"test_{name}_{k}": _value(v) for k, v in metrics.items()})
     out.update({k: float(v) for k, v in extra.items()})
     return out
 
 
 def _fmt(value: float | None, pattern: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or isinstance(value, str) or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return pattern.format(value)
+
+
+def _ir_cell(metrics: dict, prefix: str, pattern: str) -> str:
+    """The information ratio with its benchmark, e.g. ``0.42 (cash)``."""
+    cell = _fmt(metrics.get(f"{prefix}information_ratio"), pattern)
+    bench = metrics.get(f"{prefix}information_ratio_benchmark")
+    return f"{cell} ({IR_LABELS.get(bench, bench)})" if isinstance(bench, str) else cell
 
 
 def _baselines(metrics: dict[str, float]) -> list[str]:
@@ -75,6 +92,11 @@ def summary_rows(metrics: dict[str, float], baselines: list[str] | None = None) 
                 ]
                 + ["" for _ in baselines]
             )
+            continue
+        if key == "information_ratio":  # each book against its like-for-like benchmark
+            row = [label, "", _ir_cell(metrics, "test_", pattern)]
+            row += [_ir_cell(metrics, f"test_{b}_", pattern) for b in baselines]
+            rows.append(row)
             continue
         row = [label, "", _fmt(metrics.get(f"test_{key}"), pattern)]
         row += [_fmt(metrics.get(f"test_{b}_{key}"), pattern) for b in baselines]
