@@ -147,11 +147,15 @@ def simulate(
         return _Run(sim.portfolio_returns, sim.turnover, sim.gross_exposure)
     if context.volume is None or context.volatility is None:
         raise DataError("simulator=realistic needs close, volume and volatility for the backtest")
+    # Orders fill where the symbol is tradable, and on its delisting bar (the first bar with a
+    # price after its last tradable one), so that the exit decided before it can fill there.
+    was = np.vstack([np.zeros_like(tradable[:1]), tradable[:-1]])
+    fillable = tradable | (np.isfinite(context.close) & was)
     market = MarketData(
         close=context.close[bars],
         volume=context.volume[bars],
         volatility=np.nan_to_num(context.volatility[bars], nan=0.0),
-        tradable=tradable[bars],
+        tradable=fillable[bars],
         open=open_,
     )
     res = simulator.run(weights, market=market)
