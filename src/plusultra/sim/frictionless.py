@@ -276,9 +276,10 @@ def simulate_reference(
 ) -> SimResult:
     """Naive per-bar, per-symbol loop over holdings and cash in currency: the reference.
 
-    At each close ``t`` the book is marked to market (``equity = cash + sum of holdings``), each
-    symbol is traded to ``weights[t, s] * equity`` in currency against cash, and then every holding
-    grows by its return to close ``t + 1`` (cash earns 0). Nothing here reuses the vectorised
+    Given returns, at each decision ``t`` the book is marked to market (``equity = cash + sum of
+    holdings``), each symbol is traded to ``weights[t, s] * equity`` in currency against cash,
+    and then every holding grows by its return to the next fill (cash earns 0). Nothing here
+    reuses the vectorised
     formulas of ``FrictionlessSimulator.run``; the two are compared in the tests.
 
     Given prices (``close``, ``open``) instead of returns, the loop is over fill bars: the order
@@ -319,7 +320,7 @@ def simulate_reference(
     equity_path[0] = cash
 
     for t in range(n_t):
-        # Mark to market at close t.
+        # Mark to market at the fill of decision t.
         equity = cash
         for s in range(n_s):
             equity += holdings[s]
@@ -337,7 +338,7 @@ def simulate_reference(
             turnover[t] = traded / abs(equity)  # a fraction of |equity| if the book is negative
         else:  # ruined book: measure the trade in weights from an empty book
             turnover[t] = gross[t]
-        # Holdings earn their returns to close t + 1; a NaN return only meets a zero holding.
+        # Holdings earn their returns to the next fill; a NaN return only meets a zero holding.
         for s in range(n_s):
             if holdings[s] != 0.0:
                 holdings[s] = holdings[s] * (1.0 + r[t, s])

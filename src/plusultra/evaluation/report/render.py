@@ -205,7 +205,8 @@ def _header_lines(run: RunArtifacts) -> list[str]:
     if run.choices:
         lines.append("Configuration: " + ", ".join(f"{k}={v}" for k, v in run.choices.items()))
     if isinstance(run.metrics.get("execution"), str):  # the fill timing; same_close is flagged
-        lines.append(f"Execution: {LABELS.get(run.metrics['execution'], run.metrics['execution'])}")
+        mode = run.metrics["execution"]
+        lines.append(f"Execution: {LABELS.get(mode, mode)}")
     segs = "; ".join(f"{k} {a} to {b}" for k, (a, b) in run.segment_dates.items())
     if segs:
         lines.append(f"Segments: {segs}")
