@@ -509,6 +509,7 @@ def test_engine_delisting_and_the_last_bars() -> None:
 
     decide = decision_mask(case["tradable"], 1)
     assert decide[298, 1] and not decide[299, 1]  # exits at bar 300 at the latest
+    assert decide[-1, 0]  # listed to the calendar's end: its future is unknown, no cap
     broken = _engine_case(5)
     broken["tradable"][300, 1] = True  # bars stop after bar 300, no delisting date
     with pytest.raises(DataError, match="S1 has no bar after .* assets.delisted is not set"):

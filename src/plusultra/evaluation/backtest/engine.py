@@ -99,12 +99,15 @@ class BacktestResult:
             turnover and gross exposure of the strategy. The return of row ``t`` is earned from
             the fill of the decision at ``t`` to the next fill.
         execution: the execution mode used (``next_open``, ``next_close`` or ``same_close``).
+        earned: (T, S) full-calendar return a position decided at ``t`` earns under that mode
+            (NaN where it cannot be held), for attribution (`Backtest.with_positions`).
     """
 
     metrics: dict[str, float | str]
     baselines: dict[str, dict[str, float | str]] = field(default_factory=dict)
     daily: pd.DataFrame | None = None
     execution: str = "next_open"
+    earned: np.ndarray | None = None
 
 
 @dataclass
@@ -187,11 +190,15 @@ def execution_mode(simulator, context: MarketContext) -> str:
 
 
 def decision_mask(tradable: np.ndarray, lag: int) -> np.ndarray:
-    """(T, S) bool: a position may be decided at ``t``: tradable at ``t`` and its exit fill,
-    bar ``t + lag + 1``, at most one bar after its last tradable bar (the delisting bar)."""
+    """(T, S) bool: a position may be decided at ``t``: tradable at ``t`` and, for a symbol
+    whose tradable bars end before the calendar does (delisted), its exit fill, bar
+    ``t + lag + 1``, at most one bar after its last tradable bar (the delisting bar). A symbol
+    still tradable on the calendar's last bar is not restricted (its future is unknown)."""
     tr = np.asarray(tradable, dtype=bool)
-    rows = np.arange(tr.shape[0])[:, None]
-    last = np.where(tr.any(axis=0), tr.shape[0] - 1 - np.argmax(tr[::-1], axis=0), -1)  # (S,)
+    n_t = tr.shape[0]
+    rows = np.arange(n_t)[:, None]
+    last = np.where(tr.any(axis=0), n_t - 1 - np.argmax(tr[::-1], axis=0), -1)  # (S,)
+    last = np.where(last == n_t - 1, n_t + lag, last)  # listed to the end: no cap
     return tr & (rows + lag <= last[None, :])
 
 
@@ -271,9 +278,14 @@ class Backtest:
         symbols: list[str],
         tradable: np.ndarray,
         returns: np.ndarray | None = None,
+        execution: str | None = None,
     ) -> pd.DataFrame:
-        """`preds` with `position` (the weight held from that bar to the next) and, given the
-        (T, S) next-bar `returns`, `realized_return` (known one bar later; for attribution)."""
+        """`preds` with `position` (the weight decided at that bar's close) and, given the
+        (T, S) `returns` that decision earns (`BacktestResult.earned` of a backtest),
+        `realized_return` (for attribution). With the backtest's `execution` mode the positions
+        are those it traded (no new position a delisted symbol could not exit)."""
+        if execution is not None:
+            tradable = decision_mask(tradable, fill_lag(execution))
         w = self.weights(preds, dates, symbols, tradable)
         rows = pd.DatetimeIndex(dates).get_indexer(preds["timestamp"])
         cols = pd.Index(symbols).get_indexer(preds["symbol"])
@@ -372,7 +384,7 @@ class Backtest:
             )
         )
         metrics.update(ir)
-        return BacktestResult(metrics, baselines, daily, execution=mode)
+        return BacktestResult(metrics, baselines, daily, execution=mode, earned=earned)
 
     def _buyhold(
         self, runs, simulator, decide, earned, bars, tradable, context, mode
