@@ -550,3 +550,20 @@ def test_engine_realistic_without_frictions_equals_frictionless(mode) -> None:
     real = _backtest(case, _free_realistic(execution=mode)).daily
     cols = [c for c in free.columns if c.endswith("_return")] + ["gross_exposure"]
     np.testing.assert_allclose(real[cols].to_numpy(), free[cols].to_numpy(), atol=1e-9)
+
+
+def test_engine_positions_for_attribution_are_the_traded_ones() -> None:
+    from plusultra.evaluation.backtest.engine import Backtest
+
+    case = _engine_case(9)
+    result = _backtest(case, FrictionlessSimulator())
+    bt = Backtest(bootstrap=0)
+    args = (case["preds"], case["dates"], case["symbols"], case["tradable"], result.earned)
+    traded = bt.with_positions(*args, execution=result.execution)
+    intended = bt.with_positions(*args)
+    s1 = traded["symbol"] == "S1"
+    day = traded["timestamp"] == case["dates"][299]  # its last tradable bar before delisting
+    assert traded.loc[s1 & day, "position"].item() == 0.0
+    assert intended.loc[s1 & day, "position"].item() != 0.0
+    row = traded["timestamp"] == case["dates"][280]
+    np.testing.assert_array_equal(traded.loc[row, "realized_return"], result.earned[280])

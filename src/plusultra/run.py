@@ -91,7 +91,7 @@ def train(cfg: DictConfig) -> float:
         context=MarketContext(**datamodule.context(), refits=refits),
     )
     preds = backtest.with_positions(
-        preds, panel.dates, panel.symbols, datamodule.tradable, result.earned, result.execution
+        preds, panel.dates, panel.symbols, datamodule.tradable, result.earned
     )
 
     extra = {

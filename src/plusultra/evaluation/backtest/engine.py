@@ -282,8 +282,10 @@ class Backtest:
     ) -> pd.DataFrame:
         """`preds` with `position` (the weight decided at that bar's close) and, given the
         (T, S) `returns` that decision earns (`BacktestResult.earned` of a backtest),
-        `realized_return` (for attribution). With the backtest's `execution` mode the positions
-        are those it traded (no new position a delisted symbol could not exit)."""
+        `realized_return` (for attribution). Given the backtest's `execution` mode the positions
+        are exactly those it traded: no new position in a delisted symbol's last `lag` tradable
+        bars, where it could not be exited on a listed bar (without it: the model's targets,
+        as `plusultra-predict` writes them)."""
         if execution is not None:
             tradable = decision_mask(tradable, fill_lag(execution))
         w = self.weights(preds, dates, symbols, tradable)
