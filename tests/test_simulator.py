@@ -318,3 +318,15 @@ def test_close_only_prices_fill_at_the_next_close_and_next_open_is_refused() -> 
         FrictionlessSimulator(execution="tomorrow")
     with pytest.raises(DataError, match="T \\+ 1 bars"):
         FrictionlessSimulator(execution="same_close").run(weights, close=close)
+
+
+@pytest.mark.parametrize("mode", ["next_open", "next_close", "same_close"])
+def test_prices_earn_execution_returns(mode: str) -> None:
+    """Given prices, the simulator earns exactly `sim.execution.execution_returns`."""
+    from plusultra.sim.execution import execution_returns
+
+    lag = 0 if mode == "same_close" else 1
+    weights, open_, close = _price_scenario(8, lag=lag)
+    earned = execution_returns(mode, open_, close)[: weights.shape[0]]
+    sim = FrictionlessSimulator(execution=mode)
+    _assert_same(sim.run(weights, close=close, open=open_), sim.run(weights, earned), 1e6)

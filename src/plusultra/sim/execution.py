@@ -51,8 +51,10 @@ def has_opens(open_: np.ndarray | None, close: np.ndarray) -> bool:
     """Whether the data has an open wherever it has a close (a close-only source has none)."""
     if open_ is None:
         return False
-    open_, close = np.asarray(open_, dtype=float), np.asarray(close, dtype=float)
-    return bool(np.isfinite(open_[np.isfinite(close)]).all()) and bool(np.isfinite(open_).any())
+    finite = np.isfinite(np.asarray(open_, dtype=float))
+    if not finite.any():
+        return False
+    return bool((finite | ~np.isfinite(np.asarray(close, dtype=float))).all())
 
 
 def resolve_execution(mode: str | None, open_: np.ndarray | None, close: np.ndarray) -> str:
@@ -62,11 +64,12 @@ def resolve_execution(mode: str | None, open_: np.ndarray | None, close: np.ndar
         ConfigError: unknown mode.
         DataError: ``next_open`` asked for data without opens.
     """
-    check_execution(mode)
+    if check_execution(mode) in ("next_close", "same_close"):
+        return mode  # no opens needed
     opens = has_opens(open_, close)
     if mode is None:
         return "next_open" if opens else "next_close"
-    if mode == "next_open" and not opens:
+    if not opens:
         raise DataError(
             "simulator.execution=next_open but the data has no open prices (close-only or "
             "missing opens); use simulator.execution=next_close"

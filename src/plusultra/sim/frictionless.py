@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from plusultra.errors import ConfigError, DataError
-from plusultra.sim.execution import check_execution, execution_returns, resolve_execution
+from plusultra.sim.execution import check_execution, resolve_execution
 
 
 @dataclass(frozen=True)
@@ -80,14 +80,19 @@ def _validate(weights: np.ndarray, returns: np.ndarray) -> tuple[np.ndarray, np.
         raise DataError(
             f"weights.shape={w.shape} does not match returns.shape={r.shape}; both must be (T, S)"
         )
-    if np.isinf(w).any():
-        t, s = np.argwhere(np.isinf(w))[0]
-        raise DataError(f"weights must be finite or NaN; weights[{t}, {s}] = {w[t, s]}")
+    finite_w = np.isfinite(w)
+    if not finite_w.all():  # the checks below only where something is not finite
+        if np.isinf(w).any():
+            t, s = np.argwhere(np.isinf(w))[0]
+            raise DataError(f"weights must be finite or NaN; weights[{t}, {s}] = {w[t, s]}")
+        w = np.where(finite_w, w, 0.0)
+    finite_r = np.isfinite(r)
+    if finite_r.all():
+        return w, r
     if np.isinf(r).any():
         t, s = np.argwhere(np.isinf(r))[0]
         raise DataError(f"returns must be finite or NaN; returns[{t}, {s}] = {r[t, s]}")
-    w = np.where(np.isnan(w), 0.0, w)
-    bad = (w != 0.0) & np.isnan(r)
+    bad = (w != 0.0) & ~finite_r
     if bad.any():
         t, s = np.argwhere(bad)[0]  # row-major: earliest t, then lowest s
         raise DataError(
@@ -100,7 +105,9 @@ def _validate(weights: np.ndarray, returns: np.ndarray) -> tuple[np.ndarray, np.
 def _price_returns(
     mode: str | None, n_t: int, open_: np.ndarray | None, close: np.ndarray
 ) -> tuple[str, np.ndarray]:
-    """The resolved mode and the ``(n_t, S)`` returns earned by decisions ``0 .. n_t - 1``."""
+    """The resolved mode and the ``(n_t, S)`` returns earned by decisions ``0 .. n_t - 1``:
+    ``execution_returns(mode, open, close)[:n_t]``, computed here without its per-call checks
+    (the simulator is called once per book in tight loops; a test compares the two)."""
     mode = resolve_execution(mode, open_, close)
     lag = 0 if mode == "same_close" else 1
     close = np.asarray(close, dtype=float)
@@ -111,7 +118,16 @@ def _price_returns(
         )
     if open_ is not None and np.shape(open_) != close.shape:
         raise DataError(f"open.shape={np.shape(open_)} does not match close.shape={close.shape}")
-    return mode, execution_returns(mode, open_, close)[:n_t]
+    price = np.asarray(open_, dtype=float) if mode == "next_open" else close
+    start, end = price[lag : lag + n_t], price[lag + 1 : lag + 1 + n_t]  # fill, next fill
+    if (start == 0.0).any():
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = end / start - 1.0
+    else:
+        out = end / start - 1.0
+    if not np.isfinite(out).all():
+        out[np.isinf(out)] = np.nan  # NaN where a price is missing, as execution_returns
+    return mode, out
 
 
 class FrictionlessSimulator:
@@ -166,18 +182,23 @@ class FrictionlessSimulator:
         if close is not None:
             mode, returns = _price_returns(self.execution, np.shape(weights)[0], open, close)
         w, r = _validate(weights, returns)
-        r = np.where(np.isnan(r), 0.0, r)  # safe: every NaN return has weight 0
+        if np.isnan(r).any():
+            r = np.where(np.isnan(r), 0.0, r)  # safe: every NaN return has weight 0
         n_t, n_s = w.shape
 
         port_ret = (w * r).sum(axis=1)  # (T,)
         growth = 1.0 + port_ret  # (T,) equity multiplier per interval
         equity = self.initial_cash * np.concatenate([[1.0], np.cumprod(growth)])  # (T + 1,)
 
-        held_value = w[:-1] * (1.0 + r[:-1])  # (T - 1, S) position value / equity before
-        denom = growth[:-1, None]  # (T - 1, 1)
-        safe = np.where(denom == 0.0, 1.0, denom)
-        drifted = np.where(denom == 0.0, 0.0, held_value / safe)  # (T - 1, S)
-        prev = np.concatenate([np.zeros((min(n_t, 1), n_s)), drifted], axis=0)  # (T, S)
+        prev = np.zeros_like(w)  # (T, S) weights before the trade at t; the book starts in cash
+        if n_t > 1:
+            held_value = w[:-1] * (1.0 + r[:-1])  # (T - 1, S) position value / equity before
+            denom = growth[:-1, None]  # (T - 1, 1)
+            ruined = denom == 0.0
+            if ruined.any():  # a ruined book holds nothing after that interval
+                held_value = np.where(ruined, 0.0, held_value)
+                denom = np.where(ruined, 1.0, denom)
+            np.divide(held_value, denom, out=prev[1:])  # drifted weights
         turnover = np.abs(w - prev).sum(axis=1)  # (T,)
 
         return SimResult(
