@@ -73,7 +73,8 @@ class PreparedInputs:
 
     Attributes:
         weights: ``(E, T, S)`` targets with NaN -> 0.
-        close: ``(E, B, S)`` closes, NaN where no bar.
+        close: ``(E, B, S)`` closes, NaN where no bar; None under ``next_open``, where no
+            engine needs them after the checks (saves one panel of memory).
         open: ``(E, B, S)`` opens, or None (close-only data, or returns input).
         volume: ``(E, B, S)`` bar volume, 0 where not tradable, ``inf`` where unknown.
         volatility: ``(E, B, S)`` per-bar volatility, 0 where not tradable.
@@ -84,7 +85,7 @@ class PreparedInputs:
     """
 
     weights: torch.Tensor
-    close: torch.Tensor
+    close: torch.Tensor | None
     open: torch.Tensor | None
     volume: torch.Tensor
     volatility: torch.Tensor
@@ -210,7 +211,7 @@ def prepare_inputs(
 
     return PreparedInputs(
         weights=batch(w.nan_to_num(0.0)),
-        close=batch(close),
+        close=None if mode == "next_open" else batch(close),
         open=None if open_ is None else batch(open_),
         volume=batch(volume),
         volatility=batch(volatility),
