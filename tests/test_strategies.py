@@ -567,3 +567,17 @@ def test_engine_positions_for_attribution_are_the_traded_ones() -> None:
     assert intended.loc[s1 & day, "position"].item() != 0.0
     row = traded["timestamp"] == case["dates"][280]
     np.testing.assert_array_equal(traded.loc[row, "realized_return"], result.earned[280])
+
+
+def test_engine_without_market_context_fills_at_the_next_close() -> None:
+    """Forecasts backtested from close-to-close returns alone: closes rebuilt, no opens."""
+    from plusultra.evaluation.backtest.engine import Backtest, MarketContext
+
+    case = _engine_case(10)
+    bt = Backtest(bootstrap=0, baselines=["equal_weight", "momentum"])
+    args = (case["preds"], case["dates"], case["symbols"], case["tradable"], case["returns"])
+    bare = bt.run(*args, FrictionlessSimulator(), 270, 319)
+    closes = MarketContext(close=case["context"].close)
+    full = bt.run(*args, FrictionlessSimulator(), 270, 319, context=closes)
+    assert bare.execution == full.execution == "next_close"
+    np.testing.assert_allclose(bare.daily.to_numpy(), full.daily.to_numpy(), atol=1e-12)
