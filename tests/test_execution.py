@@ -8,6 +8,9 @@ import pytest
 from plusultra.errors import ConfigError, DataError
 from plusultra.sim.execution import (
     EXECUTION_MODES,
+    LABELS,
+    carry_prices,
+    describe,
     execution_returns,
     execution_returns_reference,
     resolve_execution,
@@ -55,7 +58,9 @@ def test_perturbing_next_open_changes_the_fill_of_an_order_decided_at_t() -> Non
     moved[t + 1] *= 1.1
     after = execution_returns("next_open", moved, close)
     assert not np.allclose(after[t], before[t])
-    np.testing.assert_array_equal(after[: t - 1], before[: t - 1])  # decisions before t-1 unaffected
+    np.testing.assert_array_equal(
+        after[: t - 1], before[: t - 1]
+    )  # decisions before t-1 unaffected
 
 
 def test_same_close_is_the_close_to_close_return() -> None:
@@ -75,3 +80,15 @@ def test_defaults_and_errors() -> None:
         resolve_execution("next_open", None, close)
     with pytest.raises(ConfigError, match="next_open, next_close, same_close"):
         resolve_execution("at_noon", open_, close)
+
+
+def test_carried_prices_fill_holes_inside_a_life_only() -> None:
+    p = np.array([[np.nan, 1.0], [2.0, np.nan], [np.nan, 3.0], [4.0, np.nan], [np.nan, np.nan]])
+    expected = np.array([[np.nan, 1.0], [2.0, 1.0], [2.0, 3.0], [4.0, np.nan], [np.nan, np.nan]])
+    np.testing.assert_array_equal(carry_prices(p), expected)
+
+
+def test_labels_flag_same_close_as_optimistic() -> None:
+    assert set(LABELS) == set(EXECUTION_MODES)
+    assert describe("next_open") == "next bar open"
+    assert "optimistic" in describe("same_close")

@@ -38,8 +38,11 @@ TENSORS = (
     "gross_exposure",
     "net_exposure",
 )
-# No frictions, no caps, latency 0: the frictionless limit.
+MODES = ("next_open", "next_close", "same_close")
+# No frictions, no caps, latency 0: the frictionless limit. The hand cases fill at the decision
+# close (same_close, the behaviour before next-bar execution); next-bar cases set it themselves.
 FREE = dict(
+    execution="same_close",
     commission_bps=0.0,
     half_spread_bps=0.0,
     impact_coef=0.0,
@@ -116,11 +119,12 @@ def _returns_scenario(seed: int, n_t: int = 60, n_s: int = 7) -> tuple[np.ndarra
 
 
 def _market_scenario(
-    seed: int, n_env: int = 2, n_t: int = 40, n_s: int = 5
+    seed: int, n_env: int = 2, n_t: int = 40, n_s: int = 5, lag: int = 0
 ) -> tuple[np.ndarray, MarketData]:
-    """(E, T + 1, S) prices with late listing, delisting, holes, halts and zero-volume bars."""
+    """(E, T + 1 + lag, S) opens and closes with late listing, delisting, holes, halts and
+    zero-volume bars."""
     rng = np.random.default_rng(seed)
-    shape = (n_env, n_t + 1, n_s)
+    shape = (n_env, n_t + 1 + lag, n_s)
     close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.02, shape), axis=1))
     close[:, : rng.integers(2, n_t // 3), 0] = NAN  # listed late
     close[:, rng.integers(n_t // 2, n_t) :, 1] = NAN  # delisted
@@ -132,11 +136,13 @@ def _market_scenario(
     raw = rng.normal(0.0, 1.0, (n_env, n_t, n_s))
     weights = raw / np.abs(raw).sum(-1, keepdims=True) * rng.uniform(0.3, 3.0, (n_env, n_t, 1))
     weights[rng.random(weights.shape) < 0.05] = NAN
-    return weights, MarketData(close, volume, volatility, tradable)
+    open_ = close * np.exp(rng.normal(0.0, 0.01, shape))  # NaN where there is no bar
+    return weights, MarketData(close, volume, volatility, tradable, open=open_)
 
 
-def _all_frictions(seed: int, unfilled: str) -> SimulatorConfig:
+def _all_frictions(seed: int, unfilled: str, execution: str = "same_close") -> SimulatorConfig:
     return SimulatorConfig(
+        execution=execution,
         initial_cash=1_000_000.0,
         commission_bps=5.0,
         min_commission=30.0,  # binds on small fills
@@ -180,20 +186,25 @@ def test_frictionless_limit_matches_frictionless_simulator(seed) -> None:
 # --- vectorised vs reference -----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("execution", MODES)
 @pytest.mark.parametrize("unfilled", ["carry", "cancel"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_vectorised_matches_reference_with_every_friction(seed, unfilled) -> None:
-    weights, market = _market_scenario(seed)
-    cfg = _all_frictions(seed, unfilled)
+def test_vectorised_matches_reference_with_every_friction(seed, unfilled, execution) -> None:
+    lag = 0 if execution == "same_close" else 1
+    weights, market = _market_scenario(seed, lag=lag)
+    cfg = _all_frictions(seed, unfilled, execution)
     result = RealisticSimulator(cfg).run(weights, market=market)
+    assert result.execution == execution
     _assert_same(result, simulate_realistic_reference(weights, market=market, config=cfg))
     # The scenario exercises what it should: binding caps and minimums, shorts, open trades.
     fills = result.fills
-    volume = torch.as_tensor(market.volume)[:, :-1]
-    notional = fills.abs() * torch.as_tensor(market.close)[:, :-1].nan_to_num()
+    volume = torch.as_tensor(market.volume)[:, lag:-1]  # the fill bars
+    price = market.open if execution == "next_open" else market.close
+    notional = fills.abs() * torch.as_tensor(price)[:, lag:-1].nan_to_num()
     assert ((fills.abs() - cfg.participation_cap * volume).abs() < 1e-9).sum() > 50
     assert ((notional * cfg.commission_bps * 1e-4 < cfg.min_commission) & (fills != 0)).sum() > 20
-    assert all(float(result.costs[k].sum()) > 0 for k in COST_NAMES), "every cost is paid"
+    paid = {k for k in COST_NAMES if float(result.costs[k].sum()) > 0}
+    assert paid >= {"commission", "spread", "impact", "borrow"}, "every trading cost is paid"
     assert (result.trades["side"] == -1).sum() > 20 and result.trades["open"].any()
 
 
@@ -490,3 +501,111 @@ def test_data_errors() -> None:
     with pytest.raises(DataError, match="shape"):
         MarketData(np.ones((3, 1)), np.ones((3, 2)), np.ones((3, 1)), np.ones((3, 1), bool))
     assert math.isinf(SimulatorConfig(participation_cap=None).participation_cap)
+
+
+# --- execution timing ------------------------------------------------------------------------
+
+
+def _bars(close, open_=None, volume=INF, volatility=0.0) -> MarketData:
+    market = _market(close, volume, volatility)
+    if open_ is None:
+        return market
+    return MarketData(market.close, market.volume, market.volatility, market.tradable, open_)
+
+
+def test_next_open_fills_at_the_next_open_and_marks_at_opens() -> None:
+    # Decided at close 0 (95): 100 shares bought at open 1 (100), valued at open 2 (110).
+    # Bar 1's close (300) is never a price of this book.
+    market = _bars([95.0, 300.0, 105.0], open_=np.array([[90.0], [100.0], [110.0]]))
+    r = _run([1.0], market, execution="next_open")
+    assert r.execution == "next_open"
+    _close(r.fills[:, 0], [100.0])
+    _close(r.equity, [10_000.0, 11_000.0])
+    c = _run([1.0], market, execution="next_close")  # bought at close 1, valued at close 2
+    _close(c.fills[:, 0], [10_000.0 / 300.0])
+    _close(c.equity, [10_000.0, 10_000.0 * 105.0 / 300.0])
+
+
+def test_default_is_next_open_with_opens_and_next_close_without() -> None:
+    cfg = {k: v for k, v in FREE.items() if k != "execution"}
+    with_opens = _bars([95.0, 300.0, 105.0], open_=np.array([[90.0], [100.0], [110.0]]))
+    sim = RealisticSimulator(SimulatorConfig(initial_cash=10_000.0, **cfg))
+    assert sim.execution is None
+    assert sim.run(np.ones((1, 1)), market=with_opens).execution == "next_open"
+    assert sim.run(np.ones((1, 1)), market=_bars([95.0, 300.0, 105.0])).execution == "next_close"
+    nan_opens = _bars([95.0, 300.0, 105.0], open_=np.full((3, 1), NAN))
+    assert sim.run(np.ones((1, 1)), market=nan_opens).execution == "next_close"
+    with pytest.raises(DataError, match="simulator.execution=next_open"):
+        _run([1.0], _bars([95.0, 300.0, 105.0]), execution="next_open")
+    with pytest.raises(ConfigError, match="simulator.execution"):
+        SimulatorConfig(execution="noon")
+
+
+def test_perturbing_the_next_open_changes_the_fill_of_an_order_decided_at_t() -> None:
+    weights, market = _market_scenario(10, n_env=1, lag=1)
+    cfg = _all_frictions(10, "carry", "next_open")
+    t = 12
+    moved_open = np.array(market.open, dtype=float)
+    moved_open[:, t + 1] *= 1.05
+    moved = MarketData(market.close, market.volume, market.volatility, market.tradable, moved_open)
+    before = RealisticSimulator(cfg).run(weights, market=market)
+    after = RealisticSimulator(cfg).run(weights, market=moved)
+    assert not torch.allclose(after.fills[:, t], before.fills[:, t])
+    assert torch.equal(after.fills[:, : t - 1], before.fills[:, : t - 1])
+    # Closes are not execution prices under next_open: moving every close changes nothing.
+    closes = MarketData(
+        np.array(market.close) * 1.5, market.volume, market.volatility, market.tradable, market.open
+    )
+    again = RealisticSimulator(cfg).run(weights, market=closes)
+    assert torch.equal(again.fills, before.fills) and torch.equal(again.equity, before.equity)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_position_decided_at_t_earns_nothing_of_bar_t(mode) -> None:
+    """A book that first trades on the decision at close t: moving close t (and, for
+    next_open, close t + 1) changes nothing under next-bar execution, and everything from t on
+    under same_close (the optimistic fill at the decision close)."""
+    lag = 0 if mode == "same_close" else 1
+    weights, market = _market_scenario(11, n_env=1, lag=lag)
+    t = 20
+    weights[:, :t] = 0.0
+    sim = RealisticSimulator(_all_frictions(11, "carry", mode))
+    before = sim.run(weights, market=market)
+    close = np.array(market.close, dtype=float)
+    close[:, t] *= 1.2  # bar t's own close
+    if mode == "next_open":
+        close[:, t + 1] *= 1.2
+    moved = MarketData(close, market.volume, market.volatility, market.tradable, market.open)
+    after = sim.run(weights, market=moved)
+    if mode == "same_close":
+        assert not torch.allclose(after.equity[:, t + 1], before.equity[:, t + 1])
+    else:
+        assert torch.equal(after.equity, before.equity) and torch.equal(after.fills, before.fills)
+
+
+def test_participation_cap_uses_the_volume_of_the_fill_bar() -> None:
+    # Bar 0 trades nothing, bar 1 trades 200 shares: an order decided at close 0 fills at bar 1
+    # (20 shares, 10 %), whereas a same-close fill at bar 0 fills nothing.
+    market = _bars([100.0] * 3, volume=[0.0, 200.0, 200.0])
+    nxt = _run([1.0], market, execution="next_close", participation_cap=0.1)
+    _close(nxt.fills[:, 0], [20.0])
+    same = _run([1.0, 1.0], market, execution="same_close", participation_cap=0.1)
+    _close(same.fills[:, 0], [0.0, 20.0])
+
+
+def test_latency_adds_bars_on_top_of_the_fill_lag() -> None:
+    # next_close with latency 1: decided at close 0, sized at its fill bar's close (100 shares
+    # at 100), due one bar later: filled at close 2 (110), cash -1000, valued at close 3 (121).
+    market = _bars([100.0, 100.0, 110.0, 121.0])
+    r = _run([1.0, 1.0], market, execution="next_close", latency_probs=(0, 1))
+    _close(r.fills[:, 0], [0.0, 100.0])
+    _close(r.equity, [10_000.0, 10_000.0, 11_100.0])
+
+
+def test_missing_volume_runs_without_cap_and_impact_and_logs_it(caplog) -> None:
+    market = _bars([100.0, 100.0, 100.0], volume=NAN, volatility=0.02)
+    with caplog.at_level("WARNING", logger="plusultra"):
+        r = _run([1.0], market, execution="next_close", participation_cap=0.1, impact_coef=1.0)
+    _close(r.fills[:, 0], [100.0])  # the whole order, no cap
+    _close(r.costs["impact"], [0.0])
+    assert "no participation cap and no market impact" in caplog.text

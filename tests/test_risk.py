@@ -17,6 +17,7 @@ from plusultra.evaluation.metrics.risk import (
     drawdown_duration,
     exposure,
     information_ratio,
+    ir_benchmark,
     return_moments,
     risk_metrics,
     trade_analytics,
@@ -168,6 +169,18 @@ def test_cost_share_hand_computed_and_nan_without_gross_profit() -> None:
         cost_share(np.array([0.01]), np.array([-0.001]))
     with pytest.raises(DataError, match="must be scalars or equal"):
         cost_share(np.array([0.01, 0.02]), np.array([0.001]))
+
+
+def test_ir_benchmark_like_for_like() -> None:
+    """Dollar-neutral books are measured against cash, net-exposed ones against buy-and-hold."""
+    neutral = np.array([[0.5, -0.5], [0.3, -0.25], [np.nan, 0.0]])  # |net| 0.05 <= 0.1 * gross
+    assert ir_benchmark(neutral) == "cash"
+    assert ir_benchmark(np.zeros((4, 3))) == "cash"  # an empty book
+    assert ir_benchmark(np.full((4, 2), 0.5)) == "buyhold"  # long-only
+    assert ir_benchmark(np.array([[0.8, -0.2], [0.9, -0.3]])) == "buyhold"  # net long 130/30-like
+    assert ir_benchmark(np.array([[0.6, -0.4]])) == "buyhold"  # net 0.2 > 0.1 * gross 1
+    with pytest.raises(DataError, match="weights"):
+        ir_benchmark(np.zeros(3))
 
 
 def test_information_ratio_hand_computed_and_reference() -> None:

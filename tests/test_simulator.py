@@ -226,3 +226,107 @@ def test_baseline_bad_input() -> None:
     with pytest.raises(DataError, match=r"returns\[1, 0\]"):
         equal_weight_returns(np.array([[0.0], [np.inf]]))
     assert buy_and_hold_returns(np.zeros((0, 2))).shape == (0,)
+
+
+# --- execution timing (prices in, sim.execution) ---------------------------------------------
+
+
+def _price_scenario(seed: int, n_t: int = 40, n_s: int = 5, lag: int = 1):
+    """(T + 1 + lag, S) opens and closes, a late listing, and weights on listed symbols only."""
+    rng = np.random.default_rng(seed)
+    bars = n_t + 1 + lag
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.02, (bars, n_s)), axis=0))
+    open_ = close * np.exp(rng.normal(0, 0.01, (bars, n_s)))
+    close[:6, 0] = open_[:6, 0] = NAN  # listed at bar 6
+    raw = rng.normal(0.0, 1.0, (n_t, n_s))
+    weights = raw / np.abs(raw).sum(axis=1, keepdims=True) * rng.uniform(0.5, 2.0, (n_t, 1))
+    weights[: 6 - lag, 0] = 0.0  # no fill price before the listing
+    weights[rng.random(weights.shape) < 0.05] = NAN
+    return weights, open_, close
+
+
+@pytest.mark.parametrize("mode", ["next_open", "next_close", "same_close"])
+@pytest.mark.parametrize("seed", range(3))
+def test_fill_path_reference_matches_vectorised(mode: str, seed: int) -> None:
+    weights, open_, close = _price_scenario(seed, lag=0 if mode == "same_close" else 1)
+    fast = FrictionlessSimulator(50_000.0, execution=mode).run(weights, close=close, open=open_)
+    slow = simulate_reference(weights, None, 50_000.0, close=close, open=open_, execution=mode)
+    assert fast.execution == slow.execution == mode
+    _assert_same(fast, slow, 50_000.0)
+
+
+def test_next_open_hand_case() -> None:
+    # Decided at close 0, bought at open 1 (100), valued at open 2 (110): +10 %; decided at
+    # close 1, sold at open 2. Bar 0's own move (close 0 -> 1) and close 1 never count.
+    open_ = np.array([[90.0], [100.0], [110.0], [121.0]])
+    close = np.array([[95.0], [300.0], [105.0], [120.0]])
+    res = FrictionlessSimulator(100.0).run(np.array([[1.0], [0.0]]), close=close, open=open_)
+    assert res.execution == "next_open"
+    np.testing.assert_allclose(res.portfolio_returns, [0.10, 0.0])
+    np.testing.assert_allclose(res.equity, [100.0, 110.0, 110.0])
+    closes = FrictionlessSimulator(100.0, execution="next_close")
+    np.testing.assert_allclose(
+        closes.run(np.array([[1.0], [0.0]]), close=close, open=open_).portfolio_returns,
+        [105.0 / 300.0 - 1.0, 0.0],
+    )
+
+
+@pytest.mark.parametrize("mode", ["next_open", "next_close"])
+def test_a_position_decided_at_t_earns_nothing_of_bar_t(mode: str) -> None:
+    """Moving bar t's close (and t + 1's close under next_open) leaves P&L of t unchanged."""
+    weights, open_, close = _price_scenario(4)
+    sim = FrictionlessSimulator(execution=mode)
+    before = sim.run(weights, close=close, open=open_).portfolio_returns
+    t = 20
+    bumped = close.copy()
+    bumped[t] *= 1.3
+    if mode == "next_open":
+        bumped[t + 1] *= 1.3
+    after = sim.run(weights, close=bumped, open=open_).portfolio_returns
+    assert after[t] == before[t]
+
+
+def test_perturbing_the_next_open_changes_the_fill() -> None:
+    weights, open_, close = _price_scenario(5)
+    sim = FrictionlessSimulator()
+    t = 15
+    moved = open_.copy()
+    moved[t + 1] *= 1.05
+    before = sim.run(weights, close=close, open=open_)
+    after = sim.run(weights, close=close, open=moved)
+    assert after.portfolio_returns[t] != pytest.approx(before.portfolio_returns[t], abs=1e-6)
+    earlier = slice(0, t - 1)  # decisions whose fills and exits come before open t + 1
+    a, b = after.portfolio_returns, before.portfolio_returns
+    np.testing.assert_array_equal(a[earlier], b[earlier])
+
+
+def test_same_close_is_the_old_close_to_close_simulation() -> None:
+    weights, open_, close = _price_scenario(6, lag=0)
+    returns = close[1:] / close[:-1] - 1.0
+    old = FrictionlessSimulator().run(weights, returns)
+    new = FrictionlessSimulator(execution="same_close").run(weights, close=close, open=open_)
+    _assert_same(new, old, 1e6)
+
+
+def test_close_only_prices_fill_at_the_next_close_and_next_open_is_refused() -> None:
+    weights, _, close = _price_scenario(7)
+    res = FrictionlessSimulator().run(weights, close=close, open=np.full_like(close, NAN))
+    assert res.execution == "next_close"
+    with pytest.raises(DataError, match="simulator.execution=next_open"):
+        FrictionlessSimulator(execution="next_open").run(weights, close=close)
+    with pytest.raises(ConfigError, match="simulator.execution"):
+        FrictionlessSimulator(execution="tomorrow")
+    with pytest.raises(DataError, match="T \\+ 1 bars"):
+        FrictionlessSimulator(execution="same_close").run(weights, close=close)
+
+
+@pytest.mark.parametrize("mode", ["next_open", "next_close", "same_close"])
+def test_prices_earn_execution_returns(mode: str) -> None:
+    """Given prices, the simulator earns exactly `sim.execution.execution_returns`."""
+    from plusultra.sim.execution import execution_returns
+
+    lag = 0 if mode == "same_close" else 1
+    weights, open_, close = _price_scenario(8, lag=lag)
+    earned = execution_returns(mode, open_, close)[: weights.shape[0]]
+    sim = FrictionlessSimulator(execution=mode)
+    _assert_same(sim.run(weights, close=close, open=open_), sim.run(weights, earned), 1e6)

@@ -358,3 +358,226 @@ def test_bad_inputs_raise() -> None:
         ridge_weights(m["features"], np.full_like(m["targets"], NAN), tradable, train_end=40)
     with pytest.raises(DataError, match="3-D"):
         ridge_weights(m["targets"], m["targets"], tradable, train_end=40)
+
+
+# ---------------------------------------------------------------- the backtest engine
+
+
+def _engine_case(seed: int = 0, n_t: int = 320, n_s: int = 6) -> dict:
+    """Dates, symbols, market context and model forecasts for `Backtest.run`; symbol 1 is
+    delisted at bar 300 (its last bar, `tradable` False from there as the data module does).
+    12-1 momentum needs 252 bars of history, so backtests start at bar 270."""
+    import pandas as pd
+
+    from plusultra.evaluation.backtest.engine import MarketContext
+
+    rng = np.random.default_rng(seed)
+    close = 50.0 * np.exp(np.cumsum(rng.normal(0.0, 0.02, (n_t, n_s)), axis=0))
+    open_ = close * np.exp(rng.normal(0.0, 0.01, (n_t, n_s)))
+    close[301:, 1] = open_[301:, 1] = NAN
+    tradable = np.isfinite(close)
+    tradable[300:, 1] = False  # assets.delisted = the date of bar 300
+    volume = rng.lognormal(np.log(1e7), 0.5, (n_t, n_s))
+    dates = pd.bdate_range("2020-01-01", periods=n_t).to_numpy()
+    symbols = [f"S{i}" for i in range(n_s)]
+    context = MarketContext(
+        close=close,
+        open=open_,
+        volume=volume,
+        volatility=np.full((n_t, n_s), 0.02),
+        features=rng.normal(size=(n_t, n_s, 3)),
+        targets=np.where(tradable, rng.normal(size=(n_t, n_s)), NAN),
+        label_end=30,
+    )
+    rows = [(s, d, rng.normal()) for d in dates for s in symbols]
+    preds = pd.DataFrame(rows, columns=["symbol", "timestamp", "pred_1"])
+    returns = np.full((n_t, n_s), NAN)
+    returns[:-1] = close[1:] / close[:-1] - 1.0
+    return dict(
+        preds=preds,
+        dates=dates,
+        symbols=symbols,
+        tradable=tradable,
+        returns=returns,
+        context=context,
+    )
+
+
+def _backtest(case: dict, simulator, lo: int = 270, hi: int = 319, **kwargs):
+    from plusultra.evaluation.backtest.engine import Backtest
+
+    bt = Backtest(bootstrap=0, **kwargs)
+    return bt.run(
+        case["preds"],
+        case["dates"],
+        case["symbols"],
+        case["tradable"],
+        case["returns"],
+        simulator,
+        lo,
+        hi,
+        context=case["context"],
+    )
+
+
+def _free_realistic(**kwargs):
+    from plusultra.sim.realistic import RealisticSimulator
+
+    free = dict(
+        commission_bps=0.0,
+        half_spread_bps=0.0,
+        impact_coef=0.0,
+        participation_cap=None,
+        borrow_bps_annual=0.0,
+    )
+    return RealisticSimulator(**(free | kwargs))
+
+
+@pytest.mark.parametrize("realistic", [False, True])
+def test_engine_model_and_every_baseline_earn_nothing_of_the_decision_bar(realistic) -> None:
+    """Opens that never move: under next_open nothing is earned, whatever the closes do
+    (every book fills and is valued at opens); under same_close the closes are earned."""
+    case = _engine_case(1)
+    case["context"].open = np.where(np.isfinite(case["context"].close), 100.0, NAN)
+    sim = _free_realistic() if realistic else FrictionlessSimulator()
+    result = _backtest(case, sim)
+    assert result.execution == "next_open"
+    returns = result.daily.filter(like="_return")
+    assert set(returns.columns) == {f"{n}_return" for n in ["strategy", *BASELINE_NAMES]}
+    np.testing.assert_allclose(returns.to_numpy(), 0.0, atol=1e-12)
+    same = FrictionlessSimulator(execution="same_close")
+    if realistic:
+        same = _free_realistic(execution="same_close")
+    optimistic = _backtest(case, same).daily.filter(like="_return")
+    assert (np.abs(optimistic.to_numpy()).max(axis=0) > 1e-3).all()
+
+
+def test_engine_next_open_return_of_row_t_is_open_t_plus_1_to_open_t_plus_2() -> None:
+    case = _engine_case(2)
+    from plusultra.evaluation.backtest.engine import Backtest, decision_mask
+
+    result = _backtest(case, FrictionlessSimulator(), lo=270, hi=310)
+    o = case["context"].open
+    decide = decision_mask(case["tradable"], 1)
+    w = Backtest(bootstrap=0).weights(case["preds"], case["dates"], case["symbols"], decide)
+    w = w[270:311]
+    earned = o[272:313] / o[271:312] - 1.0
+    expected = np.nansum(np.where(w != 0, w * earned, 0.0), axis=1)
+    np.testing.assert_allclose(result.daily["strategy_return"].to_numpy(), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("realistic", [False, True])
+def test_engine_perturbing_the_next_open_changes_the_fill(realistic) -> None:
+    case = _engine_case(3)
+    sim = _free_realistic() if realistic else FrictionlessSimulator()
+    before = _backtest(case, sim).daily
+    t = 290  # a decision bar inside the range
+    case["context"].open = case["context"].open.copy()
+    case["context"].open[t + 1] *= 1.05
+    after = _backtest(case, sim).daily
+    row = before.index.get_loc(case["dates"][t])
+    assert after["strategy_return"].iloc[row] != pytest.approx(
+        before["strategy_return"].iloc[row], abs=1e-9
+    )
+    np.testing.assert_array_equal(
+        after["strategy_return"].iloc[: row - 1], before["strategy_return"].iloc[: row - 1]
+    )
+
+
+def test_engine_same_close_equals_the_close_to_close_backtest() -> None:
+    from plusultra.evaluation.backtest.engine import Backtest, decision_mask
+
+    case = _engine_case(4)
+    result = _backtest(case, FrictionlessSimulator(execution="same_close"), hi=310)
+    assert result.execution == "same_close"
+    decide = decision_mask(case["tradable"], 0)
+    assert np.array_equal(decide, case["tradable"])  # same_close: the old tradable mask
+    w = Backtest(bootstrap=0).weights(case["preds"], case["dates"], case["symbols"], decide)
+    old = FrictionlessSimulator().run(w[270:311], case["returns"][270:311])
+    np.testing.assert_allclose(result.daily["strategy_return"], old.portfolio_returns, atol=1e-12)
+
+
+def test_engine_delisting_and_the_last_bars() -> None:
+    """No position is taken that cannot be exited on a listed bar; the range ends so that the
+    last decision has its exit fill; bars that stop without a delisting are an error."""
+    case = _engine_case(5)
+    n_t = len(case["dates"])
+    for mode, lag in (("next_open", 1), ("next_close", 1), ("same_close", 0)):
+        result = _backtest(case, FrictionlessSimulator(execution=mode), hi=n_t - 1)
+        assert result.daily.index[-1] == case["dates"][n_t - 2 - lag]
+    from plusultra.evaluation.backtest.engine import decision_mask
+
+    decide = decision_mask(case["tradable"], 1)
+    assert decide[298, 1] and not decide[299, 1]  # exits at bar 300 at the latest
+    assert decide[-1, 0]  # listed to the calendar's end: its future is unknown, no cap
+    broken = _engine_case(5)
+    broken["tradable"][300, 1] = True  # bars stop after bar 300, no delisting date
+    with pytest.raises(DataError, match="S1 has no bar after .* assets.delisted is not set"):
+        _backtest(broken, FrictionlessSimulator())
+
+
+def test_engine_close_only_data_fills_at_the_next_close(caplog) -> None:
+    case = _engine_case(6)
+    case["context"].open = np.full_like(case["context"].close, NAN)
+    case["context"].volume = np.full_like(case["context"].close, NAN)
+    with caplog.at_level("WARNING", logger="plusultra"):
+        result = _backtest(case, _free_realistic(participation_cap=0.01))
+    assert result.execution == "next_close"
+    assert "no open prices" in caplog.text and "no participation cap" in caplog.text
+    with pytest.raises(DataError, match="simulator.execution=next_open"):
+        _backtest(case, FrictionlessSimulator(execution="next_open"))
+
+
+def test_engine_baselines_report_turnover_and_a_like_for_like_information_ratio() -> None:
+    case = _engine_case(7)
+    result = _backtest(case, FrictionlessSimulator())
+    for name, metrics in result.baselines.items():
+        assert np.isfinite(metrics["turnover"]), name
+        assert metrics["information_ratio_benchmark"] == (
+            "buyhold" if name in ("buyhold", "equal_weight") else "cash"
+        )
+    assert result.metrics["information_ratio_benchmark"] == "cash"  # rank book: dollar neutral
+    assert result.metrics["information_ratio"] == pytest.approx(result.metrics["sharpe"])
+    assert result.baselines["buyhold"]["turnover"] < result.baselines["momentum"]["turnover"]
+
+
+@pytest.mark.parametrize("mode", ["next_open", "next_close", "same_close"])
+def test_engine_realistic_without_frictions_equals_frictionless(mode) -> None:
+    """Same fills, marks and exits (a delisted symbol exits on its delisting bar) in both
+    simulators, for the model and every baseline."""
+    case = _engine_case(8)
+    free = _backtest(case, FrictionlessSimulator(execution=mode)).daily
+    real = _backtest(case, _free_realistic(execution=mode)).daily
+    cols = [c for c in free.columns if c.endswith("_return")] + ["gross_exposure"]
+    np.testing.assert_allclose(real[cols].to_numpy(), free[cols].to_numpy(), atol=1e-9)
+
+
+def test_engine_positions_for_attribution_are_the_traded_ones() -> None:
+    from plusultra.evaluation.backtest.engine import Backtest
+
+    case = _engine_case(9)
+    result = _backtest(case, FrictionlessSimulator())
+    bt = Backtest(bootstrap=0)
+    args = (case["preds"], case["dates"], case["symbols"], case["tradable"], result.earned)
+    traded = bt.with_positions(*args, execution=result.execution)
+    intended = bt.with_positions(*args)
+    s1 = traded["symbol"] == "S1"
+    day = traded["timestamp"] == case["dates"][299]  # its last tradable bar before delisting
+    assert traded.loc[s1 & day, "position"].item() == 0.0
+    assert intended.loc[s1 & day, "position"].item() != 0.0
+    row = traded["timestamp"] == case["dates"][280]
+    np.testing.assert_array_equal(traded.loc[row, "realized_return"], result.earned[280])
+
+
+def test_engine_without_market_context_fills_at_the_next_close() -> None:
+    """Forecasts backtested from close-to-close returns alone: closes rebuilt, no opens."""
+    from plusultra.evaluation.backtest.engine import Backtest, MarketContext
+
+    case = _engine_case(10)
+    bt = Backtest(bootstrap=0, baselines=["equal_weight", "momentum"])
+    args = (case["preds"], case["dates"], case["symbols"], case["tradable"], case["returns"])
+    bare = bt.run(*args, FrictionlessSimulator(), 270, 319)
+    closes = MarketContext(close=case["context"].close)
+    full = bt.run(*args, FrictionlessSimulator(), 270, 319, context=closes)
+    assert bare.execution == full.execution == "next_close"
+    np.testing.assert_allclose(bare.daily.to_numpy(), full.daily.to_numpy(), atol=1e-12)

@@ -254,3 +254,41 @@ def test_rolling_cold_refits(tiny_db, tmp_path):
     assert len(refits) >= 1
     assert (refits.fit_hi - refits.fit_lo + 1 == 100).all()
     assert np.isfinite(_preds(run_dir).pred_1).all()
+
+
+def test_the_run_records_its_execution_mode(runs, caplog):
+    """The resolved fill timing reaches metrics.json, the catalogue row and the report header;
+    every walk-forward block and baseline is backtested with it."""
+    from datetime import UTC, datetime
+
+    from plusultra.catalogue.rows import build_row
+
+    run_dir = runs["refit"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["execution"] == "next_open"  # the fixture has opens
+    assert metrics["test_information_ratio_benchmark"] == "cash"
+    for name in ("buyhold", "equal_weight", "momentum", "mean_reversion", "ridge"):
+        assert metrics[f"test_{name}_turnover"] >= 0, name
+    assert "Execution: next bar open" in (run_dir / "report.md").read_text()
+    now = datetime.now(UTC)
+    with caplog.at_level("WARNING"):
+        row = build_row(
+            run_id="r",
+            run_dir=run_dir,
+            status="completed",
+            error=None,
+            started_at=now,
+            finished_at=now,
+            git_rev="x",
+            overrides=[],
+            choices={},
+            config={},
+            metrics=metrics,
+        )
+    assert row["execution"] == "next_open" and "not a number" not in caplog.text
+    # the last decision has its exit fill: bar T - 3 fills at T - 2's open, exits at T - 1's
+    lo, hi = json.loads((run_dir / "data.json").read_text())["segments"]["test"]
+    backtest = pd.read_parquet(run_dir / "backtest.parquet")
+    stamps = np.sort(pd.read_parquet(run_dir / "predictions.parquet")["timestamp"].unique())
+    assert backtest.index.max() == stamps[-3]  # the last two bars are fill and exit only
+    assert hi == lo + len(stamps) - 1 and len(backtest) == hi - lo - 1

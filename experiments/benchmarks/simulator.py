@@ -4,10 +4,14 @@
 
 Needs the `bench` extra (`.venv/bin/pip install -c constraints.txt -e '.[bench]'`).
 
-Scenario: a seeded geometric random-walk close panel (bars x symbols, 1 % per bar). Every
-column is its own portfolio with its own `init_cash` and flips side on every bar: long 100 % of
-equity, then short 100 %, then long again (each column starts on a random side). That is one
-order per bar and column, bars x symbols orders in all (1M by default).
+Scenario: a seeded geometric random-walk close panel (bars x symbols, 1 % per bar) with opens
+0.5 % around the closes, and decisions at every close. Execution is next-bar open, the default
+of both our simulators (`sim.execution`): the decision at close t fills at bar t + 1's open.
+Every column is its own portfolio with its own `init_cash` and flips side on every decision:
+long 100 % of equity, then short 100 %, then long again (each column starts on a random side).
+That is one order per decision and column, bars x symbols orders in all (1M by default); the
+panel has two more bars than decisions (the fill of the last decision and the bar after it,
+whose open equals its close so that both engines value the final book at the same price).
 
 vectorbt settings for this to be exactly our frictionless book (all passed explicitly):
 
@@ -16,21 +20,24 @@ vectorbt settings for this to be exactly our frictionless book (all passed expli
   position.
 - `size=np.inf` with `size_type="amount"` and `accumulate=False`: the long side buys with all
   cash, the short side sells short the equity's worth, so the position is +-100 % of equity.
-- `fees=0`, `fixed_fees=0`, `slippage=0`, `price=close` (fills at the close of the signal bar),
-  `cash_sharing=False` (independent columns, `init_cash` each), `freq="1D"` (only for stats),
-  `engine="numba"`.
+- Next-bar-open fills: vectorbt fills a signal at the `price` of its own bar, so the signals are
+  shifted one bar later (the decision of close t is vectorbt's signal on bar t + 1) and
+  `price=open`; `close` values the book.
+- `fees=0`, `fixed_fees=0`, `slippage=0`, `cash_sharing=False` (independent columns,
+  `init_cash` each), `freq="1D"` (only for stats), `engine="numba"`.
 
 Mapping to ours: `FrictionlessSimulator.run` simulates one portfolio over S symbols, so the S
 independent portfolios are S calls with a (T, 1) panel each (its API cannot batch separate
-books); the weights are +1 on a long-entry bar and -1 on a short-entry bar, and
-`returns[t] = close[t + 1] / close[t] - 1`, with `returns[T - 1] = 0` (there is no close after the
-last bar; vectorbt's last order changes nothing in a frictionless book). vectorbt's value at close
-`t` is then our `equity[t]` for every t, and its final value our `equity[T]`; both paths are
-compared per column to a relative 1e-9 before anything is timed.
+books); the weights are +1 on a long decision and -1 on a short one, and the simulator gets the
+opens and closes (T + 2 bars) and fills at the next open itself. Our `equity[t]` is the book
+valued at the open of bar t + 1, which is vectorbt's `cash + assets * open` there (after its
+order of bar t); both paths are compared per column to a relative 1e-9 before anything is timed,
+and the final equities (vectorbt's `final_value`, at the last close = the last open) too.
 
-Both timed calls start from the same inputs (close, entries, exits) and end at the final equity
-of every column: vectorbt's `from_signals(...).final_value()`; ours builds returns and weights and
-runs the S simulations. Medians of `--repeats` after one warm-up call each. vectorbt's numba JIT
+Both timed calls start from the same inputs (opens, closes, signals) and end at the final equity
+of every column: vectorbt's `from_signals(...).final_value()` (its signals shifted beforehand);
+ours builds weights and runs the S simulations, which derive the next-open returns themselves.
+Medians of `--repeats` after one warm-up call each. vectorbt's numba JIT
 is measured apart: in a subprocess with an empty `NUMBA_CACHE_DIR` (a true compile) and as the
 first call in this process (which may load compiled code from numba's on-disk cache). A last row
 times one (T, S) call of ours over the same cells: one portfolio holding every symbol, so not
@@ -80,26 +87,31 @@ VBT_SETTINGS = {
 }
 JIT_SNIPPET = """
 import time, numpy as np, vectorbt as vbt
-from experiments.benchmarks.simulator import VBT_SETTINGS, scenario
-close, entries, exits = scenario(10, 2, 0)
+from experiments.benchmarks.simulator import run_vectorbt, scenario
+open_, close, entries, exits = scenario(10, 2, 0)
 start = time.perf_counter()
-vbt.Portfolio.from_signals(close, entries, exits, price=close, init_cash=1.0, **VBT_SETTINGS)
+run_vectorbt(open_, close, entries, exits, 1.0)
 print(time.perf_counter() - start)
 """
 
 
-def scenario(bars: int, symbols: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Random-walk closes and alternating long/short entry signals.
+def scenario(
+    bars: int, symbols: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Random-walk opens and closes, and alternating long/short decisions at every close.
 
     Returns:
-        `close` (T, S) positive prices; `entries` and `exits` (T, S) bool, exactly one of them
-        True on every bar, alternating, each column starting on a random side.
+        `open` and `close` (T + 2, S) positive prices (the last bar's open equals its close);
+        `entries` and `exits` (T, S) bool decisions, exactly one of them True at every decision
+        close, alternating, each column starting on a random side.
     """
     rng = np.random.default_rng(seed)
-    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.01, (bars, symbols)), axis=0))
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.01, (bars + 2, symbols)), axis=0))
+    open_ = close * np.exp(rng.normal(0.0, 0.005, close.shape))
+    open_[-1] = close[-1]  # both engines value the final book at this price
     phase = rng.integers(0, 2, symbols)  # (S,) 0: start long, 1: start short
     entries = (np.arange(bars)[:, None] + phase[None, :]) % 2 == 0  # (T, S)
-    return close, entries, ~entries
+    return open_, close, entries, ~entries
 
 
 def signals_to_weights(entries: np.ndarray, exits: np.ndarray) -> np.ndarray:
@@ -119,27 +131,36 @@ def signals_to_weights(entries: np.ndarray, exits: np.ndarray) -> np.ndarray:
     return np.where(entries, 1.0, -1.0)
 
 
-def returns_from_close(close: np.ndarray) -> np.ndarray:
-    """(T, S) simple returns close t -> t + 1; the last row is 0 (no later close)."""
-    out = np.zeros_like(close)
-    np.divide(close[1:], close[:-1], out=out[:-1])
-    out[:-1] -= 1.0
-    return out
+def shift_to_fill_bars(signals: np.ndarray) -> np.ndarray:
+    """(T + 2, S) vectorbt signals: the decision of close t on bar t + 1, none on bars 0, T + 1."""
+    pad = np.zeros((1, signals.shape[1]), dtype=bool)
+    return np.concatenate([pad, signals, pad])
 
 
-def run_vectorbt(close: np.ndarray, entries: np.ndarray, exits: np.ndarray, cash: float):
-    """vectorbt portfolio of the scenario (one column per symbol)."""
+def run_vectorbt(open_, close, entries, exits, cash: float):
+    """vectorbt portfolio of the scenario (one column per symbol), filling at the next open."""
     return vbt.Portfolio.from_signals(
-        close, entries, exits, price=close, init_cash=cash, **VBT_SETTINGS
+        close,
+        shift_to_fill_bars(entries),
+        shift_to_fill_bars(exits),
+        price=open_,
+        init_cash=cash,
+        **VBT_SETTINGS,
     )
 
 
-def run_ours(close: np.ndarray, entries: np.ndarray, exits: np.ndarray, cash: float) -> np.ndarray:
-    """Equity (T + 1, S) of S one-symbol portfolios, one `FrictionlessSimulator.run` each."""
-    weights = signals_to_weights(entries, exits)  # (T, S)
-    returns = returns_from_close(close)  # (T, S)
+def run_ours(open_, close, entries, exits, cash: float) -> np.ndarray:
+    """Equity (T + 1, S) of S one-symbol portfolios, one `FrictionlessSimulator.run` each
+    (execution by data: next_open)."""
+    # One transpose per input up front, so that each column is a contiguous (T, 1) view rather
+    # than a strided gather per call (timed with the rest).
+    weights = signals_to_weights(entries, exits).T.copy()  # (S, T)
+    close_t, open_t = close.T.copy(), open_.T.copy()  # (S, T + 2)
     sim = FrictionlessSimulator(cash)
-    cols = [sim.run(weights[:, [s]], returns[:, [s]]).equity for s in range(close.shape[1])]
+    cols = [
+        sim.run(weights[s][:, None], close=close_t[s][:, None], open=open_t[s][:, None]).equity
+        for s in range(close.shape[1])
+    ]
     return np.stack(cols, axis=1)  # (T + 1, S)
 
 
@@ -165,20 +186,22 @@ def cold_jit_seconds() -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def check_equal(close, entries, exits, cash: float) -> tuple[float, float, int]:
+def check_equal(open_, close, entries, exits, cash: float) -> tuple[float, float, int]:
     """(max rel diff of final equity, of the whole path, vectorbt's order count); raises if off."""
-    pf = run_vectorbt(close, entries, exits, cash)
-    theirs_path = pf.value().to_numpy()  # (T, S) value at each close
+    pf = run_vectorbt(open_, close, entries, exits, cash)
+    # vectorbt's book after its order of bar u, valued at the next open: our equity[u].
+    held = pf.cash().to_numpy() + pf.assets().to_numpy() * np.roll(open_, -1, axis=0)
+    theirs_path = held[1:-1]  # (T, S) bars 1 .. T
     theirs_final = pf.final_value().to_numpy()  # (S,)
-    ours = run_ours(close, entries, exits, cash)  # (T + 1, S)
+    ours = run_ours(open_, close, entries, exits, cash)  # (T + 1, S)
     final = float(np.max(np.abs(ours[-1] / theirs_final - 1.0)))
-    path = float(np.max(np.abs(ours[:-1] / theirs_path - 1.0)))
+    path = float(np.max(np.abs(ours[1:] / theirs_path - 1.0)))
     orders = int(pf.orders.count().sum())
     if not (final <= TOLERANCE and path <= TOLERANCE):
         raise AssertionError(f"equity differs: final {final:.2e}, path {path:.2e} > {TOLERANCE}")
-    if orders != close.size:
+    if orders != entries.size:
         raise AssertionError(
-            f"vectorbt placed {orders} orders, expected one per cell ({close.size})"
+            f"vectorbt placed {orders} orders, expected one per decision ({entries.size})"
         )
     return final, path, orders
 
@@ -193,18 +216,20 @@ def main() -> None:
     args = parser.parse_args()
 
     cold = cold_jit_seconds()
-    close, entries, exits = scenario(args.bars, args.symbols, args.seed)
+    open_, close, entries, exits = scenario(args.bars, args.symbols, args.seed)
     cash = args.cash
 
     def vbt_call() -> np.ndarray:
-        return run_vectorbt(close, entries, exits, cash).final_value().to_numpy()
+        return run_vectorbt(open_, close, entries, exits, cash).final_value().to_numpy()
 
     t_vbt = timed(vbt_call, args.repeats)  # its first call is the in-process JIT / cache load
-    final, path, orders = check_equal(close, entries, exits, cash)
-    t_ours = timed(lambda: run_ours(close, entries, exits, cash)[-1], args.repeats)
-    weights, returns = signals_to_weights(entries, exits), returns_from_close(close)
+    final, path, orders = check_equal(open_, close, entries, exits, cash)
+    t_ours = timed(lambda: run_ours(open_, close, entries, exits, cash)[-1], args.repeats)
+    weights = signals_to_weights(entries, exits)
     panel_sim = FrictionlessSimulator(cash)
-    t_panel = timed(lambda: panel_sim.run(weights, returns).equity[-1], args.repeats)
+    t_panel = timed(
+        lambda: panel_sim.run(weights, close=close, open=open_).equity[-1], args.repeats
+    )
 
     ratio = t_ours[1] / t_vbt[1]
     shape = f"{args.bars} x {args.symbols}"
@@ -231,11 +256,14 @@ def main() -> None:
             f"{machine()}; vectorbt {vbt.__version__} (numba engine); median of {args.repeats} "
             "calls after one warm-up call each.",
             "",
-            f"{shape} seeded random-walk closes (bars x columns); every column is its own book "
-            f"(init cash {cash:,.0f}) that reverses between 100 % long and 100 % short on every "
-            f"bar: {orders:,} orders in vectorbt, frictionless on both sides. Both timings go "
-            "from closes and signals to every column's final equity; ours includes building "
-            "returns and weights. The settings and the mapping are in the script's docstring.",
+            f"{shape} seeded random-walk opens and closes (decision bars x columns), filled at "
+            "the next bar's open (our default execution; vectorbt with signals shifted one bar "
+            f"and `price=open`); every column is its own book (init cash {cash:,.0f}) that "
+            "reverses between 100 % long and 100 % short at every decision: "
+            f"{orders:,} orders in vectorbt, frictionless on both sides. Both timings go from "
+            "prices and signals to every column's final equity; ours includes building weights "
+            "and the next-open returns. The settings and the mapping are in the script's "
+            "docstring.",
             "",
             *lines,
             "",

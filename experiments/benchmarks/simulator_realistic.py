@@ -2,8 +2,9 @@
 
     .venv/bin/python -m experiments.benchmarks.simulator_realistic
 
-A seeded random panel (closes, volumes, volatility, a late listing and a delisting per 50
-symbols) and dollar-neutral random target weights on every bar. The realistic simulator runs
+A seeded random panel (opens, closes, volumes, volatility, a late listing and a delisting per 50
+symbols) and dollar-neutral random target weights on every bar, filled at the next bar's open
+(the default execution of both simulators). The realistic simulator runs
 with every friction on (commission with a minimum, spread, square-root impact, a 5 %
 participation cap with carry, latency buckets 0/1/2 bars, borrow, funding, gross and net caps);
 the reference in the same run is the frictionless simulator on the same weights. Each engine
@@ -41,22 +42,26 @@ REALISTIC = {
 
 
 def panel(seed: int = 0) -> dict[str, np.ndarray]:
-    """(T + 1, S) market arrays and (T, S) weights."""
+    """(T + 2, S) market arrays (decision bars, the last fill bar and the bar after it) and
+    (T, S) weights."""
     rng = np.random.default_rng(seed)
-    ret = rng.normal(0.0003, 0.02, (T + 1, S))
+    ret = rng.normal(0.0003, 0.02, (T + 2, S))
     close = 50 * np.exp(np.cumsum(ret, axis=0))
-    tradable = np.ones((T + 1, S), dtype=bool)
+    open_ = close * np.exp(rng.normal(0.0, 0.005, close.shape))
+    tradable = np.ones((T + 2, S), dtype=bool)
     tradable[: T // 5, ::50] = False  # late listings
     tradable[-T // 5 :, 1::50] = False  # delistings
-    close[~tradable] = np.nan
+    close[~tradable] = open_[~tradable] = np.nan
     weights = rng.normal(size=(T, S))
-    weights[~(tradable[:-1] & tradable[1:])] = np.nan  # flat on a symbol's last listed bar
+    # flat unless the symbol trades at the decision, at its fill and at the exit fill after it
+    weights[~(tradable[:-2] & tradable[1:-1] & tradable[2:])] = np.nan
     weights -= np.nanmean(weights, axis=1, keepdims=True)
     weights /= np.nansum(np.abs(weights), axis=1, keepdims=True)
     return {
+        "open": open_,
         "close": close,
-        "volume": rng.lognormal(13, 0.5, (T + 1, S)),
-        "volatility": np.full((T + 1, S), 0.02),
+        "volume": rng.lognormal(13, 0.5, (T + 2, S)),
+        "volatility": np.full((T + 2, S), 0.02),
         "tradable": tradable,
         "weights": np.nan_to_num(weights),
     }
@@ -71,13 +76,11 @@ def measure(engine: str) -> dict:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     if engine == "realistic":
-        market = MarketData(p["close"], p["volume"], p["volatility"], p["tradable"])
+        market = MarketData(p["close"], p["volume"], p["volatility"], p["tradable"], open=p["open"])
         res = RealisticSimulator(**REALISTIC).run(p["weights"], market=market)
         final, trades = float(res.equity[-1]), len(res.trades)
     else:
-        returns = p["close"][1:] / p["close"][:-1] - 1.0
-        returns[~p["tradable"][:-1]] = np.nan
-        res = FrictionlessSimulator().run(p["weights"], returns)
+        res = FrictionlessSimulator().run(p["weights"], close=p["close"], open=p["open"])
         final, trades = float(res.equity[-1]), 0
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -107,7 +110,8 @@ def main() -> None:
 
 `python -m experiments.benchmarks.simulator_realistic` — {machine()}
 
-Random dollar-neutral targets on every bar, every friction on ({
+Random dollar-neutral targets on every bar, filled at the next bar's open (the default
+execution of both simulators), every friction on ({
         ", ".join(f"{k}={v}" for k, v in REALISTIC.items())
     }); float64, one environment. Each engine runs
 once in a fresh process; memory is the process's peak RSS (inputs included: about

@@ -112,7 +112,7 @@ def train(cfg: DictConfig) -> float:
     write_parquet_atomic(run_dir / "val_backtest.parquet", evaluated.val.daily, index=True)
     write_parquet_atomic(run_dir / "walk_forward.parquet", evaluated.walk.folds)
     write_reports(run_dir, metrics=metrics)  # report.html/.md (plusultra-report redoes them)
-    logger.log_metrics({f"summary/{k}": v for k, v in metrics.items()})
+    logger.log_metrics({f"summary/{k}": v for k, v in metrics.items() if not isinstance(v, str)})
     logger.finalize("success")
     write_metrics(run_dir, metrics)  # last: its presence marks a complete run
 

@@ -189,6 +189,8 @@ def _metric_value(name: str, value: object) -> object:
         return math.nan
     if isinstance(value, bool | int | float):
         return value
+    if isinstance(value, str):  # a label such as `execution` or `test_information_ratio_benchmark`
+        return value
     log.warning("catalogue: metric %r is not a number (%r); stored as text", name, value)
     return _plain_leaf(value) if isinstance(value, list | dict) else str(value)
 

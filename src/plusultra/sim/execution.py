@@ -13,6 +13,9 @@ environment shares this one contract:
 
 So a position decided at ``t`` never earns bar ``t``'s own move, and with the two next-bar modes
 not the move into the fill bar either. The panels here are indexed by decision bar ``t``.
+
+Labels shown to users: ``LABELS`` (the report header and the catalogue's ``execution`` column
+use the mode names; ``same_close`` is always shown with its "optimistic" warning).
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ from plusultra.errors import ConfigError, DataError
 
 EXECUTION_MODES = ("next_open", "next_close", "same_close")
 OPTIMISTIC = "same_close"  # the one mode whose results are labelled optimistic
+LABELS = {
+    "next_open": "next bar open",
+    "next_close": "next bar close",
+    "same_close": "same close (optimistic: filled at the decision close)",
+}
 
 
 def check_execution(mode: str | None) -> str | None:
@@ -43,8 +51,10 @@ def has_opens(open_: np.ndarray | None, close: np.ndarray) -> bool:
     """Whether the data has an open wherever it has a close (a close-only source has none)."""
     if open_ is None:
         return False
-    open_, close = np.asarray(open_, dtype=float), np.asarray(close, dtype=float)
-    return bool(np.isfinite(open_[np.isfinite(close)]).all()) and bool(np.isfinite(open_).any())
+    finite = np.isfinite(np.asarray(open_, dtype=float))
+    if not finite.any():
+        return False
+    return bool((finite | ~np.isfinite(np.asarray(close, dtype=float))).all())
 
 
 def resolve_execution(mode: str | None, open_: np.ndarray | None, close: np.ndarray) -> str:
@@ -54,11 +64,12 @@ def resolve_execution(mode: str | None, open_: np.ndarray | None, close: np.ndar
         ConfigError: unknown mode.
         DataError: ``next_open`` asked for data without opens.
     """
-    check_execution(mode)
+    if check_execution(mode) in ("next_close", "same_close"):
+        return mode  # no opens needed
     opens = has_opens(open_, close)
     if mode is None:
         return "next_open" if opens else "next_close"
-    if mode == "next_open" and not opens:
+    if not opens:
         raise DataError(
             "simulator.execution=next_open but the data has no open prices (close-only or "
             "missing opens); use simulator.execution=next_close"
@@ -69,6 +80,30 @@ def resolve_execution(mode: str | None, open_: np.ndarray | None, close: np.ndar
 def fill_lag(mode: str) -> int:
     """Bars between the decision and its fill: 0 for ``same_close``, else 1."""
     return 0 if check_execution(mode) == "same_close" else 1
+
+
+def describe(mode: str) -> str:
+    """The user-facing label of a mode, e.g. ``"next bar open"`` (see ``LABELS``)."""
+    return LABELS[check_execution(mode)]
+
+
+def carry_prices(prices: np.ndarray) -> np.ndarray:
+    """(T, S) prices with a missing bar inside a symbol's life carrying the last price.
+
+    NaN stays before a symbol's first price and after its last one, so a position cannot be held
+    past the end of its data (the convention of ``data.datasets.windows.next_returns``).
+    """
+    p = np.asarray(prices, dtype=float)
+    if p.ndim != 2:
+        raise DataError(f"prices must be a (T, S) panel, got shape {p.shape}")
+    has = np.isfinite(p)
+    idx = np.where(has, np.arange(p.shape[0])[:, None], 0)
+    np.maximum.accumulate(idx, axis=0, out=idx)
+    out = p[idx, np.arange(p.shape[1])]
+    out[~has[idx, np.arange(p.shape[1])]] = np.nan  # before the first price
+    last = p.shape[0] - 1 - np.argmax(has[::-1], axis=0)  # (S,) last bar with a price
+    out[np.arange(p.shape[0])[:, None] > last[None, :]] = np.nan
+    return out
 
 
 def fill_prices(mode: str, open_: np.ndarray | None, close: np.ndarray) -> np.ndarray:

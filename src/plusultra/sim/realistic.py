@@ -4,52 +4,59 @@ Vectorised in torch over a batch of ``E`` environments and ``S`` symbols; the re
 ``T`` decision bars is a Python loop. ``sim.reference.simulate_realistic_reference`` is a naive
 per-order, per-bar loop with the same contract, and the tests compare the two.
 
-Inputs (shared conventions of the package, see ``sim.frictionless``):
+Inputs (shared conventions of the package, see ``sim.frictionless`` and ``sim.execution``):
 
 - ``weights[t, s]``: target position in ``s`` as a fraction of equity, decided at close ``t``
   (``t = 0 .. T - 1``). NaN means 0.
-- Market data (``MarketData``) has ``T + 1`` bars: bars ``0 .. T - 1`` are decision and execution
-  bars, bar ``T`` only marks the final book (its volume, volatility and flag are not used).
-  A symbol trades at bar ``t`` only when ``tradable[t]`` (inside its listed life, has a bar).
-  Positions are marked at the last known close (a missing bar carries its last close).
-- Without ``market``, ``returns`` ``(T, S)`` (``close t -> t + 1``, NaN = cannot be held) stand
-  for it: closes are ``1 * prod(1 + r)``, a symbol has a bar at ``t`` when ``r[t - 1]`` or
-  ``r[t]`` is finite (it can sell at the close after its last return), it can be held over
-  ``t -> t + 1`` only where ``r[t]`` is finite, volume is unlimited and volatility 0 (so no
-  participation cap and no impact).
+- ``execution`` (setting): the order decided at close ``t`` is due at the fill bar
+  ``f = t + lag`` (``lag = 1`` for ``next_open`` / ``next_close``, 0 for ``same_close``), plus its
+  latency ``k``; it fills at that bar's open (``next_open``) or close (the other two). ``None``
+  picks ``next_open`` where the market has opens, else ``next_close``. Below, ``P_u`` is the fill
+  price of bar ``u`` (its open or its close) and ``mark_u`` the last known ``P`` at or before
+  ``u`` (a missing bar carries its last price): the book is valued at fill prices.
+- Market data (``MarketData``) has ``T + 1 + lag`` bars: bars ``lag .. T - 1 + lag`` are fill
+  bars, the last one only marks the final book. A symbol trades at bar ``u`` only when
+  ``tradable[u]`` (inside its listed life, has a bar). Unknown (NaN) volume means no
+  participation cap and no impact there (logged).
+- Without ``market``, ``returns`` ``(T, S)`` (earned by the position decided at ``t``, already
+  aligned to the execution timing; NaN = cannot be held) stand for it with lag 0: prices are
+  ``1 * prod(1 + r)``, a symbol has a bar at ``t`` when ``r[t - 1]`` or ``r[t]`` is finite (it
+  can sell after its last return), it can be held over ``t -> t + 1`` only where ``r[t]`` is
+  finite, volume is unlimited and volatility 0 (so no participation cap and no impact).
 
-Order of events at bar ``t`` (all environments and symbols at once; ``q`` = shares held,
-``P`` = pending orders, ``mark_t`` = last known close):
+Order of events at step ``t``, fill bar ``f = t + lag`` (all environments and symbols at once;
+``q`` = shares held, ``P`` = pending orders):
 
-1. Mark: ``equity[t] = cash + sum_s q * mark_t``. (The previous interval's borrow and funding
+1. Mark: ``equity[t] = cash + sum_s q * mark_f``. (The previous interval's borrow and funding
    were debited from cash at the end of step ``t - 1``.)
-2. Targets: ``w = weights[t]`` with NaN -> 0, set to 0 where the symbol cannot be held at ``t``,
+2. Targets: ``w = weights[t]`` with NaN -> 0, set to 0 where the symbol cannot be held at ``f``,
    then scaled by ``c = min(1, max_gross / sum|w|, max_net / |sum w|)``.
-3. Orders: for tradable symbols ``target = c * w * max(equity[t], 0) / close_t`` and
+3. Orders: for symbols tradable at ``f``: ``target = c * w * max(equity[t], 0) / P_f`` and
    ``order = target - (q + sum P)`` (shares). An order smaller than
    ``1e-9 * (|target| + |q| + |sum P|)`` is floating-point dust and is not placed. The order
    gets a latency ``k ~ latency_probs`` (drawn for every ``(t, s)``, see ``draw_latencies``)
-   and is due at bar ``t + k``.
-4. Execution: ``due = sum`` of the pending orders due at ``t`` (earlier orders whose latency
-   expires now, remainders carried from ``t - 1``, this bar's ``k = 0`` order), netted per
-   symbol. ``fill = sign(due) * min(|due|, participation_cap * volume_t)``, and 0 where the symbol
-   is not tradable or the bar's volume is 0. The remainder ``due - fill`` is due again at
-   ``t + 1`` (``unfilled="carry"``) or dropped (``"cancel"``).
-5. Settlement at ``close_t``: ``q += fill`` (a fill that leaves less than ``1e-9`` of the previous
-   position closes it exactly); ``cash -= fill * close_t + commission + spread + impact`` with,
-   per nonzero fill of notional ``n = |fill| * close_t``:
+   and is due at step ``t + k``, i.e. at bar ``f + k``.
+4. Execution: ``due = sum`` of the pending orders due at ``f`` (earlier orders whose latency
+   expires now, remainders carried from the step before, this step's ``k = 0`` order), netted
+   per symbol. ``fill = sign(due) * min(|due|, participation_cap * volume_f)``, and 0 where the
+   symbol is not tradable at ``f`` or the bar's volume is 0. The remainder ``due - fill`` is due
+   again at ``f + 1`` (``unfilled="carry"``) or dropped (``"cancel"``).
+5. Settlement at ``P_f``: ``q += fill`` (a fill that leaves less than ``1e-9`` of the previous
+   position closes it exactly); ``cash -= fill * P_f + commission + spread + impact`` with,
+   per nonzero fill of notional ``n = |fill| * P_f``:
    ``commission = max(n * commission_bps / 1e4, min_commission)``,
    ``spread = n * half_spread_bps / 1e4``,
-   ``impact = n * impact_coef * volatility_t * sqrt(|fill| / volume_t)``.
-6. Carry over ``t -> t + 1``, debited from cash now:
-   ``borrow = borrow_bps_annual / 1e4 / periods_per_year * sum_s max(-q, 0) * mark_t`` and
+   ``impact = n * impact_coef * volatility_f * sqrt(|fill| / volume_f)``: the volume and
+   volatility of the bar where the fill happens.
+6. Carry over ``f -> f + 1``, debited from cash now:
+   ``borrow = borrow_bps_annual / 1e4 / periods_per_year * sum_s max(-q, 0) * mark_f`` and
    ``funding = funding_bps_annual / 1e4 / periods_per_year * max(-cash, 0)`` (cash after 5).
-7. ``equity[t + 1] = cash + sum_s q * mark_{t + 1}``.
+7. ``equity[t + 1] = cash + sum_s q * mark_{f + 1}``.
 
-Orders still pending after bar ``T - 1`` are never filled. A position in a symbol that stops
-being tradable is frozen (marked at its last close, still paying borrow) until it trades again;
-set its weight to 0 on its last listed bar to exit. Leverage caps apply to the targets at the
-decision equity and closes; a book with ``equity <= 0`` only unwinds.
+Orders still pending after the last fill bar are never filled. A position in a symbol that stops
+being tradable is frozen (marked at its last price, still paying borrow) until it trades again;
+set its weight to 0 early enough that the exit fills on its last listed bar. Leverage caps apply
+to the targets at the decision equity and fill prices; a book with ``equity <= 0`` only unwinds.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ import pandas as pd
 import torch
 
 from plusultra.errors import ConfigError
+from plusultra.sim.execution import check_execution
 from plusultra.sim.market import (  # noqa: F401  (MarketData is part of this module's API)
     Array,
     MarketData,
@@ -116,8 +124,11 @@ class SimulatorConfig:
         participation_cap: most of a bar's volume filled per symbol per bar (fraction); ``None``
             or ``inf``: no cap.
         unfilled: ``"carry"`` (the unfilled rest is due again next bar) or ``"cancel"``.
-        latency_probs: ``latency_probs[k]`` = probability that an order decided at close ``t``
-            is due at close ``t + k`` (``k = 0``: fills at the decision close); sums to 1.
+        execution: fill timing of an order decided at close ``t``: ``next_open`` (bar
+            ``t + 1``'s open), ``next_close`` (its close) or ``same_close`` (the decision close,
+            optimistic); None: ``next_open`` where the data has opens, else ``next_close``.
+        latency_probs: ``latency_probs[k]`` = probability that an order is due ``k`` bars after
+            its fill bar (``k = 0``: fills at the fill bar of ``execution``); sums to 1.
         borrow_bps_annual: cost of short positions, basis points a year of short notional.
         funding_bps_annual: cost of borrowed cash (``cash < 0``), basis points a year.
         max_gross_leverage: cap on ``sum|w|`` of targets (scaled down); ``None``/``inf``: none.
@@ -136,6 +147,7 @@ class SimulatorConfig:
     impact_coef: float = 0.1
     participation_cap: float | None = 0.1
     unfilled: str = "carry"
+    execution: str | None = None
     latency_probs: tuple[float, ...] = (1.0,)
     borrow_bps_annual: float = 50.0
     funding_bps_annual: float = 0.0
@@ -165,6 +177,7 @@ class SimulatorConfig:
             raise ConfigError(
                 f"simulator.unfilled must be one of {sorted(UNFILLED_MODES)}, got {self.unfilled!r}"
             )
+        check_execution(self.execution)
         probs = self.latency_probs  # a list, tuple or Hydra ListConfig (a MutableSequence)
         if isinstance(probs, str) or not isinstance(probs, Sequence) or len(probs) == 0:
             raise ConfigError(
@@ -191,18 +204,19 @@ class RealisticResult:
     """Outcome of ``RealisticSimulator.run`` over ``T`` steps.
 
     Tensors are ``(E, T, ...)``, with ``E`` squeezed away when neither the weights nor the market
-    had it. Step ``t`` is the trade at close ``t`` and the holding over ``t -> t + 1``.
+    had it. Step ``t`` is the decision at close ``t``, its fill bar ``f = t + lag`` and the
+    holding over ``f -> f + 1`` (see the module docstring).
 
     Attributes:
         portfolio_returns: ``(E, T)`` ``equity[t + 1] / equity[t] - 1`` (0 where equity[t] = 0).
-        equity: ``(E, T + 1)`` marked equity at each close, currency; ``equity[0]`` is the
-            initial cash and ``equity[t + 1] = cash[t] + sum_s positions[t] * mark_{t + 1}``.
-        cash: ``(E, T)`` cash after the fills of close ``t`` and the carry of ``t -> t + 1``.
-        positions: ``(E, T, S)`` shares held over ``t -> t + 1`` (negative = short).
-        weights_held: ``(E, T, S)`` ``positions * mark_t`` / equity after the fills at ``t``.
-        fills: ``(E, T, S)`` shares filled at close ``t`` (negative = sold).
-        costs: ``{name: (E, T)}`` currency for ``commission``, ``spread``, ``impact`` (at close
-            ``t``) and ``borrow``, ``funding`` (over ``t -> t + 1``).
+        equity: ``(E, T + 1)`` equity marked at fill prices, currency; ``equity[0]`` is the
+            initial cash and ``equity[t + 1] = cash[t] + sum_s positions[t] * mark_{f + 1}``.
+        cash: ``(E, T)`` cash after the fills of step ``t`` and the carry of ``f -> f + 1``.
+        positions: ``(E, T, S)`` shares held over ``f -> f + 1`` (negative = short).
+        weights_held: ``(E, T, S)`` ``positions * mark_f`` / equity after the fills of step ``t``.
+        fills: ``(E, T, S)`` shares filled at step ``t``'s fill bar (negative = sold).
+        costs: ``{name: (E, T)}`` currency for ``commission``, ``spread``, ``impact`` (at the
+            fill) and ``borrow``, ``funding`` (over ``f -> f + 1``).
         turnover: ``(E, T)`` traded notional at ``t`` / ``|equity[t]|`` (0 where equity is 0).
         gross_exposure: ``(E, T)`` ``sum_s |weights_held|``.
         net_exposure: ``(E, T)`` ``sum_s weights_held``.
@@ -226,6 +240,7 @@ class RealisticResult:
     gross_exposure: torch.Tensor
     net_exposure: torch.Tensor
     trades: pd.DataFrame
+    execution: str | None = None
 
 
 class RealisticSimulator:
@@ -249,6 +264,11 @@ class RealisticSimulator:
             )
         self.config = replace(config or SimulatorConfig(), **kwargs)
 
+    @property
+    def execution(self) -> str | None:
+        """The ``execution`` setting (None: by data, see ``sim.execution.resolve_execution``)."""
+        return self.config.execution
+
     def run(
         self,
         weights: Array,
@@ -262,9 +282,11 @@ class RealisticSimulator:
 
         Args:
             weights: ``(T, S)`` or ``(E, T, S)`` target weights, fraction of equity; NaN = 0.
-            returns: ``(T, S)`` or ``(E, T, S)`` close-to-close returns, used when there is no
-                ``market`` (unlimited volume, zero volatility).
-            market: ``T + 1`` bars of market data; a 2-D market is shared by all environments.
+            returns: ``(T, S)`` or ``(E, T, S)`` returns earned by each decision's position
+                (aligned to the execution timing), used when there is no ``market``
+                (unlimited volume, zero volatility).
+            market: ``T + 1 + lag`` bars of market data; a 2-D market is shared by all
+                environments.
             dtype: floating dtype of the computation.
             device: where to compute; default the weights' device (CPU for numpy).
 
@@ -275,10 +297,14 @@ class RealisticSimulator:
             DataError: on bad inputs (see ``prepare_inputs``).
         """
         cfg = self.config
-        x = prepare_inputs(weights, returns, market, dtype, device)
+        x = prepare_inputs(weights, returns, market, dtype, device, cfg.execution)
         n_env, n_t, n_s = x.weights.shape
         dev = x.weights.device
-        mark = forward_fill(x.close)  # (E, T + 1, S)
+        lag = 1 if x.mode in ("next_open", "next_close") else 0  # decision t fills at bar t + lag
+        price = x.open if x.mode == "next_open" else x.close  # (E, B, S) fill price of each bar
+        mark = forward_fill(price)[:, lag:]  # (E, T + 1, S) marks of fill bars lag .. T + lag
+        price, tradable, holdable = price[:, lag:], x.tradable[:, lag:], x.holdable[:, lag:]
+        volume, volatility = x.volume[:, lag:], x.volatility[:, lag:]  # of the fill bars
         lat = draw_latencies(cfg.latency_probs, n_env, n_t, n_s, cfg.seed).to(dev)  # (E, T, S)
         n_slots = max(len(cfg.latency_probs), 2)  # ring buffer of pending orders by due bar
         carry = cfg.unfilled == "carry"
@@ -298,13 +324,13 @@ class RealisticSimulator:
         out |= {k: zeros(n_env, n_t, n_s) for k in ("commission", "spread", "impact")}
         cash_path, turnover, borrow, funding = (zeros(n_env, n_t) for _ in range(4))
 
-        for t in range(n_t):
-            tr = x.tradable[:, t]  # (E, S)
-            px = torch.where(tr, x.close[:, t], 0.0)  # (E, S) execution price, 0 if none
-            vol = x.volume[:, t]  # (E, S)
-            eq = equity[:, t]  # (E,)  1. mark (carry of t - 1 -> t already paid)
+        for t in range(n_t):  # step t: decision at close t, fill bar t + lag (index t below)
+            tr = tradable[:, t]  # (E, S)
+            px = torch.where(tr, price[:, t], 0.0)  # (E, S) fill price, 0 if none
+            vol = volume[:, t]  # (E, S)
+            eq = equity[:, t]  # (E,)  1. mark (carry of the previous step already paid)
             # 2. targets, zero where not holdable, scaled to the leverage caps
-            w = torch.where(x.holdable[:, t], x.weights[:, t], 0.0)  # (E, S)
+            w = torch.where(holdable[:, t], x.weights[:, t], 0.0)  # (E, S)
             gross, net = w.abs().sum(-1), w.sum(-1).abs()  # (E,)
             scale = torch.ones_like(eq)
             scale = torch.where(
@@ -329,7 +355,7 @@ class RealisticSimulator:
             fill = torch.sign(due) * torch.minimum(due.abs(), fillable)
             if carry:
                 pending[:, (t + 1) % n_slots] += due - fill
-            # 5. settlement at the close, with trading costs per fill
+            # 5. settlement at the fill price, with trading costs per fill
             q_new = q + fill
             q = torch.where(q_new.abs() <= DUST * q.abs(), 0.0, q_new)
             notional = fill.abs() * px
@@ -338,15 +364,15 @@ class RealisticSimulator:
             )
             spread = notional * cfg.half_spread_bps * bps
             depth = fill.abs() / torch.where(vol > 0, vol, 1.0)
-            impact = notional * cfg.impact_coef * x.volatility[:, t] * depth.sqrt()
+            impact = notional * cfg.impact_coef * volatility[:, t] * depth.sqrt()
             cash = cash - (fill * px + commission + spread + impact).sum(-1)
             value = q * mark[:, t]  # (E, S)
             post = cash + value.sum(-1)  # (E,) equity after the trades
-            # 6. carry over t -> t + 1
+            # 6. carry over the fill bar to the next one
             borrow[:, t] = borrow_rate * (-value).clamp(min=0.0).sum(-1)
             funding[:, t] = funding_rate * (-cash).clamp(min=0.0)
             cash = cash - borrow[:, t] - funding[:, t]
-            # 7. mark at the next close
+            # 7. mark at the next fill bar
             equity[:, t + 1] = cash + (q * mark[:, t + 1]).sum(-1)
             cash_path[:, t] = cash
             turnover[:, t] = torch.where(eq != 0, notional.sum(-1) / eq.abs(), 0.0)
@@ -385,6 +411,7 @@ class RealisticSimulator:
             gross_exposure=sq(held.abs().sum(-1)),
             net_exposure=sq(held.sum(-1)),
             trades=trades,
+            execution=x.mode,
         )
 
 

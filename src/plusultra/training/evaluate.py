@@ -95,6 +95,11 @@ def evaluate(
         context=MarketContext(**datamodule.context(), refits=refits),
     )
     predictions = backtest.with_positions(
-        walked.predictions, panel.dates, panel.symbols, datamodule.tradable, datamodule.returns
+        walked.predictions,
+        panel.dates,
+        panel.symbols,
+        datamodule.tradable,
+        test.earned,  # what each position earns under the run's execution timing
+        execution=test.execution,  # the positions exactly as traded
     )
     return Evaluation(val_metrics, val, test, walked, predictions)

@@ -467,7 +467,8 @@ class SQLiteDataModule(L.LightningDataModule):
     def context(self, window: int = 20) -> dict[str, np.ndarray | int | None]:
         """Full-calendar arrays for baselines and simulators, each known at its bar's close.
 
-        close: adjusted close; volume: split-adjusted shares; volatility: std of the last
+        close: adjusted close; open: adjusted open (NaN for close-only data; the fill price of
+        next-bar-open execution); volume: split-adjusted shares; volatility: std of the last
         `window` log returns (per bar); features/targets: model inputs and the labels of the last
         forecast step, with `label_end` the last train bar whose label is known.
         """
@@ -475,6 +476,7 @@ class SQLiteDataModule(L.LightningDataModule):
         volatility = realised_vol(log_returns(close), window, min_periods=2, periods_per_year=None)
         return {
             "close": close,
+            "open": self.panel.fields.get("open"),
             "volume": self.panel.fields["volume"],
             "volatility": volatility,
             "features": self.features,

@@ -1,8 +1,10 @@
 """Baseline strategies as target-weight panels for the same simulator as the model.
 
-Every function returns ``(T, S)`` weights, fractions of equity, decided at close ``t`` and held
-over ``t -> t + 1`` (the convention of ``sim.frictionless``): feed them to
-``FrictionlessSimulator.run(weights, returns)``. Row ``t`` uses only data known at close ``t``
+Every function returns ``(T, S)`` weights, fractions of equity, decided at close ``t`` (the
+convention of ``sim.frictionless``) and filled like the model's by the simulator's execution
+mode (``sim.execution``: next bar's open or close, or the same close): feed them to
+``FrictionlessSimulator.run(weights, returns)`` with the returns each decision earns, or to
+either simulator with prices. Row ``t`` uses only data known at close ``t``
 (closes up to ``t``, returns up to ``t - 1``, ``tradable`` up to ``t``), except ``ridge``, whose
 rows ``t <= train_end`` are in-sample. A symbol that is not tradable at ``t`` gets weight 0,
 never NaN.
@@ -11,7 +13,8 @@ Common inputs:
 
 - ``tradable``: ``(T, S)`` bool, True where the symbol can be held from close ``t`` (it has a bar
   at ``t`` and is not delisted; see ``docs/evaluation.md``).
-- ``returns``: ``(T, S)`` simple returns from close ``t`` to ``t + 1``, NaN = not holdable.
+- ``returns``: ``(T, S)`` simple returns earned by a position decided at ``t`` (from close ``t`` to
+  ``t + 1`` under ``same_close``, from its fill to the next fill otherwise), NaN = not holdable.
 - ``close``: ``(T, S)`` adjusted closes (a missing bar carries the last close), NaN before
   listing.
 

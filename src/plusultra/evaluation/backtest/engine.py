@@ -1,13 +1,22 @@
 """Evaluation as record steps: signal -> positions -> simulated P&L -> metrics, with baselines.
 
-Timing: a forecast made at the close of bar ``t`` sets the target weights held from ``t`` to
-``t + 1``; the simulator earns ``returns[t]`` (close ``t`` -> close ``t + 1``) on them. A symbol
-is tradable at ``t`` when it has a bar at ``t`` and ``t`` is before its delisting date
-(delisting dates are treated as announced, so positions are closed on the last listed bar).
+Timing (``sim.execution``): a forecast made at the close of bar ``t`` sets target weights that
+the simulator fills at bar ``t + 1``'s open (``next_open``, the default where the data has opens)
+or close (``next_close``, the default without opens), or at the decision close itself
+(``same_close``, optimistic), and holds until the next fill. The model and every baseline go
+through the same simulator with the same mode, recorded on ``BacktestResult.execution``.
+
+A symbol is tradable at ``t`` when it has a bar at ``t`` and ``t`` is before its delisting date
+(delisting dates are treated as announced). A decision at ``t`` also needs bars up to its exit
+fill, ``t + lag + 1`` (``lag`` = 1 for the next-bar modes, 0 for ``same_close``), so a symbol
+takes no new position in its last ``lag`` tradable bars and the backtest's last decision bar is
+``T - 2 - lag``: the exit of every position fills on a listed bar. A held symbol whose bars stop
+without a delisting date is a data error.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,8 +26,17 @@ from plusultra.errors import ConfigError, DataError
 from plusultra.evaluation.backtest import baselines as strategies
 from plusultra.evaluation.backtest.positions import POSITION_METHODS, positions_from_signal
 from plusultra.evaluation.metrics.performance import compute_metrics, ic_summary
-from plusultra.evaluation.metrics.risk import risk_metrics
+from plusultra.evaluation.metrics.risk import information_ratio, ir_benchmark, risk_metrics
+from plusultra.sim.execution import (
+    carry_prices,
+    execution_returns,
+    fill_lag,
+    has_opens,
+    resolve_execution,
+)
 from plusultra.sim.realistic import MarketData, RealisticSimulator
+
+log = logging.getLogger("plusultra")
 
 
 @dataclass
@@ -26,14 +44,17 @@ class MarketContext:
     """Full-calendar (T, S) arrays the baselines and simulators may need.
 
     Attributes:
-        close: adjusted close; volume: split-adjusted shares; volatility: per-bar return std
-        known at t; features: (T, S, F) normalised model inputs; targets: (T, S) scaled labels of
+        close: adjusted close; open: adjusted open (None or NaN for close-only data; the fill
+        price of ``next_open``); volume: split-adjusted shares (NaN: unknown); volatility:
+        per-bar return std known at t; features: (T, S, F) normalised model inputs; targets:
+        (T, S) scaled labels of
         the traded step; label_end: last bar whose label is known at the end of training;
         refits: walk-forward blocks ``(fit_lo, fit_hi, lo, hi)``, when the model is refitted
         (the ridge baseline is then refitted on the same samples before the same blocks).
     """
 
     close: np.ndarray
+    open: np.ndarray | None = None
     volume: np.ndarray | None = None
     volatility: np.ndarray | None = None
     features: np.ndarray | None = None
@@ -69,15 +90,24 @@ class BacktestResult:
     """Metrics of the strategy and its baselines, and the daily record.
 
     Attributes:
-        metrics: strategy metrics (see `compute_metrics`).
-        baselines: baseline name -> its metrics on the same bars.
+        metrics: strategy metrics (see `compute_metrics` and `risk_metrics`); besides numbers,
+            ``information_ratio_benchmark`` names the benchmark of the information ratio
+            (``cash`` or ``buyhold``).
+        baselines: baseline name -> its metrics on the same bars (turnover and information
+            ratio included).
         daily: one row per decision date: strategy/baseline returns and equity (start 1.0),
-            turnover and gross exposure of the strategy.
+            turnover and gross exposure of the strategy. The return of row ``t`` is earned from
+            the fill of the decision at ``t`` to the next fill.
+        execution: the execution mode used (``next_open``, ``next_close`` or ``same_close``).
+        earned: (T, S) full-calendar return a position decided at ``t`` earns under that mode
+            (NaN where it cannot be held), for attribution (`Backtest.with_positions`).
     """
 
-    metrics: dict[str, float]
-    baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    metrics: dict[str, float | str]
+    baselines: dict[str, dict[str, float | str]] = field(default_factory=dict)
     daily: pd.DataFrame | None = None
+    execution: str = "next_open"
+    earned: np.ndarray | None = None
 
 
 @dataclass
@@ -96,29 +126,40 @@ class _Run:
 def simulate(
     simulator,
     weights: np.ndarray,
-    returns: np.ndarray,
     lo: int,
     hi: int,
     tradable: np.ndarray,
-    context: MarketContext | None,
+    context: MarketContext,
+    mode: str,
 ) -> _Run:
-    """Run `simulator` on decision bars lo..hi; a realistic simulator gets the market data.
+    """Run `simulator` on decision bars lo..hi with execution `mode` (already resolved).
 
-    The realistic simulator executes at each bar's close with spread, impact (volatility and
-    volume) and participation caps, so it receives close, volume, volatility and tradable for
-    bars lo..hi + 1 (the last one only marks the book).
+    Both simulators get the prices of bars ``lo .. hi + 1 + lag``: the fill bars and the bar
+    after the last fill. The frictionless one gets prices in which a missing bar inside a
+    symbol's life carries the last price; the realistic one gets the raw prices, volume,
+    volatility and tradable flags (costs, impact and participation use the fill bar's).
     """
+    bars = slice(lo, hi + 2 + fill_lag(mode))
+    open_ = context.open[bars] if mode == "next_open" else None
     if not isinstance(simulator, RealisticSimulator):
-        sim = simulator.run(weights, returns)
+        sim = simulator.run(
+            weights,
+            close=carry_prices(context.close)[bars],
+            open=None if open_ is None else carry_prices(context.open)[bars],
+        )
         return _Run(sim.portfolio_returns, sim.turnover, sim.gross_exposure)
-    if context is None or context.volume is None or context.volatility is None:
+    if context.volume is None or context.volatility is None:
         raise DataError("simulator=realistic needs close, volume and volatility for the backtest")
-    bars = slice(lo, hi + 2)
+    # Orders fill where the symbol is tradable, and on its delisting bar (the first bar with a
+    # price after its last tradable one), so that the exit decided before it can fill there.
+    was = np.vstack([np.zeros_like(tradable[:1]), tradable[:-1]])
+    fillable = tradable | (np.isfinite(context.close) & was)
     market = MarketData(
         close=context.close[bars],
         volume=context.volume[bars],
         volatility=np.nan_to_num(context.volatility[bars], nan=0.0),
-        tradable=tradable[bars],
+        tradable=fillable[bars],
+        open=open_,
     )
     res = simulator.run(weights, market=market)
     costs = sum(c.numpy() for c in res.costs.values())  # (T,)
@@ -132,6 +173,33 @@ def simulate(
         trade_pnl=res.trades.loc[~res.trades["open"], "pnl"].to_numpy(),
         costs_by_type={k: v.numpy() for k, v in res.costs.items()},
     )
+
+
+def execution_mode(simulator, context: MarketContext) -> str:
+    """The simulator's ``execution`` setting resolved against the data's opens (logged)."""
+    asked = getattr(simulator, "execution", None)
+    mode = resolve_execution(asked, context.open, context.close)
+    if asked is None and not has_opens(context.open, context.close):
+        log.warning(
+            "execution: the data has no open prices; orders fill at the next bar's close "
+            "(simulator.execution=next_close)"
+        )
+    else:
+        log.info("execution: %s", mode)
+    return mode
+
+
+def decision_mask(tradable: np.ndarray, lag: int) -> np.ndarray:
+    """(T, S) bool: a position may be decided at ``t``: tradable at ``t`` and, for a symbol
+    whose tradable bars end before the calendar does (delisted), its exit fill, bar
+    ``t + lag + 1``, at most one bar after its last tradable bar (the delisting bar). A symbol
+    still tradable on the calendar's last bar is not restricted (its future is unknown)."""
+    tr = np.asarray(tradable, dtype=bool)
+    n_t = tr.shape[0]
+    rows = np.arange(n_t)[:, None]
+    last = np.where(tr.any(axis=0), n_t - 1 - np.argmax(tr[::-1], axis=0), -1)  # (S,)
+    last = np.where(last == n_t - 1, n_t + lag, last)  # listed to the end: no cap
+    return tr & (rows + lag <= last[None, :])
 
 
 class Backtest:
@@ -210,9 +278,16 @@ class Backtest:
         symbols: list[str],
         tradable: np.ndarray,
         returns: np.ndarray | None = None,
+        execution: str | None = None,
     ) -> pd.DataFrame:
-        """`preds` with `position` (the weight held from that bar to the next) and, given the
-        (T, S) next-bar `returns`, `realized_return` (known one bar later; for attribution)."""
+        """`preds` with `position` (the weight decided at that bar's close) and, given the
+        (T, S) `returns` that decision earns (`BacktestResult.earned` of a backtest),
+        `realized_return` (for attribution). Given the backtest's `execution` mode the positions
+        are exactly those it traded: no new position in a delisted symbol's last `lag` tradable
+        bars, where it could not be exited on a listed bar (without it: the model's targets,
+        as `plusultra-predict` writes them)."""
+        if execution is not None:
+            tradable = decision_mask(tradable, fill_lag(execution))
         w = self.weights(preds, dates, symbols, tradable)
         rows = pd.DatetimeIndex(dates).get_indexer(preds["timestamp"])
         cols = pd.Index(symbols).get_indexer(preds["symbol"])
@@ -233,22 +308,42 @@ class Backtest:
         hi: int,
         context: MarketContext | None = None,
     ) -> BacktestResult:
-        """Backtest decision bars lo..hi (hi is capped so that every bar has a next bar)."""
-        hi = min(hi, len(dates) - 2)
+        """Backtest decision bars lo..hi (hi is capped so that every decision has its exit fill).
+
+        Args:
+            returns: (T, S) close-to-close returns; only used for prices when `context` is
+                None (closes rebuilt from them, no opens: next_close).
+            context: the market (prices, volume, volatility, features ...).
+
+        Raises:
+            DataError: an empty range, or a position held in a symbol whose bars stop before
+                its exit fill without a delisting date.
+        """
+        if context is None:
+            context = MarketContext(close=_closes_from_returns(returns))
+        mode = execution_mode(simulator, context)
+        lag = fill_lag(mode)
+        hi = min(hi, len(dates) - 2 - lag)
         if hi < lo:
-            raise DataError(f"backtest range is empty (bars {lo}..{hi})")
+            raise DataError(f"backtest range is empty (bars {lo}..{hi}, execution {mode})")
+        decide = decision_mask(tradable, lag)
         signal = self.signal_matrix(preds, dates, symbols)
-        signal[~tradable] = np.nan
+        signal[~decide] = np.nan
         w = positions_from_signal(signal, self.method, self.gross)[lo : hi + 1]
-        r = returns[lo : hi + 1]
+        open_ = carry_prices(context.open) if mode == "next_open" else None
+        earned = execution_returns(mode, open_, carry_prices(context.close))  # (T, S)
+        r = earned[lo : hi + 1]
         held = (w != 0) & np.isnan(r)
         if held.any():
             t, s = np.argwhere(held)[0]
+            has = np.flatnonzero(np.isfinite(context.close[:, s]))
+            end = pd.Timestamp(dates[has[-1]]).date() if has.size else "its start"
             raise DataError(
-                f"series: symbol {symbols[s]} has no bar after {pd.Timestamp(dates[lo + t]).date()}"
-                " but assets.delisted is not set to that date; a position cannot be valued"
+                f"series: symbol {symbols[s]} has no bar after {end} but assets.delisted is not "
+                f"set to that date; a position decided on {pd.Timestamp(dates[lo + t]).date()} "
+                f"cannot be valued at its exit fill (execution {mode})"
             )
-        sim = simulate(simulator, w, r, lo, hi, tradable, context)
+        sim = simulate(simulator, w, lo, hi, tradable, context, mode)
         metrics = compute_metrics(sim.portfolio_returns, self.periods_per_year, sim.turnover)
         metrics.update(ic_summary(signal[lo : hi + 1], r))
         daily = pd.DataFrame(
@@ -262,21 +357,26 @@ class Backtest:
         )
         for name, cost in (sim.costs_by_type or {}).items():
             daily[f"cost_{name}"] = cost  # currency per bar, realistic simulator only
-        baselines = {}
+        runs: dict[str, tuple[np.ndarray, _Run]] = {}
         for name in self.baselines:
-            if name == "ridge" and (context is None or context.features is None):
+            if name == "ridge" and (context.features is None or context.targets is None):
                 continue  # no features to fit on (e.g. a backtest of external forecasts)
-            wb = BASELINES[name](context, tradable, returns, lo, hi)
-            b = simulate(simulator, wb, r, lo, hi, tradable, context).portfolio_returns
-            baselines[name] = compute_metrics(b, self.periods_per_year)
-            daily[f"{name}_return"] = b
-            daily[f"{name}_equity"] = np.cumprod(1 + b)
-        bench = daily["buyhold_return"].to_numpy() if "buyhold" in baselines else None
+            wb = BASELINES[name](context, decide, earned, lo, hi)
+            runs[name] = (wb, simulate(simulator, wb, lo, hi, tradable, context, mode))
+        bench = self._buyhold(runs, simulator, decide, earned, (lo, hi), tradable, context, mode)
+        baselines = {}
+        for name, (wb, b) in runs.items():
+            ret = b.portfolio_returns
+            baselines[name] = compute_metrics(ret, self.periods_per_year, b.turnover)
+            baselines[name].update(self._ir(ret, wb, bench))
+            daily[f"{name}_return"] = ret
+            daily[f"{name}_equity"] = np.cumprod(1 + ret)
+        ir = self._ir(sim.portfolio_returns, w, bench)
         metrics.update(
             risk_metrics(
                 sim.portfolio_returns,
                 weights=w,
-                benchmark=bench,
+                benchmark=None,
                 gross_pnl=sim.gross_pnl,
                 costs=sim.costs,
                 trade_pnl=sim.trade_pnl,
@@ -285,4 +385,33 @@ class Backtest:
                 seed=self.seed,
             )
         )
-        return BacktestResult(metrics, baselines, daily)
+        metrics.update(ir)
+        return BacktestResult(metrics, baselines, daily, execution=mode, earned=earned)
+
+    def _buyhold(
+        self, runs, simulator, decide, earned, bars, tradable, context, mode
+    ) -> np.ndarray:
+        """(T,) buy-and-hold returns on the same simulator: the benchmark of net-long books."""
+        if "buyhold" in runs:
+            return runs["buyhold"][1].portfolio_returns
+        wb = BASELINES["buyhold"](context, decide, earned, *bars)
+        return simulate(simulator, wb, *bars, tradable, context, mode).portfolio_returns
+
+    def _ir(self, returns: np.ndarray, weights: np.ndarray, bh: np.ndarray) -> dict:
+        """Information ratio against the book's like-for-like benchmark (`ir_benchmark`)."""
+        name = ir_benchmark(weights)
+        bench = np.zeros_like(returns) if name == "cash" else bh
+        value = information_ratio(returns, bench, self.periods_per_year)
+        return {"information_ratio": value, "information_ratio_benchmark": name}
+
+
+def _closes_from_returns(returns: np.ndarray) -> np.ndarray:
+    """(T, S) closes rebuilt from close-to-close returns: 1.0 at the start, a close at ``t``
+    where ``returns[t - 1]`` or ``returns[t]`` is finite."""
+    r = np.asarray(returns, dtype=float)
+    has = np.isfinite(r)
+    pad = np.zeros((1, r.shape[1]), dtype=bool)
+    has_bar = has | np.vstack([pad, has[:-1]])
+    growth = np.where(has, 1.0 + r, 1.0)[:-1]
+    level = np.vstack([np.ones((1, r.shape[1])), np.cumprod(growth, axis=0)])
+    return np.where(has_bar, level, np.nan)

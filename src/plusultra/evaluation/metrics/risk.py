@@ -21,7 +21,11 @@ Definitions:
   of equity per period), costs as positive amounts; NaN when the gross P&L sums to <= 0 (a share
   of a loss is meaningless).
 - ``information_ratio``: ``mean(a) / std(a, ddof=1) * sqrt(P)`` with active return
-  ``a = r - benchmark`` (the benchmark is usually ``baselines.buy_and_hold_returns``).
+  ``a = r - benchmark``. Like is compared with like (``ir_benchmark``): a dollar-neutral book
+  (``|mean net exposure| <= 0.1 * mean gross exposure``, or an empty book) against cash, so
+  ``a = r``; a net-exposed book (long-only and other net-long or net-short books) against
+  buy-and-hold on the same simulator. ``information_ratio_benchmark`` records which
+  (``"cash"`` or ``"buyhold"``).
 - trade analytics over per-trade P&L ``x``: ``win_rate = #(x > 0) / n_trades`` (a zero trade
   counts as a trade that did not win), ``avg_win = mean(x[x > 0])``, ``avg_loss = mean(x[x < 0])``
   (negative), ``profit_factor = sum(x[x > 0]) / |sum(x[x < 0])|`` (NaN without losing trades),
@@ -189,6 +193,29 @@ def information_ratio(
     if active.size < 2 or active.max() == active.min():
         return _NAN
     return finite_or_nan(active.mean() / active.std(ddof=1) * math.sqrt(p))
+
+
+IR_BENCHMARKS = {"cash": "cash", "buyhold": "B&H"}  # name -> label in tables
+NEUTRAL_NET = 0.1  # |mean net| / mean gross at or below which a book is dollar-neutral
+
+
+def ir_benchmark(weights: np.ndarray) -> str:
+    """The benchmark of a book's information ratio: ``"cash"`` or ``"buyhold"``.
+
+    Args:
+        weights: ``(T, S)`` weights held, fractions of equity; NaN means 0.
+
+    Returns:
+        ``"cash"`` for a dollar-neutral book (``|mean_t sum_s w| <= 0.1 * mean_t sum_s |w|``,
+        an empty book included), else ``"buyhold"``.
+
+    Raises:
+        DataError: if ``weights`` is not a 2-D array without infinities.
+    """
+    w = np.nan_to_num(as_panel(weights, "weights"), nan=0.0)
+    gross = float(np.abs(w).sum(axis=1).mean()) if w.size else 0.0
+    net = float(w.sum(axis=1).mean()) if w.size else 0.0
+    return "cash" if abs(net) <= NEUTRAL_NET * gross or gross == 0.0 else "buyhold"
 
 
 def trade_analytics(trade_pnl: np.ndarray) -> dict[str, float]:

@@ -32,6 +32,7 @@ from plusultra.evaluation.report.artifacts import RunArtifacts, load_run  # noqa
 from plusultra.evaluation.report.plots import growth_of_one, make_plots
 from plusultra.evaluation.report.summary import BASELINE_LABELS, summary_rows, summary_table
 from plusultra.io import write_bytes_atomic, write_text_atomic
+from plusultra.sim.execution import LABELS
 
 MAX_SYMBOL_ROWS = 30  # attribution rows shown; beyond, the best and worst half each
 ATTRIBUTION_NOTE = (
@@ -210,6 +211,9 @@ def _header_lines(run: RunArtifacts) -> list[str]:
     if run.choices:
         lines.append("Configuration: " + ", ".join(f"{k}={v}" for k, v in run.choices.items()))
     lines.append(f"Annualisation: {run.periods_per_year:g} bars a year")
+    if isinstance(run.metrics.get("execution"), str):  # the fill timing; same_close is flagged
+        mode = run.metrics["execution"]
+        lines.append(f"Execution: {LABELS.get(mode, mode)}")
     segs = "; ".join(f"{k} {a} to {b}" for k, (a, b) in run.segment_dates.items())
     if segs:
         lines.append(f"Segments: {segs}")

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from plusultra.evaluation.backtest.engine import BacktestResult
+from plusultra.evaluation.metrics.risk import IR_BENCHMARKS as IR_LABELS
 from plusultra.io import write_json_atomic
 
 # (metrics key, label, format) of the summary table, in display order.
@@ -26,7 +27,7 @@ SUMMARY_ROWS = (
     ("turnover", "turnover / bar", "{:.3f}"),
     ("max_drawdown_duration", "max DD duration (bars)", "{:.0f}"),
     ("cvar_95", "CVaR 95% (per bar)", "{:+.2%}"),
-    ("information_ratio", "information ratio vs B&H", "{:.2f}"),
+    ("information_ratio", "information ratio vs cash|B&H", "{:.2f}"),
     ("cost_share", "costs / gross P&L", "{:.1%}"),
 )
 # Baseline columns, in display order, with their headers.
@@ -39,32 +40,48 @@ BASELINE_LABELS = {
 }
 
 
+def _value(v: float | str) -> float | str:
+    return v if isinstance(v, str) else float(v)
+
+
 def flat_metrics(
     val_loss: float,
     test_loss: float,
     result: BacktestResult,
     extra: dict[str, float],
     val_result: BacktestResult | None = None,
-) -> dict[str, float]:
+) -> dict[str, float | str]:
     """`split_metric` names: val_loss, test_loss, test_sharpe, test_buyhold_sharpe, ... and,
-    given the validation backtest, val_sharpe, val_buyhold_sharpe, ... (same keys, val_)."""
+    given the validation backtest, val_sharpe, val_buyhold_sharpe, ... (same keys, val_).
+
+    Numbers, except the labels `execution` (the simulator's fill timing: next_open,
+    next_close or same_close) and `*_information_ratio_benchmark` (cash or buyhold).
+    """
     out = {"val_loss": float(val_loss), "test_loss": float(test_loss)}
+    out["execution"] = result.execution
     for split, res in (("val", val_result), ("test", result)):
         if res is None:
             continue
-        out.update({f"{split}_{k}": float(v) for k, v in res.metrics.items()})
+        out.update({f"{split}_{k}": _value(v) for k, v in res.metrics.items()})
         for name, metrics in res.baselines.items():
-            out.update({f"{split}_{name}_{k}": float(v) for k, v in metrics.items()})
+            out.update({f"{split}_{name}_{k}": _value(v) for k, v in metrics.items()})
     out.update({k: float(v) for k, v in extra.items()})
     return out
 
 
-def _fmt(value: float | None, pattern: str, missing: str = "n/a") -> str:
+def _fmt(value: float | str | None, pattern: str, missing: str = "n/a") -> str:
     if value is None:
         return missing  # not recorded (e.g. a run from before validation backtests)
-    if isinstance(value, float) and math.isnan(value):
+    if isinstance(value, str) or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return pattern.format(value)
+
+
+def _ir_cell(metrics: dict, prefix: str, pattern: str, missing: str = "n/a") -> str:
+    """The information ratio with its benchmark, e.g. ``0.42 (cash)``."""
+    cell = _fmt(metrics.get(f"{prefix}information_ratio"), pattern, missing)
+    bench = metrics.get(f"{prefix}information_ratio_benchmark")
+    return f"{cell} ({IR_LABELS.get(bench, bench)})" if isinstance(bench, str) else cell
 
 
 def _baselines(metrics: dict[str, float]) -> list[str]:
@@ -89,6 +106,15 @@ def summary_rows(
                 ]
                 + ["" for _ in baselines]
             )
+            continue
+        if key == "information_ratio":  # each book against its like-for-like benchmark
+            row = [
+                label,
+                _ir_cell(metrics, "val_", pattern, ""),
+                _ir_cell(metrics, "test_", pattern),
+            ]
+            row += [_ir_cell(metrics, f"test_{b}_", pattern) for b in baselines]
+            rows.append(row)
             continue
         row = [
             label,
