@@ -1,4 +1,4 @@
-"""Execution timing contract (plusultra.sim.execution): modes, defaults, aligned returns."""
+"""Execution timing contract (plusultra.execution): modes, defaults, aligned returns."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from plusultra.errors import ConfigError, DataError
-from plusultra.sim.execution import (
+from plusultra.execution import (
     EXECUTION_MODES,
     LABELS,
     carry_prices,

@@ -536,7 +536,7 @@ def test_close_only_panel_skips_bar_features_and_says_why(panel, caplog):
     fields = {**panel.fields, "open": nan, "high": nan, "low": nan, "volume": nan}
     close_only = Panel(panel.dates, panel.symbols, fields, {})
     default = ["log_return", "return_5", "return_20", "volatility_20", "range_hl", "gap_open"]
-    pipe = FeaturePipeline([*default, "volume_z_20", "rsi_14"], ["sentiment"])
+    pipe = FeaturePipeline([*default, "volume_z_20", "rsi_14"], [])
     with caplog.at_level(logging.WARNING, logger="plusultra.data.features.pipeline"):
         x, names = pipe.compute(close_only)
     assert names == ["log_return", "return_5", "return_20", "volatility_20", "rsi_14"]

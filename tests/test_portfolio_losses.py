@@ -21,10 +21,10 @@ from plusultra.data.datasets.sampler import BlockBatchSampler
 from plusultra.data.datasets.windows import WindowDataset, passthrough_collate, sample_index
 from plusultra.data.features.pipeline import FeaturePipeline
 from plusultra.evaluation.backtest.positions import positions_from_signal
+from plusultra.execution import execution_returns
 from plusultra.models.heads import PolicyHead, RegressionHead
 from plusultra.models.losses import CVaR, NegSharpe, check_compatible
 from plusultra.models.module import ForecastModule, OptimSettings
-from plusultra.sim.execution import execution_returns
 from plusultra.sim.frictionless import FrictionlessSimulator
 from plusultra.training.predict import predict_windows
 

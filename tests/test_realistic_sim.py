@@ -474,7 +474,9 @@ def test_unknown_key_and_valid_names_are_listed() -> None:
 def test_yaml_builds_the_default_config() -> None:
     node = OmegaConf.load(CONF)
     assert set(node) - {"_target_"} == set(SimulatorConfig.__dataclass_fields__), "one key each"
-    sim = instantiate(node)
+    assert node._get_node("periods_per_year")._value() == "${periods_per_year}"  # the root's
+    root = OmegaConf.create({"periods_per_year": 252, "simulator": node})
+    sim = instantiate(root.simulator)
     assert isinstance(sim, RealisticSimulator)
     assert sim.config == SimulatorConfig()
     override = RealisticSimulator(SimulatorConfig(seed=3), latency_probs=[0.5, 0.5])

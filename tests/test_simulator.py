@@ -228,7 +228,7 @@ def test_baseline_bad_input() -> None:
     assert buy_and_hold_returns(np.zeros((0, 2))).shape == (0,)
 
 
-# --- execution timing (prices in, sim.execution) ---------------------------------------------
+# --- execution timing (prices in, plusultra.execution) ----------------------------------------
 
 
 def _price_scenario(seed: int, n_t: int = 40, n_s: int = 5, lag: int = 1):
@@ -322,8 +322,8 @@ def test_close_only_prices_fill_at_the_next_close_and_next_open_is_refused() -> 
 
 @pytest.mark.parametrize("mode", ["next_open", "next_close", "same_close"])
 def test_prices_earn_execution_returns(mode: str) -> None:
-    """Given prices, the simulator earns exactly `sim.execution.execution_returns`."""
-    from plusultra.sim.execution import execution_returns
+    """Given prices, the simulator earns exactly `plusultra.execution.execution_returns`."""
+    from plusultra.execution import execution_returns
 
     lag = 0 if mode == "same_close" else 1
     weights, open_, close = _price_scenario(8, lag=lag)

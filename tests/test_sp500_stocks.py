@@ -73,7 +73,8 @@ def test_twenty_stocks_1990_to_2022_close_only(db, panel):
 def test_default_features_skip_what_needs_open_high_low_volume(panel):
     pipe = FeaturePipeline(DEFAULT_FEATURES, ["sentiment"])
     x, names = pipe.compute(panel)
-    assert set(pipe.skipped) == {"range_hl", "gap_open", "volume_z_20"}
+    # the bar features lack open/high/low/volume; the database has no sentiment indicator
+    assert set(pipe.skipped) == {"range_hl", "gap_open", "volume_z_20", "ind_sentiment"}
     assert names == [n for n in DEFAULT_FEATURES if n not in pipe.skipped]
     assert np.isfinite(x[100:]).all()  # no gap anywhere in the data: defined after warm-up
 
@@ -147,7 +148,7 @@ def test_datamodule_on_the_conf_splits(db):
     )
     dm.setup()
     assert dm.feature_names == ["log_return", "return_5", "return_20", "volatility_20", "rsi_14"]
-    assert set(dm.pipeline.skipped) == {"range_hl", "gap_open", "volume_z_20"}
+    assert set(dm.pipeline.skipped) == {"range_hl", "gap_open", "volume_z_20", "ind_sentiment"}
     assert dm.segment_dates() == {
         "train": ["1990-01-23", "2012-12-27"],  # the last label (2 bars) ends by train_end
         "val": ["2013-05-24", "2016-12-28"],

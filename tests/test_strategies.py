@@ -581,3 +581,19 @@ def test_engine_without_market_context_fills_at_the_next_close() -> None:
     full = bt.run(*args, FrictionlessSimulator(), 270, 319, context=closes)
     assert bare.execution == full.execution == "next_close"
     np.testing.assert_allclose(bare.daily.to_numpy(), full.daily.to_numpy(), atol=1e-12)
+
+
+def test_engine_net_cap_scales_the_traded_weights() -> None:
+    """evaluation.net caps |sum w| per bar (the cap the portfolio losses train under)."""
+    from plusultra.evaluation.backtest.engine import Backtest, decision_mask
+
+    case = _engine_case(3)
+    decide = decision_mask(case["tradable"], 1)
+    args = (case["preds"], case["dates"], case["symbols"], decide)
+    free = Backtest(bootstrap=0, position_method="weights", gross=1.0).weights(*args)
+    capped = Backtest(bootstrap=0, position_method="weights", gross=1.0, net=0.05).weights(*args)
+    assert (np.abs(free.sum(axis=1)) > 0.05 + 1e-9).any()  # the cap binds somewhere
+    assert (np.abs(capped.sum(axis=1)) <= 0.05 + 1e-12).all()
+    assert (np.abs(capped).sum(axis=1) <= 1.0 + 1e-12).all()
+    with pytest.raises(ConfigError, match="evaluation.net"):
+        Backtest(net=0.0)

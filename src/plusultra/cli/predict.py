@@ -14,6 +14,7 @@ run's own database the predictions equal the run's test predictions. Writes one 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def predict(
     from omegaconf import OmegaConf
 
     from plusultra.data.datasets.datamodule import SQLiteDataModule
+    from plusultra.evaluation.backtest.engine import earned_returns
     from plusultra.io import write_parquet_atomic
     from plusultra.models.module import ForecastModule
     from plusultra.training.predict import predictions_frame
@@ -91,7 +93,13 @@ def predict(
     if preds.empty:
         raise DataError(f"{db}: no symbol has {dm.window} consecutive complete bars to predict")
     backtest = instantiate(cfg.evaluation, _convert_="all")
-    preds = backtest.with_positions(preds, panel.dates, panel.symbols, dm.tradable, dm.returns)
+    # the run's resolved fill timing: positions as it traded them, returns as they were earned
+    mode = json.loads((run_dir / "metrics.json").read_text()).get("execution")
+    ctx = dm.context()
+    earned = dm.returns if mode is None else earned_returns(mode, ctx["open"], ctx["close"])
+    preds = backtest.with_positions(
+        preds, panel.dates, panel.symbols, dm.tradable, earned, execution=mode
+    )
     return write_parquet_atomic(out, preds)
 
 

@@ -3,7 +3,7 @@
 A portfolio batch (``plusultra.data.datasets.sampler``) holds every symbol's sample for a block
 of consecutive decision dates. Each sample ``i`` carries its decision bar ``date[i]``, its symbol
 index ``symbol[i]``, the position ``p[i]`` the model takes and its execution-aligned simple
-return ``ret[i]`` (``plusultra.sim.execution.execution_returns``: decided at close t, filled at
+return ``ret[i]`` (``plusultra.execution.execution_returns``: decided at close t, filled at
 t + 1's open by default). ``portfolio_series`` arranges them into a (D, S) book, D dates in
 calendar order and S symbols of the batch, and returns the block's portfolio return series:
 

@@ -6,7 +6,7 @@ Conventions (shared by the whole package):
 - ``weights[t, s]`` is the target position in symbol ``s`` as a fraction of equity, decided at
   close ``t`` from data up to that close. NaN weights mean 0. The remainder
   ``1 - sum_s weights[t, s]`` is cash earning 0 (negative cash = borrowing for leverage, also at 0).
-- Execution timing (``sim.execution``, the ``execution`` setting): the book is rebalanced to
+- Execution timing (``plusultra.execution``, the ``execution`` setting): the book is rebalanced to
   ``weights[t]`` at the fill price of the fill bar, bar ``t + 1``'s open (``next_open``, the
   default where the data has opens) or close (``next_close``, the default without opens), or the
   decision close itself (``same_close``, optimistic), and held until the next fill. So
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from plusultra.errors import ConfigError, DataError
-from plusultra.sim.execution import check_execution, resolve_execution
+from plusultra.execution import check_execution, resolve_execution
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ class FrictionlessSimulator:
         initial_cash: starting equity in currency; must be > 0.
         execution: when a decision from close ``t`` fills: ``next_open``, ``next_close`` or
             ``same_close`` (optimistic); None picks ``next_open`` where the data has opens,
-            else ``next_close`` (see ``sim.execution``).
+            else ``next_close`` (see ``plusultra.execution``).
 
     Raises:
         ConfigError: if ``initial_cash <= 0`` or not finite, or ``execution`` is unknown.

@@ -1,7 +1,7 @@
 """Inputs of the realistic simulator: market data, input checks and latency draws.
 
 `prepare_inputs` brings weights and either market data or returns to ``(E, T, S)`` tensors and
-checks them, and resolves the execution mode (``sim.execution``); `draw_latencies` draws each
+checks them, and resolves the execution mode (``plusultra.execution``); `draw_latencies` draws each
 order's latency bucket deterministically by seed. Market arrays stay in bar indexing: the order
 decided at close ``t`` fills at bar ``t + lag`` (+ its latency), and each engine (the vectorised
 simulator and the reference loop) maps decisions to fill bars itself.
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from plusultra.errors import DataError
-from plusultra.sim.execution import resolve_execution
+from plusultra.execution import resolve_execution
 
 Array = np.ndarray | torch.Tensor
 log = logging.getLogger("plusultra")

@@ -4,7 +4,7 @@ Vectorised in torch over a batch of ``E`` environments and ``S`` symbols; the re
 ``T`` decision bars is a Python loop. ``sim.reference.simulate_realistic_reference`` is a naive
 per-order, per-bar loop with the same contract, and the tests compare the two.
 
-Inputs (shared conventions of the package, see ``sim.frictionless`` and ``sim.execution``):
+Inputs (shared conventions of the package, see ``sim.frictionless`` and ``plusultra.execution``):
 
 - ``weights[t, s]``: target position in ``s`` as a fraction of equity, decided at close ``t``
   (``t = 0 .. T - 1``). NaN means 0.
@@ -70,7 +70,7 @@ import pandas as pd
 import torch
 
 from plusultra.errors import ConfigError
-from plusultra.sim.execution import check_execution
+from plusultra.execution import check_execution
 from plusultra.sim.market import (  # noqa: F401  (MarketData is part of this module's API)
     Array,
     MarketData,
@@ -266,7 +266,7 @@ class RealisticSimulator:
 
     @property
     def execution(self) -> str | None:
-        """The ``execution`` setting (None: by data, see ``sim.execution.resolve_execution``)."""
+        """The ``execution`` setting (None: by data; ``plusultra.execution.resolve_execution``)."""
         return self.config.execution
 
     def run(

@@ -43,8 +43,8 @@ from plusultra.data.io.sp500 import build_sp500_database
 from plusultra.data.io.sp500_stocks import build_sp500_stocks_database
 from plusultra.data.validation.checks import ValidationRules
 from plusultra.errors import ConfigError, DataError
+from plusultra.execution import check_execution, execution_returns, fill_lag, resolve_execution
 from plusultra.io import write_json_atomic
-from plusultra.sim.execution import check_execution, execution_returns, fill_lag, resolve_execution
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class SQLiteDataModule(L.LightningDataModule):
         block: portfolio batches of this many consecutive decision dates x all symbols, served
             with each sample's execution return (for the portfolio losses; see
             `plusultra.data.datasets.sampler`); None: pooled (date, symbol) samples, shuffled.
-        execution: fill timing of the execution returns (`plusultra.sim.execution`); None:
+        execution: fill timing of the execution returns (`plusultra.execution`); None:
             next_open where the data has opens, else next_close. Used only with `block`.
     """
 

@@ -226,7 +226,7 @@ class WindowDataset(Dataset):
         window: bars per sample.
         targets: (T, S, H) scaled targets, or None for inference.
         labels: (T, S, R) int market-state labels, or None.
-        returns: (T, S) execution-aligned simple returns (`plusultra.sim.execution`) for the
+        returns: (T, S) execution-aligned simple returns (`plusultra.execution`) for the
             portfolio losses, or None; needs targets.
 
     Batched fetching (`__getitems__`) gathers a whole batch with one fancy-index.

@@ -2,7 +2,7 @@
 
 Every function returns ``(T, S)`` weights, fractions of equity, decided at close ``t`` (the
 convention of ``sim.frictionless``) and filled like the model's by the simulator's execution
-mode (``sim.execution``: next bar's open or close, or the same close): feed them to
+mode (``plusultra.execution``: next bar's open or close, or the same close): feed them to
 ``FrictionlessSimulator.run(weights, returns)`` with the returns each decision earns, or to
 either simulator with prices. Row ``t`` uses only data known at close ``t``
 (closes up to ``t``, returns up to ``t - 1``, ``tradable`` up to ``t``), except ``ridge``, whose

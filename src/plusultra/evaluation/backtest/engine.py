@@ -1,6 +1,6 @@
 """Evaluation as record steps: signal -> positions -> simulated P&L -> metrics, with baselines.
 
-Timing (``sim.execution``): a forecast made at the close of bar ``t`` sets target weights that
+Timing (``plusultra.execution``): a forecast made at the close of bar ``t`` sets target weights that
 the simulator fills at bar ``t + 1``'s open (``next_open``, the default where the data has opens)
 or close (``next_close``, the default without opens), or at the decision close itself
 (``same_close``, optimistic), and holds until the next fill. The model and every baseline go
@@ -27,7 +27,7 @@ from plusultra.evaluation.backtest import baselines as strategies
 from plusultra.evaluation.backtest.positions import POSITION_METHODS, positions_from_signal
 from plusultra.evaluation.metrics.performance import compute_metrics, ic_summary
 from plusultra.evaluation.metrics.risk import information_ratio, ir_benchmark, risk_metrics
-from plusultra.sim.execution import (
+from plusultra.execution import (
     carry_prices,
     execution_returns,
     fill_lag,
@@ -189,6 +189,13 @@ def execution_mode(simulator, context: MarketContext) -> str:
     return mode
 
 
+def earned_returns(mode: str, open_: np.ndarray | None, close: np.ndarray) -> np.ndarray:
+    """(T, S) simple return a position decided at ``t`` earns under `mode`, from fill prices with
+    a missing bar inside a symbol's life carrying its last price (NaN outside its life)."""
+    opens = carry_prices(open_) if mode == "next_open" else None
+    return execution_returns(mode, opens, carry_prices(close))
+
+
 def decision_mask(tradable: np.ndarray, lag: int) -> np.ndarray:
     """(T, S) bool: a position may be decided at ``t``: tradable at ``t`` and, for a symbol
     whose tradable bars end before the calendar does (delisted), its exit fill, bar
@@ -210,6 +217,8 @@ class Backtest:
             None: the last one the model predicts (the full horizon; 1 for a policy head).
         position_method: how a cross-section of signals becomes weights (rank, zscore, sign).
         gross: gross exposure (sum of absolute weights) per bar.
+        net: cap on the net exposure ``|sum w|`` per bar (rows scaled down to it); None: none
+            beyond the gross cap. The portfolio losses read the same cap.
         periods_per_year: bars per year, for annualisation (252 for daily bars).
         baselines: strategies run on the same simulator beside the model (see `BASELINES`).
         bootstrap: stationary-bootstrap replicates for the 95% intervals of Sharpe and annual
@@ -224,6 +233,7 @@ class Backtest:
         gross: float = 1.0,
         periods_per_year: int = 252,
         baselines: list[str] | None = None,
+        net: float | None = None,
         bootstrap: int = 1000,
         seed: int = 0,
     ) -> None:
@@ -241,6 +251,9 @@ class Backtest:
             raise ConfigError(f"evaluation.baselines: unknown {unknown}; valid: {list(BASELINES)}")
         if bootstrap < 0:
             raise ConfigError(f"evaluation.bootstrap={bootstrap} must be >= 0")
+        if net is not None and not (isinstance(net, int | float) and net > 0):
+            raise ConfigError(f"evaluation.net={net!r} must be a number > 0 or null")
+        self.net = None if net is None else float(net)
         self.bootstrap, self.seed = bootstrap, seed
         self.signal_step, self.method = signal_step, position_method
         self.gross, self.periods_per_year = gross, periods_per_year
@@ -269,7 +282,7 @@ class Backtest:
         """(T, S) target weights from forecasts; zero where not tradable or not predicted."""
         signal = self.signal_matrix(preds, dates, symbols)
         signal[~tradable] = np.nan
-        return positions_from_signal(signal, self.method, self.gross)
+        return positions_from_signal(signal, self.method, self.gross, self.net)
 
     def with_positions(
         self,
@@ -329,9 +342,8 @@ class Backtest:
         decide = decision_mask(tradable, lag)
         signal = self.signal_matrix(preds, dates, symbols)
         signal[~decide] = np.nan
-        w = positions_from_signal(signal, self.method, self.gross)[lo : hi + 1]
-        open_ = carry_prices(context.open) if mode == "next_open" else None
-        earned = execution_returns(mode, open_, carry_prices(context.close))  # (T, S)
+        w = positions_from_signal(signal, self.method, self.gross, self.net)[lo : hi + 1]
+        earned = earned_returns(mode, context.open, context.close)  # (T, S)
         r = earned[lo : hi + 1]
         held = (w != 0) & np.isnan(r)
         if held.any():

@@ -31,8 +31,8 @@ from plusultra.evaluation.report.analysis import (
 from plusultra.evaluation.report.artifacts import RunArtifacts, load_run  # noqa: F401
 from plusultra.evaluation.report.plots import growth_of_one, make_plots
 from plusultra.evaluation.report.summary import BASELINE_LABELS, summary_rows, summary_table
+from plusultra.execution import LABELS
 from plusultra.io import write_bytes_atomic, write_text_atomic
-from plusultra.sim.execution import LABELS
 
 MAX_SYMBOL_ROWS = 30  # attribution rows shown; beyond, the best and worst half each
 ATTRIBUTION_NOTE = (

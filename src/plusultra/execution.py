@@ -14,6 +14,9 @@ environment shares this one contract:
 So a position decided at ``t`` never earns bar ``t``'s own move, and with the two next-bar modes
 not the move into the fill bar either. The panels here are indexed by decision bar ``t``.
 
+A top-level module (like ``errors``), not part of ``sim``: the simulators and the data layer
+(execution-aligned training returns) both follow it and know nothing of each other.
+
 Labels shown to users: ``LABELS`` (the report header and the catalogue's ``execution`` column
 use the mode names; ``same_close`` is always shown with its "optimistic" warning).
 """
