@@ -198,11 +198,13 @@ def test_predictions_before_t_do_not_move_when_the_future_changes(finished_run, 
     )
     past_a = base[base.timestamp <= cutoff].reset_index(drop=True)
     past_b = moved[moved.timestamp <= cutoff].reset_index(drop=True)
-    # forecasts and positions at t <= T are identical; the realized return of bar t is the
-    # outcome of bar t + 1, so it may change only at t = T (it is never a model input)
+    # forecasts and positions at t <= T are identical; the realized return of a decision at t
+    # is its outcome under next-open fills (open t+1 -> open t+2), known at bar t + 2, so it may
+    # change only for the last two decisions t = T - 1, T (it is never a model input)
     outcome = "realized_return"
     pd.testing.assert_frame_equal(past_a.drop(columns=outcome), past_b.drop(columns=outcome))
-    before = past_a.timestamp < cutoff
+    assert json.loads((run_dir / "metrics.json").read_text())["execution"] == "next_open"
+    before = past_a.timestamp < stamps[len(stamps) // 2 - 1]
     pd.testing.assert_series_equal(past_a.loc[before, outcome], past_b.loc[before, outcome])
     fut_a = base[base.timestamp > cutoff]["pred_1"].to_numpy()
     fut_b = moved[moved.timestamp > cutoff]["pred_1"].to_numpy()
