@@ -47,6 +47,7 @@ from enum import Enum
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from plusultra.execution import OPTIMISTIC
 from plusultra.io import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -280,6 +281,8 @@ def build_row(
         put(name, value, "config key")
     for name, value in metric_row.items():
         put(name, value, "metric")
+    if isinstance(row.get("execution"), str):  # the fill timing, flagged when optimistic
+        put("optimistic_execution", row["execution"] == OPTIMISTIC, "label")
     return row
 
 
