@@ -29,6 +29,7 @@ from plusultra.cli.overrides import check_appended
 from plusultra.data.datasets.calendar import resolve_periods_per_year
 from plusultra.evaluation.report.render import write_reports
 from plusultra.evaluation.report.summary import flat_metrics, summary_table, write_metrics
+from plusultra.execution import describe
 from plusultra.io import write_parquet_atomic, write_text_atomic
 from plusultra.lifecycle import Interrupted, RunDirTaken, handle_signals
 from plusultra.models.module import ForecastModule
@@ -118,6 +119,7 @@ def train(cfg: DictConfig) -> float:
 
     if cfg.print_summary:
         print(f"\n{summary_table(metrics, loss=hc.runtime.choices.loss)}\n")
+        print(f"execution:   {describe(metrics['execution'])} (decisions at each bar's close)")
         print(f"run dir:     {run_dir}")
         print(f"tensorboard: tensorboard --logdir {run_dir / 'tensorboard'}")
         print(f"report:      {run_dir / 'report.html'} (and report.md)")
