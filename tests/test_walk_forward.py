@@ -271,8 +271,9 @@ def test_the_run_records_its_execution_mode(runs, caplog):
         assert metrics[f"test_{name}_turnover"] >= 0, name
     assert "Execution: next bar open" in (run_dir / "report.md").read_text()
     now = datetime.now(UTC)
-    with caplog.at_level("WARNING"):
-        row = build_row(
+
+    def row_of(metrics: dict) -> dict:
+        return build_row(
             run_id="r",
             run_dir=run_dir,
             status="completed",
@@ -285,21 +286,12 @@ def test_the_run_records_its_execution_mode(runs, caplog):
             config={},
             metrics=metrics,
         )
+
+    with caplog.at_level("WARNING"):
+        row = row_of(metrics)
     assert row["execution"] == "next_open" and "not a number" not in caplog.text
     assert row["optimistic_execution"] is False
-    same = build_row(
-        run_id="s",
-        run_dir=run_dir,
-        status="completed",
-        error=None,
-        started_at=now,
-        finished_at=now,
-        git_rev="x",
-        overrides=[],
-        choices={},
-        config={},
-        metrics={**metrics, "execution": "same_close"},
-    )
+    same = row_of({**metrics, "execution": "same_close"})
     assert same["optimistic_execution"] is True  # labelled in the catalogue
     # the last decision has its exit fill: bar T - 3 fills at T - 2's open, exits at T - 1's
     lo, hi = json.loads((run_dir / "data.json").read_text())["segments"]["test"]
