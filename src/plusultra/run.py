@@ -34,6 +34,7 @@ from plusultra.io import write_parquet_atomic, write_text_atomic
 from plusultra.lifecycle import Interrupted, RunDirTaken, handle_signals
 from plusultra.models.module import ForecastModule
 from plusultra.training.evaluate import evaluate
+from plusultra.training.hparams import hyperparameters, log_summary
 
 log = logging.getLogger("plusultra")
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -113,7 +114,8 @@ def train(cfg: DictConfig) -> float:
     write_parquet_atomic(run_dir / "val_backtest.parquet", evaluated.val.daily, index=True)
     write_parquet_atomic(run_dir / "walk_forward.parquet", evaluated.walk.folds)
     write_reports(run_dir, metrics=metrics)  # report.html/.md (plusultra-report redoes them)
-    logger.log_metrics({f"summary/{k}": v for k, v in metrics.items() if not isinstance(v, str)})
+    params = hyperparameters(cfg, hc.runtime.choices, hc.overrides.task)  # the HParams tab
+    log_summary(logger, params, metrics, cfg.optimized_metric)  # summary/* scalars + session
     logger.finalize("success")
     write_metrics(run_dir, metrics)  # last: its presence marks a complete run
 
