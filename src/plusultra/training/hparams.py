@@ -21,7 +21,6 @@ exist as scalars). Selection stays on validation: the test metrics are shown bes
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-
 from pathlib import Path
 
 import yaml
