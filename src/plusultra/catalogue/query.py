@@ -42,10 +42,14 @@ from plusultra.catalogue.sweeps import (
     objective_columns,
     sweep_table,
 )
+from plusultra.cli.overrides import did_you_mean
 from plusultra.errors import PlusUltraError
 
 VIEW = "runs"
 SWEEPS = "sweeps"
+# Saved queries live in the source checkout (the documented way to use the project), next to
+# conf/ as run.CONF_DIR does: <repo>/experiments/queries/NAME.sql.
+QUERIES_DIR = pathlib.Path(__file__).resolve().parents[3] / "experiments" / "queries"
 _GLOB_CHARS = set("*?[]{}")
 
 
@@ -206,3 +210,47 @@ def query(catalogue_dir: str | os.PathLike, sql: str) -> pd.DataFrame:
         ) from exc
     finally:
         con.close()
+
+
+def saved_queries(directory: str | os.PathLike = QUERIES_DIR) -> dict[str, str]:
+    """Lists the saved queries: ``NAME.sql`` files, each headed by ``-- what it shows``.
+
+    Args:
+        directory: Where they are (default: ``experiments/queries`` of the source checkout).
+
+    Returns:
+        Name -> the first line of its header comment ("" without one), sorted by name.
+
+    Raises:
+        CatalogueError: If the directory does not exist.
+    """
+    path = pathlib.Path(directory)
+    if not path.is_dir():
+        raise CatalogueError(
+            f"the saved-query directory {path} does not exist; saved queries ship in "
+            "experiments/queries of a source checkout (install it with `pip install -e .`)"
+        )
+    found = {}
+    for file in sorted(path.glob("*.sql")):
+        first = file.read_text(encoding="utf-8").lstrip().splitlines()[:1]
+        header = first[0].strip() if first else ""
+        found[file.stem] = header[2:].strip() if header.startswith("--") else ""
+    return found
+
+
+def saved_query(name: str, directory: str | os.PathLike = QUERIES_DIR) -> str:
+    """The SQL of the saved query ``name`` (``<directory>/<name>.sql``).
+
+    Raises:
+        CatalogueError: If there is no such file; the message names the directory, the closest
+            name and every available one.
+    """
+    names = saved_queries(directory)
+    if name not in names:
+        near = did_you_mean(name, names)
+        hint = f" (did you mean {near!r}?)" if near else ""
+        raise CatalogueError(
+            f"no saved query {name!r} in {pathlib.Path(directory)}{hint}; available: "
+            f"{', '.join(names) or 'none'}"
+        )
+    return (pathlib.Path(directory) / f"{name}.sql").read_text(encoding="utf-8")

@@ -13,11 +13,20 @@ import textwrap
 
 import pandas as pd
 
-from plusultra.catalogue.query import CatalogueError, catalogue_files, query
+from plusultra.catalogue.query import (
+    QUERIES_DIR,
+    CatalogueError,
+    catalogue_files,
+    query,
+    saved_queries,
+    saved_query,
+)
 from plusultra.errors import PlusUltraError
+from plusultra.io import write_parquet_atomic
 
 PROG = "plusultra-catalogue"
-FORMATS = ("table", "csv", "json")
+FORMATS = ("table", "csv", "json", "parquet")
+EXPORTS = ("csv", "parquet")  # --export X: the issue's spelling of --format X
 LAST_RUNS = 20  # runs in the curated view (no SQL given)
 # The curated view: (column, shown as), in display order; a column an older catalogue lacks is
 # left out. `execution` is the simulator's fill timing where runs record it.
@@ -56,6 +65,11 @@ EPILOG = textwrap.dedent(
     "a/b"); SQL strings use single quotes. In bash, put the query in double quotes and escape
     the inner ones as \\", or put it in single quotes when it has no string literal.
 
+    Saved queries (--query NAME) are the files experiments/queries/NAME.sql of the source
+    checkout: leaderboard (completed runs ranked by val_sharpe, test metrics beside),
+    best_per_backbone, variance_over_seeds, pareto_front (val_sharpe against val max
+    drawdown), sweep_trials; --list-queries (or --query alone) lists them. Add your own there.
+
     Without a query it prints a curated view of the last 20 runs (run_id, status, started,
     data, backbone, head, loss, depth, d_model, window, n_params, val_loss, val_sharpe,
     test_sharpe, test_max_drawdown, execution; columns an older catalogue lacks are left out);
@@ -72,6 +86,9 @@ EPILOG = textwrap.dedent(
       plusultra-catalogue "DESCRIBE runs"
       plusultra-catalogue "SELECT * FROM sweeps WHERE is_best"
       plusultra-catalogue --format csv "SELECT * FROM runs" > runs.csv
+      plusultra-catalogue --query leaderboard
+      plusultra-catalogue --query variance_over_seeds --export parquet --out seeds.parquet
+      plusultra-catalogue --list-queries
       plusultra-catalogue --out best.json "SELECT * FROM runs ORDER BY test_sharpe DESC LIMIT 5"
     """
 )
@@ -108,11 +125,30 @@ def build_parser() -> argparse.ArgumentParser:
         "else outputs/catalogue)",
     )
     parser.add_argument(
+        "--query",
+        metavar="NAME",
+        nargs="?",
+        const="",
+        default=None,
+        help=f"run the saved query {QUERIES_DIR}/NAME.sql instead of SQL (without NAME: list them)",
+    )
+    parser.add_argument(
+        "--list-queries",
+        action="store_true",
+        help="list the saved queries with what each shows, and exit",
+    )
+    parser.add_argument(
         "--format",
         choices=FORMATS,
         default=None,
-        help="output format (default: table; with --out, taken from the file's .csv/.json "
-        "suffix). json is a list of records",
+        help="output format (default: table; with --out, taken from the file's "
+        ".csv/.json/.parquet suffix). json is a list of records; parquet needs --out",
+    )
+    parser.add_argument(
+        "--export",
+        choices=EXPORTS,
+        default=None,
+        help="the same as --format csv|parquet, usually with --out FILE",
     )
     parser.add_argument(
         "--out",
@@ -197,31 +233,85 @@ def _write_atomic(path: pathlib.Path, text: str) -> None:
         raise
 
 
+def list_queries() -> str:
+    """The saved queries, one per line: name and the first line of its header comment."""
+    queries = saved_queries()
+    if not queries:
+        return f"(no saved queries in {QUERIES_DIR})\n"
+    width = max(map(len, queries))
+    lines = [f"{name:<{width}}  {about}".rstrip() for name, about in queries.items()]
+    lines.append(f"\n(run one: {PROG} --query NAME; the files are in {QUERIES_DIR})")
+    return "\n".join(lines) + "\n"
+
+
+def _format(args: argparse.Namespace) -> str:
+    if args.export is not None and args.format is not None and args.export != args.format:
+        raise CatalogueError(f"--export {args.export} and --format {args.format} disagree")
+    fmt = args.export or args.format
+    if fmt is None:
+        suffix = args.out.suffix.lower().lstrip(".") if args.out is not None else ""
+        fmt = suffix if suffix in ("csv", "json", "parquet") else "table"
+    if fmt == "parquet" and args.out is None:
+        raise CatalogueError("parquet is a binary file: give it a name with --out FILE")
+    return fmt
+
+
+def _saved(name: str, catalogue: pathlib.Path) -> pd.DataFrame:
+    """Runs the saved query ``name``, naming it in any error."""
+    sql = saved_query(name)
+    try:
+        return query(catalogue, sql)
+    except CatalogueError as exc:
+        lacks = "Referenced column" in str(exc)
+        why = (
+            " needs a column this catalogue lacks (no run recorded it yet, or the runs predate it)"
+            if lacks
+            else " failed"
+        )
+        raise CatalogueError(
+            f"saved query {name!r} ({QUERIES_DIR / name}.sql){why}: {exc}"
+        ) from exc
+
+
+def _write(path: pathlib.Path, df: pd.DataFrame, fmt: str) -> None:
+    try:
+        if fmt == "parquet":
+            write_parquet_atomic(path, df)
+        else:
+            _write_atomic(path, render(df, fmt))
+    except OSError as exc:
+        raise CatalogueError(f"could not write {path}: {exc.strerror or exc}") from exc
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.list_queries or args.query == "":
+        if args.sql is not None:
+            raise CatalogueError("give either SQL or --list-queries, not both")
+        sys.stdout.write(list_queries())
+        return 0
+    if args.query is not None and args.sql is not None:
+        raise CatalogueError("give either SQL or --query NAME, not both")
+    fmt = _format(args)
     catalogue = args.catalogue if args.catalogue is not None else default_catalogue_dir()
     if not catalogue_files(catalogue):
         raise CatalogueError(
             f"the catalogue in {catalogue} is empty (no *.parquet files); a row is written "
             "there each time a `plusultra` job ends"
         )
-    fmt = args.format
-    if fmt is None:
-        suffix = args.out.suffix.lower().lstrip(".") if args.out is not None else ""
-        fmt = suffix if suffix in ("csv", "json") else "table"
-    sql = args.sql
-    if sql is None:
-        described = query(catalogue, "DESCRIBE runs")
-        sql = curated_sql(described["column_name"].tolist())
-    text = render(query(catalogue, sql), fmt)
+    if args.query is not None:
+        result = _saved(args.query, catalogue)
+    else:
+        sql = args.sql
+        if sql is None:
+            described = query(catalogue, "DESCRIBE runs")
+            sql = curated_sql(described["column_name"].tolist())
+        result = query(catalogue, sql)
     if args.out is None:
-        sys.stdout.write(text)
+        sys.stdout.write(render(result, fmt))
         sys.stdout.flush()
     else:
-        try:
-            _write_atomic(args.out, text)
-        except OSError as exc:
-            raise CatalogueError(f"could not write {args.out}: {exc.strerror or exc}") from exc
-        print(f"{PROG}: wrote {args.out}", file=sys.stderr)
+        _write(args.out, result, fmt)
+        print(f"{PROG}: wrote {args.out} ({len(result)} rows)", file=sys.stderr)
     return 0
 
 
