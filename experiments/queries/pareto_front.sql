@@ -5,7 +5,6 @@
 -- better), one of the two strictly. Both are validation metrics; test is only shown.
 SELECT
     a.run_id,
-    a.study,
     a.backbone,
     a.head,
     a.loss,

@@ -23,6 +23,9 @@ columns, when no study has a completed trial with a test Sharpe::
 
     SELECT study, n_trials, selected_by, objective, test_sharpe, deflated_sharpe
     FROM sweeps WHERE is_best ORDER BY deflated_sharpe DESC
+
+Saved queries are ``experiments/queries/NAME.sql`` of the source checkout (``QUERIES_DIR``),
+listed by ``saved_queries`` and read by ``saved_query`` (``plusultra-catalogue --query NAME``).
 """
 
 from __future__ import annotations
