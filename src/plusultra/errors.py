@@ -2,8 +2,20 @@
 
 Every error a user can cause by bad input (a config key, a database, a file) is a
 ``PlusUltraError``. Entry points print its message as one paragraph and exit non-zero,
-without a traceback; anything else is a bug and keeps its traceback.
+without a traceback; anything else is a bug and keeps its traceback. `did_you_mean` suggests
+the closest valid name for a message.
 """
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
+    """The candidate closest to ``word`` (difflib ratio >= 0.6), or None."""
+    close = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 class PlusUltraError(Exception):

@@ -45,8 +45,7 @@ from plusultra.catalogue.sweeps import (
     objective_columns,
     sweep_table,
 )
-from plusultra.cli.overrides import did_you_mean
-from plusultra.errors import PlusUltraError
+from plusultra.errors import PlusUltraError, did_you_mean
 
 VIEW = "runs"
 SWEEPS = "sweeps"

@@ -19,10 +19,9 @@ Two checks, both ending in a one-line ``plusultra: error:`` message:
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -30,17 +29,11 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from plusultra.errors import ConfigError
+from plusultra.errors import ConfigError, did_you_mean
 
 # The config tree of the `plusultra` entrypoint (run.CONF_DIR; a test checks they agree).
 CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
-
-
-def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
-    """The candidate closest to ``word`` (difflib ratio >= 0.6), or None."""
-    close = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)
-    return close[0] if close else None
 
 
 def config_keys(cfg: DictConfig) -> list[str]:
