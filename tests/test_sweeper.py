@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -165,3 +167,53 @@ def test_journal_storage_and_named_study(tmp_path):
     study = optuna.load_study(study_name="demo", storage=storage)
     assert len(study.trials) == 2 and study.direction.name == "MAXIMIZE"
     assert not (tmp_path / "optuna").exists()
+
+
+@pytest.mark.slow
+def test_real_sweep_killed_mid_way_resumes_to_its_total(tmp_path):
+    """`plusultra -m` with 3 trials, SIGKILLed during trial 1, rerun: 3 complete, none repeated."""
+    from tests.conftest import REPO, TINY
+
+    env = {**os.environ, "PLUSULTRA_OUTPUT_DIR": str(tmp_path), "PYTHONPATH": str(SRC)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "plusultra.run",
+        "-m",
+        "hydra/sweeper=plusultra_optuna",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.n_jobs=1",
+        "hydra.sweeper.sampler={_target_: optuna.samplers.RandomSampler, seed: 0}",
+        "optim.lr=tag(log, interval(1e-4, 1e-2))",
+        "d_model=choice(16, 32)",
+        *[a for a in TINY if not a.startswith("d_model=")],
+    ]
+    err = tmp_path / "killed.log"
+    with err.open("w") as sink:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=sink)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            dbs = list((tmp_path / "optuna").glob("*.db"))
+            states = [t.state for t in only_study(tmp_path).trials] if dbs else []
+            if states[:2] == [TrialState.COMPLETE, TrialState.RUNNING]:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, err.read_text()[-3000:]
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert [t.state for t in only_study(tmp_path).trials] == [
+        TrialState.COMPLETE,
+        TrialState.RUNNING,
+    ]
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    trials = only_study(tmp_path).trials
+    assert trials[1].state == TrialState.FAIL and trials[1].user_attrs[INTERRUPTED]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 3 and len(trials) == 4  # the planned total, one interrupted
+    assert complete[1].user_attrs["retry_of"] == 1 and complete[1].params == trials[1].params
+    keys = [tuple(sorted(t.params.items())) for t in complete]
+    assert len(set(keys)) == 3  # no trial repeated
