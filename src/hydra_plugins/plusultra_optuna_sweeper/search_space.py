@@ -1,8 +1,10 @@
 """Hydra sweep expressions to Optuna distributions, and trial values back to overrides.
 
-``choice(a, b)`` and ``a,b`` -> categorical; ``range(lo, hi, step)`` (hi excluded, as in Python)
--> int or stepped float; ``interval(lo, hi)`` -> float, ``tag(log, ...)`` samples it on a log
-scale and ``tag(int, ...)`` as an integer. A plain value is passed unchanged to every trial.
+``choice(a, b)`` and ``a,b`` -> categorical (a list or dict choice, e.g. a dilation schedule
+``choice([1,2,4],[1,2,4,8])``, is stored as its override text); ``range(lo, hi, step)`` (hi
+excluded, as in Python) -> int or stepped float; ``interval(lo, hi)`` -> float,
+``tag(log, ...)`` samples it on a log scale and ``tag(int, ...)`` as an integer.
+A plain value is passed unchanged to every trial.
 """
 
 from __future__ import annotations
@@ -37,13 +39,10 @@ def distribution_of(override: Override) -> BaseDistribution:
     value = override.value()
     key = override.get_key_element()
     if isinstance(value, ChoiceSweep):
-        choices = [v for v in override.sweep_iterator()]
-        for c in choices:
-            if not isinstance(c, CATEGORICAL_TYPES):
-                raise ValueError(
-                    f"hydra.sweeper.params.{key}: choice values must be scalars, got {c!r}"
-                )
-        return CategoricalDistribution(choices)
+        choices = list(override.sweep_iterator())
+        if all(isinstance(c, CATEGORICAL_TYPES) for c in choices):
+            return CategoricalDistribution(choices)
+        return CategoricalDistribution([RawText(override_text(c)) for c in choices])
     if isinstance(value, RangeSweep):
         values = list(override.sweep_iterator())
         if not values:
@@ -58,6 +57,19 @@ def distribution_of(override: Override) -> BaseDistribution:
             return IntDistribution(math.ceil(value.start), math.floor(value.end), log=log)
         return FloatDistribution(float(value.start), float(value.end), log=log)
     raise ValueError(f"hydra.sweeper.params.{key}: {override.input_line!r} is not a sweep")
+
+
+class RawText(str):
+    """A categorical value that is already override text (a list or dict), passed unquoted."""
+
+
+def override_text(value: Any) -> str:
+    """A parsed override value (scalar, list or dict) written back in Hydra's grammar."""
+    if isinstance(value, list):
+        return "[" + ",".join(override_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{override_text(v)}" for k, v in value.items()) + "}"
+    return format_value(value)
 
 
 def dict_distribution(name: str, spec: Mapping[str, Any]) -> BaseDistribution:

@@ -18,16 +18,29 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
-from optuna.distributions import BaseDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from .search_space import dict_distribution, format_value, params_lines, split_overrides
+from .search_space import (
+    RawText,
+    dict_distribution,
+    format_value,
+    params_lines,
+    split_overrides,
+)
 from .storage import default_study_name, describe, open_storage, resolve_storage
 
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted"  # user attr of a RUNNING trial found at start, marked FAIL
 DIRECTIONS = ("minimize", "maximize")
+
+
+def is_raw(distribution: BaseDistribution) -> bool:
+    """A categorical whose choices are override text (lists, dicts), not scalars."""
+    return isinstance(distribution, CategoricalDistribution) and any(
+        isinstance(c, RawText) for c in distribution.choices
+    )
 
 
 def counts_toward_total(trial: FrozenTrial) -> bool:
@@ -150,6 +163,7 @@ class PlusUltraOptunaSweeper(Sweeper):
         assert self.config is not None and self.launcher is not None
         space, fixed = self.build_space(arguments)
         study = self.open_study(arguments)
+        raw = {k for k, d in space.items() if is_raw(d)}  # list/dict choices: override text
         log.info("Search space: %s", ", ".join(f"{k}: {v}" for k, v in space.items()))
         results, ran, failed = [], 0, 0
         while True:
@@ -158,7 +172,7 @@ class PlusUltraOptunaSweeper(Sweeper):
             if left <= 0:
                 break
             trials = [study.ask(space) for _ in range(min(self.n_jobs, left))]
-            overrides = [self.trial_overrides(trial, fixed) for trial in trials]
+            overrides = [self.trial_overrides(trial, fixed, raw) for trial in trials]
             self.validate_batch_is_legal(overrides)
             returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
             self.job_idx += len(returns)
@@ -180,11 +194,13 @@ class PlusUltraOptunaSweeper(Sweeper):
         self.report(study)
         return results
 
-    def trial_overrides(self, trial: optuna.Trial, fixed: list[str]) -> list[str]:
+    def trial_overrides(self, trial: optuna.Trial, fixed: list[str], raw: set[str]) -> list[str]:
         """Fixed overrides plus every sampled value (custom search space included)."""
         if self.custom_search_space is not None:
             self.custom_search_space(self.config, trial)
-        return fixed + [f"{k}={format_value(v)}" for k, v in trial.params.items()]
+        return fixed + [
+            f"{k}={v if k in raw else format_value(v)}" for k, v in trial.params.items()
+        ]
 
     def values_of(self, value: Any, number: int) -> float | list[float]:
         """The job's return value as one float per direction."""
