@@ -41,3 +41,13 @@ def test_search_space_composes_onto_existing_keys(name):
             if hasattr(dist, "choices"):
                 overrides.append(f"{key}={dist.choices[pick]}")
         compose_config(overrides)
+
+
+def test_optim_space_fits_every_backbone():
+    """docs/sweeps.md compares backbones with hparams_search=optim: its keys exist in all."""
+    for backbone in sorted(p.stem for p in (Path(CONF_DIR) / "backbone").glob("*.yaml")):
+        cfg = compose_config(["hparams_search=optim", f"backbone={backbone}"])
+        keys = [k for k in cfg.hydra.sweeper.params if k.startswith("backbone.")]
+        assert keys
+        for key in keys:
+            assert OmegaConf.select(cfg, key, default="<missing>") != "<missing>", (backbone, key)
