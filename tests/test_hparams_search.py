@@ -51,3 +51,28 @@ def test_optim_space_fits_every_backbone():
         assert keys
         for key in keys:
             assert OmegaConf.select(cfg, key, default="<missing>") != "<missing>", (backbone, key)
+
+
+@pytest.mark.slow
+def test_optim_search_runs_end_to_end(tmp_path):
+    """`plusultra -m hparams_search=optim` with 2 trials on the tiny settings: 2 complete."""
+    import optuna
+
+    from tests.conftest import TINY, run_cli
+
+    res = run_cli(
+        ["plusultra.run", "-m", "hparams_search=optim", "hydra.sweeper.n_trials=2", *TINY],
+        tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    (db,) = (tmp_path / "optuna").glob("*.db")
+    (summary,) = optuna.get_all_study_summaries(f"sqlite:///{db}")
+    study = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{db}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert set(study.trials[0].params) == {
+        "optim.lr",
+        "optim.weight_decay",
+        "data.batch_size",
+        "backbone.dropout",
+    }
+    assert len(list((tmp_path / "catalogue").glob("*.parquet"))) == 2
