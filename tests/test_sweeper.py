@@ -168,6 +168,13 @@ def test_failed_jobs_are_told_fail_and_stop_the_sweep(tmp_path):
     assert [t.state for t in only_study(tmp_path).trials] == [TrialState.FAIL] * 2
 
 
+def test_nan_values_fail_and_count_toward_the_total(tmp_path):
+    run_app(tmp_path, "hydra.sweeper.n_trials=2", "nan=true", "hydra.sweeper.max_failure_rate=1.0")
+    trials = only_study(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2  # failed by the job: no retry
+    assert not any(t.user_attrs.get(INTERRUPTED) for t in trials)
+
+
 def test_journal_storage_and_named_study(tmp_path):
     log = tmp_path / "nfs" / "study.log"
     for _ in range(2):  # the second run finds the total reached and runs nothing

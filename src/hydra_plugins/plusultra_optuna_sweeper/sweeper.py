@@ -8,6 +8,7 @@ asks their parameters again first, and stops when the total is reached.
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -178,14 +179,20 @@ class PlusUltraOptunaSweeper(Sweeper):
             self.job_idx += len(returns)
             for trial, ret in zip(trials, returns, strict=True):
                 ran += 1
-                if ret.status == JobStatus.COMPLETED:
-                    values = self.values_of(ret.return_value, trial.number)
-                    study.tell(trial, values)
-                    results.append(values)
-                else:
-                    failed += 1
+                if ret.status != JobStatus.COMPLETED:
                     study.tell(trial, state=TrialState.FAIL)
                     log.warning("trial %d failed: %r", trial.number, ret._return_value)
+                    failed += 1
+                    continue
+                try:
+                    values = self.values_of(ret.return_value, trial.number)
+                except ValueError:
+                    study.tell(trial, state=TrialState.FAIL)  # not left RUNNING
+                    raise
+                # Optuna itself fails a trial whose value is NaN
+                told = study.tell(trial, values, skip_if_finished=False)
+                failed += told.state == TrialState.FAIL
+                results.append(values)
             if failed / ran > self.max_failure_rate:
                 raise RuntimeError(
                     f"{failed} of {ran} trials failed, above hydra.sweeper.max_failure_rate="
@@ -206,7 +213,7 @@ class PlusUltraOptunaSweeper(Sweeper):
         """The job's return value as one float per direction."""
         values = list(value) if isinstance(value, Sequence) else [value]
         if len(values) != len(self.directions) or not all(
-            isinstance(v, int | float) for v in values
+            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values
         ):
             raise ValueError(
                 f"trial {number}: the job returned {value!r}; the sweeper needs "
