@@ -175,6 +175,22 @@ def test_nan_values_fail_and_count_toward_the_total(tmp_path):
     assert not any(t.user_attrs.get(INTERRUPTED) for t in trials)
 
 
+def test_custom_search_space_and_dict_form(tmp_path):
+    run_app(
+        tmp_path,
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.n_jobs=3",
+        "hydra.sweeper.custom_search_space=space.suggest",
+        "+hydra.sweeper.search_space={w: {type: int, low: 1, high: 3}}",
+        "hydra.sweeper.sampler={_target_: optuna.samplers.RandomSampler, seed: 0}",
+    )
+    trials = only_study(tmp_path).trials
+    assert {t.params["y"] for t in trials} == {0, 1}  # both branches (seeded draws)
+    for t in trials:
+        assert ("z" in t.params) == (t.params["y"] == 1) and t.params["w"] in (1, 2, 3)
+        assert t.params.get("z", 5) in (5, 6)
+
+
 def test_journal_storage_and_named_study(tmp_path):
     log = tmp_path / "nfs" / "study.log"
     for _ in range(2):  # the second run finds the total reached and runs nothing
