@@ -1,0 +1,78 @@
+"""conf/hparams_search/*: each file composes, every swept key exists, objectives are val_*."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from hydra_plugins.plusultra_optuna_sweeper.sweeper import PlusUltraOptunaSweeper
+from plusultra.run import CONF_DIR
+from tests.conftest import compose_config
+
+FILES = sorted(p.stem for p in (Path(CONF_DIR) / "hparams_search").glob("*.yaml"))
+
+
+def test_the_planned_search_spaces_exist():
+    assert FILES == ["architecture", "optim", "risk"]
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_search_space_composes_onto_existing_keys(name):
+    cfg = compose_config([f"hparams_search={name}"])
+    assert cfg.hydra.runtime.choices["hydra/sweeper"] == "plusultra_optuna"
+    assert cfg.optimized_metric.startswith("val_")
+    sweeper_cfg = cfg.hydra.sweeper
+    assert sweeper_cfg.direction == cfg.optimized_direction  # the sweeper and the run agree
+    sweeper = PlusUltraOptunaSweeper(
+        **{k: sweeper_cfg[k] for k in sweeper_cfg if not k.startswith("_")}
+    )
+    space, fixed = sweeper.build_space([])
+    assert space, name
+    keys = list(space) + [line.split("=", 1)[0] for line in fixed]
+    for key in keys:
+        assert OmegaConf.select(cfg, key, default="<missing>") != "<missing>", f"{name}: {key}"
+    assert sweeper.build_sampler(0) is not None
+    # every sampled value must compose: the first and last choice of each categorical
+    for pick in (0, -1):
+        overrides = [f"hparams_search={name}", *fixed]
+        for key, dist in space.items():
+            if hasattr(dist, "choices"):
+                overrides.append(f"{key}={dist.choices[pick]}")
+        compose_config(overrides)
+
+
+def test_optim_space_fits_every_backbone():
+    """docs/sweeps.md compares backbones with hparams_search=optim: its keys exist in all."""
+    for backbone in sorted(p.stem for p in (Path(CONF_DIR) / "backbone").glob("*.yaml")):
+        cfg = compose_config(["hparams_search=optim", f"backbone={backbone}"])
+        keys = [k for k in cfg.hydra.sweeper.params if k.startswith("backbone.")]
+        assert keys
+        for key in keys:
+            assert OmegaConf.select(cfg, key, default="<missing>") != "<missing>", (backbone, key)
+
+
+@pytest.mark.slow
+def test_optim_search_runs_end_to_end(tmp_path):
+    """`plusultra -m hparams_search=optim` with 2 trials on the tiny settings: 2 complete."""
+    import optuna
+
+    from tests.conftest import TINY, run_cli
+
+    res = run_cli(
+        ["plusultra.run", "-m", "hparams_search=optim", "hydra.sweeper.n_trials=2", *TINY],
+        tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    (db,) = (tmp_path / "optuna").glob("*.db")
+    (summary,) = optuna.get_all_study_summaries(f"sqlite:///{db}")
+    study = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{db}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert set(study.trials[0].params) == {
+        "optim.lr",
+        "optim.weight_decay",
+        "data.batch_size",
+        "backbone.dropout",
+    }
+    assert len(list((tmp_path / "catalogue").glob("*.parquet"))) == 2
