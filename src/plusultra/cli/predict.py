@@ -53,7 +53,7 @@ def predict(
     from omegaconf import OmegaConf
 
     from plusultra.data.datasets.datamodule import SQLiteDataModule
-    from plusultra.evaluation.backtest.engine import earned_returns
+    from plusultra.evaluation.backtest.engine import MarketContext
     from plusultra.io import write_parquet_atomic
     from plusultra.models.module import ForecastModule
     from plusultra.training.predict import predictions_frame
@@ -95,8 +95,7 @@ def predict(
     backtest = instantiate(cfg.evaluation, _convert_="all")
     # the run's resolved fill timing: positions as it traded them, returns as they were earned
     mode = json.loads((run_dir / "metrics.json").read_text()).get("execution")
-    ctx = dm.context()
-    earned = dm.returns if mode is None else earned_returns(mode, ctx["open"], ctx["close"])
+    earned = dm.returns if mode is None else MarketContext(**dm.context()).earned(mode)
     preds = backtest.with_positions(
         preds, panel.dates, panel.symbols, dm.tradable, earned, execution=mode
     )

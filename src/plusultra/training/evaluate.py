@@ -13,6 +13,7 @@ Validation comes first because walk-forward refits update the model in place.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ def evaluate(
     """
     panel = datamodule.panel
     market = (panel.dates, panel.symbols, datamodule.tradable, datamodule.returns, simulator)
+    context = MarketContext(**datamodule.context())  # one set of full-calendar arrays
     val_metrics = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
     val_preds = predictions_frame(
         model,
@@ -83,7 +85,7 @@ def evaluate(
         val_preds,
         *market,
         *datamodule.segments.val,
-        context=MarketContext(**datamodule.context()),
+        context=context,
     )
 
     walked = walk.run(model, datamodule, trainer, make_trainer, initial_state, checkpoint_dir)
@@ -92,7 +94,7 @@ def evaluate(
         walked.predictions,
         *market,
         *datamodule.segments.test,
-        context=MarketContext(**datamodule.context(), refits=refits),
+        context=dataclasses.replace(context, refits=refits),
     )
     predictions = backtest.with_positions(
         walked.predictions,

@@ -61,6 +61,26 @@ class MarketContext:
     targets: np.ndarray | None = None
     label_end: int | None = None
     refits: list[tuple[int, int, int, int]] | None = None
+    _carried: dict[str, tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+
+    def carried(self, name: str) -> np.ndarray:
+        """`close` or `open` with a missing bar inside a symbol's life carrying the last price
+        (NaN outside its life), computed once per array: the model and every baseline are
+        simulated on the same fill prices. Assigning a new array recomputes it; the arrays are
+        not to be changed in place."""
+        raw = getattr(self, name)
+        cached = self._carried.get(name)
+        if cached is None or cached[0] is not raw:
+            cached = self._carried[name] = (raw, carry_prices(raw))
+        return cached[1]
+
+    def earned(self, mode: str) -> np.ndarray:
+        """(T, S) simple return a position decided at ``t`` earns under `mode`, from the
+        carried fill prices."""
+        opens = self.carried("open") if mode == "next_open" else None
+        return execution_returns(mode, opens, self.carried("close"))
 
 
 # Baseline weights on the full calendar (momentum needs history before the test segment);
@@ -144,8 +164,8 @@ def simulate(
     if not isinstance(simulator, RealisticSimulator):
         sim = simulator.run(
             weights,
-            close=carry_prices(context.close)[bars],
-            open=None if open_ is None else carry_prices(context.open)[bars],
+            close=context.carried("close")[bars],
+            open=None if open_ is None else context.carried("open")[bars],
         )
         return _Run(sim.portfolio_returns, sim.turnover, sim.gross_exposure)
     if context.volume is None or context.volatility is None:
@@ -187,13 +207,6 @@ def execution_mode(simulator, context: MarketContext) -> str:
     else:
         log.info("execution: %s", mode)
     return mode
-
-
-def earned_returns(mode: str, open_: np.ndarray | None, close: np.ndarray) -> np.ndarray:
-    """(T, S) simple return a position decided at ``t`` earns under `mode`, from fill prices with
-    a missing bar inside a symbol's life carrying its last price (NaN outside its life)."""
-    opens = carry_prices(open_) if mode == "next_open" else None
-    return execution_returns(mode, opens, carry_prices(close))
 
 
 def decision_mask(tradable: np.ndarray, lag: int) -> np.ndarray:
@@ -343,7 +356,7 @@ class Backtest:
         signal = self.signal_matrix(preds, dates, symbols)
         signal[~decide] = np.nan
         w = positions_from_signal(signal, self.method, self.gross, self.net)[lo : hi + 1]
-        earned = earned_returns(mode, context.open, context.close)  # (T, S)
+        earned = context.earned(mode)  # (T, S)
         r = earned[lo : hi + 1]
         held = (w != 0) & np.isnan(r)
         if held.any():
