@@ -202,12 +202,14 @@ class PlusUltraOptunaSweeper(Sweeper):
         return results
 
     def trial_overrides(self, trial: optuna.Trial, fixed: list[str], raw: set[str]) -> list[str]:
-        """Fixed overrides plus every sampled value (custom search space included)."""
+        """Fixed overrides, every sampled value (custom search space included), the trial's id."""
         if self.custom_search_space is not None:
             self.custom_search_space(self.config, trial)
-        return fixed + [
-            f"{k}={v if k in raw else format_value(v)}" for k, v in trial.params.items()
-        ]
+        sampled = [f"{k}={v if k in raw else format_value(v)}" for k, v in trial.params.items()]
+        # which trial the job is (its catalogue row and pruning read them); ++: any app takes them
+        study = format_value(trial.study.study_name)
+        identity = [f"++optuna.study={study}", f"++optuna.trial={trial.number}"]
+        return fixed + sampled + identity
 
     def values_of(self, value: Any, number: int) -> float | list[float]:
         """The job's return value as one float per direction."""
