@@ -1,0 +1,269 @@
+"""Sweep report of a multirun: `sweep_report.html` (self-contained) and `sweep_report.md`.
+
+`plusultra-report SWEEP_DIR`. For an Optuna sweep: the study (name, storage without password,
+directions, trials by state, search space), the optimisation history, fANOVA parameter
+importance, the Pareto front (several objectives) or the objective against its most important
+parameter (one objective), and the top trials ranked on the validation objective with their
+validation and test metrics side by side. A plain grid (`-m seed=1,2,3`) gets its jobs table
+only. Reads the sweep dir's job dirs and the study's storage (`sweep_data`); computes in
+`sweep_analysis`; plots in `sweep_plots`; this module lays out, renders and writes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from plusultra.evaluation.report import sweep_plots
+from plusultra.evaluation.report.blocks import Block, render_html, render_markdown
+from plusultra.evaluation.report.sweep_analysis import (
+    best_so_far,
+    complete_trials,
+    describe_distribution,
+    directions,
+    importance,
+    last_value,
+    objective_names,
+    pareto_front,
+    rank_trials,
+    search_space,
+    state_counts,
+)
+from plusultra.evaluation.report.sweep_data import Job, Sweep, load_sweep
+from plusultra.io import write_bytes_atomic, write_text_atomic
+
+TOP_TRIALS = 10  # default rows of the top-trials table (`plusultra-report --top`)
+SHOWN = ("sharpe", "max_drawdown", "loss", "total_return", "sortino", "rank_ic")  # val | test
+RANKING_NOTE = (
+    "Ranked on the validation objective told to the study{how}. The test columns are shown "
+    "beside it, never used to rank or select."
+)
+
+
+def _fmt(v: object) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return str(v)
+    return f"{v:.4g}"
+
+
+def shown_metrics(objectives: list[str], jobs: list[Job]) -> list[str]:
+    """Metric stems (`sharpe`, ...) shown as `val_x | test_x`: the objectives' first, then
+    SHOWN, each where some job has its val or test value."""
+    stems = [o.removeprefix("val_") for o in objectives] + list(SHOWN)
+    have = set().union(*(j.metrics for j in jobs)) if jobs else set()
+    out = []
+    for s in stems:
+        if s not in out and (f"val_{s}" in have or f"test_{s}" in have):
+            out.append(s)
+    return out
+
+
+def _pairs(stems: list[str]) -> list[str]:
+    return [f"{split}_{s}" for s in stems for split in ("val", "test")]
+
+
+def _header(sweep: Sweep) -> list[str]:
+    lines = [f"Sweep directory: {sweep.sweep_dir}", f"Sweeper: {sweep.sweeper}"]
+    done = sum(j.completed for j in sweep.jobs)
+    lines.append(f"Jobs in this directory: {len(sweep.jobs)} ({done} with metrics.json)")
+    return lines
+
+
+def _study_blocks(sweep: Sweep, top: int) -> tuple[list[str], list[Block], dict]:
+    study = sweep.study
+    names, dirs = objective_names(study, sweep.optimized_metric), directions(study)
+    counts = state_counts(study)
+    header = [
+        f"Study: {study.study_name}",
+        f"Storage: {sweep.storage}",
+        "Directions: " + ", ".join(f"{d} {n}" for d, n in zip(dirs, names, strict=True)),
+        "Trials: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
+    ]
+    blocks: list[Block] = [("h2", "Search space")]
+    space = search_space(study)
+    rows = [[k, describe_distribution(d)] for k, d in space.items()]
+    blocks.append(("table", ["parameter", "distribution"], rows) if rows else ("note", "None."))
+    plots: dict[str, tuple[str, bytes]] = {}
+    done = complete_trials(study)
+    blocks.append(("h2", "Optimisation history"))
+    if not done:
+        blocks.append(("note", "No complete trial: nothing to plot."))
+    for i, (name, d) in enumerate(zip(names, dirs, strict=True)):
+        if not done:
+            break
+        values = [t.values[i] for t in done]
+        pruned = [
+            (t.number, last_value(t))
+            for t in study.get_trials(deepcopy=False)
+            if len(names) == 1 and t.state.name == "PRUNED" and last_value(t) is not None
+        ]
+        png = sweep_plots.history(
+            [t.number for t in done], values, best_so_far(values, d), pruned, name, d
+        )
+        caption = f"{name} of each complete trial and the best so far ({d})."
+        if len(names) > 1:
+            caption += " Best so far of this objective alone, ignoring the others."
+        plots[f"history_{i}"] = (caption, png)
+        blocks.append(("img", f"history_{i}"))
+    blocks.append(("h2", "Parameter importance (fANOVA)"))
+    scores_by = []
+    for i, name in enumerate(names):
+        scores, note = importance(study, i)
+        scores_by.append(scores)
+        blocks += [("h3", name), ("note", note)]
+        if scores:
+            blocks.append(
+                ("table", ["parameter", "importance"], [[k, f"{v:.3f}"] for k, v in scores.items()])
+            )
+            plots[f"importance_{i}"] = (
+                f"fANOVA importance for {name}.",
+                sweep_plots.importance(scores, name),
+            )
+            blocks.append(("img", f"importance_{i}"))
+    front = pareto_front(study)
+    if len(names) > 1:
+        blocks.append(("h2", "Pareto front"))
+        if done:
+            points = {t.number: (t.values[0], t.values[1]) for t in done}
+            text = f"{len(front)} of {len(done)} complete trials on the front: " + ", ".join(
+                str(n) for n in sorted(front)
+            )
+            if len(names) > 2:
+                text += f". The plot shows the first two of {len(names)} objectives."
+            blocks.append(("note", text + "."))
+            plots["pareto"] = (
+                f"Validation {names[0]} ({dirs[0]}) against {names[1]} ({dirs[1]}); red: the "
+                "Pareto front (no other trial is at least as good on every objective and "
+                "better on one), labelled with trial numbers.",
+                sweep_plots.pareto(points, front, (names[0], names[1])),
+            )
+            blocks.append(("img", "pareto"))
+        else:
+            blocks.append(("note", "No complete trial: no front."))
+    else:
+        blocks.append(("h2", "Objective against the most important parameter"))
+        if scores_by[0]:
+            param = next(iter(scores_by[0]))
+            dist = space[param]
+            with_param = [t for t in done if param in t.params]
+            plots["objective_vs_param"] = (
+                f"{names[0]} of each complete trial against {param}, the parameter fANOVA "
+                "ranks first.",
+                sweep_plots.against_param(
+                    [t.params[param] for t in with_param],
+                    [t.values[0] for t in with_param],
+                    param,
+                    names[0],
+                    log=bool(getattr(dist, "log", False)),
+                    categorical=dist.__class__.__name__ == "CategoricalDistribution",
+                ),
+            )
+            blocks.append(("img", "objective_vs_param"))
+        else:
+            blocks.append(("note", "Skipped: no parameter importance to pick the parameter."))
+    blocks += _top_blocks(sweep, names, front, top)
+    return header, blocks, plots
+
+
+def _top_blocks(sweep: Sweep, names: list[str], front: set[int], top: int) -> list[Block]:
+    ranked = rank_trials(sweep.study)
+    by_trial = {j.trial: j for j in sweep.jobs if j.trial is not None}
+    stems = shown_metrics(names, sweep.jobs)
+    params = list(search_space(sweep.study))
+    multi = len(names) > 1
+    head = ["rank", "trial", "job"] + (["Pareto"] if multi else [])
+    head += [f"objective: {n}" for n in names] + params
+    head += _pairs(stems)
+    rows = []
+    for rank, t in enumerate(ranked[:top], start=1):
+        job = by_trial.get(t.number)
+        metrics = job.metrics if job is not None else {}
+        row = [str(rank), str(t.number), str(job.num) if job is not None else "elsewhere"]
+        row += (["yes" if t.number in front else ""] if multi else []) + [_fmt(v) for v in t.values]
+        row += [_fmt(t.params.get(p)) for p in params] + [
+            _fmt(metrics.get(m)) for m in _pairs(stems)
+        ]
+        rows.append(row)
+    how = (
+        "; several objectives: the Pareto front first, then by the first objective" if multi else ""
+    )
+    blocks: list[Block] = [
+        ("h2", f"Top trials (best {min(top, len(ranked))} of {len(ranked)} complete)")
+    ]
+    blocks.append(("note", RANKING_NOTE.format(how=how)))
+    if any(row[2] == "elsewhere" for row in rows):
+        blocks.append(
+            (
+                "note",
+                "job 'elsewhere': the trial ran in another invocation of the study (a "
+                "resumed sweep has one sweep dir per invocation); its metrics are in that sweep "
+                "dir and in the catalogue (optuna.study, optuna.trial).",
+            )
+        )
+    blocks.append(("table", head, rows) if rows else ("note", "No complete trial."))
+    return blocks
+
+
+def _grid_blocks(sweep: Sweep) -> list[Block]:
+    """Jobs of a sweep without a study: the overrides that differ between jobs, the metrics."""
+    keyed = [dict(o.split("=", 1) for o in j.overrides if "=" in o) for j in sweep.jobs]
+    keys = list(dict.fromkeys(k for d in keyed for k in d))
+    swept = [k for k in keys if len({d.get(k) for d in keyed}) > 1]
+    stems = shown_metrics(sweep.optimized_metric, sweep.jobs)
+    head = ["job", *swept, "status", *_pairs(stems)]
+    rows = [
+        [str(j.num), *(d.get(k, "") for k in swept)]
+        + ["completed" if j.completed else "no metrics.json"]
+        + [_fmt(j.metrics.get(m)) for m in _pairs(stems)]
+        for j, d in zip(sweep.jobs, keyed, strict=True)
+    ]
+    return [
+        (
+            "note",
+            f"Not an Optuna sweep ({sweep.sweeper}): no study, so no history, importance, "
+            "Pareto or ranking sections; every job with its validation and test metrics.",
+        ),
+        ("h2", "Jobs"),
+        ("table", head, rows),
+    ]
+
+
+def write_sweep_reports(
+    sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, top: int = TOP_TRIALS
+) -> tuple[Path, Path]:
+    """Write `sweep_report.html`, `sweep_report.md` and `sweep_report/*.png` (atomically).
+
+    Everything is computed before the first write, so bad input writes nothing.
+
+    Args:
+        sweep_dir: a multirun sweep dir (`outputs/multiruns/<date>/<time>_<id>/`).
+        out_dir: where to write (default `sweep_dir`).
+        top: rows of the top-trials table (>= 1).
+
+    Returns:
+        (sweep_report.html, sweep_report.md) paths.
+
+    Raises:
+        DataError: not a sweep dir, or its study cannot be found.
+    """
+    if top < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
+    sweep = load_sweep(sweep_dir)
+    header = _header(sweep)
+    if sweep.study is not None:
+        study_lines, blocks, plots = _study_blocks(sweep, top)
+        header = study_lines + header
+    else:
+        blocks, plots = _grid_blocks(sweep), {}
+    out = Path(out_dir) if out_dir is not None else sweep.sweep_dir
+    title = "PlusUltra sweep report"
+    page = render_html(header, blocks, plots, title)
+    links = {name: f"sweep_report/{name}.png" for name in plots}
+    text = render_markdown(header, blocks, plots, links, title)
+    for name, (_, png) in plots.items():
+        write_bytes_atomic(out / links[name], png)
+    html_path = write_text_atomic(out / "sweep_report.html", page)
+    return html_path, write_text_atomic(out / "sweep_report.md", text)
