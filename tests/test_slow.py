@@ -88,6 +88,13 @@ def test_multirun_writes_one_row_per_job(tiny_db, tmp_path):
     assert not sweeps["normal_moments_assumed"].any()  # test_skew, test_kurtosis recorded
     assert sweeps["deflated_sharpe"].between(0, 1).all()
     assert "catalogue: study " in res.stdout + res.stderr
+    # the sweep report of a plain grid: its jobs table, every table well formed
+    from tests.test_sweep_report import check_page
+
+    done = run_cli(["plusultra.cli.report", str(sweep_dir)], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (jobs,) = check_page(sweep_dir / "sweep_report.html").tables
+    assert [row[:2] for row in jobs] == [["job", "seed"], ["0", "1"], ["1", "2"]]
 
 
 def test_multirun_with_a_failing_job_records_both(tiny_db, tmp_path):

@@ -116,6 +116,11 @@ def make_sweep(root: Path, name: str, directions: list[str], trials: list[dict],
                 intermediate_values={0: last} if last is not None else None,
             )
         )
+        if not spec.get("here", True):  # ran in an earlier invocation: a catalogue row only
+            catalogue_row(
+                out / "catalogue", out / "multiruns" / "earlier" / str(num), name, num, spec
+            )
+            continue
         job = sweep / str(num)
         (job / ".hydra").mkdir(parents=True)
         overrides = [f"{k}={v}" for k, v in spec["params"].items()]
@@ -125,10 +130,37 @@ def make_sweep(root: Path, name: str, directions: list[str], trials: list[dict],
         (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
         hydra = {"hydra": {"sweeper": sweeper, "runtime": {"cwd": str(root)}}}
         (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
-        (job / "config.yaml").write_text(yaml.safe_dump({**cfg, "paths": {"output_dir": str(out)}}))
+        paths = {"output_dir": str(out), "catalogue_dir": "outputs/catalogue"}  # relative: cwd
+        (job / "config.yaml").write_text(yaml.safe_dump({**cfg, "paths": paths}))
         if spec.get("metrics") is not None:
             (job / "metrics.json").write_text(json.dumps(spec["metrics"]))
     return sweep
+
+
+def catalogue_row(catalogue: Path, run_dir: Path, name: str, num: int, spec: dict) -> None:
+    """The catalogue row a trial's job writes (as the catalogue callback builds it)."""
+    from datetime import UTC, datetime
+
+    from plusultra.catalogue.rows import build_row, new_run_id, write_row
+
+    now = datetime.now(UTC)
+    row = build_row(
+        run_id=new_run_id(),
+        run_dir=run_dir,
+        status="completed",
+        error=None,
+        started_at=now,
+        finished_at=now,
+        git_rev="test",
+        overrides=[],
+        choices={},
+        config={"optuna": {"study": name, "trial": num}},
+        metrics=spec["metrics"],
+        multirun=True,
+        job_num=num,
+        study="s",
+    )
+    write_row(catalogue, row)
 
 
 def _metrics(val_sharpe: float, test_sharpe: float, dd: float = -0.1) -> dict:
@@ -234,6 +266,28 @@ def test_importance_says_why_instead_of_failing(tmp_path):
     sweep = make_sweep(tmp_path / "b", "flat", ["minimize"], flat, "val_loss")
     scores, note = importance(load_sweep(sweep).study, 0)
     assert scores is None and "zero total variance" in note
+
+
+def test_trials_of_an_earlier_invocation_come_from_the_catalogue(tmp_path, capsys):
+    p = {"optim.lr": 1e-3, "d_model": 16, "depth": 1}
+    trials = [
+        {"params": p, "values": [0.5], "metrics": _metrics(0.5, 0.2), "here": False},
+        {"params": p, "values": [0.9], "metrics": _metrics(0.9, 0.4), "here": False},
+        {"params": p, "values": [0.7], "metrics": _metrics(0.7, 0.3)},
+    ]
+    sweep = make_sweep(tmp_path, "resumed", ["maximize"], trials, "val_sharpe")
+    assert [j.trial for j in load_sweep(sweep).jobs] == [2]
+    code, _, err = _cli(capsys, str(sweep))
+    assert code == 0, err
+    rows = top_table(check_page(sweep / "sweep_report.html"))
+    assert [(r["trial"], r["job"], r["test_sharpe"]) for r in rows] == [
+        ("1", "earlier/1", "0.4"),
+        ("2", "2", "0.3"),
+        ("0", "earlier/0", "0.2"),
+    ]
+    # without the catalogue the report still renders, naming what it could not find
+    write_sweep_reports(sweep)
+    assert "Job 'not found'" in (sweep / "sweep_report.md").read_text()
 
 
 @pytest.mark.slow  # ~5 s: a subprocess sweep of the test app

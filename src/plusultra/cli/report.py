@@ -21,11 +21,15 @@ metrics. Reads the job dirs and the study's storage. docs/sweeps.md, "Sweep repo
 from __future__ import annotations
 
 import argparse
+import logging
+import math
 import sys
 from pathlib import Path
 
 from plusultra.cli.common import fail
-from plusultra.errors import DataError
+from plusultra.errors import DataError, PlusUltraError
+
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +65,49 @@ def is_run_dir(path: Path) -> bool:
     return (path / "metrics.json").is_file() or (path / ".hydra").is_dir()
 
 
+def catalogue_jobs(sweep) -> list:
+    """Jobs of the study's trials that ran in other sweep dirs, from their catalogue rows.
+
+    A resumed study has one sweep dir per invocation; the catalogue (`paths.catalogue_dir` of
+    the sweep's jobs) has a row per trial with `optuna.study`, `optuna.trial`, `run_dir` and
+    the metrics. Nothing (and a log line) when there is no catalogue or it lacks the columns.
+    """
+    from plusultra.catalogue.query import query
+    from plusultra.evaluation.report.sweep_data import Job
+
+    here = {j.trial for j in sweep.jobs if j.trial is not None}
+    wanted = {t.number for t in sweep.study.get_trials(deepcopy=False)} - here
+    if not wanted or sweep.catalogue_dir is None or not sweep.catalogue_dir.is_dir():
+        return []
+    name = sweep.study.study_name.replace("'", "''")
+    sql = (
+        f"SELECT * FROM runs WHERE \"optuna.study\" = '{name}' AND run_dir IS NOT NULL "
+        "ORDER BY finished_at"
+    )
+    try:
+        rows = query(sweep.catalogue_dir, sql)
+    except PlusUltraError as exc:  # e.g. no row has the optuna.* columns yet
+        log.warning("no catalogue rows for the study's other trials: %s", exc)
+        return []
+    metrics = [c for c in rows.columns if c.startswith(("val_", "test_"))]
+    jobs = {}
+    for row in rows.to_dict("records"):
+        trial = row["optuna.trial"]
+        if trial is None or not math.isfinite(trial) or int(trial) not in wanted:
+            continue
+        values = {m: float(row[m]) for m in metrics if isinstance(row[m], int | float)}
+        num = row.get("job_num")
+        jobs[int(trial)] = Job(
+            num=int(num) if num is not None and math.isfinite(num) else -1,
+            run_dir=Path(row["run_dir"]),
+            overrides=str(row.get("overrides") or "").split(),
+            metrics={k: v for k, v in values.items() if math.isfinite(v)},
+            study=sweep.study.study_name,
+            trial=int(trial),
+        )
+    return list(jobs.values())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -80,8 +127,12 @@ def main(argv: list[str] | None = None) -> None:
             html_path, md_path = write_reports(path, args.out)
         elif is_sweep_dir(path):
             from plusultra.evaluation.report.sweep import TOP_TRIALS, write_sweep_reports
+            from plusultra.evaluation.report.sweep_data import load_sweep
 
-            html_path, md_path = write_sweep_reports(path, args.out, args.top or TOP_TRIALS)
+            sweep = load_sweep(path)
+            if sweep.study is not None:
+                sweep.elsewhere = catalogue_jobs(sweep)
+            html_path, md_path = write_sweep_reports(sweep, args.out, args.top or TOP_TRIALS)
         else:
             raise DataError(
                 f"{path} is neither a run dir (metrics.json, .hydra/) nor a multirun sweep dir "

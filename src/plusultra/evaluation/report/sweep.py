@@ -39,6 +39,14 @@ RANKING_NOTE = (
     "Ranked on the validation objective told to the study{how}. The test columns are shown "
     "beside it, never used to rank or select."
 )
+ELSEWHERE_NOTE = (
+    "A job named <sweep dir>/<job> ran in another invocation of the study (a resumed sweep "
+    "has one sweep dir per invocation); its metrics come from its catalogue row."
+)
+MISSING_NOTE = (
+    "Job 'not found': no job dir here and no catalogue row (optuna.study, optuna.trial) for "
+    "that trial, so its metrics are n/a."
+)
 
 
 def _fmt(v: object) -> str:
@@ -170,39 +178,38 @@ def _study_blocks(sweep: Sweep, top: int) -> tuple[list[str], list[Block], dict]
 
 def _top_blocks(sweep: Sweep, names: list[str], front: set[int], top: int) -> list[Block]:
     ranked = rank_trials(sweep.study)
-    by_trial = {j.trial: j for j in sweep.jobs if j.trial is not None}
-    stems = shown_metrics(names, sweep.jobs)
+    jobs = [*sweep.elsewhere, *sweep.jobs]  # this dir's job wins over a catalogue row
+    by_trial = {j.trial: j for j in jobs if j.trial is not None}
+    here = {id(j) for j in sweep.jobs}
+    stems = shown_metrics(names, jobs)
     params = list(search_space(sweep.study))
     multi = len(names) > 1
     head = ["rank", "trial", "job"] + (["Pareto"] if multi else [])
     head += [f"objective: {n}" for n in names] + params
     head += _pairs(stems)
-    rows = []
+    rows, other, missing = [], False, False
     for rank, t in enumerate(ranked[:top], start=1):
         job = by_trial.get(t.number)
         metrics = job.metrics if job is not None else {}
-        row = [str(rank), str(t.number), str(job.num) if job is not None else "elsewhere"]
+        if job is None:
+            where, missing = "not found", True
+        elif id(job) in here:
+            where = str(job.num)
+        else:  # from the catalogue: <its sweep dir>/<job>
+            where, other = f"{job.run_dir.parent.name}/{job.num}", True
+        row = [str(rank), str(t.number), where]
         row += (["yes" if t.number in front else ""] if multi else []) + [_fmt(v) for v in t.values]
-        row += [_fmt(t.params.get(p)) for p in params] + [
-            _fmt(metrics.get(m)) for m in _pairs(stems)
-        ]
-        rows.append(row)
-    how = (
-        "; several objectives: the Pareto front first, then by the first objective" if multi else ""
-    )
+        row += [_fmt(t.params.get(p)) for p in params]
+        rows.append(row + [_fmt(metrics.get(m)) for m in _pairs(stems)])
+    how = "; several objectives: the Pareto front first, then by the first objective"
     blocks: list[Block] = [
-        ("h2", f"Top trials (best {min(top, len(ranked))} of {len(ranked)} complete)")
+        ("h2", f"Top trials (best {min(top, len(ranked))} of {len(ranked)} complete)"),
+        ("note", RANKING_NOTE.format(how=how if multi else "")),
     ]
-    blocks.append(("note", RANKING_NOTE.format(how=how)))
-    if any(row[2] == "elsewhere" for row in rows):
-        blocks.append(
-            (
-                "note",
-                "job 'elsewhere': the trial ran in another invocation of the study (a "
-                "resumed sweep has one sweep dir per invocation); its metrics are in that sweep "
-                "dir and in the catalogue (optuna.study, optuna.trial).",
-            )
-        )
+    if other:
+        blocks.append(("note", ELSEWHERE_NOTE))
+    if missing:
+        blocks.append(("note", MISSING_NOTE))
     blocks.append(("table", head, rows) if rows else ("note", "No complete trial."))
     return blocks
 
@@ -232,14 +239,17 @@ def _grid_blocks(sweep: Sweep) -> list[Block]:
 
 
 def write_sweep_reports(
-    sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, top: int = TOP_TRIALS
+    sweep: Sweep | str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    top: int = TOP_TRIALS,
 ) -> tuple[Path, Path]:
     """Write `sweep_report.html`, `sweep_report.md` and `sweep_report/*.png` (atomically).
 
     Everything is computed before the first write, so bad input writes nothing.
 
     Args:
-        sweep_dir: a multirun sweep dir (`outputs/multiruns/<date>/<time>_<id>/`).
+        sweep: a multirun sweep dir (`outputs/multiruns/<date>/<time>_<id>/`), or one
+            loaded with `load_sweep` (and its `elsewhere` jobs filled).
         out_dir: where to write (default `sweep_dir`).
         top: rows of the top-trials table (>= 1).
 
@@ -251,7 +261,8 @@ def write_sweep_reports(
     """
     if top < 1:
         raise ValueError(f"top must be >= 1, got {top}")
-    sweep = load_sweep(sweep_dir)
+    if not isinstance(sweep, Sweep):
+        sweep = load_sweep(sweep)
     header = _header(sweep)
     if sweep.study is not None:
         study_lines, blocks, plots = _study_blocks(sweep, top)

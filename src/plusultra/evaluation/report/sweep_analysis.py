@@ -145,6 +145,8 @@ def importance(study: Study, index: int) -> tuple[dict[str, float] | None, str]:
             )
     except RuntimeError as exc:  # "zero total variance": every trial scored the same
         return None, f"fANOVA cannot rank the parameters: {exc}."
+    except ImportError as exc:  # scikit-learn is a dependency of plusultra; a broken install
+        return None, f"fANOVA needs scikit-learn, which cannot be imported: {exc}."
     note = f"fANOVA over {len(trials)} complete trials (random forest seed {FANOVA_SEED})."
     if single:
         note += (

@@ -62,6 +62,10 @@ class Sweep:
         sweeper: the sweeper's `_target_` (Hydra's BasicSweeper for a plain grid).
         study: the Optuna study (None: not an Optuna sweep).
         storage: the study's storage URL without its password.
+        catalogue_dir: the jobs' `paths.catalogue_dir` (resolved), if a job recorded it.
+        elsewhere: jobs of the study's trials that ran in another sweep dir (a resumed study
+            has one per invocation), with their metrics; the caller fills it (the CLI reads
+            them from the catalogue) and the report shows them beside this dir's jobs.
     """
 
     sweep_dir: Path
@@ -69,6 +73,8 @@ class Sweep:
     sweeper: str
     study: object | None = None  # optuna.Study
     storage: str | None = None
+    catalogue_dir: Path | None = None
+    elsewhere: list[Job] = field(default_factory=list)
 
     @property
     def optimized_metric(self) -> list[str]:
@@ -161,7 +167,7 @@ def storage_url(run_dir: Path | None, hydra: dict, study_name: str) -> str:
     """
     from hydra_plugins.plusultra_optuna_sweeper.storage import JOURNAL
 
-    cwd = Path((hydra.get("runtime") or {}).get("cwd") or ".")
+    cwd = Path((hydra.get("runtime") or {}).get("cwd") or ".")  # where the sweep ran
     storage = _resolved(run_dir, hydra, "storage")
     if storage is None:
         storage_dir = _resolved(run_dir, hydra, "storage_dir") or "."
@@ -221,13 +227,17 @@ def load_sweep(sweep_dir: str | os.PathLike) -> Sweep:
         )
     jobs = [load_job(p) for p in job_dirs(sweep_dir)]
     hydra, source = _hydra_node(sweep_dir, jobs)
+    cwd = Path((hydra.get("runtime") or {}).get("cwd") or ".")
+    paths = ((_yaml(source / "config.yaml") if source else None) or {}).get("paths") or {}
+    catalogue = paths.get("catalogue_dir")
+    catalogue_dir = _absolute(str(catalogue), cwd) if isinstance(catalogue, str) else None
     target = str((hydra.get("sweeper") or {}).get("_target_", "unknown"))
     names = {j.study for j in jobs if j.study is not None}
     if len(names) > 1:
         raise DataError(f"{sweep_dir}: jobs of several studies ({', '.join(sorted(names))})")
     optuna_sweep = bool(names) or "optuna" in target.lower()
     if not optuna_sweep:
-        return Sweep(sweep_dir, jobs, target)
+        return Sweep(sweep_dir, jobs, target, catalogue_dir=catalogue_dir)
     study_name = next(iter(names), None) or _resolved(source, hydra, "study_name")
     study_name = None if study_name is None else str(study_name)
     if study_name is None and _resolved(source, hydra, "storage") is None:
@@ -236,4 +246,5 @@ def load_sweep(sweep_dir: str | os.PathLike) -> Sweep:
             "hydra.sweeper.study_name is null, so the study's SQLite file cannot be named"
         )
     url = storage_url(source, hydra, study_name or "")
-    return Sweep(sweep_dir, jobs, target, load_study(url, study_name), describe(url))
+    study = load_study(url, study_name)
+    return Sweep(sweep_dir, jobs, target, study, describe(url), catalogue_dir)
