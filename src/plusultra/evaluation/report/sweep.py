@@ -15,6 +15,9 @@ import math
 import os
 from pathlib import Path
 
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
+
 from plusultra.evaluation.report import sweep_plots
 from plusultra.evaluation.report.blocks import Block, render_html, render_markdown
 from plusultra.evaluation.report.sweep_analysis import (
@@ -81,33 +84,42 @@ def _header(sweep: Sweep) -> list[str]:
 
 
 def _study_blocks(sweep: Sweep, top: int) -> tuple[list[str], list[Block], dict]:
+    """Header lines, blocks and plots of an Optuna sweep, in page order."""
     study = sweep.study
     names, dirs = objective_names(study, sweep.optimized_metric), directions(study)
-    counts = state_counts(study)
     header = [
         f"Study: {study.study_name}",
         f"Storage: {sweep.storage}",
         "Directions: " + ", ".join(f"{d} {n}" for d, n in zip(dirs, names, strict=True)),
-        "Trials: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
+        "Trials: " + ", ".join(f"{v} {k}" for k, v in state_counts(study).items()),
     ]
+    rows = [[k, describe_distribution(d)] for k, d in search_space(study).items()]
     blocks: list[Block] = [("h2", "Search space")]
-    space = search_space(study)
-    rows = [[k, describe_distribution(d)] for k, d in space.items()]
     blocks.append(("table", ["parameter", "distribution"], rows) if rows else ("note", "None."))
     plots: dict[str, tuple[str, bytes]] = {}
+    blocks += _history_blocks(study, names, dirs, plots)
+    scores = [_importance_blocks(study, i, name, blocks, plots) for i, name in enumerate(names)]
+    front = pareto_front(study)
+    if len(names) > 1:
+        blocks += _pareto_blocks(study, names, dirs, front, plots)
+    else:
+        blocks += _param_blocks(study, names[0], scores[0], plots)
+    blocks += _top_blocks(sweep, names, front, top)
+    return header, blocks, plots
+
+
+def _history_blocks(study, names: list[str], dirs: list[str], plots: dict) -> list[Block]:
     done = complete_trials(study)
-    blocks.append(("h2", "Optimisation history"))
+    blocks: list[Block] = [("h2", "Optimisation history")]
     if not done:
-        blocks.append(("note", "No complete trial: nothing to plot."))
+        return blocks + [("note", "No complete trial: nothing to plot.")]
+    pruned = [  # one objective: a pruned trial's last reported value is on its scale
+        (t.number, last_value(t))
+        for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+        if len(names) == 1 and last_value(t) is not None
+    ]
     for i, (name, d) in enumerate(zip(names, dirs, strict=True)):
-        if not done:
-            break
         values = [t.values[i] for t in done]
-        pruned = [
-            (t.number, last_value(t))
-            for t in study.get_trials(deepcopy=False)
-            if len(names) == 1 and t.state.name == "PRUNED" and last_value(t) is not None
-        ]
         png = sweep_plots.history(
             [t.number for t in done], values, best_so_far(values, d), pruned, name, d
         )
@@ -116,64 +128,64 @@ def _study_blocks(sweep: Sweep, top: int) -> tuple[list[str], list[Block], dict]
             caption += " Best so far of this objective alone, ignoring the others."
         plots[f"history_{i}"] = (caption, png)
         blocks.append(("img", f"history_{i}"))
-    blocks.append(("h2", "Parameter importance (fANOVA)"))
-    scores_by = []
-    for i, name in enumerate(names):
-        scores, note = importance(study, i)
-        scores_by.append(scores)
-        blocks += [("h3", name), ("note", note)]
-        if scores:
-            blocks.append(
-                ("table", ["parameter", "importance"], [[k, f"{v:.3f}"] for k, v in scores.items()])
-            )
-            plots[f"importance_{i}"] = (
-                f"fANOVA importance for {name}.",
-                sweep_plots.importance(scores, name),
-            )
-            blocks.append(("img", f"importance_{i}"))
-    front = pareto_front(study)
-    if len(names) > 1:
-        blocks.append(("h2", "Pareto front"))
-        if done:
-            points = {t.number: (t.values[0], t.values[1]) for t in done}
-            text = f"{len(front)} of {len(done)} complete trials on the front: " + ", ".join(
-                str(n) for n in sorted(front)
-            )
-            if len(names) > 2:
-                text += f". The plot shows the first two of {len(names)} objectives."
-            blocks.append(("note", text + "."))
-            plots["pareto"] = (
-                f"Validation {names[0]} ({dirs[0]}) against {names[1]} ({dirs[1]}); red: the "
-                "Pareto front (no other trial is at least as good on every objective and "
-                "better on one), labelled with trial numbers.",
-                sweep_plots.pareto(points, front, (names[0], names[1])),
-            )
-            blocks.append(("img", "pareto"))
-        else:
-            blocks.append(("note", "No complete trial: no front."))
-    else:
-        blocks.append(("h2", "Objective against the most important parameter"))
-        if scores_by[0]:
-            param = next(iter(scores_by[0]))
-            dist = space[param]
-            with_param = [t for t in done if param in t.params]
-            plots["objective_vs_param"] = (
-                f"{names[0]} of each complete trial against {param}, the parameter fANOVA "
-                "ranks first.",
-                sweep_plots.against_param(
-                    [t.params[param] for t in with_param],
-                    [t.values[0] for t in with_param],
-                    param,
-                    names[0],
-                    log=bool(getattr(dist, "log", False)),
-                    categorical=dist.__class__.__name__ == "CategoricalDistribution",
-                ),
-            )
-            blocks.append(("img", "objective_vs_param"))
-        else:
-            blocks.append(("note", "Skipped: no parameter importance to pick the parameter."))
-    blocks += _top_blocks(sweep, names, front, top)
-    return header, blocks, plots
+    return blocks
+
+
+def _importance_blocks(
+    study, i: int, name: str, blocks: list[Block], plots: dict
+) -> dict[str, float] | None:
+    """Append objective `i`'s importance (table and bars, or the reason there is none)."""
+    if i == 0:
+        blocks.append(("h2", "Parameter importance (fANOVA)"))
+    scores, note = importance(study, i)
+    blocks += [("h3", name), ("note", note)]
+    if scores:
+        rows = [[k, f"{v:.3f}"] for k, v in scores.items()]
+        blocks += [("table", ["parameter", "importance"], rows), ("img", f"importance_{i}")]
+        png = sweep_plots.importance(scores, name)
+        plots[f"importance_{i}"] = (f"fANOVA importance for {name}.", png)
+    return scores
+
+
+def _pareto_blocks(
+    study, names: list[str], dirs: list[str], front: set[int], plots: dict
+) -> list[Block]:
+    done = complete_trials(study)
+    blocks: list[Block] = [("h2", "Pareto front")]
+    if not done:
+        return blocks + [("note", "No complete trial: no front.")]
+    text = f"{len(front)} of {len(done)} complete trials on the front: "
+    text += ", ".join(str(n) for n in sorted(front))
+    if len(names) > 2:
+        text += f". The plot shows the first two of {len(names)} objectives"
+    points = {t.number: (t.values[0], t.values[1]) for t in done}
+    plots["pareto"] = (
+        f"Validation {names[0]} ({dirs[0]}) against {names[1]} ({dirs[1]}); red: the Pareto "
+        "front (no other trial is at least as good on every objective and better on one), "
+        "labelled with trial numbers.",
+        sweep_plots.pareto(points, front, (names[0], names[1])),
+    )
+    return blocks + [("note", text + "."), ("img", "pareto")]
+
+
+def _param_blocks(study, name: str, scores: dict | None, plots: dict) -> list[Block]:
+    blocks: list[Block] = [("h2", "Objective against the most important parameter")]
+    if not scores:
+        return blocks + [("note", "Skipped: no parameter importance to pick the parameter.")]
+    param = next(iter(scores))  # sorted by importance, largest first
+    dist = search_space(study)[param]
+    done = [t for t in complete_trials(study) if param in t.params]
+    png = sweep_plots.against_param(
+        [t.params[param] for t in done],
+        [t.values[0] for t in done],
+        param,
+        name,
+        log=bool(getattr(dist, "log", False)),
+        categorical=isinstance(dist, CategoricalDistribution),
+    )
+    caption = f"{name} of each complete trial against {param}, the parameter fANOVA ranks first."
+    plots["objective_vs_param"] = (caption, png)
+    return blocks + [("img", "objective_vs_param")]
 
 
 def _top_blocks(sweep: Sweep, names: list[str], front: set[int], top: int) -> list[Block]:
