@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from plusultra.catalogue.query import query
+from tests.browser import assert_renders
 from tests.conftest import REPO, TINY, run_cli
 
 pytestmark = pytest.mark.slow
@@ -64,6 +65,8 @@ def test_default_experiment_end_to_end(tmp_path):
     assert len(parser.srcs) == 5 and all(
         s.startswith("data:image/png;base64,") for s in parser.srcs
     )
+    # and in a real browser: every image decodes, every table lays out
+    assert_renders(Path(row["run_dir"]) / "report.html", min_images=5, min_tables=3)
 
 
 def test_multirun_writes_one_row_per_job(tiny_db, tmp_path):
@@ -95,6 +98,7 @@ def test_multirun_writes_one_row_per_job(tiny_db, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     (jobs,) = check_page(sweep_dir / "sweep_report.html").tables
     assert [row[:2] for row in jobs] == [["job", "seed"], ["0", "1"], ["1", "2"]]
+    assert_renders(sweep_dir / "sweep_report.html", min_images=0, min_tables=1)
 
 
 def test_multirun_with_a_failing_job_records_both(tiny_db, tmp_path):

@@ -19,6 +19,7 @@ from optuna.trial import TrialState, create_trial
 from plusultra.evaluation.report.sweep import write_sweep_reports
 from plusultra.evaluation.report.sweep_analysis import importance, pareto_front, rank_trials
 from plusultra.evaluation.report.sweep_data import load_sweep
+from tests.browser import assert_renders
 from tests.conftest import TINY, run_cli
 
 OURS = "hydra_plugins.plusultra_optuna_sweeper.sweeper.PlusUltraOptunaSweeper"
@@ -398,6 +399,7 @@ def test_real_plusultra_sweep_report(tiny_db, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     page = check_page(sweep / "sweep_report.html")
     assert len(page.images) == 3
+    assert_renders(sweep / "sweep_report.html", min_images=3, min_tables=2)  # in Chromium
     rows = top_table(page)
     assert sorted(r["job"] for r in rows) == ["0", "1", "2"]
     for r, (a, b) in itertools.product(rows, [("val_sharpe", "test_sharpe")]):
