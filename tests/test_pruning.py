@@ -60,8 +60,9 @@ def test_pruner_config():
     with pytest.raises(ValueError, match="hydra.sweeper.pruner"):
         build_pruner({"_target_": "optuna.samplers.RandomSampler"})
     with pytest.raises(ValueError, match="single-objective"):
+        directions = ["maximize", "minimize"]
         PlusUltraOptunaSweeper(
-            None, ["maximize", "minimize"], None, ".", None, 1, 1, 0.0, None, None, None, median
+            None, directions, None, ".", None, 1, 1, 0.0, None, None, None, pruner=median
         )
 
 
