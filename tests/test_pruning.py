@@ -67,7 +67,7 @@ def test_pruner_config():
 
 
 def test_sweeper_tells_pruned_counts_it_and_goes_on(tmp_path):
-    """x=0 reports 4+y+2, 4+y+1 (> 1 at epoch 1: pruned); x=2 reports y+2, y+1, y (complete)."""
+    """x=0 reports 4+y+2, 4+y+1 (> 3.5 at epoch 1: pruned); x=2 reports y+2, y+1, y (complete)."""
     run_app(
         tmp_path,
         "hydra.sweeper.n_trials=4",
