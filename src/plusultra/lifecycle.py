@@ -14,14 +14,22 @@ gets ``status=interrupted``); ``plusultra.cli.common.fail`` prints one line and 
 ``128 + signal`` (130 for SIGINT, 143 for SIGTERM). Lightning composes its own SIGTERM handler
 with ours during ``fit`` and restores ours afterwards, so the same holds inside and outside
 training. Checkpoints written before the signal stay in the run directory.
+
+A job of an Optuna sweep that its pruner stops (``optuna.TrialPruned``, see
+``plusultra.training.pruning``) ends with ``pruned.json`` in its run dir instead of
+``metrics.json``: ``{"status": "pruned", "metric", "pruned_value", "pruned_epoch", "study",
+"trial"}``, written by ``write_pruned`` before the exception leaves training; its catalogue row
+gets ``status='pruned'`` with the ``pruned_value`` and ``pruned_epoch`` columns.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,8 +39,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from plusultra.errors import ConfigError
+from plusultra.io import write_json_atomic
 
 UID_RESOLVER = "plusultra.uid"
+PRUNED_FILE = "pruned.json"  # in the run dir of a job its Optuna pruner stopped
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -166,3 +176,45 @@ def handle_signals() -> Iterator[_Handler]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def is_pruned(error: object) -> bool:
+    """Whether a job's exception is Optuna's ``TrialPruned`` (a job that never imported optuna
+    cannot have been pruned, so optuna is not imported here)."""
+    optuna = sys.modules.get("optuna")
+    return optuna is not None and isinstance(error, optuna.TrialPruned)
+
+
+def write_pruned(
+    run_dir: str | os.PathLike, metric: str, value: float, epoch: int, study: str, trial: int
+) -> Path:
+    """Write ``<run_dir>/pruned.json``: the run was stopped by its sweep's pruner.
+
+    Args:
+        run_dir: the job's output directory.
+        metric: the objective (``optimized_metric``) whose per-epoch value was reported.
+        value: its last reported value (NaN is written as null).
+        epoch: the step it was reported at (0-based epoch of the run's training).
+        study: the Optuna study; trial: the trial number in it.
+    """
+    record = {
+        "status": "pruned",
+        "metric": metric,
+        "pruned_value": float(value),  # NaN: null
+        "pruned_epoch": int(epoch),
+        "study": study,
+        "trial": int(trial),
+    }
+    return write_json_atomic(Path(run_dir) / PRUNED_FILE, record)
+
+
+def read_pruned(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The catalogue columns of a pruned run (``pruned_value``, ``pruned_epoch``) from its
+    ``pruned.json``; {} when the file is absent or unreadable."""
+    try:
+        record = json.loads((Path(run_dir) / PRUNED_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict):
+        return {}
+    return {k: record.get(k) for k in ("pruned_value", "pruned_epoch")}

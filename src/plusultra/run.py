@@ -10,6 +10,7 @@ return the validation metric a sweeper optimises. The run dir is unique and clai
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import sys
@@ -35,6 +36,7 @@ from plusultra.lifecycle import Interrupted, RunDirTaken, handle_signals
 from plusultra.models.module import ForecastModule
 from plusultra.training.evaluate import evaluate
 from plusultra.training.hparams import hyperparameters, log_summary
+from plusultra.training.pruning import ValidationBacktest, pruning_callbacks
 
 log = logging.getLogger("plusultra")
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -77,22 +79,29 @@ def train(cfg: DictConfig) -> float:
         compile=cfg.compile,
     )
     logger = build(cfg.logger)
+    backtest, simulator = build(cfg.evaluation), build(cfg.simulator)
 
-    def make_trainer(**overrides) -> L.Trainer:
-        callbacks = [build(c) for c in cfg.callbacks.values()]
+    def make_trainer(*extra: L.Callback, **overrides) -> L.Trainer:
+        callbacks = [build(c) for c in cfg.callbacks.values()] + list(extra)
         return build(cfg.trainer, **({"logger": logger, "callbacks": callbacks} | overrides))
 
+    in_trial = cfg.optuna.trial is not None  # a job of an Optuna sweep: its storage and pruner
+    sweeper = OmegaConf.to_container(hc.sweeper, resolve=True) if in_trial else {}
+    pruning = pruning_callbacks(  # [] unless a pruned Optuna sweep launched this job
+        cfg.optuna.study, cfg.optuna.trial, sweeper, cfg.optimized_metric, run_dir,
+        hc.runtime.cwd, ValidationBacktest(backtest, simulator),
+    )  # fmt: skip
     walk = build(cfg.walk_forward)
     initial = copy.deepcopy(model.state_dict()) if walk.refits and not walk.warm_start else None
-    stages = build(cfg.curriculum).run(model, datamodule, make_trainer)
+    stages = build(cfg.curriculum).run(model, datamodule, functools.partial(make_trainer, *pruning))
     evaluated = evaluate(
         model,
         datamodule,
         stages[-1].trainer,
         make_trainer,
         walk,
-        build(cfg.evaluation),
-        build(cfg.simulator),
+        backtest,
+        simulator,
         initial,
         run_dir / "checkpoints",
     )

@@ -40,6 +40,9 @@ class PlusUltraOptunaSweeperConf:
     custom_search_space: str | None = None
     # {override key: sweep expression}: choice(...), range(...), interval(...), tag(log, ...)
     params: Any = None
+    # {_target_: optuna.pruners.<Class>, ...}: jobs report each validation epoch and a job the
+    # pruner stops ends its trial PRUNED; null: no pruning (NopPruner)
+    pruner: Any = None
 
 
 ConfigStore.instance().store(

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from .job import build_pruner
 from .search_space import (
     RawText,
     dict_distribution,
@@ -67,6 +68,7 @@ class PlusUltraOptunaSweeper(Sweeper):
         search_space: Any,
         custom_search_space: str | None,
         params: Any,
+        pruner: Any = None,
     ) -> None:
         directions = (
             list(direction)
@@ -80,6 +82,12 @@ class PlusUltraOptunaSweeper(Sweeper):
             raise ValueError(f"hydra.sweeper: n_trials ({n_trials}) and n_jobs ({n_jobs}) >= 1")
         if not 0.0 <= max_failure_rate <= 1.0:
             raise ValueError(f"hydra.sweeper.max_failure_rate: {max_failure_rate} not in [0, 1]")
+        self.pruner_cfg = OmegaConf.to_container(pruner) if OmegaConf.is_config(pruner) else pruner
+        if self.pruner_cfg is not None and len(directions) > 1:
+            raise ValueError(
+                "hydra.sweeper.pruner: Optuna prunes single-objective studies only; "
+                "set it to null for a list of directions"
+            )
         self.sampler_cfg = sampler
         self.directions = [str(d) for d in directions]
         self.storage, self.storage_dir = storage, storage_dir
@@ -141,6 +149,7 @@ class PlusUltraOptunaSweeper(Sweeper):
             study_name=name,
             storage=storage,
             sampler=self.build_sampler(len(stored)),
+            pruner=build_pruner(self.pruner_cfg),  # the jobs build the same one (job.py)
             directions=self.directions,
             load_if_exists=True,
         )
@@ -179,6 +188,12 @@ class PlusUltraOptunaSweeper(Sweeper):
             self.job_idx += len(returns)
             for trial, ret in zip(trials, returns, strict=True):
                 ran += 1
+                if isinstance(ret._return_value, optuna.TrialPruned):
+                    # the job's pruner stopped it: Optuna keeps its last reported value; it
+                    # counts toward n_trials and is not a failure
+                    told = study.tell(trial, state=TrialState.PRUNED)
+                    log.info("trial %d pruned (last value %s)", trial.number, told.value)
+                    continue
                 if ret.status != JobStatus.COMPLETED:
                     study.tell(trial, state=TrialState.FAIL)
                     log.warning("trial %d failed: %r", trial.number, ret._return_value)

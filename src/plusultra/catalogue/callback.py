@@ -15,7 +15,9 @@ relative path is taken relative to the directory ``plusultra`` was launched from
 
 Per job it writes ``<output dir>/run_id.txt`` at job start and
 ``<catalogue_dir>/<run_id>.parquet`` at job end (see ``plusultra.catalogue.rows``); a job ended
-by SIGINT/SIGTERM (``plusultra.lifecycle.Interrupted``) gets ``status='interrupted'``. A
+by SIGINT/SIGTERM (``plusultra.lifecycle.Interrupted``) gets ``status='interrupted'``; a job its
+Optuna pruner stopped (``optuna.TrialPruned``) gets ``status='pruned'``, no error, and the
+``pruned_value`` and ``pruned_epoch`` columns read from its ``pruned.json``. A
 multirun job's row carries its ``study``: the ``sweep_name`` config key, else the invocation's
 overrides minus the swept ones (read at multirun start), else the sweep directory. At the end of
 a multirun it logs one line on the study's best trial by its validation objective
@@ -52,7 +54,7 @@ from plusultra.catalogue.rows import (
 )
 from plusultra.catalogue.sweeps import summary_line
 from plusultra.data.datasets.statistics import with_dataset_statistics
-from plusultra.lifecycle import Interrupted
+from plusultra.lifecycle import Interrupted, is_pruned, read_pruned
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +256,12 @@ class CatalogueCallback(Callback):
             str(output_dir), (new_run_id(finished), finished, None)
         )
 
+        pruned: dict[str, Any] = {}  # pruned_value, pruned_epoch of a pruned trial
         if job_return.status == JobStatus.COMPLETED:
             status, error = "completed", None
+        elif is_pruned(job_return._return_value):  # not an error: the sweep stopped it early
+            status, error, pruned = "pruned", None, read_pruned(output_dir)
+            mark_recorded(job_return._return_value)
         else:
             exc = job_return._return_value  # .return_value would re-raise it
             status = "interrupted" if isinstance(exc, Interrupted) else "failed"
@@ -294,7 +300,7 @@ class CatalogueCallback(Callback):
             overrides=[str(o) for o in (overrides or [])],
             choices=choices,
             config=with_dataset_statistics(job_config(config), output_dir),  # n_symbols, dates..
-            metrics=metrics,
+            metrics={**metrics, **pruned},
             multirun=multirun,
             job_num=None if job_num is None else int(job_num),
             study=study,

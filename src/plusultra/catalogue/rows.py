@@ -3,7 +3,8 @@
 A row is a plain ``dict[str, object]`` with, in this column order:
 
 1. Core columns (always present, fixed types, see ``CORE_COLUMNS``): ``run_id``, ``run_dir``,
-   ``status`` (``'completed'`` | ``'failed'`` | ``'interrupted'``: ended by SIGINT/SIGTERM),
+   ``status`` (``'completed'`` | ``'failed'`` | ``'interrupted'``: ended by SIGINT/SIGTERM |
+   ``'pruned'``: stopped by its Optuna sweep's pruner, see ``plusultra.training.pruning``),
    ``error`` (``"ExceptionType: message"`` or null), ``started_at``/``finished_at`` (UTC
    timestamps), ``duration_s``, ``git_revision``, ``overrides`` (task overrides joined by one
    space), ``multirun``, ``job_num``, ``study`` (the study a multirun job belongs to, see
@@ -70,7 +71,7 @@ CORE_COLUMNS: dict[str, pa.DataType] = {
 }
 """Columns every row has, with their parquet types."""
 
-STATUSES = ("completed", "failed", "interrupted")
+STATUSES = ("completed", "failed", "interrupted", "pruned")
 RUN_ID_PATTERN = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")
 _SAFE_FILE_STEM = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1

@@ -74,19 +74,7 @@ def evaluate(
     market = (panel.dates, panel.symbols, datamodule.tradable, datamodule.returns, simulator)
     context = MarketContext(**datamodule.context())  # one set of full-calendar arrays
     val_metrics = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
-    val_preds = predictions_frame(
-        model,
-        datamodule.inference_dataset("val"),
-        panel.dates,
-        panel.symbols,
-        datamodule.norm.target_scale,
-    )
-    val = backtest.run(
-        val_preds,
-        *market,
-        *datamodule.segments.val,
-        context=context,
-    )
+    val = validation_backtest(model, datamodule, backtest, simulator, context)
 
     walked = walk.run(model, datamodule, trainer, make_trainer, initial_state, checkpoint_dir)
     refits = [(f.fit_lo, f.fit_hi, f.lo, f.hi) for f in walked.blocks]
@@ -105,3 +93,27 @@ def evaluate(
         execution=test.execution,  # the positions exactly as traded
     )
     return Evaluation(val_metrics, val, test, walked, predictions)
+
+
+def validation_backtest(
+    model: L.LightningModule,
+    datamodule,
+    backtest: Backtest,
+    simulator,
+    context: MarketContext,
+    progress: bool = True,
+) -> BacktestResult:
+    """ONE inference pass over the whole validation segment with the model's current weights,
+    backtested with the run's Backtest and simulator (baselines included): the ``val_*``
+    backtest metrics of a run, and each epoch's pruning value (``training.pruning``)."""
+    panel = datamodule.panel
+    preds = predictions_frame(
+        model,
+        datamodule.inference_dataset("val"),
+        panel.dates,
+        panel.symbols,
+        datamodule.norm.target_scale,
+        progress=progress,
+    )
+    market = (panel.dates, panel.symbols, datamodule.tradable, datamodule.returns, simulator)
+    return backtest.run(preds, *market, *datamodule.segments.val, context=context)

@@ -60,12 +60,18 @@ def flat_metrics(
     out = {"val_loss": float(val_loss), "test_loss": float(test_loss)}
     out["execution"] = result.execution
     for split, res in (("val", val_result), ("test", result)):
-        if res is None:
-            continue
-        out.update({f"{split}_{k}": _value(v) for k, v in res.metrics.items()})
-        for name, metrics in res.baselines.items():
-            out.update({f"{split}_{name}_{k}": _value(v) for k, v in metrics.items()})
+        if res is not None:
+            out.update(segment_metrics(split, res))
     out.update({k: float(v) for k, v in extra.items()})
+    return out
+
+
+def segment_metrics(split: str, result: BacktestResult) -> dict[str, float | str]:
+    """One segment's backtest metrics as `split_metric` (val_sharpe) and its baselines' as
+    `split_baseline_metric` (val_buyhold_sharpe)."""
+    out = {f"{split}_{k}": _value(v) for k, v in result.metrics.items()}
+    for name, metrics in result.baselines.items():
+        out.update({f"{split}_{name}_{k}": _value(v) for k, v in metrics.items()})
     return out
 
 
