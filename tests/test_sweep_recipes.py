@@ -75,7 +75,7 @@ def test_four_trial_backbone_sweep_end_to_end(tmp_path):
             "val_sharpe, test_sharpe, status FROM runs ORDER BY trial"
         ).df()
         best = con.sql("SELECT run_id, objective FROM sweeps WHERE is_best").df()
-        objective = con.sql("SELECT max(val_sharpe) FROM runs").fetchone()[0]
+        objective = con.execute("SELECT max(val_sharpe) FROM runs").fetchone()[0]
     finally:
         con.close()
     assert list(rows["trial"]) == [0, 1, 2, 3]
@@ -96,6 +96,6 @@ def test_four_trial_backbone_sweep_end_to_end(tmp_path):
     compact(tmp_path / "catalogue")
     con = connect(tmp_path / "catalogue")
     try:
-        assert con.sql("SELECT count(*) FROM runs").fetchone()[0] == 4
+        assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 4
     finally:
         con.close()

@@ -249,7 +249,7 @@ def sweep(tmp: Path) -> dict[str, float]:
     )
     con = connect(tmp / "sweep" / "catalogue")
     try:
-        done = con.sql("SELECT count(*) FROM runs WHERE status = 'completed'").fetchone()[0]
+        done = con.execute("SELECT count(*) FROM runs WHERE status = 'completed'").fetchone()[0]
     finally:
         con.close()
     assert done == 4, f"the sweep completed {done} trials, not 4"
