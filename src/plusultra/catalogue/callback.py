@@ -43,6 +43,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
+from plusultra.catalogue.compact import maybe_compact
 from plusultra.catalogue.query import SWEEPS, connect
 from plusultra.catalogue.rows import (
     build_row,
@@ -240,6 +241,7 @@ class CatalogueCallback(Callback):
         try:
             path = self._record(config, job_return)
             log.info("catalogue: recorded %s", path)
+            maybe_compact(path.parent)  # once AUTO_COMPACT_FILES row files pile up
         except Exception as exc:  # noqa: BLE001 - never mask the run's own result or error
             log.warning(
                 "catalogue: could not record this run: %s: %s",

@@ -1,10 +1,12 @@
 """Query the run catalogue with DuckDB.
 
 ``connect`` opens an in-memory DuckDB connection with a view ``runs`` over every
-``<catalogue_dir>/*.parquet`` file, read with ``union_by_name=true`` so rows with different
-column sets line up (a column absent from a run is NULL there; a column that is an int in one
-run and a float in another is DOUBLE). Timestamps are shown in UTC. When the directory holds
-no parquet file yet, ``runs`` still exists with the core columns and no rows.
+``<catalogue_dir>/*.parquet`` file (one-row files and compacted ones, see
+``plusultra.catalogue.compact``; one row per ``run_id``), read with ``union_by_name=true`` so
+rows with different column sets line up (a column absent from a run is NULL there; a column
+that is an int in one run and a float in another is DOUBLE). Timestamps are shown in UTC.
+When the directory holds no parquet file yet, ``runs`` still exists with the core columns and
+no rows.
 
 Column names with dots or slashes must be double-quoted in SQL::
 
@@ -38,6 +40,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
+from plusultra.catalogue.compact import DEDUPE
 from plusultra.catalogue.rows import CORE_COLUMNS
 from plusultra.catalogue.sweeps import (
     INPUT_COLUMNS,
@@ -149,8 +152,10 @@ def connect(catalogue_dir: str | os.PathLike) -> duckdb.DuckDBPyConnection:
                 source = "[" + ", ".join(_sql_str(str(f)) for f in files) + "]"
             else:
                 source = _sql_str(str(directory / "*.parquet"))
+            # one row per run id: a compaction in progress has a row in two files (compact.py)
             con.execute(
                 f"CREATE VIEW {VIEW} AS SELECT * FROM read_parquet({source}, union_by_name = true)"
+                f" {DEDUPE}"
             )
         else:
             columns = ", ".join(

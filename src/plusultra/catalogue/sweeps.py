@@ -296,10 +296,9 @@ def sweep_table(runs: pd.DataFrame) -> pd.DataFrame:
     trials["n_trials"] = groups.transform("size").astype("Int64")
     trials["n_sweeps"] = trials.groupby("study")["sweep_dir"].transform("nunique").astype("Int64")
     trials["sharpe_variance"] = groups.transform("var").fillna(0.0)  # ddof=1; 0 when N = 1
-    sr0 = [
-        expected_max_sharpe(int(n), float(v))
-        for n, v in zip(trials["n_trials"], trials["sharpe_variance"], strict=True)
-    ]
+    pairs = list(zip(trials["n_trials"], trials["sharpe_variance"], strict=True))
+    per_study = {(n, v): expected_max_sharpe(int(n), float(v)) for n, v in set(pairs)}
+    sr0 = [per_study[pair] for pair in pairs]  # the same for every trial of a study
     trials["expected_max_sharpe"] = np.asarray(sr0) * np.sqrt(trials["periods_per_year"])
     trials["deflated_sharpe"] = [
         _dsr(sr, int(n), v, t, sk, ku)

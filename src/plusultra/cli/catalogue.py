@@ -11,12 +11,15 @@ import sys
 import tempfile
 import textwrap
 
+import duckdb
 import pandas as pd
 
+from plusultra.catalogue.compact import compact, count_row_files
 from plusultra.catalogue.query import (
     QUERIES_DIR,
     CatalogueError,
     catalogue_files,
+    one_paragraph,
     query,
     saved_queries,
     saved_query,
@@ -151,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the same as --format csv|parquet, usually with --out FILE",
     )
     parser.add_argument(
+        "--compact",
+        action="store_true",
+        help="merge the catalogue's row files into one parquet file (fast queries on large "
+        "catalogues; safe while jobs run) and exit; jobs also do it once 256 files pile up",
+    )
+    parser.add_argument(
         "--out",
         metavar="FILE",
         type=pathlib.Path,
@@ -283,6 +292,30 @@ def _write(path: pathlib.Path, df: pd.DataFrame, fmt: str) -> None:
         raise CatalogueError(f"could not write {path}: {exc.strerror or exc}") from exc
 
 
+def _compact(args: argparse.Namespace, catalogue: pathlib.Path) -> int:
+    """``--compact``: merge the row files and say what happened."""
+    if args.sql is not None or args.query is not None or args.out is not None:
+        raise CatalogueError("--compact takes no query, --query or --out")
+    if not catalogue.is_dir():
+        raise CatalogueError(f"catalogue directory {catalogue} does not exist")
+    before = count_row_files(catalogue)
+    try:
+        merged = compact(catalogue)
+    except duckdb.Error as exc:
+        raise CatalogueError(
+            f"could not compact {catalogue} (nothing was deleted): {one_paragraph(str(exc))}"
+        ) from exc
+    if merged is None:
+        print(
+            f"{PROG}: nothing to compact in {catalogue} ({before} file(s), or another "
+            "process is compacting it)",
+            file=sys.stderr,
+        )
+    else:
+        print(f"{PROG}: compacted {before} files into {merged}", file=sys.stderr)
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.list_queries or args.query == "":
         if args.sql is not None:
@@ -293,6 +326,8 @@ def _run(args: argparse.Namespace) -> int:
         raise CatalogueError("give either SQL or --query NAME, not both")
     fmt = _format(args)
     catalogue = args.catalogue if args.catalogue is not None else default_catalogue_dir()
+    if args.compact:
+        return _compact(args, catalogue)
     if not catalogue_files(catalogue):
         raise CatalogueError(
             f"the catalogue in {catalogue} is empty (no *.parquet files); a row is written "
