@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -11,7 +16,7 @@ from optuna.trial import TrialState
 
 from plusultra.errors import ConfigError
 from plusultra.lifecycle import RunDirCallback, RunDirTaken, check_no_ddp_in_multirun
-from tests.conftest import TINY, compose_config, run_cli
+from tests.conftest import REPO, TINY, compose_config, run_cli
 
 # Two trials of the default experiment, shrunk, on the plusultra_optuna sweeper.
 SWEEP = [
@@ -138,7 +143,7 @@ def test_joblib_sweep_runs_trials_in_parallel_processes(tiny_db, tmp_path, launc
         tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Joblib.Parallel(n_jobs=2" in proc.stderr
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr  # Hydra logs to stdout
     check_sweep(tmp_path)
 
 
@@ -159,3 +164,70 @@ def test_submitit_local_sweep_completes_both_trials(tiny_db, tmp_path):
     check_sweep(tmp_path)
     (sweep_dir,) = (tmp_path / "multiruns").glob("*/*")
     assert (sweep_dir / ".submitit").is_dir()  # the jobs went through submitit
+
+
+# A Hydra app that records which process ran each job and which GPUs that process could see.
+GPU_APP = """
+import json, os, time
+from pathlib import Path
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+@hydra.main(version_base="1.3", config_path=None, config_name=None)
+def main(cfg):
+    seen = {"pid": os.getpid(), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "x": cfg.x}
+    Path(HydraConfig.get().runtime.output_dir, "gpu.json").write_text(json.dumps(seen))
+    time.sleep(0.5)  # long enough for both workers to take jobs
+    return 0.0
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def run_gpu_app(tmp_path: Path, *overrides: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """Sweep the app over x=1..4 with hydra/launcher=joblib_gpus; returns each job's record."""
+    app = tmp_path / "gpu_app.py"
+    app.write_text(GPU_APP)
+    cmd = [
+        sys.executable,
+        str(app),
+        "-m",
+        "+x=1,2,3,4",
+        "hydra/launcher=joblib_gpus",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        f"hydra.launcher.lock_dir={tmp_path / 'locks'}",
+        *overrides,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    jobs = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/gpu.json"))]
+    return proc, jobs
+
+
+@pytest.mark.slow
+def test_joblib_gpus_gives_each_worker_its_own_gpu(tmp_path):
+    proc, jobs = run_gpu_app(tmp_path, "hydra.launcher.gpus=[7,9]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(j["x"] for j in jobs) == [1, 2, 3, 4]
+    gpu_of = {}
+    for job in jobs:
+        assert gpu_of.setdefault(job["pid"], job["gpu"]) == job["gpu"]  # a worker keeps its GPU
+    assert set(gpu_of.values()) <= {"7", "9"}
+    assert len(set(gpu_of.values())) == len(gpu_of)  # two workers never share one
+
+
+@pytest.mark.slow
+def test_joblib_gpus_waits_for_gpus_other_sweeps_hold(tmp_path):
+    (tmp_path / "locks").mkdir()
+    with open(tmp_path / "locks" / "gpu-7.lock", "w") as held:  # another sweep's worker
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc, jobs = run_gpu_app(tmp_path, "hydra.launcher.gpus=[7,9]", "hydra.launcher.n_jobs=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [j["gpu"] for j in jobs] == ["9"] * 4
+
+
+def test_joblib_gpus_refuses_more_workers_than_gpus(tmp_path):
+    proc, jobs = run_gpu_app(tmp_path, "hydra.launcher.gpus=[7,9]", "hydra.launcher.n_jobs=3")
+    assert proc.returncode != 0 and jobs == []
+    assert "hydra.launcher.n_jobs=3 with 2 GPU(s)" in proc.stderr
