@@ -231,3 +231,13 @@ def test_joblib_gpus_refuses_more_workers_than_gpus(tmp_path):
     proc, jobs = run_gpu_app(tmp_path, "hydra.launcher.gpus=[7,9]", "hydra.launcher.n_jobs=3")
     assert proc.returncode != 0 and jobs == []
     assert "hydra.launcher.n_jobs=3 with 2 GPU(s)" in proc.stderr
+
+
+def test_ray_cluster_config_joins_a_cluster_with_one_gpu_per_trial():
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher")  # the `ray` extra
+    launcher = compose_config(["hydra/launcher=ray_cluster"]).hydra.launcher
+    assert launcher._target_.endswith("RayLauncher")
+    assert launcher.ray.init.address == "auto"
+    assert launcher.ray.init.object_store_memory is None  # ray refuses it when joining
+    assert launcher.ray.remote.num_gpus == 1
+    assert "PLUSULTRA_OUTPUT_DIR" in launcher.ray.init.runtime_env.env_vars

@@ -183,9 +183,9 @@ def check_no_ddp_in_multirun(trainer: Mapping[str, Any], multirun: bool) -> None
         raise ConfigError(
             f"trainer.strategy={name} with trainer.devices={trainer.get('devices')} "
             f"(trainer.num_nodes={nodes}) under -m: Lightning would relaunch the whole multirun "
-            "in every DDP rank. Sweep with one trial per GPU instead (trainer.devices=1, and "
-            "hydra/launcher=submitit_slurm with gpus_per_node=1, or several GPU workers): "
-            "docs/sweeps.md, 'One trial per GPU'"
+            "in every DDP rank. Sweep with one trial per GPU instead: trainer.devices=1 with "
+            "hydra/launcher=joblib_gpus (one host) or hydra/launcher=submitit_slurm "
+            "hydra.launcher.gpus_per_node=1 (docs/sweeps.md, 'One trial per GPU')"
         )
 
 

@@ -1,12 +1,13 @@
 """Each joblib worker process holds one GPU for its lifetime and sees only that one.
 
 A worker takes an exclusive ``flock`` on ``<lock_dir>/gpu-<id>.lock`` for the first free GPU
-before its first job, then sets ``CUDA_VISIBLE_DEVICES=<id>`` (with ``CUDA_DEVICE_ORDER=
-PCI_BUS_ID``, nvidia-smi's numbering) before anything initialises CUDA, so a job that asks for
-one device gets that GPU. loky reuses its workers from batch to batch, and a process cannot
-change its visible devices once CUDA is up, so the lock is kept until the worker exits (the
-kernel releases it, also on a crash). Workers of another sweep on the same host use the same
-lock files, so they wait for a free GPU instead of sharing one.
+before its first job, then sets ``CUDA_VISIBLE_DEVICES=<id>`` before anything initialises CUDA,
+so a job that asks for one device gets that GPU. Ids are CUDA's numbering; when they come from
+nvidia-smi, ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` (unless set) makes CUDA number them the same way.
+loky reuses its workers from batch to batch, and a process cannot change its visible devices
+once CUDA is up, so the lock is kept until the worker exits (the kernel releases it, also on a
+crash). Workers of another sweep on the same host use the same lock files, so they wait for a
+free GPU instead of sharing one.
 """
 
 from __future__ import annotations
@@ -72,14 +73,13 @@ def claim_gpu(gpus: Sequence[str], lock_dir: str, poll_s: float = 2.0) -> str:
     while True:
         for gpu in gpus:
             path = Path(lock_dir) / f"gpu-{re.sub(r'[^A-Za-z0-9_.-]', '_', gpu)}.lock"
-            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
+            fd = os.open(path, os.O_CREAT | os.O_RDONLY, 0o666)  # flock needs no write access
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
                 continue
             os.environ[HELD] = f"{os.getpid()}:{gpu}"  # fd left open: the lock lives with us
-            os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
             os.environ["CUDA_VISIBLE_DEVICES"] = gpu
             log.info("worker %d holds GPU %s", os.getpid(), gpu)
             return gpu
@@ -108,6 +108,8 @@ class GpuJoblibLauncher(JoblibLauncher):
         """Run the batch on ``n_jobs`` workers, one GPU each (as ``_core.launch`` otherwise)."""
         assert self.config is not None and self.task_function is not None
         assert self.hydra_context is not None
+        if self.gpus is None and "CUDA_VISIBLE_DEVICES" not in os.environ:
+            os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # nvidia-smi's numbering
         gpus = list_gpus(self.gpus)
         if not gpus:
             raise ValueError(
