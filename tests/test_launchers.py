@@ -135,11 +135,28 @@ def test_ddp_multirun_cli_exits_2_with_one_line(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", ["joblib", "parallel"])
-def test_joblib_sweep_runs_trials_in_parallel_processes(tiny_db, tmp_path, launcher):
-    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+@pytest.mark.parametrize(
+    ("launcher", "extra"),
+    [
+        pytest.param("joblib", ["hydra.launcher.n_jobs=2"], id="joblib"),
+        pytest.param("parallel", [], id="parallel"),
+        # fake GPU ids on a CPU run (hardware=cpu never touches CUDA): the plumbing end to end
+        pytest.param(
+            "joblib_gpus",
+            ["hydra.launcher.gpus=[7,9]", "hydra.launcher.lock_dir={tmp}/locks"],
+            id="joblib_gpus",
+        ),
+    ],
+)
+def test_joblib_sweep_runs_trials_in_parallel_processes(tiny_db, tmp_path, launcher, extra):
     proc = run_cli(
-        [*SWEEP, f"hydra/launcher={launcher}", *extra, "data=sqlite", f"data.path={tiny_db}"],
+        [
+            *SWEEP,
+            f"hydra/launcher={launcher}",
+            *(e.format(tmp=tmp_path) for e in extra),
+            "data=sqlite",
+            f"data.path={tiny_db}",
+        ],
         tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
