@@ -20,6 +20,10 @@ A job of an Optuna sweep that its pruner stops (``optuna.TrialPruned``, see
 ``metrics.json``: ``{"status": "pruned", "metric", "pruned_value", "pruned_epoch", "study",
 "trial"}``, written by ``write_pruned`` before the exception leaves training; its catalogue row
 gets ``status='pruned'`` with the ``pruned_value`` and ``pruned_epoch`` columns.
+
+``check_no_ddp_in_multirun`` refuses a multirun whose trainer would start Lightning DDP with
+subprocesses: Lightning relaunches each extra rank with this process's command line, ``-m`` and
+sweep included, so every rank would run the whole sweep (docs/sweeps.md, "One trial per GPU").
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +92,8 @@ def claim_dir(path: str | os.PathLike, key: str) -> Path:
 
 
 class RunDirTaken(BaseException):
-    """Carries the ``ConfigError`` of ``claim_dir`` out of a Hydra callback.
+    """Carries the ``ConfigError`` of ``claim_dir`` (or of ``check_no_ddp_in_multirun``) out of
+    a Hydra callback.
 
     A BaseException because Hydra turns an ``Exception`` raised by a callback into a warning
     and goes on; ``plusultra.run.main`` unwraps it (``error``) and reports it as bad input.
@@ -111,7 +116,14 @@ class RunDirCallback(Callback):
         self._claim(config, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Resolve ``hydra.sweep.dir`` and create it exclusively; jobs get subdirs inside."""
+        """Refuse DDP in a multirun, then resolve ``hydra.sweep.dir`` and create it exclusively;
+        jobs get subdirs inside."""
+        trainer = OmegaConf.select(config, "trainer", default=None)
+        if isinstance(trainer, DictConfig):  # before the sweep dir, study or any trial exists
+            try:
+                check_no_ddp_in_multirun(OmegaConf.to_container(trainer), multirun=True)
+            except ConfigError as exc:
+                raise RunDirTaken(exc) from None
         self._claim(config, "hydra.sweep.dir")
 
     @staticmethod
@@ -123,6 +135,68 @@ class RunDirCallback(Callback):
             claim_dir(str(OmegaConf.select(config, key)), key)
         except ConfigError as exc:
             raise RunDirTaken(exc) from None
+
+
+# Lightning strategies that start their extra ranks without re-running the command line
+# (multiprocessing spawn / fork); every other multi-device strategy does re-run it.
+NO_RELAUNCH = ("spawn", "fork", "notebook")
+
+
+def device_count(devices: Any, accelerator: Any) -> int:
+    """How many devices a Lightning ``Trainer(devices=..., accelerator=...)`` would use.
+
+    ``-1`` / ``"auto"`` on an accelerator other than ``cpu`` count the visible CUDA devices.
+    """
+    if isinstance(devices, list | tuple):
+        return len(devices)
+    text = str(devices).strip()
+    if text in ("-1", "auto"):
+        if str(accelerator) == "cpu":
+            return 1
+        import torch
+
+        return torch.cuda.device_count()
+    if "," in text:
+        return len([d for d in text.split(",") if d.strip()])
+    return int(text) if text.lstrip("-").isdigit() else 1
+
+
+def check_no_ddp_in_multirun(trainer: Mapping[str, Any], multirun: bool) -> None:
+    """Refuse a multirun job whose trainer would launch DDP ranks as new processes.
+
+    Lightning (2.6, ``_SubprocessScriptLauncher``) starts each extra rank as
+    ``python <sys.argv>``: inside ``plusultra -m`` that command is the whole multirun, so every
+    rank would start its own sweep (and, with the Optuna sweeper, ask its own trials).
+    Lightning issue: https://github.com/Lightning-AI/pytorch-lightning/pull/15737 (multirun
+    support removed), fix pending in https://github.com/Lightning-AI/pytorch-lightning/pull/18175.
+
+    Args:
+        trainer: the ``trainer`` config node (``devices``, ``accelerator``, ``num_nodes``,
+            ``strategy``; missing keys take Lightning's defaults).
+        multirun: whether the job is part of a Hydra multirun (``-m``).
+
+    Raises:
+        ConfigError: a multirun with more than one device or node and a strategy that
+            relaunches the command line.
+    """
+    if not multirun:
+        return
+    strategy = trainer.get("strategy", "auto")
+    name = strategy if isinstance(strategy, str) else str(strategy.get("_target_", ""))
+    if isinstance(strategy, Mapping):  # e.g. {_target_: ...DDPStrategy, start_method: spawn}
+        name += f" (start_method={strategy.get('start_method', 'popen')})"
+    if any(word in name.lower() for word in NO_RELAUNCH):
+        return
+    devices = device_count(trainer.get("devices", "auto"), trainer.get("accelerator", "auto"))
+    nodes = int(trainer.get("num_nodes", 1) or 1)
+    if devices > 1 or nodes > 1:
+        raise ConfigError(
+            f"trainer.strategy={name} with trainer.devices={trainer.get('devices')} "
+            f"(trainer.num_nodes={nodes}) under -m: Lightning would relaunch the whole multirun "
+            "in every DDP rank. Sweep with one trial per GPU instead: trainer.devices=1 with "
+            "hydra/launcher=joblib_gpus (one host) or hydra/launcher=submitit_slurm "
+            "hydra.launcher.gpus_per_node=1 (docs/sweeps.md, 'One trial per GPU')"
+        )
 
 
 class Interrupted(Exception):

@@ -21,6 +21,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,7 +33,12 @@ from plusultra.evaluation.report.render import write_reports
 from plusultra.evaluation.report.summary import flat_metrics, summary_table, write_metrics
 from plusultra.execution import describe
 from plusultra.io import write_parquet_atomic, write_text_atomic
-from plusultra.lifecycle import Interrupted, RunDirTaken, handle_signals
+from plusultra.lifecycle import (
+    Interrupted,
+    RunDirTaken,
+    check_no_ddp_in_multirun,
+    handle_signals,
+)
 from plusultra.models.module import ForecastModule
 from plusultra.training.evaluate import evaluate
 from plusultra.training.hparams import hyperparameters, log_summary
@@ -57,6 +63,7 @@ def train(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     check_appended(cfg, hc.overrides.task, hc.runtime.choices)  # refuse +key=value nothing reads
     objective_direction(cfg.optimized_metric, cfg.optimized_direction)  # fail before training
+    check_no_ddp_in_multirun(cfg.trainer, hc.mode == RunMode.MULTIRUN)  # also a swept devices=
     run_dir = Path(hc.runtime.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.matmul_precision)
