@@ -40,6 +40,10 @@ class PlusUltraOptunaSweeperConf:
     custom_search_space: str | None = None
     # {override key: sweep expression}: choice(...), range(...), interval(...), tag(log, ...)
     params: Any = None
+    # seconds between heartbeats of the trials this process runs (several processes, one study)
+    heartbeat_interval: float = 10.0
+    # seconds without a heartbeat after which a RUNNING trial's process counts as gone
+    grace_period: float = 60.0
 
 
 ConfigStore.instance().store(
