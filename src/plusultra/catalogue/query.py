@@ -4,7 +4,9 @@
 ``<catalogue_dir>/*.parquet`` file, read with ``union_by_name=true`` so rows with different
 column sets line up (a column absent from a run is NULL there; a column that is an int in one
 run and a float in another is DOUBLE). Timestamps are shown in UTC. When the directory holds
-no parquet file yet, ``runs`` still exists with the core columns and no rows.
+no parquet file yet, ``runs`` still exists with the core columns and no rows. The trial columns
+(``rows.TRIAL_COLUMNS``: ``optuna.study``, ``optuna.trial``, ``optuna.params``, ``objective``,
+``objectives``) always exist, NULL where no row has them.
 
 Column names with dots or slashes must be double-quoted in SQL::
 
@@ -38,7 +40,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from plusultra.catalogue.rows import CORE_COLUMNS
+from plusultra.catalogue.rows import CORE_COLUMNS, TRIAL_COLUMNS
 from plusultra.catalogue.sweeps import (
     INPUT_COLUMNS,
     SWEEP_COLUMNS,
@@ -122,6 +124,13 @@ def _create_sweeps(con: duckdb.DuckDBPyConnection) -> None:
         con.unregister("_plusultra_sweeps")
 
 
+def _nulls(columns: dict[str, str], lead: str = "") -> str:
+    """``CAST(NULL AS type) AS "name"`` for each column, comma-joined (after ``lead``)."""
+    if not columns:
+        return ""
+    return lead + ", ".join(f"CAST(NULL AS {t}) AS {_ident(n)}" for n, t in columns.items())
+
+
 def connect(catalogue_dir: str | os.PathLike) -> duckdb.DuckDBPyConnection:
     """Opens an in-memory DuckDB connection with the view ``runs`` and the table ``sweeps``.
 
@@ -149,14 +158,13 @@ def connect(catalogue_dir: str | os.PathLike) -> duckdb.DuckDBPyConnection:
                 source = "[" + ", ".join(_sql_str(str(f)) for f in files) + "]"
             else:
                 source = _sql_str(str(directory / "*.parquet"))
-            con.execute(
-                f"CREATE VIEW {VIEW} AS SELECT * FROM read_parquet({source}, union_by_name = true)"
-            )
+            parquet = f"read_parquet({source}, union_by_name = true)"
+            present = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {parquet}").fetchall()}
+            missing = {n: t for n, t in TRIAL_COLUMNS.items() if n not in present}
+            con.execute(f"CREATE VIEW {VIEW} AS SELECT *{_nulls(missing, ', ')} FROM {parquet}")
         else:
-            columns = ", ".join(
-                f"CAST(NULL AS {_duckdb_type(t)}) AS {_ident(n)}" for n, t in CORE_COLUMNS.items()
-            )
-            con.execute(f"CREATE VIEW {VIEW} AS SELECT {columns} WHERE false")
+            core = {n: _duckdb_type(t) for n, t in CORE_COLUMNS.items()}
+            con.execute(f"CREATE VIEW {VIEW} AS SELECT {_nulls(core | TRIAL_COLUMNS)} WHERE false")
         _create_sweeps(con)
     except duckdb.Error as exc:
         con.close()
