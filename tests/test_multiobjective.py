@@ -23,6 +23,7 @@ from plusultra.catalogue.objective import (
 )
 from plusultra.catalogue.query import query
 from plusultra.catalogue.sweeps import summary_line
+from plusultra.catalogue.trials import TRIAL_COLUMNS
 from plusultra.cli import catalogue as cli
 from plusultra.errors import ConfigError
 
@@ -181,7 +182,7 @@ def test_sweeps_marks_the_validation_pareto_front_per_study(catalogue, capsys):
 
 def test_old_catalogues_without_trial_columns_still_answer(tmp_path, capsys):
     row = rows.build_row(**{**_args(), "multirun": True, "job_num": 0, "study": "s"})
-    for name in rows.TRIAL_COLUMNS:
+    for name in TRIAL_COLUMNS:
         row.pop(name, None)
     rows.write_row(tmp_path, row)
     trials = _query(tmp_path, "sweep_trials", capsys)

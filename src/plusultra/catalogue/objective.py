@@ -36,7 +36,7 @@ _MAXIMIZE = (
 )
 
 
-def _as_list(value: object) -> list | None:
+def as_list(value: object) -> list | None:
     """A list from a list/tuple/ListConfig or from its catalogue JSON text; None otherwise."""
     if isinstance(value, str) and value.startswith("["):
         try:
@@ -55,7 +55,7 @@ def objective_metrics(metric: object) -> list[str]:
     Raises:
         ConfigError: the list is empty, a name is not a ``val_*`` metric, or one repeats.
     """
-    names = _as_list(metric)
+    names = as_list(metric)
     names = [metric] if names is None else names
     if not names:
         raise ConfigError("optimized_metric=[]: name at least one val_* metric")
@@ -118,7 +118,7 @@ def objective_directions(metric: object, direction: object = None) -> list[str]:
             differ in length, or a single direction is given for several metrics.
     """
     names = objective_metrics(metric)
-    given = _as_list(direction)
+    given = as_list(direction)
     if given is None:
         if direction is not None and len(names) > 1:
             raise ConfigError(
@@ -151,7 +151,7 @@ def objective_value(metrics: Mapping[str, float], metric: object) -> float | lis
                 f"optimized_metric={name!r} is not a metric of this run; valid: {valid}"
             )
     values = [metrics[n] for n in names]
-    return values if _as_list(metric) is not None else values[0]
+    return values if as_list(metric) is not None else values[0]
 
 
 def check_sweeper_directions(directions: list[str], sweeper_direction: object) -> None:
@@ -167,7 +167,7 @@ def check_sweeper_directions(directions: list[str], sweeper_direction: object) -
     """
     if sweeper_direction is None:
         return
-    listed = _as_list(sweeper_direction)
+    listed = as_list(sweeper_direction)
     sweeper = [str(d) for d in (listed if listed is not None else [sweeper_direction])]
     if sweeper != directions:
         raise ConfigError(

@@ -5,7 +5,7 @@
 column sets line up (a column absent from a run is NULL there; a column that is an int in one
 run and a float in another is DOUBLE). Timestamps are shown in UTC. When the directory holds
 no parquet file yet, ``runs`` still exists with the core columns and no rows. The trial columns
-(``rows.TRIAL_COLUMNS``: ``optuna.study``, ``optuna.trial``, ``optuna.params``, ``objective``,
+(``trials.TRIAL_COLUMNS``: ``optuna.study``, ``optuna.trial``, ``optuna.params``, ``objective``,
 ``objectives``) always exist, NULL where no row has them.
 
 Column names with dots or slashes must be double-quoted in SQL::
@@ -40,13 +40,14 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from plusultra.catalogue.rows import CORE_COLUMNS, TRIAL_COLUMNS
+from plusultra.catalogue.rows import CORE_COLUMNS
 from plusultra.catalogue.sweeps import (
     INPUT_COLUMNS,
     SWEEP_COLUMNS,
     objective_columns,
     sweep_table,
 )
+from plusultra.catalogue.trials import TRIAL_COLUMNS
 from plusultra.errors import PlusUltraError, did_you_mean
 
 VIEW = "runs"

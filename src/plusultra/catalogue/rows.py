@@ -16,13 +16,9 @@ A row is a plain ``dict[str, object]`` with, in this column order:
    ``backbone._target_``); root scalars keep their bare name (``seed``, ``depth``). Lists and
    empty dicts are leaves stored as JSON strings.
 4. Every entry of the run's ``metrics.json`` (``val_loss``, ``test_sharpe``, ``n_params`` ...).
-5. Trial columns (``TRIAL_COLUMNS``, ``trial_columns``): ``optuna.study`` and ``optuna.trial``
-   come from the config (the sweeper's ``++optuna.*`` overrides); ``optuna.params``, which the
-   sweeper passes as the list of the keys it sampled, is replaced by a JSON object of their
-   values as the job resolved them (``{"optim.lr": 0.001, "backbone": "tcn"}``: a group key
-   gives its chosen option); ``objective`` is the run's value of its ``optimized_metric`` (the
-   first one of a list) and ``objectives`` a JSON list of its value of each, in order (null when
-   the run has none of them; NaN as null).
+5. Trial columns (``plusultra.catalogue.trials``): ``optuna.study``, ``optuna.trial``,
+   ``optuna.params`` (replaced by the JSON ``{key: value}`` of the sampled keys), ``objective``
+   and ``objectives``.
 
 Collisions: choice keys never contain a dot and config leaves below the root always do, so a
 choice can only collide with a root scalar of the same name. Precedence is
@@ -54,8 +50,7 @@ from enum import Enum
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from plusultra.catalogue.objective import _as_list, objective_metrics
-from plusultra.errors import ConfigError
+from plusultra.catalogue.trials import trial_columns
 from plusultra.execution import OPTIMISTIC
 from plusultra.io import fsync_dir
 
@@ -78,16 +73,6 @@ CORE_COLUMNS: dict[str, pa.DataType] = {
     "study": pa.string(),
 }
 """Columns every row has, with their parquet types."""
-
-TRIAL_COLUMNS: dict[str, str] = {
-    "optuna.study": "VARCHAR",  # the Optuna study of a sweep job (null outside one)
-    "optuna.trial": "BIGINT",  # its trial number
-    "optuna.params": "VARCHAR",  # JSON {sampled key: value}
-    "objective": "DOUBLE",  # the run's value of optimized_metric (its first metric)
-    "objectives": "VARCHAR",  # JSON list, one value per optimized_metric entry
-}
-"""Columns a sweep's rows carry, with their DuckDB types; the ``runs`` view always has them
-(null where a row lacks them, e.g. rows recorded before they existed)."""
 
 STATUSES = ("completed", "failed", "interrupted")
 RUN_ID_PATTERN = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")
@@ -213,48 +198,6 @@ def _metric_value(name: str, value: object) -> object:
         return value
     log.warning("catalogue: metric %r is not a number (%r); stored as text", name, value)
     return _plain_leaf(value) if isinstance(value, list | dict) else str(value)
-
-
-def _lookup(config: Mapping[str, object], key: str) -> object:
-    """The value at dotted ``key`` of a plain nested config, or None."""
-    node: object = config
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _number(value: object) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return math.nan
-
-
-def trial_columns(
-    config: Mapping[str, object],
-    choices: Mapping[str, str | None],
-    metrics: Mapping[str, object],
-) -> dict[str, object]:
-    """``optuna.params`` (when the config lists sampled keys) and ``objective(s)`` (when it
-    names an ``optimized_metric``); see the module docstring."""
-    out: dict[str, object] = {}
-    keys = _as_list(_lookup(config, "optuna.params"))
-    if keys is not None:
-        values = {str(k): choices[k] if k in choices else _lookup(config, str(k)) for k in keys}
-        out["optuna.params"] = json.dumps(values, default=_json_default)
-    metric = config.get("optimized_metric")
-    if metric is None:
-        return out
-    try:
-        names = objective_metrics(metric)
-    except ConfigError:
-        return out  # a run refused before training for this very reason
-    values = [_number(metrics.get(n)) for n in names]
-    out["objective"] = values[0]
-    if any(n in metrics for n in names):
-        out["objectives"] = json.dumps([None if math.isnan(v) else v for v in values])
-    return out
 
 
 def build_row(

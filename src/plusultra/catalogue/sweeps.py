@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 
 from plusultra.catalogue.objective import (  # noqa: F401 - objective_value: public here too
-    _as_list,
+    as_list,
     objective_direction,
     objective_directions,
     objective_value,
@@ -159,7 +159,7 @@ def _dsr(
 
 def _metric_names(text: str) -> list[str]:
     """The metric(s) of one ``optimized_metric`` cell: a name, or a JSON list of names."""
-    listed = _as_list(text)
+    listed = as_list(text)
     return [str(n) for n in listed] if listed else [text]
 
 
