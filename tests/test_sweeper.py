@@ -342,6 +342,22 @@ def test_rank_within_total_drops_only_what_exceeds_it():
     assert running[0].params == {"x": 0.5} and extra.number == 4
 
 
+def test_a_batch_past_the_total_is_dropped_and_a_reaped_trial_not_told():
+    sweeper = PlusUltraOptunaSweeper(None, "minimize", None, ".", None, 2, 2, 0.0, None, None, None)
+    study = optuna.create_study()
+    space = {"x": FloatDistribution(0, 1)}
+    elsewhere = study.ask(space)  # running in another live process
+    study._storage.set_trial_user_attr(elsewhere._trial_id, WORKER, "other-host/1:1")
+    (kept,) = sweeper.ask_batch(study, space, 2)  # 2 asked, 1 fits the total of 2
+    trials = study.get_trials(deepcopy=False)
+    assert kept.number == 1 and trials[1].user_attrs[WORKER] == worker_id()
+    assert trials[2].state == TrialState.FAIL and trials[2].user_attrs[SURPLUS] is True
+    assert not counts_toward_total(trials[2])
+    assert not sweeper.finished_elsewhere(study, kept)
+    study._storage.set_trial_state_values(kept._trial_id, TrialState.FAIL)  # reaped by another
+    assert sweeper.finished_elsewhere(study, kept)
+
+
 def test_trial_seeded_sampler_draws_seed_plus_number():
     def build(n):
         return optuna.samplers.RandomSampler(seed=7 + n)

@@ -57,7 +57,8 @@ def is_raw(distribution: BaseDistribution) -> bool:
 
 
 def counts_toward_total(trial: FrozenTrial) -> bool:
-    """Complete, pruned and job-failed trials count; interrupted ones are asked again."""
+    """Complete, pruned and job-failed trials count; interrupted ones (asked again) and surplus
+    ones (asked past the total by racing processes, never launched) do not."""
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     return trial.state == TrialState.FAIL and not (
