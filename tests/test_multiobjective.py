@@ -90,7 +90,7 @@ def _row(trial: int, metrics: dict, status: str = "completed", study: str = "ris
         "optim": {"lr": 0.001 * (trial + 1)},
         "optimized_metric": PAIR,
         "optimized_direction": ["maximize", None],
-        "optuna": {"study": "run-abc", "trial": trial, "params": ["optim.lr", "backbone"]},
+        "optuna": {"study": "run-abc", "trial": trial, "params": ["optim.lr", "++backbone"]},
     }
     return rows.build_row(
         run_id=f"20250701-090000-{trial:08x}",

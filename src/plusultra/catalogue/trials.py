@@ -56,7 +56,8 @@ def trial_columns(
     out: dict[str, object] = {}
     keys = as_list(_lookup(config, "optuna.params"))
     if keys is not None:
-        values = {str(k): choices[k] if k in choices else _lookup(config, str(k)) for k in keys}
+        names = [str(k).lstrip("+~") for k in keys]  # an appended key is swept as "+key"
+        values = {k: choices[k] if k in choices else _lookup(config, k) for k in names}
         out["optuna.params"] = json.dumps(values, default=str)
     metric = config.get("optimized_metric")
     if metric is None:
