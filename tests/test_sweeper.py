@@ -292,9 +292,13 @@ def test_multi_objective_sweep_records_the_pareto_front(tmp_path):
     assert {t.number for t in study.best_trials} == front
     logged = proc.stdout + proc.stderr
     assert f"{len(front)} trials on the Pareto front" in logged
-    # one value for two directions: told FAIL and the sweep stops with a clear error
-    bad = run_app(tmp_path / "b", "hydra.sweeper.direction=[minimize,minimize]", check=False)
-    assert bad.returncode != 0 and "one per hydra.sweeper.direction" in bad.stderr
+    # one value for two directions: the sweep tells the trial FAIL and stops with this error
+    two = PlusUltraOptunaSweeper(
+        None, ["minimize", "minimize"], None, ".", None, 1, 1, 0.0, None, None, None
+    )
+    assert two.values_of((1.0, 2.0), 0) == [1.0, 2.0]
+    with pytest.raises(ValueError, match="2 number\\(s\\), one per hydra.sweeper.direction"):
+        two.values_of(1.0, 7)
 
 
 def test_trial_overrides_name_the_sampled_keys():
