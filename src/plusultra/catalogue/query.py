@@ -18,8 +18,9 @@ multirun runs sharing the ``study`` column, across every invocation) with the tr
 the study's validation objective (``is_best``) and every trial's deflated Sharpe ratio, computed
 by ``plusultra.catalogue.sweeps.sweep_table`` when ``connect`` is called (a snapshot: runs
 recorded later need a fresh connection). Columns: see ``SWEEP_COLUMNS`` (``study``,
-``sweep_dir``, ``run_id``, ``run_dir``, ``job_num``, ``n_trials``, ``n_sweeps``,
-``selected_by``, ``direction``, ``objective``, ``is_best``, ``test_sharpe``,
+``sweep_dir``, ``run_id``, ``run_dir``, ``job_num``, ``trial``, ``params``, ``n_trials``,
+``n_sweeps``, ``selected_by``, ``direction``, ``objective``, ``objectives``, ``is_best`` (for a
+multi-objective study: on its validation Pareto front), ``test_sharpe``,
 ``sharpe_variance``, ``expected_max_sharpe``, ``deflated_sharpe``, ...); it is empty, with these
 columns, when no study has a completed trial with a test Sharpe::
 
