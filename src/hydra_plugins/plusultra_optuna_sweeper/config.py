@@ -1,9 +1,9 @@
 """The sweeper's config schema, registered as ``hydra/sweeper=plusultra_optuna``.
 
 Keys follow hydra-optuna-sweeper 1.3 so lightning-hydra-template-style search spaces work with
-only the ``override hydra/sweeper:`` line changed; ``storage_dir`` is ours. No
-``from __future__ import annotations``: Hydra execs plugin modules outside sys.modules, where
-dataclasses cannot resolve string annotations.
+only the ``override hydra/sweeper:`` line changed; ``storage_dir``, ``heartbeat_interval`` and
+``grace_period`` are ours. No ``from __future__ import annotations``: Hydra execs plugin modules
+outside sys.modules, where dataclasses cannot resolve string annotations.
 """
 
 from dataclasses import dataclass
