@@ -23,7 +23,7 @@ from plusultra.catalogue.objective import (
 )
 from plusultra.catalogue.query import query
 from plusultra.catalogue.sweeps import summary_line
-from plusultra.catalogue.trials import TRIAL_COLUMNS
+from plusultra.catalogue.trials import TRIAL_COLUMNS, trial_columns
 from plusultra.cli import catalogue as cli
 from plusultra.errors import ConfigError
 
@@ -136,6 +136,8 @@ def test_a_trial_row_carries_its_params_state_and_objectives():
     single = rows.build_row(**{**_args(), "config": {"optimized_metric": "val_loss"}})
     assert single["objective"] == 0.4 and single["objectives"] == "[0.4]"
     assert "optuna.params" not in single  # not a sweep job
+    pruned = trial_columns({"optimized_metric": "val_sharpe"}, {}, {"pruned_value": 0.7})
+    assert pruned == {"objective": 0.7, "objectives": "[0.7]"}  # its last reported value
 
 
 def _args() -> dict:

@@ -7,7 +7,9 @@ overrides). ``optuna.params``, which the sweeper passes as the list of the keys 
 job resolved them (``{"optim.lr": 0.001, "backbone": "tcn"}``: a group key gives its chosen
 option), so it works wherever the job ran (joblib worker, Slurm). ``objective`` is the run's
 value of its ``optimized_metric`` (the first one of a list) and ``objectives`` a JSON list of
-its value of each, in order (null when the run has none of them; NaN as null).
+its value of each, in order (null when the run has none of them; NaN as null). A trial
+stopped by a pruner has no final metrics: its ``objective`` is the last value it reported
+(the ``pruned_value`` its row carries).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from collections.abc import Mapping
 
 from plusultra.catalogue.objective import as_list, objective_metrics
 from plusultra.errors import ConfigError
+
+PRUNED_VALUE = "pruned_value"  # metric of a pruned trial's row: the last value it reported
 
 TRIAL_COLUMNS: dict[str, str] = {
     "optuna.study": "VARCHAR",  # the Optuna study of a sweep job (null outside one)
@@ -67,7 +71,9 @@ def trial_columns(
     except ConfigError:
         return out  # a run refused before training for this very reason
     values = [_number(metrics.get(n)) for n in names]
+    if len(names) == 1 and math.isnan(values[0]) and PRUNED_VALUE in metrics:
+        values = [_number(metrics[PRUNED_VALUE])]  # a pruned trial: its last reported value
     out["objective"] = values[0]
-    if any(n in metrics for n in names):
+    if not all(math.isnan(v) for v in values):
         out["objectives"] = json.dumps([None if math.isnan(v) else v for v in values])
     return out
