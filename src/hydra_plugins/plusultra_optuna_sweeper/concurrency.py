@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
@@ -169,18 +170,34 @@ class TrialSeededSampler(BaseSampler):
         self.inner = self._build(trial.number)
         self.inner.before_trial(study, trial)
 
-    def infer_relative_search_space(self, study, trial):  # noqa: ANN001, D102
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
         return self.inner.infer_relative_search_space(study, trial)
 
-    def sample_relative(self, study, trial, search_space):  # noqa: ANN001, D102
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
         return self.inner.sample_relative(study, trial, search_space)
 
-    def sample_independent(self, study, trial, param_name, param_distribution):  # noqa: ANN001, D102
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
         return self.inner.sample_independent(study, trial, param_name, param_distribution)
 
-    def after_trial(self, study, trial, state, values):  # noqa: ANN001, D102
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
         self.inner.after_trial(study, trial, state, values)
 
-    def reseed_rng(self) -> None:  # noqa: D102
+    def reseed_rng(self) -> None:
         with contextlib.suppress(NotImplementedError):
             self.inner.reseed_rng()
