@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from plusultra.catalogue import rows
 from plusultra.catalogue.callback import CatalogueCallback, recorded_run_ids
 from plusultra.catalogue.query import CatalogueError, connect, query
+from plusultra.catalogue.trials import TRIAL_COLUMNS
 from plusultra.cli import catalogue as cli
 from plusultra.errors import PlusUltraError
 
@@ -272,7 +273,7 @@ def test_view_unions_rows_with_different_columns_and_types(tmp_path: Path) -> No
 
 def test_empty_catalogue_has_core_columns_and_missing_dir_is_an_error(tmp_path: Path) -> None:
     df = query(tmp_path, "SELECT * FROM runs")
-    assert df.empty and list(df.columns) == list(rows.CORE_COLUMNS)
+    assert df.empty and list(df.columns) == [*rows.CORE_COLUMNS, *TRIAL_COLUMNS]
     with pytest.raises(CatalogueError, match="does not exist") as info:
         connect(tmp_path / "nope")
     assert isinstance(info.value, PlusUltraError) and str(tmp_path / "nope") in str(info.value)

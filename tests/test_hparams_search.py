@@ -8,6 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from hydra_plugins.plusultra_optuna_sweeper.sweeper import PlusUltraOptunaSweeper
+from plusultra.catalogue.objective import check_sweeper_directions, objective_directions
 from plusultra.run import CONF_DIR
 from tests.conftest import compose_config
 
@@ -15,16 +16,17 @@ FILES = sorted(p.stem for p in (Path(CONF_DIR) / "hparams_search").glob("*.yaml"
 
 
 def test_the_planned_search_spaces_exist():
-    assert FILES == ["architecture", "optim", "risk"]
+    assert FILES == ["architecture", "optim", "risk", "risk_pareto"]
 
 
 @pytest.mark.parametrize("name", FILES)
 def test_search_space_composes_onto_existing_keys(name):
     cfg = compose_config([f"hparams_search={name}"])
     assert cfg.hydra.runtime.choices["hydra/sweeper"] == "plusultra_optuna"
-    assert cfg.optimized_metric.startswith("val_")
+    directions = objective_directions(cfg.optimized_metric, cfg.optimized_direction)  # val_*
     sweeper_cfg = cfg.hydra.sweeper
-    assert sweeper_cfg.direction == cfg.optimized_direction  # the sweeper and the run agree
+    check_sweeper_directions(directions, sweeper_cfg.direction)  # the sweeper and the run agree
+    assert sweeper_cfg.sampler.constant_liar is True  # several processes on one study
     sweeper = PlusUltraOptunaSweeper(
         **{k: sweeper_cfg[k] for k in sweeper_cfg if not k.startswith("_")}
     )

@@ -135,10 +135,13 @@ def test_variance_over_seeds_groups_the_config_minus_seed(catalogue, capsys):
 
 def test_sweep_trials_marks_the_best_on_the_validation_objective(catalogue, capsys):
     trials = _query(catalogue, "sweep_trials", capsys)
-    assert trials["trial"].tolist() == [3, 0, 1, 2, 4]  # the best first, then by trial
-    assert trials["is_best"].tolist() == [True, False, False, False, False]
-    assert set(trials["selected_by"]) == {"val_sharpe"} and set(trials["n_trials"]) == {5}
-    assert trials["deflated_sharpe"].between(0, 1).all()
+    assert trials["trial"].tolist() == [3, 0, 1, 2, 4, 5]  # the best first, then by trial
+    assert trials["state"].tolist() == ["completed"] * 5 + ["failed"]  # every state
+    assert trials["is_best"].tolist() == [True, False, False, False, False, False]
+    done = trials[trials["state"] == "completed"]
+    assert set(done["selected_by"]) == {"val_sharpe"} and set(done["n_trials"]) == {5}
+    assert done["deflated_sharpe"].between(0, 1).all()
+    assert done["objective"].tolist() == [1.2, 1.0, 0.5, 0.8, 0.3]  # val_sharpe
 
 
 def test_pareto_front_of_val_sharpe_against_val_drawdown(catalogue, capsys):

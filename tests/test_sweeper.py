@@ -21,8 +21,22 @@ from hydra.plugins.sweeper import Sweeper
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from hydra_plugins.plusultra_optuna_sweeper.concurrency import (
+    HEARTBEAT,
+    SURPLUS,
+    WORKER,
+    TrialSeededSampler,
+    is_stale,
+    rank_within_total,
+    worker_id,
+)
 from hydra_plugins.plusultra_optuna_sweeper.search_space import format_value, split_overrides
-from hydra_plugins.plusultra_optuna_sweeper.sweeper import INTERRUPTED, PlusUltraOptunaSweeper
+from hydra_plugins.plusultra_optuna_sweeper.sweeper import (
+    INTERRUPTED,
+    PlusUltraOptunaSweeper,
+    counts_toward_total,
+)
+from plusultra.catalogue.objective import pareto_front_ref
 
 APP = Path(__file__).resolve().parent / "sweeper_app"
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -153,7 +167,9 @@ def test_running_trials_are_failed_and_asked_again(tmp_path):
     study = only_study(tmp_path)
     orphan = study.ask({"x": FloatDistribution(-5, 5), "y": CategoricalDistribution([0, 1])})
     orphan_params = dict(orphan.params)  # left RUNNING, as by a SIGKILLed sweep
-    run_app(tmp_path, "hydra.sweeper.n_trials=3")
+    # no heartbeat: stale once its start is grace_period old (the sweep waits for that)
+    grace = ("hydra.sweeper.heartbeat_interval=0.2", "hydra.sweeper.grace_period=1")
+    run_app(tmp_path, "hydra.sweeper.n_trials=3", *grace)
     trials = only_study(tmp_path).trials
     assert trials[1].state == TrialState.FAIL and trials[1].user_attrs[INTERRUPTED] is True
     retried = [t for t in trials if t.user_attrs.get("retry_of") == 1]
@@ -253,3 +269,145 @@ def test_real_sweep_killed_mid_way_resumes_to_its_total(tmp_path):
     assert complete[1].user_attrs["retry_of"] == 1 and complete[1].params == trials[1].params
     keys = [tuple(sorted(t.params.items())) for t in complete]
     assert len(set(keys)) == 3  # no trial repeated
+
+
+def test_multi_objective_sweep_records_the_pareto_front(tmp_path):
+    proc = run_app(
+        tmp_path,
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.n_jobs=3",
+        "two=true",
+        "hydra.sweeper.direction=[minimize,minimize]",
+        "hydra.sweeper.sampler={_target_: optuna.samplers.NSGAIISampler, seed: 0}",
+    )
+    study = only_study(tmp_path)
+    trials = study.trials
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
+    for t in trials:
+        x, y = t.params["x"], t.params["y"]
+        assert t.values == pytest.approx([(x - 2) ** 2 + y, (x + 2) ** 2])
+    on_front = pareto_front_ref([t.values for t in trials], ["minimize", "minimize"])
+    front = {t.number for t, f in zip(trials, on_front, strict=True) if f}
+    assert {t.number for t in study.best_trials} == front
+    logged = proc.stdout + proc.stderr
+    assert f"{len(front)} trials on the Pareto front" in logged
+    # one value for two directions: the sweep tells the trial FAIL and stops with this error
+    two = PlusUltraOptunaSweeper(
+        None, ["minimize", "minimize"], None, ".", None, 1, 1, 0.0, None, None, None
+    )
+    assert two.values_of((1.0, 2.0), 0) == [1.0, 2.0]
+    with pytest.raises(ValueError, match="2 number\\(s\\), one per hydra.sweeper.direction"):
+        two.values_of(1.0, 7)
+
+
+def test_trial_overrides_name_the_sampled_keys():
+    sweeper = PlusUltraOptunaSweeper(None, "minimize", None, ".", None, 1, 1, 0.0, None, None, None)
+    study = optuna.create_study(study_name="s 1")
+    trial = study.ask({"optim.lr": FloatDistribution(0.1, 0.2), "d": CategoricalDistribution([1])})
+    lines = sweeper.trial_overrides(trial, ["seed=1"], set())
+    assert lines[0] == "seed=1" and lines[2] == "d=1"
+    assert lines[3:] == ["++optuna.study='s 1'", "++optuna.trial=0", "++optuna.params=[optim.lr,d]"]
+
+
+def test_stale_trials_dead_process_old_heartbeat_or_none():
+    study = optuna.create_study()
+    trials = [study.ask() for _ in range(4)]
+    storage = study._storage
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = worker_id().rpartition(":")[0]
+    now = time.time()
+    storage.set_trial_user_attr(trials[0]._trial_id, WORKER, f"{host}:{dead.pid}")  # gone
+    storage.set_trial_user_attr(trials[0]._trial_id, HEARTBEAT, now)
+    storage.set_trial_user_attr(trials[1]._trial_id, WORKER, f"{host}:{os.getppid()}")  # alive
+    storage.set_trial_user_attr(trials[1]._trial_id, HEARTBEAT, now - 5)
+    storage.set_trial_user_attr(trials[2]._trial_id, WORKER, f"other-host/1:{os.getpid()}")
+    storage.set_trial_user_attr(trials[2]._trial_id, HEARTBEAT, now - 100)  # stopped beating
+    frozen = study.get_trials(deepcopy=False)  # trials[3]: no heartbeat, started just now
+    assert [is_stale(t, 60.0, now) for t in frozen] == [True, False, True, False]
+    assert is_stale(frozen[1], 4.0, now) and is_stale(frozen[3], 60.0, now + 61)
+
+
+def test_rank_within_total_drops_only_what_exceeds_it():
+    study = optuna.create_study()
+    space = {"x": FloatDistribution(0, 1)}
+    first = study.ask(space)
+    study.tell(first, 1.0)  # 0: complete
+    interrupted = study.ask(space)  # 1: interrupted, does not count
+    study._storage.set_trial_user_attr(interrupted._trial_id, INTERRUPTED, True)
+    study.tell(interrupted, state=TrialState.FAIL)
+    study.enqueue_trial({"x": 0.5})  # 2: waiting retry, counts
+    running = [study.ask(space) for _ in range(2)]  # 2 (popped) and 3: running, count
+    extra = study.ask(space)  # 4
+    trials = study.get_trials(deepcopy=False)
+    ranks = [rank_within_total(trials, t.number, counts_toward_total) for t in trials]
+    assert ranks == [1, 1, 2, 3, 4]
+    assert running[0].params == {"x": 0.5} and extra.number == 4
+
+
+def test_a_batch_past_the_total_is_dropped_and_a_reaped_trial_not_told():
+    sweeper = PlusUltraOptunaSweeper(None, "minimize", None, ".", None, 2, 2, 0.0, None, None, None)
+    study = optuna.create_study()
+    space = {"x": FloatDistribution(0, 1)}
+    elsewhere = study.ask(space)  # running in another live process
+    study._storage.set_trial_user_attr(elsewhere._trial_id, WORKER, "other-host/1:1")
+    (kept,) = sweeper.ask_batch(study, space, 2)  # 2 asked, 1 fits the total of 2
+    trials = study.get_trials(deepcopy=False)
+    assert kept.number == 1 and trials[1].user_attrs[WORKER] == worker_id()
+    assert trials[2].state == TrialState.FAIL and trials[2].user_attrs[SURPLUS] is True
+    assert not counts_toward_total(trials[2])
+    assert not sweeper.finished_elsewhere(study, kept)
+    study._storage.set_trial_state_values(kept._trial_id, TrialState.FAIL)  # reaped by another
+    assert sweeper.finished_elsewhere(study, kept)
+
+
+def test_trial_seeded_sampler_draws_seed_plus_number():
+    def build(n):
+        return optuna.samplers.RandomSampler(seed=7 + n)
+
+    study = optuna.create_study(sampler=TrialSeededSampler(build))
+    xs = [study.ask({"x": FloatDistribution(0, 1)}).params["x"] for _ in range(3)]
+    for number, x in enumerate(xs):
+        alone = optuna.create_study(sampler=build(number))
+        assert alone.ask({"x": FloatDistribution(0, 1)}).params["x"] == x
+    assert len(set(xs)) == 3
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_study(tmp_path):
+    """Two `app.py -m` processes started together on one SQLite study: the total exactly, no
+    trial interrupted or repeated, both processes ran trials."""
+    cmd = [
+        sys.executable,
+        str(APP / "app.py"),
+        "-m",
+        "hydra/sweeper=plusultra_optuna",
+        f"hydra.sweeper.storage_dir={tmp_path / 'optuna'}",
+        "hydra.sweeper.study_name=shared",
+        "hydra.sweeper.n_trials=8",
+        "hydra.sweeper.n_jobs=1",
+        "hydra.sweeper.heartbeat_interval=0.2",
+        "hydra.sweeper.grace_period=5",
+        "hydra.sweeper.sampler={_target_: optuna.samplers.TPESampler, seed: 0, "
+        "n_startup_trials: 3, constant_liar: true}",
+        "x=interval(-5, 5)",
+        "sleep=1.0",
+    ]
+    env = {**os.environ, "SWEEP_ROOT": str(tmp_path), "PYTHONPATH": str(SRC)}
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=180) for p in procs]
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    trials = only_study(tmp_path).trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 8  # the total, not 8 per process
+    others = [t for t in trials if t.state != TrialState.COMPLETE]
+    assert all(t.user_attrs.get(SURPLUS) for t in others)  # asked in a race, never launched
+    assert not any(t.user_attrs.get(INTERRUPTED) for t in trials)
+    xs = [t.params["x"] for t in complete]
+    assert len(set(xs)) == 8  # no point drawn twice
+    assert len({t.user_attrs[WORKER] for t in complete}) == 2  # both processes ran trials

@@ -25,7 +25,12 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from plusultra.catalogue.sweeps import objective_direction, objective_value
+from plusultra.catalogue.objective import (
+    check_sweeper_directions,
+    objective_directions,
+    objective_metrics,
+    objective_value,
+)
 from plusultra.cli.common import fail, output_dir_from_argv
 from plusultra.cli.overrides import check_appended
 from plusultra.data.datasets.calendar import resolve_periods_per_year
@@ -57,12 +62,15 @@ def build(node: DictConfig, **kwargs):
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def train(cfg: DictConfig) -> float:
-    """Train, evaluate and record one run; returns `metrics[cfg.optimized_metric]` (a val_*
-    metric: selection never reads the test segment)."""
+def train(cfg: DictConfig) -> float | list[float]:
+    """Train, evaluate and record one run; returns `metrics[cfg.optimized_metric]`, or one value
+    per metric when it is a list (val_* metrics: selection never reads the test segment)."""
     hc = HydraConfig.get()
     check_appended(cfg, hc.overrides.task, hc.runtime.choices)  # refuse +key=value nothing reads
-    objective_direction(cfg.optimized_metric, cfg.optimized_direction)  # fail before training
+    # fail before training: val_* only, one direction per metric, agreeing with an Optuna sweeper
+    directions = objective_directions(cfg.optimized_metric, cfg.optimized_direction)
+    if hc.mode == RunMode.MULTIRUN:
+        check_sweeper_directions(directions, OmegaConf.select(hc, "sweeper.direction"))
     check_no_ddp_in_multirun(cfg.trainer, hc.mode == RunMode.MULTIRUN)  # also a swept devices=
     run_dir = Path(hc.runtime.output_dir)
     L.seed_everything(cfg.seed, workers=True)
@@ -131,7 +139,7 @@ def train(cfg: DictConfig) -> float:
     write_parquet_atomic(run_dir / "walk_forward.parquet", evaluated.walk.folds)
     write_reports(run_dir, metrics=metrics)  # report.html/.md (plusultra-report redoes them)
     params = hyperparameters(cfg, hc.runtime.choices, hc.overrides.task)  # the HParams tab
-    log_summary(logger, params, metrics, cfg.optimized_metric)  # summary/* scalars + session
+    log_summary(logger, params, metrics, objective_metrics(cfg.optimized_metric))  # summary/*
     logger.finalize("success")
     write_metrics(run_dir, metrics)  # last: its presence marks a complete run
 

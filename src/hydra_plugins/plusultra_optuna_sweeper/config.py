@@ -1,9 +1,9 @@
 """The sweeper's config schema, registered as ``hydra/sweeper=plusultra_optuna``.
 
 Keys follow hydra-optuna-sweeper 1.3 so lightning-hydra-template-style search spaces work with
-only the ``override hydra/sweeper:`` line changed; ``storage_dir`` is ours. No
-``from __future__ import annotations``: Hydra execs plugin modules outside sys.modules, where
-dataclasses cannot resolve string annotations.
+only the ``override hydra/sweeper:`` line changed; ``storage_dir``, ``heartbeat_interval`` and
+``grace_period`` are ours. No ``from __future__ import annotations``: Hydra execs plugin modules
+outside sys.modules, where dataclasses cannot resolve string annotations.
 """
 
 from dataclasses import dataclass
@@ -43,6 +43,10 @@ class PlusUltraOptunaSweeperConf:
     # {_target_: optuna.pruners.<Class>, ...}: jobs report each validation epoch and a job the
     # pruner stops ends its trial PRUNED; null: no pruning (NopPruner)
     pruner: Any = None
+    # seconds between heartbeats of the trials this process runs (several processes, one study)
+    heartbeat_interval: float = 10.0
+    # seconds without a heartbeat after which a RUNNING trial's process counts as gone
+    grace_period: float = 60.0
 
 
 ConfigStore.instance().store(

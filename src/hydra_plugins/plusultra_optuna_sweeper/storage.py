@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
-from optuna.storages import BaseStorage
+import sqlalchemy.exc
+from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 JOURNAL = "journal:///"
@@ -30,20 +32,29 @@ def resolve_storage(storage: str | None, storage_dir: str, study_name: str) -> s
     return f"sqlite:///{path}"
 
 
-def open_storage(url: str) -> str | BaseStorage:
-    """What ``optuna.create_study(storage=...)`` takes for ``url``.
+def open_storage(url: str, attempts: int = 5) -> BaseStorage:
+    """The storage behind ``url``, for ``optuna.create_study(storage=...)``.
 
     ``journal:///<path>`` (relative; ``journal:////abs`` absolute, as for SQLite) opens
     an append-only JournalStorage file (file locks; safe on NFS where SQLite is not);
-    anything else is handed to Optuna's RDB storage as a SQLAlchemy URL.
+    anything else is Optuna's RDBStorage on a SQLAlchemy URL (SQLite waits up to 30 s for a
+    lock held by another process). Processes started together race to create the tables
+    (``table ... already exists``): opening is retried ``attempts`` times.
     """
     if url.startswith(JOURNAL):
         path = Path(url[len(JOURNAL) :])
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
+    kwargs = {}
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    return url
+        kwargs = {"connect_args": {"timeout": 30}}
+    for attempt in range(1, attempts):
+        try:
+            return RDBStorage(url, engine_kwargs=kwargs)
+        except sqlalchemy.exc.SQLAlchemyError:
+            time.sleep(0.2 * attempt)  # the other process finishes creating the schema
+    return RDBStorage(url, engine_kwargs=kwargs)  # the last attempt raises its own error
 
 
 def describe(url: str) -> str:

@@ -2,13 +2,16 @@
 
 Resume rules (docs/sweeps.md): ``n_trials`` is the study's total of finished trials; a rerun
 loads the study, marks trials left RUNNING by a killed process FAIL (user attr ``interrupted``),
-asks their parameters again first, and stops when the total is reached.
+asks their parameters again first, and stops when the total is reached. Several processes may
+sweep one study at once: trials RUNNING in a live process (fresh heartbeat, concurrency.py)
+count toward the total and are left alone; only stale ones are failed and asked again.
 """
 
 from __future__ import annotations
 
 import logging
 import numbers
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +25,15 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from .concurrency import (
+    SURPLUS,
+    Heartbeat,
+    TrialSeededSampler,
+    claim,
+    is_stale,
+    mark_failed,
+    rank_within_total,
+)
 from .job import build_pruner
 from .search_space import (
     RawText,
@@ -46,10 +58,13 @@ def is_raw(distribution: BaseDistribution) -> bool:
 
 
 def counts_toward_total(trial: FrozenTrial) -> bool:
-    """Complete, pruned and job-failed trials count; interrupted ones are asked again."""
+    """Complete, pruned and job-failed trials count; interrupted ones (asked again) and surplus
+    ones (asked past the total by racing processes, never launched) do not."""
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    return trial.state == TrialState.FAIL and not trial.user_attrs.get(INTERRUPTED, False)
+    return trial.state == TrialState.FAIL and not (
+        trial.user_attrs.get(INTERRUPTED, False) or trial.user_attrs.get(SURPLUS, False)
+    )
 
 
 class PlusUltraOptunaSweeper(Sweeper):
@@ -69,6 +84,8 @@ class PlusUltraOptunaSweeper(Sweeper):
         custom_search_space: str | None,
         params: Any,
         pruner: Any = None,
+        heartbeat_interval: float = 10.0,
+        grace_period: float = 60.0,
     ) -> None:
         directions = (
             list(direction)
@@ -88,6 +105,12 @@ class PlusUltraOptunaSweeper(Sweeper):
                 "hydra.sweeper.pruner: Optuna prunes single-objective studies only; "
                 "set it to null for a list of directions"
             )
+        if not 0 < heartbeat_interval < grace_period:
+            raise ValueError(
+                f"hydra.sweeper: need 0 < heartbeat_interval ({heartbeat_interval}) < "
+                f"grace_period ({grace_period})"
+            )
+        self.heartbeat_interval, self.grace_period = float(heartbeat_interval), float(grace_period)
         self.sampler_cfg = sampler
         self.directions = [str(d) for d in directions]
         self.storage, self.storage_dir = storage, storage_dir
@@ -148,7 +171,7 @@ class PlusUltraOptunaSweeper(Sweeper):
         study = optuna.create_study(
             study_name=name,
             storage=storage,
-            sampler=self.build_sampler(len(stored)),
+            sampler=self.study_sampler(len(stored)),
             pruner=build_pruner(self.pruner_cfg),  # the jobs build the same one (job.py)
             directions=self.directions,
             load_if_exists=True,
@@ -159,14 +182,69 @@ class PlusUltraOptunaSweeper(Sweeper):
                 f"study {name!r} in {describe(url)} was created with directions "
                 f"{[d.name.lower() for d in study.directions]}, not {self.directions}"
             )
-        for trial in stored:
-            if trial.state == TrialState.RUNNING:
-                study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
-                study.tell(trial.number, state=TrialState.FAIL)
-                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-                log.warning("trial %d was left RUNNING: marked FAIL, asked again", trial.number)
+        self.reap_stale(study)
         log.info("Study %s in %s (%d trials stored)", name, describe(url), len(stored))
         return study
+
+    # --- several processes on one study (concurrency.py, docs/sweeps.md) ---
+
+    def study_sampler(self, n_stored: int) -> optuna.samplers.BaseSampler:
+        """With a seed: reseeded per trial (seed + trial number), so concurrent processes draw
+        distinct points; QMC keeps one seed (its sequence needs it); no seed: as configured."""
+        cfg = self.sampler_cfg
+        seeded = cfg is not None and cfg.get("seed") is not None
+        if seeded and "QMCSampler" not in str(cfg.get("_target_", "")):
+            return TrialSeededSampler(self.build_sampler)
+        return self.build_sampler(n_stored)
+
+    def reap_stale(self, study: optuna.Study) -> list[FrozenTrial]:
+        """Fail the RUNNING trials whose sweeper is gone (``interrupted``), enqueue their params
+        again; trials of live processes are left alone. Returns the study's trials after."""
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if is_stale(trial, self.grace_period) and mark_failed(
+                study._storage, trial._trial_id, INTERRUPTED
+            ):
+                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+                log.warning("trial %d was left RUNNING: marked FAIL, asked again", trial.number)
+        return study.get_trials(deepcopy=False)
+
+    def ask_batch(
+        self, study: optuna.Study, space: dict[str, BaseDistribution], n: int
+    ) -> list[optuna.Trial]:
+        """Ask ``n`` trials and claim them; a trial ranked past ``n_trials`` (another process
+        asked the last ones at the same moment) is marked FAIL ``surplus`` and not launched."""
+        asked = []
+        for _ in range(n):
+            trial = study.ask(space)
+            claim(study._storage, trial._trial_id)
+            asked.append(trial)
+        stored = study.get_trials(deepcopy=False)
+        kept = []
+        for trial in asked:
+            if rank_within_total(stored, trial.number, counts_toward_total) <= self.n_trials:
+                kept.append(trial)
+            elif mark_failed(study._storage, trial._trial_id, SURPLUS):
+                log.info("trial %d: the total is reached by other processes; not run", trial.number)
+        return kept
+
+    def wait_for_others(self, running: int, waited: bool) -> None:
+        """Sleep one heartbeat interval while other processes run the last trials."""
+        if not waited:
+            log.info("%d trial(s) running in other processes; waiting for them", running)
+        time.sleep(self.heartbeat_interval)
+
+    def finished_elsewhere(self, study: optuna.Study, trial: optuna.Trial) -> bool:
+        """True (with a warning) when another process failed our trial as stale meanwhile."""
+        state = study._storage.get_trial(trial._trial_id).state
+        if state.is_finished():
+            log.warning(
+                "trial %d was marked %s by another process (no heartbeat for grace_period=%gs):"
+                " its result is dropped; raise hydra.sweeper.grace_period",
+                trial.number,
+                state.name,
+                self.grace_period,
+            )
+        return state.is_finished()
 
     def sweep(self, arguments: list[str]) -> list[Any]:
         """Run trials until the study holds ``n_trials`` finished ones."""
@@ -175,19 +253,31 @@ class PlusUltraOptunaSweeper(Sweeper):
         study = self.open_study(arguments)
         raw = {k for k, d in space.items() if is_raw(d)}  # list/dict choices: override text
         log.info("Search space: %s", ", ".join(f"{k}: {v}" for k, v in space.items()))
-        results, ran, failed = [], 0, 0
+        results, ran, failed, waited = [], 0, 0, False
         while True:
-            done = sum(counts_toward_total(t) for t in study.get_trials(deepcopy=False))
-            left = self.n_trials - done
-            if left <= 0:
+            stored = self.reap_stale(study)  # before each batch: others may have died
+            done = sum(counts_toward_total(t) for t in stored)
+            running = sum(t.state == TrialState.RUNNING for t in stored)
+            if done >= self.n_trials:
                 break
-            trials = [study.ask(space) for _ in range(min(self.n_jobs, left))]
+            left = self.n_trials - done - running  # RUNNING here: in other live processes
+            if left <= 0:
+                self.wait_for_others(running, waited)
+                waited = True
+                continue
+            trials = self.ask_batch(study, space, min(self.n_jobs, left))
+            if not trials:
+                continue
             overrides = [self.trial_overrides(trial, fixed, raw) for trial in trials]
             self.validate_batch_is_legal(overrides)
-            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            ids = [trial._trial_id for trial in trials]
+            with Heartbeat(study._storage, ids, self.heartbeat_interval):
+                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
             self.job_idx += len(returns)
             for trial, ret in zip(trials, returns, strict=True):
                 ran += 1
+                if self.finished_elsewhere(study, trial):
+                    continue
                 if isinstance(ret._return_value, optuna.TrialPruned):
                     # the job's pruner stopped it: Optuna keeps its last reported value; it
                     # counts toward n_trials and is not a failure
@@ -224,7 +314,9 @@ class PlusUltraOptunaSweeper(Sweeper):
         # which trial the job is (its catalogue row and pruning read them); ++: any app takes them
         study = format_value(trial.study.study_name)
         identity = [f"++optuna.study={study}", f"++optuna.trial={trial.number}"]
-        return fixed + sampled + identity
+        # the sampled keys, so the job's catalogue row can record their values (optuna.params)
+        keys = "[" + ",".join(format_value(k) for k in trial.params) + "]"
+        return fixed + sampled + identity + [f"++optuna.params={keys}"]
 
     def values_of(self, value: Any, number: int) -> float | list[float]:
         """The job's return value as one float per direction."""
@@ -248,4 +340,7 @@ class PlusUltraOptunaSweeper(Sweeper):
             best = study.best_trial
             log.info("Best trial %d: value %s, params %s", best.number, best.value, best.params)
         else:
-            log.info("%d trials on the Pareto front", len(study.best_trials))
+            front = study.best_trials
+            log.info("%d trials on the Pareto front of %s", len(front), self.directions)
+            for best in front:
+                log.info("  trial %d: values %s, params %s", best.number, best.values, best.params)

@@ -6,7 +6,8 @@
 rows with different column sets line up (a column absent from a run is NULL there; a column
 that is an int in one run and a float in another is DOUBLE). Timestamps are shown in UTC.
 When the directory holds no parquet file yet, ``runs`` still exists with the core columns and
-no rows.
+no rows. The trial columns (``trials.TRIAL_COLUMNS``: ``optuna.study``, ``optuna.trial``,
+``optuna.params``, ``objective``, ``objectives``) always exist, NULL where no row has them.
 
 Column names with dots or slashes must be double-quoted in SQL::
 
@@ -18,8 +19,9 @@ multirun runs sharing the ``study`` column, across every invocation) with the tr
 the study's validation objective (``is_best``) and every trial's deflated Sharpe ratio, computed
 by ``plusultra.catalogue.sweeps.sweep_table`` when ``connect`` is called (a snapshot: runs
 recorded later need a fresh connection). Columns: see ``SWEEP_COLUMNS`` (``study``,
-``sweep_dir``, ``run_id``, ``run_dir``, ``job_num``, ``n_trials``, ``n_sweeps``,
-``selected_by``, ``direction``, ``objective``, ``is_best``, ``test_sharpe``,
+``sweep_dir``, ``run_id``, ``run_dir``, ``job_num``, ``trial``, ``params``, ``n_trials``,
+``n_sweeps``, ``selected_by``, ``direction``, ``objective``, ``objectives``, ``is_best`` (for a
+multi-objective study: on its validation Pareto front), ``test_sharpe``,
 ``sharpe_variance``, ``expected_max_sharpe``, ``deflated_sharpe``, ...); it is empty, with these
 columns, when no study has a completed trial with a test Sharpe::
 
@@ -48,6 +50,7 @@ from plusultra.catalogue.sweeps import (
     objective_columns,
     sweep_table,
 )
+from plusultra.catalogue.trials import TRIAL_COLUMNS
 from plusultra.errors import PlusUltraError, did_you_mean
 
 VIEW = "runs"
@@ -125,6 +128,13 @@ def _create_sweeps(con: duckdb.DuckDBPyConnection) -> None:
         con.unregister("_plusultra_sweeps")
 
 
+def _nulls(columns: dict[str, str], lead: str = "") -> str:
+    """``CAST(NULL AS type) AS "name"`` for each column, comma-joined (after ``lead``)."""
+    if not columns:
+        return ""
+    return lead + ", ".join(f"CAST(NULL AS {t}) AS {_ident(n)}" for n, t in columns.items())
+
+
 def connect(catalogue_dir: str | os.PathLike) -> duckdb.DuckDBPyConnection:
     """Opens an in-memory DuckDB connection with the view ``runs`` and the table ``sweeps``.
 
@@ -152,16 +162,16 @@ def connect(catalogue_dir: str | os.PathLike) -> duckdb.DuckDBPyConnection:
                 source = "[" + ", ".join(_sql_str(str(f)) for f in files) + "]"
             else:
                 source = _sql_str(str(directory / "*.parquet"))
+            parquet = f"read_parquet({source}, union_by_name = true)"
+            present = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {parquet}").fetchall()}
+            missing = {n: t for n, t in TRIAL_COLUMNS.items() if n not in present}
             # one row per run id: a compaction in progress has a row in two files (compact.py)
             con.execute(
-                f"CREATE VIEW {VIEW} AS SELECT * FROM read_parquet({source}, union_by_name = true)"
-                f" {DEDUPE}"
+                f"CREATE VIEW {VIEW} AS SELECT *{_nulls(missing, ', ')} FROM {parquet} {DEDUPE}"
             )
         else:
-            columns = ", ".join(
-                f"CAST(NULL AS {_duckdb_type(t)}) AS {_ident(n)}" for n, t in CORE_COLUMNS.items()
-            )
-            con.execute(f"CREATE VIEW {VIEW} AS SELECT {columns} WHERE false")
+            core = {n: _duckdb_type(t) for n, t in CORE_COLUMNS.items()}
+            con.execute(f"CREATE VIEW {VIEW} AS SELECT {_nulls(core | TRIAL_COLUMNS)} WHERE false")
         _create_sweeps(con)
     except duckdb.Error as exc:
         con.close()

@@ -17,6 +17,9 @@ A row is a plain ``dict[str, object]`` with, in this column order:
    ``backbone._target_``); root scalars keep their bare name (``seed``, ``depth``). Lists and
    empty dicts are leaves stored as JSON strings.
 4. Every entry of the run's ``metrics.json`` (``val_loss``, ``test_sharpe``, ``n_params`` ...).
+5. Trial columns (``plusultra.catalogue.trials``): ``optuna.study``, ``optuna.trial``,
+   ``optuna.params`` (replaced by the JSON ``{key: value}`` of the sampled keys), ``objective``
+   and ``objectives``.
 
 Collisions: choice keys never contain a dot and config leaves below the root always do, so a
 choice can only collide with a root scalar of the same name. Precedence is
@@ -48,6 +51,7 @@ from enum import Enum
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from plusultra.catalogue.trials import trial_columns
 from plusultra.execution import OPTIMISTIC
 from plusultra.io import fsync_dir
 
@@ -282,6 +286,11 @@ def build_row(
         put(name, value, "config key")
     for name, value in metric_row.items():
         put(name, value, "metric")
+    trial = trial_columns(config, choices, metrics)
+    if "optuna.params" in trial and "optuna.params" in row:
+        row["optuna.params"] = trial.pop("optuna.params")  # the key list -> {key: value}
+    for name, value in trial.items():
+        put(name, value, "trial column")
     if isinstance(row.get("execution"), str):  # the fill timing, flagged when optimistic
         put("optimistic_execution", row["execution"] == OPTIMISTIC, "label")
     return row

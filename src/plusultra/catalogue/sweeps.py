@@ -16,13 +16,20 @@ Sharpe, and single runs are left out. Per study and trial ``i``:
 
 - ``n_trials`` (``N``): the number of trials of the study; ``n_sweeps``: the sweep directories
   (invocations) they come from.
+- ``trial``, ``params``: the Optuna trial number and sampled parameters (catalogue columns
+  ``optuna.trial``, ``optuna.params``); null for a multirun of another sweeper.
 - ``selected_by``, ``direction``: the study's objective, the ``optimized_metric`` and
   ``optimized_direction`` recorded by its most recently started trial (a direction left null is
-  derived from the metric's name, see ``objective_direction``); ``objective``: the trial's value
-  of that metric.
+  derived from the metric's name, see ``objective.objective_direction``); ``objective``: the
+  trial's value of that metric; ``objectives``: a JSON list of its values.
 - ``is_best``: the trial with the lowest (``minimize``) or highest (``maximize``) finite
   ``objective`` of its study (ties: the first in ``sweep_dir``, ``job_num`` order), at most one
   per study and none when no trial has the objective. Never chosen by a test metric.
+- A multi-objective study (``optimized_metric`` a list, e.g. ``[val_sharpe,
+  val_max_drawdown]``): ``selected_by`` is ``pareto(val_sharpe,val_max_drawdown)``,
+  ``direction`` the comma-joined directions, ``objective`` the first metric's value, and
+  ``is_best`` marks every trial on the study's Pareto front of those validation metrics (a trial
+  with a missing value is never on it).
 - ``SR_i = test_sharpe_i / sqrt(P_i)``: the per-period test Sharpe, ``P_i`` the run's
   ``periods_per_year`` metric (older rows: ``evaluation.periods_per_year``; 252 when neither).
 - ``V`` (``sharpe_variance``): the sample variance (``ddof=1``) of the ``SR_i`` across the
@@ -39,12 +46,20 @@ Sharpe, and single runs are left out. Per study and trial ``i``:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
 import numpy as np
 import pandas as pd
 
+from plusultra.catalogue.objective import (  # noqa: F401 - objective_value: public here too
+    as_list,
+    objective_direction,
+    objective_directions,
+    objective_value,
+    pareto_front,
+)
 from plusultra.errors import ConfigError
 from plusultra.evaluation.metrics.deflated import deflated_sharpe, expected_max_sharpe
 
@@ -52,22 +67,6 @@ DEFAULT_PERIODS_PER_YEAR = 252
 """Used for a run without a ``periods_per_year`` value (catalogues older than that metric)."""
 DEFAULT_OBJECTIVE = "val_loss"
 """Objective of rows recorded without an ``optimized_metric`` column."""
-DIRECTIONS = ("minimize", "maximize")
-# Metric-name endings (after the split prefix) whose direction is unambiguous.
-_MINIMIZE = ("loss", "error", "volatility", "turnover", "duration", "cost_share")
-_MAXIMIZE = (
-    "sharpe",
-    "sortino",
-    "return",
-    "calmar",
-    "hit_rate",
-    "ic",
-    "ic_ir",
-    "information_ratio",
-    "max_drawdown",  # a negative fraction: closer to 0 is better
-    "cvar_95",  # signed per-bar return of the worst 5 %: higher is better
-)
-
 INPUT_COLUMNS = (
     "run_id",
     "run_dir",
@@ -84,6 +83,8 @@ INPUT_COLUMNS = (
     "test_kurtosis",
     "periods_per_year",
     "evaluation.periods_per_year",
+    "optuna.trial",
+    "optuna.params",
 )
 """Catalogue columns ``sweep_table`` reads (besides the objective columns the rows name); all but
 the first five (core columns) may be absent."""
@@ -94,12 +95,15 @@ SWEEP_COLUMNS: dict[str, str] = {
     "run_id": "VARCHAR",
     "run_dir": "VARCHAR",
     "job_num": "BIGINT",
+    "trial": "BIGINT",  # the Optuna trial number (optuna.trial); null outside an Optuna sweep
+    "params": "VARCHAR",  # the trial's sampled parameters, JSON {key: value} (optuna.params)
     "n_trials": "BIGINT",  # N: completed trials with a finite test_sharpe in the study
     "n_sweeps": "BIGINT",  # sweep directories (invocations) those trials come from
-    "selected_by": "VARCHAR",  # the validation metric the best trial is chosen by
-    "direction": "VARCHAR",  # minimize | maximize (null: unknown, no best)
-    "objective": "DOUBLE",  # this trial's value of selected_by
-    "is_best": "BOOLEAN",  # best objective of its study
+    "selected_by": "VARCHAR",  # the validation metric (or pareto(m1,m2,...)) selecting the best
+    "direction": "VARCHAR",  # minimize | maximize (comma-joined per metric; null: no best)
+    "objective": "DOUBLE",  # this trial's value of (the first metric of) selected_by
+    "objectives": "VARCHAR",  # JSON list: its value of every selected_by metric, in order
+    "is_best": "BOOLEAN",  # best objective of its study, or on its validation Pareto front
     "test_sharpe": "DOUBLE",  # annualised, as in runs (reported, never selected on)
     "sharpe_variance": "DOUBLE",  # V: variance of the per-period Sharpes across the study
     "expected_max_sharpe": "DOUBLE",  # SR0, annualised like test_sharpe
@@ -113,54 +117,6 @@ SWEEP_COLUMNS: dict[str, str] = {
 """Columns of ``sweep_table`` (and of the DuckDB table ``sweeps``) with their DuckDB types."""
 
 _REQUIRED = INPUT_COLUMNS[:5]
-
-
-def objective_direction(metric: str, direction: str | None = None) -> str:
-    """The direction a sweep optimises ``metric`` in.
-
-    Args:
-        metric: the objective, a ``val_*`` key of ``metrics.json`` (``optimized_metric``).
-        direction: ``minimize`` | ``maximize``; None derives it from the name: minimize for
-            names ending in loss, error, volatility, turnover, duration or cost_share;
-            maximize for Sharpe, Sortino, returns, Calmar, hit rate, IC, information ratio,
-            max drawdown (a negative fraction) and CVaR (a signed return).
-
-    Raises:
-        ConfigError: ``metric`` is not a validation metric, ``direction`` is not one of
-            ``DIRECTIONS``, or it is None and the name does not say.
-    """
-    if not isinstance(metric, str) or not metric.startswith("val_"):
-        raise ConfigError(
-            f"optimized_metric={metric!r}: a sweep selects on the validation segment, so the "
-            "objective must be a val_* metric (e.g. val_loss, val_sharpe); test_* metrics are "
-            "only reported"
-        )
-    if direction is not None:
-        if direction not in DIRECTIONS:
-            raise ConfigError(f"optimized_direction={direction!r}; valid: {list(DIRECTIONS)}")
-        return direction
-    if metric.endswith(_MINIMIZE):
-        return "minimize"
-    if metric.endswith(_MAXIMIZE):
-        return "maximize"
-    raise ConfigError(
-        f"optimized_direction is null and {metric!r} does not say whether lower or higher is "
-        "better; set optimized_direction=minimize or optimized_direction=maximize"
-    )
-
-
-def objective_value(metrics: dict[str, float], metric: str) -> float:
-    """``metrics[metric]``, the value a run returns to the sweeper.
-
-    Raises:
-        ConfigError: the run produced no such metric (the message lists the val_* keys).
-    """
-    if metric not in metrics:
-        valid = sorted(k for k in metrics if k.startswith("val_"))
-        raise ConfigError(
-            f"optimized_metric={metric!r} is not a metric of this run; valid: {valid}"
-        )
-    return metrics[metric]
 
 
 def _numeric(runs: pd.DataFrame, name: str) -> pd.Series:
@@ -201,33 +157,60 @@ def _dsr(
     return deflated_sharpe(sharpe, n_trials, variance, int(n_periods), skew, kurtosis)
 
 
+def _metric_names(text: str) -> list[str]:
+    """The metric(s) of one ``optimized_metric`` cell: a name, or a JSON list of names."""
+    listed = as_list(text)
+    return [str(n) for n in listed] if listed else [text]
+
+
 def objective_columns(runs: pd.DataFrame) -> list[str]:
     """Metric columns named by the rows' ``optimized_metric`` (and ``DEFAULT_OBJECTIVE``)."""
-    names = set(_text(runs, "optimized_metric").dropna()) | {DEFAULT_OBJECTIVE}
+    names = {DEFAULT_OBJECTIVE}
+    for text in _text(runs, "optimized_metric").dropna():
+        names.update(_metric_names(text))
     return sorted(names)
 
 
+def _json_values(values: np.ndarray) -> list[str]:
+    """(N, K) values as one JSON list per row, NaN as null."""
+    return [json.dumps([None if math.isnan(v) else float(v) for v in row]) for row in values]
+
+
 def _select(trials: pd.DataFrame, runs: pd.DataFrame) -> None:
-    """Fills ``selected_by``, ``direction``, ``objective`` and ``is_best`` per study, in place."""
+    """Fills ``selected_by``, ``direction``, ``objective(s)`` and ``is_best`` per study, in place.
+
+    One metric: ``is_best`` is the single best value. Several (a multi-objective study):
+    ``selected_by`` is ``pareto(m1,m2,...)`` and ``is_best`` marks every trial on the study's
+    Pareto front of those validation metrics (``objective.pareto_front``).
+    """
     trials["selected_by"] = None
     trials["direction"] = None
     trials["objective"] = np.nan
+    trials["objectives"] = None
     trials["is_best"] = False
     for _, group in trials.groupby("study", sort=False):
         latest = group.sort_values("_started", kind="stable").iloc[-1]
         metric = latest["_metric"] if isinstance(latest["_metric"], str) else DEFAULT_OBJECTIVE
         chosen = latest["_direction"] if isinstance(latest["_direction"], str) else None
-        trials.loc[group.index, "selected_by"] = metric
-        values = _numeric(runs, metric).loc[group["_row"]].to_numpy()
-        trials.loc[group.index, "objective"] = values
+        names = _metric_names(metric)
+        multi = len(names) > 1
+        trials.loc[group.index, "selected_by"] = f"pareto({','.join(names)})" if multi else metric
+        values = np.column_stack(
+            [_numeric(runs, n).loc[group["_row"]].to_numpy() for n in names]
+        )  # (n, K)
+        trials.loc[group.index, "objective"] = values[:, 0]
+        trials.loc[group.index, "objectives"] = _json_values(values)
         try:
-            direction = objective_direction(metric, chosen)
+            directions = objective_directions(names if multi else metric, chosen)
         except ConfigError:
             continue  # an old row with an unusable objective: no best trial
-        trials.loc[group.index, "direction"] = direction
-        scores = pd.Series(values, index=group.index).dropna()
+        trials.loc[group.index, "direction"] = ",".join(directions)
+        if multi:
+            trials.loc[group.index, "is_best"] = pareto_front(values, directions)
+            continue
+        scores = pd.Series(values[:, 0], index=group.index).dropna()
         if not scores.empty:
-            best = scores.idxmin() if direction == "minimize" else scores.idxmax()
+            best = scores.idxmin() if directions[0] == "minimize" else scores.idxmax()
             trials.loc[best, "is_best"] = True
 
 
@@ -276,6 +259,8 @@ def sweep_table(runs: pd.DataFrame) -> pd.DataFrame:
             "run_id": runs["run_id"],
             "run_dir": runs["run_dir"],
             "job_num": pd.to_numeric(runs["job_num"], errors="coerce").astype("Int64"),
+            "trial": _numeric(runs, "optuna.trial").astype("Int64"),
+            "params": _text(runs, "optuna.params"),
             "test_sharpe": sharpe,
             "periods_per_year": ppy.where(ppy > 0, DEFAULT_PERIODS_PER_YEAR),  # NaN > 0 is False
             "n_periods": _numeric(runs, "test_n_periods"),
@@ -336,6 +321,16 @@ def summary_line(trials: pd.DataFrame, study: str) -> str:
     best = rows[rows["is_best"]]
     if best.empty:
         return f"study {study}: {n} trials, none with a finite {metric} to select on"
+    if isinstance(metric, str) and metric.startswith("pareto("):
+        jobs = "; ".join(
+            f"job {'?' if pd.isna(b['job_num']) else int(b['job_num'])} {b['objectives']} "
+            f"(test_sharpe {b['test_sharpe']:.2f})"
+            for _, b in best.iterrows()
+        )
+        return (
+            f"study {study}: {len(best)} of {n} trials ({sweeps} sweep{'s' * (sweeps > 1)}) on "
+            f"the validation Pareto front of {metric} ({first['direction']}): {jobs}"
+        )
     best = best.iloc[0]
     job = "?" if pd.isna(best["job_num"]) else int(best["job_num"])
     dsr = "n/a" if pd.isna(best["deflated_sharpe"]) else f"{best['deflated_sharpe']:.3f}"

@@ -59,11 +59,12 @@ EPILOG = textwrap.dedent(
     finished_at, duration_s, git_revision, overrides, multirun, job_num; one column per
     config group holding the chosen option (backbone, head, data, hardware, ...); the
     resolved config with dotted names (seed, depth, "backbone.depth",
-    "trainer.max_epochs", ...); and the metrics (val_loss, test_sharpe, n_params, ...).
+    "trainer.max_epochs", ...); the metrics (val_loss, test_sharpe, n_params, ...); and the
+    trial columns "optuna.study", "optuna.trial", "optuna.params" (JSON), objective, objectives.
     The table `sweeps` has one row per trial of each study (multirun jobs sharing `study`,
-    across invocations): study, sweep_dir, run_id, job_num, n_trials, selected_by (the val_*
-    objective), objective, is_best (best objective), test_sharpe, expected_max_sharpe
-    (annualised), deflated_sharpe (a probability), ...
+    across invocations): study, sweep_dir, run_id, job_num, trial, params, n_trials,
+    selected_by (the val_* objective), objective, objectives, is_best (best objective, or on
+    the Pareto front), test_sharpe, expected_max_sharpe (annualised), deflated_sharpe, ...
     Column names containing dots or slashes must be double-quoted in SQL ("trainer.max_epochs",
     "a/b"); SQL strings use single quotes. In bash, put the query in double quotes and escape
     the inner ones as \\", or put it in single quotes when it has no string literal.

@@ -116,9 +116,10 @@ def hyperparameters(
     return params
 
 
-def final_metrics(metrics: Mapping[str, object], objective: str) -> dict[str, float]:
-    """The numeric ``METRICS`` and ``objective`` from ``metrics``, keyed ``summary/<name>``."""
-    names = dict.fromkeys([objective, *METRICS])
+def final_metrics(metrics: Mapping[str, object], objective: str | list[str]) -> dict[str, float]:
+    """The numeric ``METRICS`` and ``objective`` (one name or several) from ``metrics``, keyed
+    ``summary/<name>``."""
+    names = dict.fromkeys([*([objective] if isinstance(objective, str) else objective), *METRICS])
     return {
         f"{PREFIX}{k}": float(metrics[k])
         for k in names
@@ -127,7 +128,10 @@ def final_metrics(metrics: Mapping[str, object], objective: str) -> dict[str, fl
 
 
 def log_summary(
-    logger: Logger, params: Mapping[str, object], metrics: Mapping[str, object], objective: str
+    logger: Logger,
+    params: Mapping[str, object],
+    metrics: Mapping[str, object],
+    objective: str | list[str],
 ) -> None:
     """Logs every numeric final metric as ``summary/<name>`` and the HParams session.
 
@@ -140,7 +144,7 @@ def log_summary(
         logger: The run's Lightning logger (TensorBoardLogger in ``conf/logger``).
         params: From ``hyperparameters``.
         metrics: The run's ``metrics.json`` content (text values are skipped).
-        objective: The validation metric the run is selected on (``optimized_metric``).
+        objective: The validation metric(s) the run is selected on (``optimized_metric``).
     """
     shown = final_metrics(metrics, objective)
     rest = {
