@@ -207,6 +207,29 @@ def test_custom_search_space_and_dict_form(tmp_path):
         assert t.params.get("z", 5) in (5, 6)
 
 
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        "{_target_: optuna.samplers.GridSampler, search_space: {x: [1.0, 2.0], y: [0, 1]}}",
+        "{_target_: optuna.samplers.BruteForceSampler, seed: 0}",
+    ],
+)
+def test_exhausted_grid_ends_the_sweep(tmp_path, sampler):
+    """Grid and brute-force samplers call study.stop() once every point is tried; the sweep
+    ends there, with every point once, instead of crashing on it."""
+    proc = run_app(
+        tmp_path,
+        "hydra.sweeper.params.x='choice(1.0, 2.0)'",  # a finite space for brute force
+        "hydra.sweeper.n_trials=10",
+        "hydra.sweeper.n_jobs=1",
+        f"hydra.sweeper.sampler={sampler}",
+    )
+    assert "no point left" in proc.stderr + proc.stdout
+    trials = only_study(tmp_path).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert len({(t.params["x"], t.params["y"]) for t in trials}) == 4
+
+
 def test_journal_storage_and_named_study(tmp_path):
     log = tmp_path / "nfs" / "study.log"
     for _ in range(2):  # the second run finds the total reached and runs nothing

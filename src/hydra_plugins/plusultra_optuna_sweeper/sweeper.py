@@ -281,21 +281,21 @@ class PlusUltraOptunaSweeper(Sweeper):
                 if isinstance(ret._return_value, optuna.TrialPruned):
                     # the job's pruner stopped it: Optuna keeps its last reported value; it
                     # counts toward n_trials and is not a failure
-                    told = study.tell(trial, state=TrialState.PRUNED)
+                    told = self.tell(study, trial, state=TrialState.PRUNED)
                     log.info("trial %d pruned (last value %s)", trial.number, told.value)
                     continue
                 if ret.status != JobStatus.COMPLETED:
-                    study.tell(trial, state=TrialState.FAIL)
+                    self.tell(study, trial, state=TrialState.FAIL)
                     log.warning("trial %d failed: %r", trial.number, ret._return_value)
                     failed += 1
                     continue
                 try:
                     values = self.values_of(ret.return_value, trial.number)
                 except ValueError:
-                    study.tell(trial, state=TrialState.FAIL)  # not left RUNNING
+                    self.tell(study, trial, state=TrialState.FAIL)  # not left RUNNING
                     raise
                 # Optuna itself fails a trial whose value is NaN
-                told = study.tell(trial, values, skip_if_finished=False)
+                told = self.tell(study, trial, values, skip_if_finished=False)
                 failed += told.state == TrialState.FAIL
                 results.append(values)
             if failed / ran > self.max_failure_rate:
@@ -303,8 +303,24 @@ class PlusUltraOptunaSweeper(Sweeper):
                     f"{failed} of {ran} trials failed, above hydra.sweeper.max_failure_rate="
                     f"{self.max_failure_rate}; the study keeps them as FAIL"
                 )
+            if study._stop_flag:  # GridSampler / BruteForceSampler: every point has been tried
+                log.info("The sampler has no point left to try: the sweep ends here")
+                break
         self.report(study)
         return results
+
+    @staticmethod
+    def tell(study: optuna.Study, trial: optuna.Trial, *args: Any, **kwargs: Any) -> FrozenTrial:
+        """``study.tell``, as inside ``study.optimize``: samplers that run out of points
+        (GridSampler, BruteForceSampler) call ``study.stop()`` from ``after_trial``, which
+        Optuna allows only in an optimize loop; here it sets the flag the sweep loop reads."""
+        local = study._thread_local
+        inside = getattr(local, "in_optimize_loop", False)
+        local.in_optimize_loop = True
+        try:
+            return study.tell(trial, *args, **kwargs)
+        finally:
+            local.in_optimize_loop = inside
 
     def trial_overrides(self, trial: optuna.Trial, fixed: list[str], raw: set[str]) -> list[str]:
         """Fixed overrides, every sampled value (custom search space included), the trial's id."""
