@@ -256,6 +256,9 @@ def sweep(tmp: Path) -> dict[str, float]:
     return {"sweep": t_sweep, "single": t_single}
 
 
+LOAD = "{:.1f}".format(os.getloadavg()[0])
+
+
 def main() -> None:
     """Measure, print and write the section of docs/benchmarks.md."""
     with tempfile.TemporaryDirectory() as name:
@@ -266,7 +269,8 @@ def main() -> None:
     total = o["ask_tell"] + o["compose"] + o["instantiate"] + o["catalogue_row"]
     md = f"""## Sweeps: per-trial overhead, a 10,000-row catalogue, a 4-trial sweep
 
-`python -m experiments.benchmarks.sweeps` ({machine()}).
+`python -m experiments.benchmarks.sweeps` ({machine()}; load average {LOAD} when it started:
+other work shared the cores, so absolute seconds are upper bounds and the ratios are the figures).
 
 **Per-trial overhead** (medians of {REPEATS}; a `d_model=32 depth=2 window=32` model on the
 default synthetic data, 40 training batches an epoch): what a sweep adds to each trial besides training and evaluating it.
