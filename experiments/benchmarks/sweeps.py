@@ -44,7 +44,7 @@ from plusultra.run import CONF_DIR, build
 ROOT = Path(__file__).resolve().parents[2]
 REPEATS = 5
 N_ROWS = 10_000
-SMALL = [  # a trial of the 4-trial sweep: a small model, 1 short epoch on the default synthetic data
+SMALL = [  # a trial of the 4-trial sweep: a small model, 1 short epoch on the synthetic data
     "d_model=32",
     "depth=2",
     "window=32",
@@ -231,9 +231,7 @@ def cli(args: list[str], out: Path) -> float:
 
 def sweep(tmp: Path) -> dict[str, float]:
     """Wall seconds of a 4-trial Optuna sweep and of 4 separate runs of its configurations."""
-    grid = [
-        [f"optim.lr={lr}", f"horizon={h}"] for lr in ("1e-3", "3e-3") for h in (1, 5)
-    ]
+    grid = [[f"optim.lr={lr}", f"horizon={h}"] for lr in ("1e-3", "3e-3") for h in (1, 5)]
     t_single = sum(cli([*SMALL, *point], tmp / "single") for point in grid)
     t_sweep = cli(
         [
@@ -256,7 +254,7 @@ def sweep(tmp: Path) -> dict[str, float]:
     return {"sweep": t_sweep, "single": t_single}
 
 
-LOAD = "{:.1f}".format(os.getloadavg()[0])
+LOAD = f"{os.getloadavg()[0]:.1f}"
 
 
 def main() -> None:
@@ -267,20 +265,22 @@ def main() -> None:
         c = catalogue(tmp)
         s = sweep(tmp)
     total = o["ask_tell"] + o["compose"] + o["instantiate"] + o["catalogue_row"]
+    inst, row = f"{o['instantiate']:.3f}", f"{o['catalogue_row']:.3f}"
     md = f"""## Sweeps: per-trial overhead, a 10,000-row catalogue, a 4-trial sweep
 
 `python -m experiments.benchmarks.sweeps` ({machine()}; load average {LOAD} when it started:
 other work shared the cores, so absolute seconds are upper bounds and the ratios are the figures).
 
 **Per-trial overhead** (medians of {REPEATS}; a `d_model=32 depth=2 window=32` model on the
-default synthetic data, 40 training batches an epoch): what a sweep adds to each trial besides training and evaluating it.
+default synthetic data, 40 training batches an epoch): what a sweep adds to each trial besides
+training and evaluating it.
 
 | phase | seconds per trial |
 |---|---|
 | Optuna ask + tell (SQLite study) | {o["ask_tell"]:.3f} |
 | Hydra compose of the root config with the trial's overrides | {o["compose"]:.3f} |
-| instantiate features, data module (setup included), model, logger, trainer, callbacks | {o["instantiate"]:.3f} |
-| catalogue row ({o["n_columns"]} config columns) built and written atomically | {o["catalogue_row"]:.3f} |
+| instantiate features, data module (setup included), model, logger, trainer, callbacks | {inst} |
+| catalogue row ({o["n_columns"]} config columns) built and written atomically | {row} |
 | **total** (target: ≤ 2 s) | **{total:.2f}** |
 | reference: one training epoch (40 batches) of the same model (`trainer.fit`) | {o["epoch"]:.2f} |
 
@@ -302,8 +302,9 @@ the catalogue by themselves once 256 row files pile up (docs/catalogue.md).
 
 **A 4-trial sweep** (`plusultra -m hydra/sweeper=plusultra_optuna hydra.sweeper.n_trials=4`
 over `optim.lr` x `horizon` with the brute-force sampler, each trial one 40-batch epoch of the
-model above on the synthetic data, then its validation and test backtests): **{s["sweep"]:.0f} s**, against {s["single"]:.0f} s for the same
-4 configurations run as 4 separate `plusultra` commands (the reference): **{s["sweep"] / s["single"]:.2f}x**
+model above on the synthetic data, then its validation and test backtests):
+**{s["sweep"]:.0f} s**, against {s["single"]:.0f} s for the same 4 configurations run as 4
+separate `plusultra` commands (the reference): **{s["sweep"] / s["single"]:.2f}x**
 (one process imports torch and Lightning once).
 """
     print(md)
