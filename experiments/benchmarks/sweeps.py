@@ -154,7 +154,11 @@ def fake_row(i: int, now: datetime, rng: random.Random) -> dict:
         finished_at=now + timedelta(seconds=i + 30),
         git_rev="bench",
         overrides=[f"seed={i % 3}"],
-        choices={"backbone": rng.choice(["hybrid", "tcn", "ssm", "moe"]), "head": "regression"},
+        choices={
+            "backbone": rng.choice(["hybrid", "tcn", "ssm", "moe"]),
+            "head": "regression",
+            "loss": "mse",
+        },
         config={
             "seed": i % 3,
             "depth": rng.choice([2, 4, 8]),
