@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from scipy.stats import norm
 
@@ -80,3 +81,35 @@ def test_deflated_sharpe_bad_arguments() -> None:
         deflated_sharpe(0.1, 10, -0.001, 100, 0.0, 3.0)
     with pytest.raises(DataError, match="skew"):
         deflated_sharpe(0.1, 10, 0.001, 100, NAN, 3.0)
+
+
+def test_deflated_sharpe_many_matches_the_scalar_reference():
+    """The vectorised form the sweeps table uses equals the scalar functions element by element,
+    NaN where they return NaN (T < 2, a variance term <= 0) or would raise."""
+    from plusultra.evaluation.metrics.deflated import deflated_sharpe_many
+
+    rng = np.random.default_rng(0)
+    n = 400
+    sharpe = rng.normal(0.05, 0.08, n)
+    n_trials = rng.integers(1, 200, n)
+    variance = rng.uniform(0, 0.01, n)
+    periods = rng.integers(0, 2000, n)
+    skew = rng.normal(0, 1.5, n)
+    kurt = rng.uniform(1.0, 12.0, n)
+    sharpe[:5] = 3.0  # with skew 2 and kurtosis 1: a variance term <= 0
+    skew[:5], kurt[:5] = 2.0, 1.0
+    periods[5:10] = 1  # too short
+    dsr, sr0 = deflated_sharpe_many(sharpe, n_trials, variance, periods, skew, kurt)
+    for i in range(n):
+        ref = deflated_sharpe(
+            float(sharpe[i]), int(n_trials[i]), float(variance[i]), int(periods[i]),
+            float(skew[i]), float(kurt[i]),
+        )  # fmt: skip
+        assert sr0[i] == pytest.approx(expected_max_sharpe(int(n_trials[i]), float(variance[i])))
+        if math.isnan(ref):
+            assert math.isnan(dsr[i]), i
+        else:
+            assert dsr[i] == pytest.approx(ref, rel=1e-12, abs=1e-15), i
+    assert np.isnan(dsr[:10]).all()
+    bad, _ = deflated_sharpe_many([np.nan, 0.1], [3, 0], [0.1, 0.1], [100, 100], [0, 0], [3, 3])
+    assert np.isnan(bad).all()  # where the scalar raises

@@ -61,7 +61,7 @@ from plusultra.catalogue.objective import (  # noqa: F401 - objective_value: pub
     pareto_front,
 )
 from plusultra.errors import ConfigError
-from plusultra.evaluation.metrics.deflated import deflated_sharpe, expected_max_sharpe
+from plusultra.evaluation.metrics.deflated import deflated_sharpe_many
 
 DEFAULT_PERIODS_PER_YEAR = 252
 """Used for a run without a ``periods_per_year`` value (catalogues older than that metric)."""
@@ -148,15 +148,6 @@ def _pandas_dtypes() -> dict[str, str]:
     return {name: kinds[typ] for name, typ in SWEEP_COLUMNS.items()}
 
 
-def _dsr(
-    sharpe: float, n_trials: int, variance: float, n_periods: float, skew: float, kurtosis: float
-) -> float:
-    """``deflated_sharpe`` with per-period inputs; NaN when ``n_periods`` is unknown."""
-    if not math.isfinite(n_periods):
-        return math.nan
-    return deflated_sharpe(sharpe, n_trials, variance, int(n_periods), skew, kurtosis)
-
-
 def _metric_names(text: str) -> list[str]:
     """The metric(s) of one ``optimized_metric`` cell: a name, or a JSON list of names."""
     listed = as_list(text)
@@ -183,35 +174,41 @@ def _select(trials: pd.DataFrame, runs: pd.DataFrame) -> None:
     ``selected_by`` is ``pareto(m1,m2,...)`` and ``is_best`` marks every trial on the study's
     Pareto front of those validation metrics (``objective.pareto_front``).
     """
-    trials["selected_by"] = None
-    trials["direction"] = None
-    trials["objective"] = np.nan
-    trials["objectives"] = None
-    trials["is_best"] = False
+    n = len(trials)  # trials has a RangeIndex: group indices are positions
+    selected_by = np.full(n, None, dtype=object)
+    direction = np.full(n, None, dtype=object)
+    objective = np.full(n, np.nan)
+    objectives = np.full(n, None, dtype=object)
+    is_best = np.zeros(n, dtype=bool)
+    numeric: dict[str, pd.Series] = {}  # metric columns as numbers, converted once
     for _, group in trials.groupby("study", sort=False):
+        rows = group.index.to_numpy()
         latest = group.sort_values("_started", kind="stable").iloc[-1]
         metric = latest["_metric"] if isinstance(latest["_metric"], str) else DEFAULT_OBJECTIVE
         chosen = latest["_direction"] if isinstance(latest["_direction"], str) else None
         names = _metric_names(metric)
         multi = len(names) > 1
-        trials.loc[group.index, "selected_by"] = f"pareto({','.join(names)})" if multi else metric
-        values = np.column_stack(
-            [_numeric(runs, n).loc[group["_row"]].to_numpy() for n in names]
-        )  # (n, K)
-        trials.loc[group.index, "objective"] = values[:, 0]
-        trials.loc[group.index, "objectives"] = _json_values(values)
+        selected_by[rows] = f"pareto({','.join(names)})" if multi else metric
+        for name in names:
+            if name not in numeric:
+                numeric[name] = _numeric(runs, name)
+        values = np.column_stack([numeric[name].loc[group["_row"]].to_numpy() for name in names])
+        objective[rows] = values[:, 0]
+        objectives[rows] = _json_values(values)
         try:
             directions = objective_directions(names if multi else metric, chosen)
         except ConfigError:
             continue  # an old row with an unusable objective: no best trial
-        trials.loc[group.index, "direction"] = ",".join(directions)
+        direction[rows] = ",".join(directions)
         if multi:
-            trials.loc[group.index, "is_best"] = pareto_front(values, directions)
+            is_best[rows] = pareto_front(values, directions)
             continue
-        scores = pd.Series(values[:, 0], index=group.index).dropna()
-        if not scores.empty:
-            best = scores.idxmin() if directions[0] == "minimize" else scores.idxmax()
-            trials.loc[best, "is_best"] = True
+        scores = values[:, 0]
+        if np.isfinite(scores).any():
+            pick = np.nanargmin(scores) if directions[0] == "minimize" else np.nanargmax(scores)
+            is_best[rows[pick]] = True
+    trials["selected_by"], trials["direction"] = selected_by, direction
+    trials["objective"], trials["objectives"], trials["is_best"] = objective, objectives, is_best
 
 
 def sweep_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -281,22 +278,16 @@ def sweep_table(runs: pd.DataFrame) -> pd.DataFrame:
     trials["n_trials"] = groups.transform("size").astype("Int64")
     trials["n_sweeps"] = trials.groupby("study")["sweep_dir"].transform("nunique").astype("Int64")
     trials["sharpe_variance"] = groups.transform("var").fillna(0.0)  # ddof=1; 0 when N = 1
-    pairs = list(zip(trials["n_trials"], trials["sharpe_variance"], strict=True))
-    per_study = {(n, v): expected_max_sharpe(int(n), float(v)) for n, v in set(pairs)}
-    sr0 = [per_study[pair] for pair in pairs]  # the same for every trial of a study
-    trials["expected_max_sharpe"] = np.asarray(sr0) * np.sqrt(trials["periods_per_year"])
-    trials["deflated_sharpe"] = [
-        _dsr(sr, int(n), v, t, sk, ku)
-        for sr, n, v, t, sk, ku in zip(
-            per_period,
-            trials["n_trials"],
-            trials["sharpe_variance"],
-            trials["n_periods"],
-            trials["skew"],
-            trials["kurtosis"],
-            strict=True,
-        )
-    ]
+    dsr, sr0 = deflated_sharpe_many(  # every trial of every study at once
+        per_period.to_numpy(float),
+        trials["n_trials"].to_numpy(float, na_value=np.nan),
+        trials["sharpe_variance"].to_numpy(float),
+        np.floor(trials["n_periods"].to_numpy(float)),
+        trials["skew"].to_numpy(float),
+        trials["kurtosis"].to_numpy(float),
+    )
+    trials["expected_max_sharpe"] = sr0 * np.sqrt(trials["periods_per_year"].to_numpy(float))
+    trials["deflated_sharpe"] = dsr
     _select(trials, runs)
     return trials[list(SWEEP_COLUMNS)].astype(_pandas_dtypes())
 

@@ -130,3 +130,43 @@ def deflated_sharpe(
     if var_term <= 0:
         return _NAN
     return float(norm.cdf((sharpe - sr0) * math.sqrt(n_periods - 1) / math.sqrt(var_term)))
+
+
+def deflated_sharpe_many(
+    sharpe: np.ndarray,
+    n_trials: np.ndarray,
+    sharpe_variance: np.ndarray,
+    n_periods: np.ndarray,
+    skew: np.ndarray,
+    kurtosis: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``deflated_sharpe`` and ``expected_max_sharpe`` over arrays, one element per trial.
+
+    The catalogue's ``sweeps`` table scores every trial of every study at once; the scalar
+    functions above are the reference it is tested against. Arguments are as there, as
+    broadcastable (N,) arrays, all per period.
+
+    Returns:
+        ``(dsr, sr0)``: (N,) float arrays. ``dsr`` is NaN where ``deflated_sharpe`` returns NaN
+        (``n_periods < 2`` or a variance term <= 0) and, instead of raising, where an input is
+        not finite or ``n_trials < 1``; ``sr0`` is NaN where ``n_trials < 1`` or the variance
+        is negative or not finite.
+    """
+    sr, n, v, t, sk, ku = np.broadcast_arrays(
+        *(np.asarray(a, dtype=float) for a in (sharpe, n_trials, sharpe_variance, n_periods,
+                                               skew, kurtosis))
+    )  # fmt: skip
+    ok_n = np.isfinite(n) & (n >= 1)
+    ok_v = np.isfinite(v) & (v >= 0)
+    safe_n = np.where(ok_n & (n > 1), n, 2.0)
+    z1 = norm.ppf(1.0 - 1.0 / safe_n)
+    z2 = norm.ppf(1.0 - 1.0 / (safe_n * math.e))
+    sr0 = np.sqrt(np.where(ok_v, v, 0.0)) * ((1.0 - _EULER_GAMMA) * z1 + _EULER_GAMMA * z2)
+    sr0 = np.where(n == 1, 0.0, sr0)
+    sr0 = np.where(ok_n & ok_v, sr0, np.nan)
+    var_term = 1.0 - sk * sr + (ku - 1.0) / 4.0 * sr**2
+    valid = ok_n & ok_v & np.isfinite(sr) & np.isfinite(t) & np.isfinite(sk) & np.isfinite(ku)
+    valid &= (t >= 2) & (var_term > 0)
+    scale = np.sqrt(np.where(valid, t - 1.0, 1.0) / np.where(valid, var_term, 1.0))
+    z = (sr - sr0) * scale
+    return np.where(valid, norm.cdf(z), np.nan), sr0
