@@ -286,9 +286,9 @@ training and evaluating it.
 | instantiate features, data module (setup included), model, logger, trainer, callbacks | {inst} |
 | catalogue row ({o["n_columns"]} config columns) built and written atomically | {row} |
 | **total** (target: ≤ 2 s) | **{total:.2f}** |
-| reference: one training epoch (40 batches) of the same model (`trainer.fit`) | {o["epoch"]:.2f} |
+| reference: one `trainer.fit` epoch of the same model (40 training batches, the full validation pass) | {o["epoch"]:.2f} |
 
-The overhead is **{total / o["epoch"]:.2f}x** one training epoch.
+The overhead is **{total / o["epoch"]:.3f}x** that epoch.
 
 **Catalogue at {N_ROWS:,} rows** (`plusultra-catalogue --query leaderboard`: connect, the
 `sweeps` table, the saved query; seeded rows of 100-trial studies, written one file per run
