@@ -309,8 +309,7 @@ the catalogue by themselves once 256 row files pile up (docs/catalogue.md).
 over `optim.lr` x `horizon` with the brute-force sampler, each trial one 40-batch epoch of the
 model above on the synthetic data, then its validation and test backtests):
 **{s["sweep"]:.0f} s**, against {s["single"]:.0f} s for the same 4 configurations run as 4
-separate `plusultra` commands (the reference): **{s["sweep"] / s["single"]:.2f}x**
-(one process imports torch and Lightning once).
+separate `plusultra` commands (the reference): **{s["sweep"] / s["single"]:.2f}x**.
 """
     print(md)
     write_section("sweeps", md)
