@@ -140,7 +140,8 @@ def test_noise_scale_matches_reference():
         est = noise.update(grads, float(flat.square().sum()), batch)
         if est is not None:
             got.append(est["b_simple"])
-    assert got == pytest.approx(noise_scale_ref(steps, batches, window, ema), rel=1e-9)
+    # the window's gradient sum is kept in the gradients' float32
+    assert got == pytest.approx(noise_scale_ref(steps, batches, window, ema), rel=1e-5)
 
 
 def test_noise_scale_recovers_a_known_value():

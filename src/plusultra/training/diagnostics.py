@@ -24,6 +24,7 @@ import logging
 import os
 from pathlib import Path
 
+from plusultra.errors import ConfigError
 from plusultra.training.diagnostics_activations import ActivationDiagnostics
 from plusultra.training.diagnostics_base import Alerts, Recorder, log
 from plusultra.training.diagnostics_calibration import CalibrationDiagnostics
@@ -43,6 +44,8 @@ class Diagnostics:
 
     Args:
         dir: where the files go, ``<run dir>/diagnostics``.
+        flush_every_s: least seconds between two rewrites of the parquet files at training
+            epoch ends (they are always written at the end of the fit and on failure).
         gradients: gradient norms per group, noise scale, update ratios; None: off.
         activations: per-block activation statistics; None: off.
         loss_spikes: robust loss-spike detection; None: off.
@@ -54,6 +57,7 @@ class Diagnostics:
     def __init__(
         self,
         dir: str | os.PathLike,
+        flush_every_s: float = 60.0,
         gradients: GradientDiagnostics | None = None,
         activations: ActivationDiagnostics | None = None,
         loss_spikes: LossSpikeDiagnostics | None = None,
@@ -61,12 +65,14 @@ class Diagnostics:
         calibration: CalibrationDiagnostics | None = None,
         landscape: LossLandscape | None = None,
     ) -> None:
+        if not flush_every_s >= 0:
+            raise ConfigError(f"diagnostics.flush_every_s={flush_every_s!r} must be >= 0")
         self.dir = Path(dir)
         self.alerts = Alerts()
         parts = (gradients, activations, loss_spikes, nonfinite, calibration, landscape)
         self.callbacks: list[Recorder] = [c for c in parts if c is not None]
         for callback in self.callbacks:
-            callback.attach(self.dir, self.alerts)
+            callback.attach(self.dir, self.alerts, flush_every_s)
         names = [type(c).__name__ for c in self.callbacks]
         logging.getLogger(__name__).info("Diagnostics: %s", ", ".join(names) or "off")
 

@@ -2,8 +2,10 @@
 
 - ``Recorder``: the base Lightning callback. It keeps one row per step (or epoch) of its
   diagnostic, logs each row's numbers to the run's TensorBoard logger as
-  ``diagnostics/<column>`` scalars, and rewrites ``<run dir>/diagnostics/<name>.parquet``
-  atomically at every training-epoch end, at fit end and when training fails.
+  ``diagnostics/<column>`` scalars (per-step rows on Lightning's ``log_every_n_steps``
+  cadence), and rewrites ``<run dir>/diagnostics/<name>.parquet`` atomically at the end of
+  the fit, when training fails, and at a training-epoch end when ``flush_every_s`` seconds
+  have passed since the last write.
 - ``Alerts``: threshold crossings. Each crossing is counted (and saved as a row of
   ``diagnostics/warnings.parquet``); the first crossing of a condition in an epoch prints one
   ``log.warning`` line with the value, the threshold and its config key, later ones in the same
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +115,7 @@ class Alerts:
         self.counts: Counter[str] = Counter()
         self.rows: list[dict] = []
         self._printed: set[tuple[str, int]] = set()
+        self.written: dict[str, int] = {}  # rows already in warnings.parquet
 
     def cross(
         self, condition: str, what: str, value: float, threshold: float, key: str, step: int,
@@ -147,6 +151,17 @@ class Alerts:
         return f"{total} threshold warnings" + (f" ({detail})" if detail else "")
 
 
+def log_scalars(trainer: L.Trainer, row: dict, step: int, prefix: str = "diagnostics/") -> None:
+    """Log a row's finite numbers (not ``step`` / ``epoch``) to every logger of ``trainer``."""
+    scalars = {
+        prefix + k: float(v)
+        for k, v in row.items()
+        if k not in ("step", "epoch") and isinstance(v, int | float) and math.isfinite(v)
+    }
+    for logger in trainer.loggers:
+        logger.log_metrics(scalars, step=step)
+
+
 def fitting(trainer: L.Trainer) -> bool:
     """True inside ``fit`` (not sanity checking, not a later ``validate`` / ``test``)."""
     return trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
@@ -168,10 +183,15 @@ class Recorder(L.Callback):
         self._offset = 0  # optimiser steps of earlier fits
         self._steps = 0  # steps seen so far, over every fit
         self.current = 0  # the run-wide step of the batch in progress
+        self.written: dict[str, int] = {}  # file stem -> rows in the file on disk
+        self.flush_every_s = 0.0  # least seconds between two writes at epoch ends
+        self._last_flush = time.monotonic()
 
-    def attach(self, directory: str | Path, alerts: Alerts) -> None:
-        """Where to write, and the run's shared alerts (``Diagnostics`` calls this)."""
+    def attach(self, directory: str | Path, alerts: Alerts, flush_every_s: float = 0.0) -> None:
+        """Where to write, the run's shared alerts, and the least seconds between two writes
+        at epoch ends (``Diagnostics`` calls this)."""
         self.directory, self.alerts = Path(directory), alerts
+        self.flush_every_s = flush_every_s
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._offset = self._steps
@@ -182,34 +202,42 @@ class Recorder(L.Callback):
         self.current = self._offset + trainer.global_step
         self._steps = self.current + 1
 
-    def record(self, trainer: L.Trainer, row: dict, step: int) -> None:
-        """Append a row (``step`` and ``epoch`` columns added) and log its numbers."""
+    def record(self, trainer: L.Trainer, row: dict, step: int, dense: bool = False) -> None:
+        """Append a row (``step`` and ``epoch`` columns added) and log its numbers.
+
+        A ``dense`` row (one every step) goes to TensorBoard only on the steps Lightning logs
+        ``train/loss`` on (multiples of ``trainer.log_every_n_steps``); sampled and per-epoch
+        rows always do. The parquet file gets every row.
+        """
         row = {"step": step, "epoch": trainer.current_epoch, **row}
         self.rows.append(row)
-        scalars = {
-            f"diagnostics/{k}": float(v)
-            for k, v in row.items()
-            if k not in ("step", "epoch") and isinstance(v, int | float) and math.isfinite(v)
-        }
-        for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=step)
+        if dense and step % max(1, trainer.log_every_n_steps) != 0:
+            return
+        log_scalars(trainer, row, step)
+
+    def tables(self) -> dict[str, list[dict]]:
+        """File stem -> rows this callback writes (``{name: rows}``; a subclass may add)."""
+        return {self.name: self.rows}
 
     def flush(self, trainer: L.Trainer | None = None) -> None:
-        """Rewrite ``diagnostics/<name>.parquet`` (and ``warnings.parquet``) on rank zero."""
+        """Rewrite, on rank zero, each ``diagnostics/<stem>.parquet`` that gained rows since
+        its last write, and ``warnings.parquet`` likewise."""
         if self.directory is None or (trainer is not None and not trainer.is_global_zero):
             return
-        if self.rows:
-            write_parquet_atomic(self.directory / f"{self.name}.parquet", pd.DataFrame(self.rows))
-        if self.alerts.rows:
-            frame = pd.DataFrame(self.alerts.rows)
-            write_parquet_atomic(self.directory / "warnings.parquet", frame)
+        for stem, rows in {**self.tables(), "warnings": self.alerts.rows}.items():
+            owner = self.alerts if stem == "warnings" else self
+            if rows and owner.written.get(stem) != len(rows):
+                write_parquet_atomic(self.directory / f"{stem}.parquet", pd.DataFrame(rows))
+                owner.written[stem] = len(rows)
+        self._last_flush = time.monotonic()
 
     def summary(self) -> dict[str, float]:
         """This diagnostic's ``diag_*`` numbers for metrics.json."""
         return {}
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.flush(trainer)
+        if time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush(trainer)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.flush(trainer)

@@ -30,17 +30,16 @@ from __future__ import annotations
 import math
 
 import lightning as L
-import pandas as pd
 import torch
 
 from plusultra.errors import ConfigError
-from plusultra.io import write_parquet_atomic
 from plusultra.training.diagnostics_base import (
     ParameterGroups,
     Recorder,
     batch_size,
     fitting,
     group_sq_norms,
+    log_scalars,
     parameter_groups,
 )
 
@@ -68,9 +67,9 @@ class NoiseScale:
         last step: ``small``, ``big`` (|G_small|^2, |G_big|^2), ``g2``, ``trace``, ``batch``
         and ``b_simple``; None otherwise."""
         if self._sum is None:
-            self._sum = [g.detach().to(torch.float64, copy=True) for g in grads]
+            self._sum = [g.detach().clone() for g in grads]  # in the gradients' dtype
         else:
-            torch._foreach_add_(self._sum, [g.detach().to(torch.float64) for g in grads])
+            torch._foreach_add_(self._sum, [g.detach() for g in grads])
         self._sq += sq_norm
         self._n += 1
         self._samples += samples
@@ -78,7 +77,7 @@ class NoiseScale:
             return None
         n, batch = self._n, self._samples / self._n
         small = self._sq / n
-        big = float(sum(torch.stack(torch._foreach_norm(self._sum)).square())) / n**2
+        big = float(torch.stack(torch._foreach_norm(self._sum)).double().square().sum()) / n**2
         self._reset()
         return self.estimate(small, big, n, batch)
 
@@ -214,13 +213,8 @@ class GradientDiagnostics(Recorder):
         if self.noise is not None and math.isfinite(total):
             est = self.noise.update(grads, total, self._samples)
             if est is not None:
-                row = {"step": step, "epoch": trainer.current_epoch, **est}
-                self.noise_rows.append(row)
-                scalars = {f"diagnostics/noise_scale/{k}": v for k, v in est.items()}
-                for logger in trainer.loggers:
-                    logger.log_metrics(
-                        {k: v for k, v in scalars.items() if math.isfinite(v)}, step=step
-                    )
+                self.noise_rows.append({"step": step, "epoch": trainer.current_epoch, **est})
+                log_scalars(trainer, est, step, prefix="diagnostics/noise_scale/")
         self._samples = 0
         if self.update_every and step % self.update_every == 0:
             self._before = [p.detach().clone() for _, p in groups.params]
@@ -239,15 +233,11 @@ class GradientDiagnostics(Recorder):
                         trainer.current_epoch,
                     )  # fmt: skip
         if self._row and fitting(trainer):
-            self.record(trainer, self._row, self.current)
+            self.record(trainer, self._row, self.current, dense=self.every_n_steps == 1)
         self._row = {}
 
-    def flush(self, trainer: L.Trainer | None = None) -> None:
-        super().flush(trainer)
-        rank_zero = trainer is None or trainer.is_global_zero
-        if self.directory is not None and self.noise_rows and rank_zero:
-            frame = pd.DataFrame(self.noise_rows)
-            write_parquet_atomic(self.directory / "noise_scale.parquet", frame)
+    def tables(self) -> dict[str, list[dict]]:
+        return {self.name: self.rows, "noise_scale": self.noise_rows}
 
     def summary(self) -> dict[str, float]:
         """``diag_max_grad_norm``, ``diag_max_update_ratio``, ``diag_grad_noise_scale``."""

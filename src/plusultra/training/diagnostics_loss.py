@@ -125,7 +125,8 @@ class LossSpikeDiagnostics(Recorder):
                 "loss_spike", "train loss", value, thr, "diagnostics.loss_spikes.k",
                 self.current, trainer.current_epoch,
             )  # fmt: skip
-        self.record(trainer, {f"loss_spikes/{k}": v for k, v in row.items()}, self.current)
+        row = {f"loss_spikes/{k}": v for k, v in row.items()}
+        self.record(trainer, row, self.current, dense=True)
 
     def summary(self) -> dict[str, float]:
         """``diag_n_loss_spikes``."""
@@ -156,6 +157,11 @@ class NonFiniteGuard(Recorder):
             )
         self.params_every = params_every_n_steps
         self._batch, self._batch_idx = None, -1
+        self._named: list = []  # (name, parameter), cached at fit start
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        self._named = list(pl_module.named_parameters())
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
@@ -166,12 +172,12 @@ class NonFiniteGuard(Recorder):
             self._stop(trainer, pl_module, f"loss ({float(loss.detach().sum())})")
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        named = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
+        named = [(n, p.grad) for n, p in self._named if p.grad is not None]
         self._check(trainer, pl_module, named, "grad of parameter")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.current % self.params_every == 0:
-            named = [(n, p.detach()) for n, p in pl_module.named_parameters()]
+            named = [(n, p.detach()) for n, p in self._named]
             self._check(trainer, pl_module, named, "parameter")
 
     def _check(self, trainer, pl_module, named: list, what: str) -> None:
