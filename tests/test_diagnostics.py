@@ -385,3 +385,33 @@ def test_a_tiny_run_writes_parquet_tensorboard_metrics_and_report(diagnosed_run)
     report = (diagnosed_run / "report.md").read_text()
     assert "## Training diagnostics" in report
     assert (diagnosed_run / "report" / "diagnostics.png").exists()
+
+
+def test_under_compile_no_hooks_same_calibration_and_activations_skipped(tmp_path):
+    """A compiled forward (marked as torch.compile marks it) gets no forward hooks: the
+    calibration rows come from an extra uncompiled forward and equal the hooked ones."""
+    from plusultra.training.diagnostics_activations import ActivationDiagnostics
+
+    val, rows = _batches(2, seed=9), []
+    for marked in (False, True):
+        torch.manual_seed(0)  # the head is built before _module seeds
+        module = _module(
+            head=QuantileHead(8, 2, quantiles=(0.1, 0.5, 0.9)),
+            loss=Pinball(quantiles=(0.1, 0.5, 0.9)),
+        )
+        if marked:
+            impl = module._forward_impl
+
+            def forward(*args, impl=impl):
+                return impl(*args)
+
+            forward._torchdynamo_orig_callable = impl  # what torch.compile's wrapper carries
+            module._forward = forward
+        out = tmp_path / str(marked)
+        acts = ActivationDiagnostics(every_n_steps=1)
+        diag = _diagnostics(out, calibration=CalibrationDiagnostics(), activations=acts)
+        _fit(module, diag.callbacks, _batches(3), val=val, tmp_path=out)
+        rows.append(pd.read_parquet(out / "diagnostics" / "calibration.parquet"))
+        assert (out / "diagnostics" / "activations.parquet").exists() is not marked
+        assert not module.head._forward_hooks and not module.backbone.blocks[0]._forward_hooks
+    pd.testing.assert_frame_equal(rows[0], rows[1])

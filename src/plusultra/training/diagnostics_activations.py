@@ -3,7 +3,8 @@
 On a sampled step, forward hooks on each of ``backbone.blocks`` (and on the backbone itself:
 its output tokens after the final norm, ``backbone_out``) reduce the block's output ``a``
 (B, T, D) to six numbers; the hooks are removed again before the next batch, so unsampled
-steps cost nothing:
+steps cost nothing (under ``compile=true`` the statistics are skipped, with the reason
+logged: adding and removing hooks would force recompilations):
 
 - ``mean``, ``std`` (population) and ``max_abs`` over all elements;
 - ``near_zero``: fraction of elements with ``|a| <= zero_tol``;
@@ -17,11 +18,12 @@ Columns of ``activations.parquet``: ``<stat>/<group>``, e.g. ``dead/block_0``.
 
 from __future__ import annotations
 
+import lightning as L
 import torch
 from torch import nn
 
 from plusultra.errors import ConfigError
-from plusultra.training.diagnostics_base import Recorder, fitting
+from plusultra.training.diagnostics_base import Recorder, compiled, fitting, log
 
 STATS = ("mean", "std", "max_abs", "near_zero", "saturated", "dead")
 
@@ -102,6 +104,7 @@ class ActivationDiagnostics(Recorder):
         self.every_n_steps, self.zero_tol = every_n_steps, float(zero_tol)
         self.saturation, self.max_dead_frac = float(saturation), float(max_dead_frac)
         self._handles: list = []
+        self._off = False  # True under torch.compile (see on_fit_start)
         self._stats: dict[str, torch.Tensor] = {}
 
     def _hook(self, group: str):
@@ -112,9 +115,18 @@ class ActivationDiagnostics(Recorder):
 
         return hook
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        self._off = compiled(pl_module)
+        if self._off:
+            log.info(
+                "diagnostics: activation statistics skipped: the forward is compiled "
+                "(compile=true) and sampling hooks would force recompilations"
+            )
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
-        if self.current % self.every_n_steps == 0:
+        if self.current % self.every_n_steps == 0 and not self._off:
             for group, mod in activation_modules(pl_module).items():
                 self._handles.append(mod.register_forward_hook(self._hook(group)))
 

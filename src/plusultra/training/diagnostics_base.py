@@ -246,6 +246,12 @@ class Recorder(L.Callback):
         self.flush(trainer)
 
 
+def compiled(module: L.LightningModule) -> bool:
+    """True when the module's forward runs under ``torch.compile`` (``compile=true``): forward
+    hooks added and removed during training would force recompilations there."""
+    return hasattr(getattr(module, "_forward", None), "_torchdynamo_orig_callable")
+
+
 def split_batch(module: L.LightningModule, batch) -> tuple[list, torch.Tensor, tuple]:
     """(inputs, targets, market) of a training batch, the way the module splits it."""
     splitter = getattr(module, "_split_batch", None)

@@ -1,7 +1,8 @@
 """Calibration drift on validation: ECE and quantile coverage after every validation epoch.
 
 During each validation epoch of ``fit`` a forward hook on the module's head keeps the head's
-output and the batch's targets; at the epoch's end (one row per epoch of
+output (under ``compile=true``, where hooks would force recompilations, an extra uncompiled
+forward pass computes it) and the batch's targets; at the epoch's end (one row per epoch of
 ``calibration.parquet``):
 
 - ``head=calibrated``: the expected calibration error of the down/flat/up probabilities,
@@ -28,7 +29,7 @@ import torch
 
 from plusultra.errors import ConfigError
 from plusultra.models.heads import expected_calibration_error
-from plusultra.training.diagnostics_base import Recorder, fitting, split_batch
+from plusultra.training.diagnostics_base import Recorder, compiled, fitting, split_batch
 
 log = logging.getLogger("plusultra.diagnostics")
 
@@ -76,6 +77,7 @@ class CalibrationDiagnostics(Recorder):
                 raise ConfigError(f"diagnostics.calibration.{key}={value!r} must be in (0, 1]")
         self.max_ece, self.max_coverage_error = float(max_ece), float(max_coverage_error)
         self._handle = None
+        self._active = False  # collecting during this validation epoch
         self._out: list[torch.Tensor] = []
         self._y: list[torch.Tensor] = []
         self._skip_logged = False
@@ -97,21 +99,29 @@ class CalibrationDiagnostics(Recorder):
                 )  # fmt: skip
                 self._skip_logged = True
             return
-        self._handle = head.register_forward_hook(
-            lambda _m, _i, out: self._out.append(out.detach())
-        )
+        self._active = True
+        if not compiled(pl_module):  # keep the head's output of the module's own forward
+            self._handle = head.register_forward_hook(
+                lambda _m, _i, out: self._out.append(out.detach())
+            )
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if self._handle is not None:
-            self._y.append(split_batch(pl_module, batch)[1].detach())
+        if not self._active:
+            return
+        inputs, y, _ = split_batch(pl_module, batch)
+        self._y.append(y.detach())
+        if self._handle is None:  # compiled forward: one more (uncompiled) forward, no hooks
+            with torch.no_grad():
+                self._out.append(pl_module._forward_impl(*inputs).detach())
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._handle is None:
+        if not self._active:
             return
-        self._handle.remove()
-        self._handle = None
+        if self._handle is not None:
+            self._handle.remove()
+        self._handle, self._active = None, False
         if not self._out:
             return
         out, y = torch.cat(self._out), torch.cat(self._y)  # (N, H, ...), (N, H)
