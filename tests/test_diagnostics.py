@@ -415,3 +415,14 @@ def test_under_compile_no_hooks_same_calibration_and_activations_skipped(tmp_pat
         assert (out / "diagnostics" / "activations.parquet").exists() is not marked
         assert not module.head._forward_hooks and not module.backbone.blocks[0]._forward_hooks
     pd.testing.assert_frame_equal(rows[0], rows[1])
+
+
+def test_nonfinite_error_takes_the_cli_error_path_with_exit_code_3(capsys):
+    """run.py main hands every exception to `fail`: one line on stderr, exit code 3."""
+    from plusultra.cli.common import fail
+
+    message = "training stopped: non-finite loss (nan) at step 2 (epoch 0, batch 2)"
+    with pytest.raises(SystemExit) as info:
+        fail("plusultra", NonFiniteError(message))
+    assert info.value.code == 3
+    assert capsys.readouterr().err.strip() == f"plusultra: error: {message}"
