@@ -194,12 +194,17 @@ class GradientDiagnostics(Recorder):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         step, groups = self.current, self.groups
+        self._row = {}
+        if self.update_every and step % self.update_every == 0:
+            self._before = [p.detach().clone() for _, p in groups.params]
+        if step % self.every_n_steps != 0 and self.noise is None:
+            self._samples = 0
+            return  # nothing to measure on this step
         present = [(p.grad, i) for i, (_, p) in enumerate(groups.params) if p.grad is not None]
         grads = [g for g, _ in present]
         index = groups.index[[i for _, i in present]] if present else groups.index[:0]
         sq = group_sq_norms(grads, index, len(groups.names))  # (G,)
         total = float(sq.sum())
-        self._row = {}
         if step % self.every_n_steps == 0:
             norms = sq.sqrt().tolist()
             self._row = {f"grad_norm/{g}": v for g, v in zip(groups.names, norms, strict=True)}
@@ -216,8 +221,6 @@ class GradientDiagnostics(Recorder):
                 self.noise_rows.append({"step": step, "epoch": trainer.current_epoch, **est})
                 log_scalars(trainer, est, step, prefix="diagnostics/noise_scale/")
         self._samples = 0
-        if self.update_every and step % self.update_every == 0:
-            self._before = [p.detach().clone() for _, p in groups.params]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._before is not None:
