@@ -426,3 +426,19 @@ def test_nonfinite_error_takes_the_cli_error_path_with_exit_code_3(capsys):
         fail("plusultra", NonFiniteError(message))
     assert info.value.code == 3
     assert capsys.readouterr().err.strip() == f"plusultra: error: {message}"
+
+
+@pytest.mark.slow
+def test_a_run_with_diagnostics_off_writes_no_diagnostics(tiny_db, tmp_path):
+    from tests.test_run import run_in_process
+
+    cfg = compose_config([*TINY, "data=sqlite", f"data.path={tiny_db}", "diagnostics=off"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    _, run_dir = run_in_process(cfg)
+    assert not (run_dir / "diagnostics").exists()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert not [k for k in metrics if k.startswith("diag_")]
+    assert "Training diagnostics" not in (run_dir / "report.md").read_text()
