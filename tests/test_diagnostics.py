@@ -442,3 +442,20 @@ def test_a_run_with_diagnostics_off_writes_no_diagnostics(tiny_db, tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert not [k for k in metrics if k.startswith("diag_")]
     assert "Training diagnostics" not in (run_dir / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_cli_stops_a_diverging_run_with_exit_code_3(tiny_db, tmp_path):
+    """lr=1e37 overflows the weights on the first step: the real CLI stops, names the
+    parameter and the saved batch, and exits 3."""
+    from tests.conftest import run_cli
+
+    args = ["plusultra.run", *TINY, "data=sqlite", f"data.path={tiny_db}", "optim.lr=1e37",
+            "optim.warmup_frac=0"]  # fmt: skip
+    result = run_cli(args, tmp_path)
+    assert result.returncode == 3, result.stderr[-2000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("plusultra: error: training stopped: non-finite parameter ")
+    saved = Path(line.split(" is saved in ")[1].split(" (torch.load")[0])
+    batch = torch.load(saved, weights_only=True)
+    assert batch["step"] == 0 and batch["tensor"].startswith("parameter ")
