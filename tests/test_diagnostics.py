@@ -459,3 +459,51 @@ def test_cli_stops_a_diverging_run_with_exit_code_3(tiny_db, tmp_path):
     saved = Path(line.split(" is saved in ")[1].split(" (torch.load")[0])
     batch = torch.load(saved, weights_only=True)
     assert batch["step"] == 0 and batch["tensor"].startswith("parameter ")
+
+
+def test_sampling_and_step_count_continue_across_fits(tmp_path):
+    """Unrecorded steps are skipped; a second fit (a later curriculum stage) continues the
+    step count instead of restarting it."""
+    grads = GradientDiagnostics(every_n_steps=2, noise_window=None, update_every_n_steps=None)
+    diagnostics = _diagnostics(tmp_path, gradients=grads, loss_spikes=LossSpikeDiagnostics())
+    module = _module()
+    _fit(module, diagnostics.callbacks, _batches(5), tmp_path=tmp_path)
+    _fit(module, diagnostics.callbacks, _batches(3), tmp_path=tmp_path)
+    assert [r["step"] for r in grads.rows] == [0, 2, 4, 6]
+    spikes = pd.read_parquet(tmp_path / "diagnostics" / "loss_spikes.parquet")
+    assert spikes["step"].tolist() == list(range(8))
+    assert not any(k.startswith("update_ratio/") for r in grads.rows for k in r)
+
+
+def test_loss_landscape_centre_is_the_trained_loss_and_weights_are_restored(tmp_path):
+    from plusultra.training.diagnostics_landscape import LossLandscape
+
+    train, val = _batches(3), _batches(1, seed=5)
+
+    class Data(L.LightningDataModule):
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(train, batch_size=None)
+
+        def val_dataloader(self):
+            return torch.utils.data.DataLoader(val, batch_size=None)
+
+    module = _module()
+    diagnostics = _diagnostics(tmp_path, landscape=LossLandscape(resolution=3, n_batches=1))
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, callbacks=diagnostics.callbacks)  # fmt: skip
+    trainer.fit(module, datamodule=Data())
+    grid = pd.read_parquet(tmp_path / "diagnostics" / "loss_landscape.parquet")
+    assert len(grid) == 9 and (tmp_path / "diagnostics" / "loss_landscape.png").is_file()
+    module.eval()
+    with torch.no_grad():  # the weights are back: the centre is the trained model's loss
+        trained = float(module.loss_fn(module(val[0][0]), val[0][1]))
+    centre = grid[(grid["alpha"] == 0) & (grid["beta"] == 0)]["loss"].item()
+    assert centre == pytest.approx(trained, rel=1e-6)
+    assert grid["loss"].nunique() > 1
+
+
+def test_report_section_is_absent_without_diagnostics(tmp_path):
+    from plusultra.evaluation.report.diagnostics import diagnostics_section
+
+    assert diagnostics_section(tmp_path) == ([], {})
