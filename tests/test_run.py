@@ -130,7 +130,8 @@ def test_run_writes_every_output(finished_run):
     assert {"train/loss_step", "train/loss_epoch", "val/loss", "val/naive_loss"} <= tags
     assert len(events.Scalars("train/loss_step")) >= 1 and len(events.Scalars("val/loss")) >= 1
     html = (run_dir / "report.html").read_text()
-    assert html.count('src="data:image/png;base64,') == 5  # frictionless: no cost plot
+    # 5 performance plots (frictionless: no cost plot) + the training-diagnostics plot
+    assert html.count('src="data:image/png;base64,') == 6
     assert "http://" not in html and "https://" not in html
     report = (run_dir / "report.md").read_text()
     assert "Sharpe" in report and "buy & hold" in report

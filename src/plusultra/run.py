@@ -108,7 +108,9 @@ def train(cfg: DictConfig) -> float | list[float]:
     )  # fmt: skip
     walk = build(cfg.walk_forward)
     initial = copy.deepcopy(model.state_dict()) if walk.refits and not walk.warm_start else None
-    stages = build(cfg.curriculum).run(model, datamodule, functools.partial(make_trainer, *pruning))
+    diagnostics = build(cfg.diagnostics)  # training diagnostics callbacks (conf/diagnostics)
+    stage_trainer = functools.partial(make_trainer, *pruning, *diagnostics.callbacks)
+    stages = build(cfg.curriculum).run(model, datamodule, stage_trainer)
     evaluated = evaluate(
         model,
         datamodule,
@@ -128,6 +130,7 @@ def train(cfg: DictConfig) -> float | list[float]:
         "walk_forward_blocks": len(evaluated.walk.blocks),
         **datamodule.sizes(),
         **{f"{s.name}_best_val_loss": s.best_score for s in stages if s.best_score},
+        **diagnostics.summary(),  # diag_*: max gradient norm, loss spikes, warnings ...
     }
     # everything the module logged on val/test: naive loss, calibration error, MoE balance ...
     extra |= {k.replace("/", "_"): float(v) for k, v in {**val, **test}.items()}
