@@ -175,7 +175,7 @@ def _factory(tmp_path: Path):
         ckpt = ModelCheckpoint(
             tmp_path / "checkpoints", filename="best", monitor="val/loss", save_last=True
         )
-        kw = dict(max_epochs=1, limit_train_batches=2, limit_val_batches=2, logger=logger)
+        kw = dict(max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=logger)
         kw |= dict(num_sanity_val_steps=0, enable_progress_bar=False, log_every_n_steps=1)
         kw |= dict(enable_model_summary=False, callbacks=[ckpt, *extra])
         return L.Trainer(**(kw | overrides))
