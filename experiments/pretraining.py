@@ -122,24 +122,42 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=6, help="total epochs of each arm")
     parser.add_argument("--pretrain-epochs", type=int, default=2, help="of them, pretraining")
     parser.add_argument("--backbone", default="transformer")  # the hybrid's SSM is slow on CPU
+    parser.add_argument(
+        "--rows", type=Path, help="JSON-lines file of finished runs: reused, new ones appended"
+    )
     args = parser.parse_args(argv)
     if not 0 < args.pretrain_epochs < args.epochs:
         raise SystemExit("--pretrain-epochs must be between 1 and --epochs - 1")
+    settings = " ".join([*SIZE, f"epochs={args.epochs}/{args.pretrain_epochs}", args.backbone])
+    done = []
+    if args.rows is not None and args.rows.exists():
+        done = [json.loads(line) for line in args.rows.read_text().splitlines() if line.strip()]
+    done = [r for r in done if r.get("settings") == settings]  # only runs of these settings
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for data in args.data:
             for arm, overrides in arms(args.epochs, args.pretrain_epochs).items():
                 for seed in args.seeds:
+                    same = [
+                        r for r in done if (r["data"], r["arm"], r["seed"]) == (data, arm, seed)
+                    ]
+                    if same:
+                        rows.append(same[0])
+                        continue
                     out = Path(tmp) / f"{data}-{arm}-{seed}"
                     common = [f"data={data}", f"backbone={args.backbone}", f"seed={seed}", *SIZE]
                     metrics, wall = run([*common, *overrides], out)
                     p = args.pretrain_epochs if arm == "warm" else 0
                     row = {"data": data, "arm": arm, "seed": seed, "wall": wall}
+                    row["settings"] = settings
                     row["schedule"] = f"{p} + {args.epochs - p}"
                     row |= {k: metrics.get(k) for k in ("val_loss", "val_naive_loss")}
                     row |= {k: metrics.get(k) for k in ("val_sharpe", "pretrain_best_val_loss")}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
+                    if args.rows is not None:
+                        with args.rows.open("a") as f:
+                            f.write(json.dumps(row) + "\n")
     note = (
         f"`python -m experiments.pretraining --data {' '.join(args.data)} --seeds "
         f"{' '.join(map(str, args.seeds))} --epochs {args.epochs} --pretrain-epochs "
