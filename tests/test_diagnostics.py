@@ -374,8 +374,8 @@ def test_a_tiny_run_writes_parquet_tensorboard_metrics_and_report(diagnosed_run)
         "noise_scale/b_simple",
         "calibration/ece",
     ):
-        assert f"diagnostics/{tag}" in tags, tag
-    logged = [e.value for e in events.Scalars("diagnostics/grad_norm/total")]
+        assert f"supervised/diagnostics/{tag}" in tags, tag  # under the stage's prefix
+    logged = [e.value for e in events.Scalars("supervised/diagnostics/grad_norm/total")]
     assert logged == pytest.approx(grads["grad_norm/total"].tolist(), rel=1e-6)
 
     metrics = json.loads((diagnosed_run / "metrics.json").read_text())
