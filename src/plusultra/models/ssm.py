@@ -19,6 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from plusultra.errors import ConfigError
 from plusultra.models.layers import CausalDepthwiseConv, check_int, check_rate
@@ -30,8 +31,8 @@ __all__ = ["SelectiveSSM", "selective_scan", "selective_scan_ref"]
 class SelectiveSSM(nn.Module):
     """Mamba-2 style selective SSM mixer: ``(B, L, D) -> (B, L, D)``, strictly causal.
 
-    ``in_proj`` splits each token into a main branch ``u`` and a gate branch of width
-    ``Dm = expand * D``. The main branch goes through a short causal depthwise conv and SiLU
+    ``in_proj`` and ``gate_proj`` map each token to a main branch ``u`` and a gate branch of
+    width ``Dm = expand * D``. The main branch goes through a short causal depthwise conv and SiLU
     and is read as ``n_heads`` heads of ``P = Dm / n_heads`` channels. A per-token projection
     of ``u`` gives the step size per head ``dt = softplus(. + dt_bias)`` (B, L, H) and the
     selective ``B``, ``C`` (B, L, N) shared by all heads; ``selective_scan`` mixes along time
@@ -84,7 +85,8 @@ class SelectiveSSM(nn.Module):
             )
         head_dim = d_inner // n_heads
         self.d_state, self.n_heads, self.head_dim, self.chunk = d_state, n_heads, head_dim, chunk
-        self.in_proj = nn.Linear(d_model, 2 * d_inner)  # main branch and gate branch
+        self.in_proj = nn.Linear(d_model, d_inner)  # main branch
+        self.gate_proj = nn.Linear(d_model, d_inner)  # gate branch
         self.conv = CausalDepthwiseConv(d_inner, conv_kernel) if conv_kernel else None
         self.x_proj = nn.Linear(d_inner, n_heads + 2 * d_state, bias=False)  # -> dt, B, C
         self.dt_bias = nn.Parameter(torch.empty(n_heads))  # (H,)
@@ -97,13 +99,21 @@ class SelectiveSSM(nn.Module):
             dt = torch.exp(log_dt + math.log(dt_min)).clamp(min=1e-4)
             self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
 
+    def _main_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D) -> u = silu(conv(in_proj(x))) (B, L, Dm), causal."""
+        u = self.in_proj(x)  # (B, L, Dm)
+        if self.conv is not None:
+            u = self.conv(u)  # (B, L, Dm), causal
+        return F.silu(u)
+
     def forward(self, x: torch.Tensor, reference: bool = False) -> torch.Tensor:
         """x is (B, L, D), returns (B, L, D); ``reference=True`` uses ``selective_scan_ref``."""
         b, L, _ = x.shape
-        u, gate = self.in_proj(x).chunk(2, dim=-1)  # 2 x (B, L, Dm)
-        if self.conv is not None:
-            u = self.conv(u)  # (B, L, Dm), causal
-        u = F.silu(u)
+        if torch.is_grad_enabled():
+            # recomputed in backward: keeps one (B, L, Dm) tensor per block instead of three
+            u = checkpoint(self._main_branch, x, use_reentrant=False)  # (B, L, Dm)
+        else:
+            u = self._main_branch(x)  # (B, L, Dm)
         dt, B, C = self.x_proj(u).split([self.n_heads, self.d_state, self.d_state], dim=-1)
         dt = F.softplus(dt + self.dt_bias)  # (B, L, H), > 0
         A = -torch.exp(self.A_log)  # (H,), < 0
@@ -113,5 +123,27 @@ class SelectiveSSM(nn.Module):
         else:
             y = selective_scan(heads, dt, A, B, C, chunk=self.chunk)  # (B, L, H, P)
         y = y.reshape(b, L, -1) + self.D * u  # (B, L, Dm)
-        y = y * F.silu(gate)  # (B, L, Dm)
+        y = _SiluGate.apply(y, self.gate_proj(x))  # (B, L, Dm), y * silu(gate)
         return self.dropout(self.out_proj(y))  # (B, L, D)
+
+
+class _SiluGate(torch.autograd.Function):
+    """``y * silu(gate)`` that keeps only ``y`` and ``gate`` for backward.
+
+    Autograd would also keep ``silu(gate)``, one more (B, L, Dm) tensor per block; the
+    backward recomputes it from ``gate`` instead (``tests/test_ssm.py`` checks the gradients).
+    """
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(y, gate)
+        return y * F.silu(gate)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y, gate = ctx.saved_tensors
+        sig = torch.sigmoid(gate)
+        d_y = grad * gate * sig  # grad * silu(gate)
+        d_gate = grad * y * (sig * (1 + gate * (1 - sig)))  # silu'(g) = s (1 + g (1 - s))
+        return d_y, d_gate

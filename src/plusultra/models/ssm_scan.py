@@ -151,59 +151,67 @@ def selective_scan(
         scores = Cc @ Bc.transpose(-1, -2)  # (B, nc, Q, Q), C_i . B_j
         rows = torch.exp(lo).to(dtype).transpose(2, 3).contiguous()  # (B, nc, H, Q)
         X = xdt.transpose(2, 3).contiguous()  # (B, nc, H, Q, P)
-        y = _ChunkDiagonal.apply(hi.transpose(2, 3).contiguous(), rows, scores, X)
-        y = y.transpose(2, 3)  # (B, nc, Q, H, P)
+        y = _ChunkDiagonal.apply(hi.transpose(2, 3).contiguous(), rows, scores, X)  # like X
 
         if nc > 1:
-            # 2. each chunk's final state from its own inputs: sum_j exp(S_last - S_j) B_j dt_j x_j
-            to_end = torch.exp(S[:, :, -1:] - S + lo).to(dtype)[..., None]  # (B, nc, Q, H, 1)
-            own = (xdt * to_end).view(b, nc, Q, h * p).transpose(-1, -2) @ Bc  # (B, nc, HP, N)
+            # 2. each chunk's final state from its own inputs, sum_j exp(S_last - S_j) B_j dt_j x_j,
+            #    with the per-head decay folded into B: (B, L, H, N) is smaller than (B, L, H, P)
+            to_end = torch.exp(S[:, :, -1:] - S + lo).to(dtype).transpose(2, 3)  # (B, nc, H, Q)
+            B_end = to_end[..., None] * Bc[:, :, None]  # (B, nc, H, Q, N)
+            own = X.transpose(-1, -2) @ B_end  # (B, nc, H, P, N)
             # 3. one recurrence over chunks: the state entering each chunk
             across = torch.exp(S[:, :, -1]).to(dtype)  # (B, nc, H), decay across each chunk
             state = own.new_zeros(b, h, p, n)  # (B, H, P, N), entering chunk 0
             entering = [state]
             for decay_c, own_c in zip(across.unbind(1)[:-1], own.unbind(1)[:-1], strict=True):
-                state = decay_c[..., None, None] * state + own_c.view(b, h, p, n)  # (B, H, P, N)
+                state = decay_c[..., None, None] * state + own_c  # (B, H, P, N)
                 entering.append(state)
-            entering = torch.stack(entering, dim=1).view(b, nc, h * p, n)  # (B, nc, HP, N)
-            # 4. what the entering state adds at step i: exp(S_i) C_i . h
-            carried = (Cc @ entering.transpose(-1, -2)).view(b, nc, Q, h, p)  # (B, nc, Q, H, P)
-            y = y + carried * torch.exp(S).to(dtype)[..., None]  # (B, nc, Q, H, P)
+            entering = torch.stack(entering, dim=1)  # (B, nc, H, P, N)
+            # 4. what the entering state adds at step i, exp(S_i) C_i . h, the decay folded into C
+            C_start = torch.exp(S).to(dtype).transpose(2, 3)[..., None] * Cc[:, :, None]
+            y = y + C_start @ entering.transpose(-1, -2)  # (B, nc, H, Q, P)
 
-        y = y.reshape(b, nc * Q, h, p)[:, :L]  # (B, L, H, P)
+        y = y.transpose(2, 3).reshape(b, nc * Q, h, p)[:, :L]  # (B, L, H, P)
     return y.to(out_dtype)
 
 
 class _ChunkDiagonal(torch.autograd.Function):
     """``Y = rows * ((scores o exp(hi_i - hi_j), 0 above the diagonal) @ X)`` per chunk, head.
 
-    A hand-written backward that keeps only the decay mask (autograd would also keep the
-    masked product and the exponent) and works in place on the (Q, Q) tensors, which carry
-    most of the scan's memory traffic. ``rows`` is a constant row factor (no gradient).
+    A hand-written backward that keeps no (Q, Q) tensor per head between forward and backward
+    (autograd would keep the decay mask, the masked product and the exponent): the mask is
+    rebuilt from ``hi`` in backward, and the backward works in place on the (Q, Q) tensors,
+    which carry most of the scan's memory traffic. ``rows`` is a constant row factor.
 
     Shapes: ``hi`` (B, nc, H, Q) cumulative log-decays, ``rows`` (B, nc, H, Q), ``scores``
     (B, nc, Q, Q) ``C_i . B_j``, ``X`` (B, nc, H, Q, P) contiguous; returns Y (B, nc, H, Q, P).
     """
 
     @staticmethod
+    def decay_mask(hi: torch.Tensor) -> torch.Tensor:
+        """(B, nc, H, Q) cumulative log-decays -> (B, nc, H, Q, Q) ``exp(hi_i - hi_j)``, i >= j."""
+        Q = hi.shape[-1]
+        above = torch.ones(Q, Q, dtype=torch.bool, device=hi.device).triu(1)  # (Q, Q), j > i
+        lmask = hi[..., :, None] - hi[..., None, :]  # (B, nc, H, Q, Q), <= 0 where i >= j
+        return lmask.masked_fill_(above, -math.inf).exp_()  # the 1-semiseparable mask
+
+    @staticmethod
     def forward(
         ctx, hi: torch.Tensor, rows: torch.Tensor, scores: torch.Tensor, X: torch.Tensor
     ) -> torch.Tensor:
         b, nc, h, Q, p = X.shape
-        above = torch.ones(Q, Q, dtype=torch.bool, device=hi.device).triu(1)  # (Q, Q), j > i
-        lmask = hi[..., :, None] - hi[..., None, :]  # (B, nc, H, Q, Q), <= 0 where i >= j
-        lmask = lmask.masked_fill_(above, -math.inf).exp_()  # the 1-semiseparable decay mask
-        ctx.save_for_backward(lmask, rows, scores, X)
-        M = (lmask * scores[:, :, None]).view(-1, Q, Q)  # (B * nc * H, Q, Q)
+        ctx.save_for_backward(hi, rows, scores, X)
+        M = _ChunkDiagonal.decay_mask(hi).mul_(scores[:, :, None]).view(-1, Q, Q)
         Y = torch.bmm(M, X.view(-1, Q, p)).view(b, nc, h, Q, p)  # (B, nc, H, Q, P)
         return Y.mul_(rows[..., None])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dY: torch.Tensor) -> tuple[torch.Tensor, None, torch.Tensor, torch.Tensor]:
-        lmask, rows, scores, X = ctx.saved_tensors
+        hi, rows, scores, X = ctx.saved_tensors
         b, nc, h, Q, p = X.shape
         dY = torch.mul(dY, rows[..., None], out=X.new_empty(X.shape)).view(-1, Q, p)  # contiguous
+        lmask = _ChunkDiagonal.decay_mask(hi)  # (B, nc, H, Q, Q)
         M = lmask * scores[:, :, None]  # (B, nc, H, Q, Q)
         dX = torch.bmm(M.view(-1, Q, Q).transpose(1, 2), dY).view(b, nc, h, Q, p)
         dM = torch.bmm(dY, X.view(-1, Q, p).transpose(1, 2)).view(b, nc, h, Q, Q)
