@@ -1,7 +1,7 @@
 """The default backbone: patch tokens mixed by attention, conv, a selective SSM and a gated MLP.
 
 Every block mixes along time three ways (causal self-attention for content-based lookups, a
-dilated causal depthwise conv for local patterns, a diagonal selective state-space mixer for
+dilated causal depthwise conv for local patterns, a selective state-space mixer (Mamba-2 style) for
 long decaying memory in linear time) and then per token with a gated MLP.
 """
 
