@@ -188,7 +188,8 @@ and the SSM scan (matmuls inside chunks of 32 tokens in `ssm`, 64 in the hybrid,
 across chunks, see
 docs/models.md) never holds more than (chunk x chunk) masks and chunk-boundary states. The
 transformer's attention is quadratic in time; its memory grows linearly because PyTorch's
-SDPA uses a memory-efficient kernel on CPU.
+SDPA uses a memory-efficient kernel on CPU. On a shared machine the timings at batch 8 swing
+with other load (a whole point can run several times slower); the memory columns do not.
 
 ![window scaling](img/window_scaling.png)
 
