@@ -127,10 +127,14 @@ def test_run_writes_every_output(finished_run):
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss_step", "train/loss_epoch", "val/loss", "val/naive_loss"} <= tags
-    assert len(events.Scalars("train/loss_step")) >= 1 and len(events.Scalars("val/loss")) >= 1
+    # training curves under the curriculum stage's prefix; evaluation's val/* after it
+    stage = {"supervised/train/loss_step", "supervised/train/loss_epoch", "supervised/val/loss"}
+    assert stage | {"val/loss", "val/naive_loss"} <= tags
+    assert len(events.Scalars("supervised/train/loss_step")) >= 1
+    assert len(events.Scalars("val/loss")) >= 1
     html = (run_dir / "report.html").read_text()
-    assert html.count('src="data:image/png;base64,') == 5  # frictionless: no cost plot
+    # 5 performance plots (frictionless: no cost plot) + the training-diagnostics plot
+    assert html.count('src="data:image/png;base64,') == 6
     assert "http://" not in html and "https://" not in html
     report = (run_dir / "report.md").read_text()
     assert "Sharpe" in report and "buy & hold" in report
@@ -319,7 +323,7 @@ def test_every_backbone_trains_end_to_end(tiny_db, tmp_path, backbone):
 
         events = EventAccumulator(str(run_dir / "tensorboard"))
         events.Reload()
-        assert "train/aux_loss_step" in events.Tags()["scalars"]
+        assert "supervised/train/aux_loss_step" in events.Tags()["scalars"]  # stage prefix
 
 
 def test_market_state_embedding_is_an_ablation_switch(tiny_db, tmp_path):

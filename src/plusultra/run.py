@@ -10,7 +10,6 @@ return the validation metric a sweeper optimises. The run dir is unique and clai
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import os
 import sys
@@ -22,7 +21,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from plusultra.catalogue.objective import (
@@ -47,6 +46,7 @@ from plusultra.lifecycle import (
 from plusultra.models.module import ForecastModule
 from plusultra.training.evaluate import evaluate
 from plusultra.training.hparams import hyperparameters, log_summary
+from plusultra.training.pretrain import load_backbone
 from plusultra.training.pruning import ValidationBacktest, pruning_callbacks
 
 log = logging.getLogger("plusultra")
@@ -93,6 +93,8 @@ def train(cfg: DictConfig) -> float | list[float]:
         optim=build(cfg.optim),
         compile=cfg.compile,
     )
+    if cfg.init_from is not None:  # warm start: another run's saved backbone (logged)
+        load_backbone(model.backbone, to_absolute_path(cfg.init_from))
     logger = build(cfg.logger)
     backtest, simulator = build(cfg.evaluation), build(cfg.simulator)
 
@@ -108,7 +110,10 @@ def train(cfg: DictConfig) -> float | list[float]:
     )  # fmt: skip
     walk = build(cfg.walk_forward)
     initial = copy.deepcopy(model.state_dict()) if walk.refits and not walk.warm_start else None
-    stages = build(cfg.curriculum).run(model, datamodule, functools.partial(make_trainer, *pruning))
+    diagnostics = build(cfg.diagnostics)  # training diagnostics callbacks (conf/diagnostics)
+    # pruning and diagnostics watch the forecasting (supervised) stages, not pretraining
+    supervised = [*pruning, *diagnostics.callbacks]
+    stages = build(cfg.curriculum).run(model, datamodule, make_trainer, supervised)
     evaluated = evaluate(
         model,
         datamodule,
@@ -127,7 +132,8 @@ def train(cfg: DictConfig) -> float | list[float]:
         "periods_per_year": cfg.periods_per_year,  # the reports annualise with the same number
         "walk_forward_blocks": len(evaluated.walk.blocks),
         **datamodule.sizes(),
-        **{f"{s.name}_best_val_loss": s.best_score for s in stages if s.best_score},
+        **{f"{s.name}_best_val_loss": s.best_score for s in stages if s.best_score is not None},
+        **diagnostics.summary(),  # diag_*: max gradient norm, loss spikes, warnings ...
     }
     # everything the module logged on val/test: naive loss, calibration error, MoE balance ...
     extra |= {k.replace("/", "_"): float(v) for k, v in {**val, **test}.items()}

@@ -1,90 +1,117 @@
-"""Curriculum: the ordered training stages of a run.
+"""Curriculum: the ordered training stages of a run (conf/curriculum, docs/training.md).
 
-A stage takes the module and data module and trains with a fresh Lightning Trainer made by
-`make_trainer` (so each stage gets its own callbacks and checkpoints).
+``conf/curriculum/<name>.yaml`` holds a name and a list of stages; each stage is a mapping with
+a ``kind`` (a key of `STAGES`) and the fields of that kind's dataclass (`training.stages.Stage`
+and its subclasses). The schema is checked on construction: an unknown kind or key is a
+ConfigError naming the stage and the key. Stage settings the run's data or backbone cannot
+serve (a window longer than the run's, one the backbone refuses, a cost on a loss without
+one) are refused by `Curriculum.run` before the first stage trains.
+
+Stages run in order on the same module: each starts from the weights the previous one handed
+over (its best-validation checkpoint unless ``restore_best: false``). After each stage the
+backbone is saved: ``checkpoints/<stage>-backbone.pt``, and ``checkpoints/backbone.pt`` after
+the last (what ``init_from=RUN_DIR`` loads).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import os
+from collections.abc import Sequence
+from pathlib import Path
 
 import lightning as L
-import torch
 
 from plusultra.errors import ConfigError
+from plusultra.training.pretrain import PretrainStage, save_backbone
+from plusultra.training.stages import Stage, StageResult, SupervisedStage, TrainerFactory
 
 log = logging.getLogger(__name__)
 
-TrainerFactory = Callable[..., L.Trainer]
+# Stage kinds a curriculum may list (`kind:` of each stage). RL stages arrive with issue 12.
+STAGES: dict[str, type[Stage]] = {
+    "supervised": SupervisedStage,  # the run's loss on labelled windows
+    "pretrain": PretrainStage,  # masked patches / contrastive views on train inputs only
+}
 
 
-@dataclass
-class StageResult:
-    """What a stage leaves behind."""
+def build_stage(index: int, spec: dict) -> Stage:
+    """The stage described by one entry of ``curriculum.stages``."""
+    where = f"curriculum.stages[{index}]"
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: a stage is a mapping with kind and name, got {spec!r}")
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    if kind not in STAGES:
+        raise ConfigError(f"{where}.kind={kind!r}; valid: {sorted(STAGES)}")
+    cls = STAGES[kind]
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(spec) - set(valid))
+    if unknown:
+        raise ConfigError(f"{where} ({kind}): unknown key(s) {unknown}; valid: {valid}")
+    if "name" not in spec:
+        raise ConfigError(f"{where} ({kind}): name is required")
+    return cls(**spec)
 
-    name: str
-    trainer: L.Trainer
-    best_checkpoint: str | None
-    best_score: float | None
 
-
-class SupervisedStage:
-    """Supervised forecasting with the configured loss.
+class Curriculum:
+    """Ordered stages; `run` executes them in turn on the same module.
 
     Args:
-        name: stage name, prefixed to nothing but logged and used in the catalogue.
-        restore_best: after fitting, load the weights of the checkpoint with the lowest
-            `val/loss` (so evaluation uses the model selected on validation data only).
+        name: the curriculum's name (recorded in the run's config and catalogue row).
+        stages: stage mappings (``kind`` + fields), or built `Stage` objects.
+        checkpoint_dir: where each stage's backbone is saved; None: not saved.
     """
 
-    def __init__(self, name: str = "supervised", restore_best: bool = True) -> None:
-        self.name = name
-        self.restore_best = restore_best
-
-    def run(
+    def __init__(
         self,
-        module: L.LightningModule,
-        datamodule: L.LightningDataModule,
-        make_trainer: TrainerFactory,
-    ) -> StageResult:
-        trainer = make_trainer()
-        trainer.fit(module, datamodule=datamodule)
-        ckpt = trainer.checkpoint_callback
-        best = getattr(ckpt, "best_model_path", "") or None
-        score = getattr(ckpt, "best_model_score", None)
-        if self.restore_best and best:
-            # this fit's own checkpoint: callbacks.model_checkpoint writes into the run's
-            # unique directory, so no other run can have put a file there
-            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-            module.load_state_dict(state)
-            shown = "n/a" if score is None else f"{float(score):.6f}"
-            log.info("Restored best checkpoint %s (%s=%s)", best, ckpt.monitor, shown)
-        return StageResult(self.name, trainer, best, None if score is None else float(score))
-
-
-@dataclass
-class Curriculum:
-    """Ordered stages; `run` executes them in turn on the same module."""
-
-    stages: Sequence[SupervisedStage] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
+        name: str,
+        stages: Sequence[dict | Stage],
+        checkpoint_dir: str | os.PathLike | None = None,
+    ) -> None:
+        self.name = name
+        self.stages = [
+            s if isinstance(s, Stage) else build_stage(i, s) for i, s in enumerate(stages)
+        ]
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         if not self.stages:
             raise ConfigError("curriculum.stages: at least one stage is required")
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ConfigError(f"curriculum.stages: stage names must be unique, got {names}")
+        if not self.stages[-1].trains_head:
+            raise ConfigError(
+                f"curriculum.stages: the last stage ({names[-1]!r}) must train the forecasting "
+                "head (e.g. kind: supervised); evaluation needs a trained model"
+            )
 
     def run(
         self,
         module: L.LightningModule,
-        datamodule: L.LightningDataModule,
+        datamodule,
         make_trainer: TrainerFactory,
+        callbacks: Sequence[L.Callback] = (),
     ) -> list[StageResult]:
-        results = []
+        """Check every stage against this run, then train them in order.
+
+        Args:
+            module: the run's ForecastModule (trained in place).
+            datamodule: the run's set-up data module.
+            make_trainer: builds a Trainer from the run's config.
+            callbacks: callbacks watching the supervised training and its validation objective
+                (pruning, diagnostics), passed to the stages that train on it.
+        """
         for stage in self.stages:
-            log.info("Curriculum stage %s", stage.name)
-            results.append(stage.run(module, datamodule, make_trainer))
+            stage.check(module, datamodule)
+        results = []
+        for i, stage in enumerate(self.stages):
+            final = i == len(self.stages) - 1
+            log.info(
+                "Curriculum %s: stage %d/%d %s", self.name, i + 1, len(self.stages), stage.name
+            )
+            results.append(stage.run(module, datamodule, make_trainer, final, callbacks))
+            if self.checkpoint_dir is not None:
+                name = "backbone.pt" if final else f"{stage.name}-backbone.pt"
+                save_backbone(module.backbone, self.checkpoint_dir / name)
         return results

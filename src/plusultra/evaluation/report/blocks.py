@@ -33,6 +33,12 @@ def render_html(header: list[str], blocks: list[Block], plots: dict, title: str)
         f"<h1>{e(title)}</h1>",
         *(f'<p class="meta">{e(line)}</p>' for line in header),
     ]
+    return "\n".join([*parts, *html_blocks(blocks, plots), "</body></html>"]) + "\n"
+
+
+def html_blocks(blocks: list[Block], plots: dict) -> list[str]:
+    """The HTML of `blocks` (one string per block); `plots` as in `render_html`."""
+    e, parts = html.escape, []
     for kind, *rest in blocks:
         if kind in ("h2", "h3"):
             parts.append(f"<{kind}>{e(rest[0])}</{kind}>")
@@ -47,7 +53,7 @@ def render_html(header: list[str], blocks: list[Block], plots: dict, title: str)
                 f'<figure><img src="{uri}" alt="{e(caption)}"><figcaption>{e(caption)}'
                 "</figcaption></figure>"
             )
-    return "\n".join([*parts, "</body></html>"]) + "\n"
+    return parts
 
 
 def render_markdown(
@@ -55,6 +61,12 @@ def render_markdown(
 ) -> str:
     """The Markdown page; `links` maps plot name -> relative PNG path."""
     lines = [f"# {title}", "", *(f"{line}  " for line in header), ""]
+    return "\n".join(lines + markdown_blocks(blocks, plots, links))
+
+
+def markdown_blocks(blocks: list[Block], plots: dict, links: dict) -> list[str]:
+    """The Markdown lines of `blocks`; `links` maps plot name -> relative PNG path."""
+    lines = []
     for kind, *rest in blocks:
         if kind in ("h2", "h3"):
             lines += [("## " if kind == "h2" else "### ") + rest[0], ""]
@@ -65,4 +77,4 @@ def render_markdown(
         else:
             caption = plots[rest[0]][0]
             lines += [f"![{caption}]({links[rest[0]]})", "", f"*{caption}*", ""]
-    return "\n".join(lines)
+    return lines

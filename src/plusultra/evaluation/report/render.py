@@ -220,8 +220,13 @@ def _header_lines(run: RunArtifacts) -> list[str]:
     return lines
 
 
-def render_html(run: RunArtifacts, plots: dict[str, tuple[str, bytes]]) -> str:
-    """The self-contained HTML report (inline CSS, plots as data: URIs)."""
+def render_html(
+    run: RunArtifacts, plots: dict[str, tuple[str, bytes]], extra: tuple[list, dict] = ([], {})
+) -> str:
+    """The self-contained HTML report (inline CSS, plots as data: URIs); `extra` is (blocks,
+    plots) of the training-diagnostics section (`report.diagnostics`), rendered last."""
+    from plusultra.evaluation.report.blocks import html_blocks  # blocks imports this module
+
     e = html.escape
     metrics_rows = summary_rows(run.metrics, loss=run.choices.get("loss"))
     header = ["metric", "val", "test: model"]
@@ -254,12 +259,21 @@ def render_html(run: RunArtifacts, plots: dict[str, tuple[str, bytes]]) -> str:
             if note:
                 parts.append(f'<p class="note">{e(note)}</p>')
             parts.append(_html_table(head, rows))
+    parts += html_blocks(*extra)
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
 
-def render_markdown(run: RunArtifacts, plots: dict[str, tuple[str, bytes]], links: dict) -> str:
-    """The Markdown report; `links` maps plot name -> relative PNG path."""
+def render_markdown(
+    run: RunArtifacts,
+    plots: dict[str, tuple[str, bytes]],
+    links: dict,
+    extra: tuple[list, dict] = ([], {}),
+) -> str:
+    """The Markdown report; `links` maps plot name -> relative PNG path; `extra` as in
+    `render_html`."""
+    from plusultra.evaluation.report.blocks import markdown_blocks
+
     lines = ["# PlusUltra run report", ""]
     lines += [f"{line}  " for line in _header_lines(run)]
     lines += ["", "## Profitability", "", profitability(run), "", "## Summary", ""]
@@ -277,7 +291,7 @@ def render_markdown(run: RunArtifacts, plots: dict[str, tuple[str, bytes]], link
         lines += [f"## {heading}", ""]
         for title, note, head, rows in tables:
             lines += [f"### {title}", ""] + ([note, ""] if note else []) + [_md(head, rows), ""]
-    return "\n".join(lines)
+    return "\n".join(lines + markdown_blocks(*extra, links))
 
 
 def write_reports(
@@ -301,11 +315,14 @@ def write_reports(
     """
     run = load_run(run_dir, metrics)
     out = Path(out_dir) if out_dir is not None else run.run_dir
+    from plusultra.evaluation.report.diagnostics import diagnostics_section
+
     plots = make_plots(run)
+    extra = diagnostics_section(run.run_dir)  # ([], {}) for a run without diagnostics/
     links = {}
-    for name, (_, png) in plots.items():
+    for name, (_, png) in {**plots, **extra[1]}.items():
         write_bytes_atomic(out / "report" / f"{name}.png", png)
         links[name] = f"report/{name}.png"
-    html_path = write_text_atomic(out / "report.html", render_html(run, plots))
-    md_path = write_text_atomic(out / "report.md", render_markdown(run, plots, links))
+    html_path = write_text_atomic(out / "report.html", render_html(run, plots, extra))
+    md_path = write_text_atomic(out / "report.md", render_markdown(run, plots, links, extra))
     return html_path, md_path

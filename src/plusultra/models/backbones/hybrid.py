@@ -1,7 +1,7 @@
 """The default backbone: patch tokens mixed by attention, conv, a selective SSM and a gated MLP.
 
 Every block mixes along time three ways (causal self-attention for content-based lookups, a
-dilated causal depthwise conv for local patterns, a diagonal selective state-space mixer for
+dilated causal depthwise conv for local patterns, a selective state-space mixer (Mamba-2 style) for
 long decaying memory in linear time) and then per token with a gated MLP.
 """
 
@@ -39,6 +39,7 @@ class HybridBlock(nn.Module):
         causal: If False, attention sees every token of the window; conv and SSM stay causal.
         ssm_state: State size N of the selective-SSM sub-layer; 0 leaves the sub-layer out.
         ssm_chunk: Chunk length of the SSM scan, in tokens.
+        ssm_heads: SSM heads (one decay each, Mamba-2); must divide ``d_model``.
     """
 
     def __init__(
@@ -53,6 +54,7 @@ class HybridBlock(nn.Module):
         causal: bool,
         ssm_state: int = 16,
         ssm_chunk: int = 64,
+        ssm_heads: int = 4,
     ) -> None:
         super().__init__()
         self.ln_attn = nn.LayerNorm(d_model)
@@ -61,7 +63,13 @@ class HybridBlock(nn.Module):
         self.conv = CausalDepthwiseConv(d_model, kernel_size=conv_kernel, dilation=dilation)
         self.ln_ssm = nn.LayerNorm(d_model) if ssm_state else None
         self.ssm = (
-            SelectiveSSM(d_model, d_state=ssm_state, chunk=ssm_chunk, dropout=dropout)
+            SelectiveSSM(
+                d_model,
+                d_state=ssm_state,
+                n_heads=ssm_heads,
+                chunk=ssm_chunk,
+                dropout=dropout,
+            )
             if ssm_state
             else None
         )
@@ -106,8 +114,10 @@ class HybridBackbone(nn.Module):
             sample's own window; still no leakage across samples). Conv and SSM stay causal.
         ssm_state: State size N of each block's selective-SSM sub-layer (after the conv, before
             the MLP; inner width D); 0 leaves the sub-layer out (attention + conv + MLP only).
-        ssm_chunk: Chunk length of the SSM scan, in tokens (speed only; results do not depend
-            on it).
+        ssm_chunk: Chunk length of the SSM scan, in tokens (speed and memory only; results do
+            not depend on it up to float rounding).
+        ssm_heads: SSM heads, each of ``d_model / ssm_heads`` channels sharing one decay
+            (Mamba-2); must divide ``d_model`` (the SSM's inner width here).
     """
 
     def __init__(
@@ -127,11 +137,15 @@ class HybridBackbone(nn.Module):
         causal: bool = True,
         ssm_state: int = 16,
         ssm_chunk: int = 64,
+        ssm_heads: int = 4,
     ) -> None:
         super().__init__()
         check_int("depth", depth)
         check_int("ssm_state", ssm_state, minimum=0)
         check_int("ssm_chunk", ssm_chunk)
+        check_int("ssm_heads", ssm_heads)
+        if ssm_state and d_model % ssm_heads:
+            raise ConfigError(f"ssm_heads={ssm_heads} must divide d_model={d_model}")
         check_rate("dropout", dropout)
         check_rate("drop_path", drop_path)
         conv_dilations = tuple(conv_dilations)
@@ -157,6 +171,7 @@ class HybridBackbone(nn.Module):
                 causal,
                 ssm_state,
                 ssm_chunk,
+                ssm_heads,
             )
             for i in range(depth)
         )

@@ -29,6 +29,7 @@ class SSMBlock(nn.Module):
         dropout: Dropout rate on the SSM and MLP outputs.
         drop_path: Stochastic-depth rate applied to each residual branch.
         chunk: Chunk length of the SSM scan, in tokens.
+        heads: SSM heads (one decay each, Mamba-2); must divide ``expand * d_model``.
     """
 
     def __init__(
@@ -41,11 +42,18 @@ class SSMBlock(nn.Module):
         dropout: float,
         drop_path: float,
         chunk: int,
+        heads: int,
     ) -> None:
         super().__init__()
         self.ln_ssm = nn.LayerNorm(d_model)
         self.ssm = SelectiveSSM(
-            d_model, d_state, expand, chunk=chunk, conv_kernel=conv_kernel, dropout=dropout
+            d_model,
+            d_state,
+            expand,
+            n_heads=heads,
+            chunk=chunk,
+            conv_kernel=conv_kernel,
+            dropout=dropout,
         )
         self.ln_mlp = nn.LayerNorm(d_model)
         self.mlp = GatedMLP(d_model, mlp_ratio=mlp_ratio, dropout=dropout)
@@ -72,13 +80,15 @@ class SSMBackbone(nn.Module):
         depth: Number of SSM blocks.
         d_state: SSM state size N per channel.
         expand: SSM inner width as a multiple of D.
+        heads: SSM heads (one decay each, Mamba-2); must divide ``expand * d_model``.
         mlp_ratio: Gated-MLP hidden width as a multiple of D.
         dropout: Dropout rate on the embeddings and on the SSM and MLP outputs.
         drop_path: Stochastic-depth rate of the last block; it rises linearly from 0 in the first.
         patch_len: Time steps per token.
         patch_stride: Steps between token starts, in [1, patch_len].
         max_len: Longest token sequence the positional table supports.
-        chunk: Chunk length of the SSM scan, in tokens (speed only; results do not depend on it).
+        chunk: Chunk length of the SSM scan, in tokens (speed and memory only; results do not
+            depend on it up to float rounding).
         conv_kernel: Taps of each SSM's causal depthwise conv over tokens; 0 disables it.
     """
 
@@ -89,6 +99,7 @@ class SSMBackbone(nn.Module):
         depth: int = 4,
         d_state: int = 16,
         expand: int = 2,
+        heads: int = 4,
         mlp_ratio: float = 2.0,
         dropout: float = 0.0,
         drop_path: float = 0.0,
@@ -109,7 +120,9 @@ class SSMBackbone(nn.Module):
         self.drop = nn.Dropout(dropout)
         rates = drop_path_rates(drop_path, depth)  # 0 -> drop_path
         self.blocks = nn.ModuleList(
-            SSMBlock(d_model, d_state, expand, conv_kernel, mlp_ratio, dropout, rates[i], chunk)
+            SSMBlock(
+                d_model, d_state, expand, conv_kernel, mlp_ratio, dropout, rates[i], chunk, heads
+            )
             for i in range(depth)
         )
         self.ln_f = nn.LayerNorm(d_model)
