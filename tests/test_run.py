@@ -259,9 +259,10 @@ def test_fast_dev_run_end_to_end(tiny_db, tmp_path):
     assert (run_dir / "metrics.json").is_file() and (run_dir / "predictions.parquet").is_file()
 
 
-# val/loss of the seed-5 tiny run on the seed-3 tiny fixture (hybrid with its SSM mixer),
+# val/loss of the seed-5 tiny run on the seed-3 tiny fixture (hybrid with its SSM mixer, Mamba-2
+# parameterisation and SSD scan since issue 11),
 # recorded on torch 2.13.0 CPU.
-PINNED_VAL_LOSS = 2.09068
+PINNED_VAL_LOSS = 2.00221
 
 
 def test_tiny_run_loss_is_pinned(tiny_db, tmp_path):

@@ -33,6 +33,7 @@ def test_recipes_compose_on_real_data_selected_on_validation(name, params):
     assert cfg.optimized_metric.startswith("val_")
     assert sweeper.direction == cfg.optimized_direction == "maximize"
     assert sweeper.study_name == name.replace("_comparison", "_comparison_sp500_stocks")
+    assert cfg.sweep_name == sweeper.study_name  # one name for the catalogue and the study
     assert params <= {k for k, v in sweeper.params.items() if "(" in str(v)}
     head = (RECIPES / "hparams_search" / f"{name}.yaml").read_text().splitlines()
     launch = next(line for line in head if line.startswith("# Launch:"))
