@@ -205,8 +205,8 @@ def test_real_sweep_prunes_on_val_sharpe_and_records_it(tmp_path):
         "hydra.sweeper.n_trials=2",
         "hydra.sweeper.n_jobs=1",
         "hydra.sweeper.direction=maximize",
-        # seed 0 draws 3 then 1 (GridSampler cannot be used: it calls study.stop() in tell)
-        "hydra.sweeper.sampler={_target_: optuna.samplers.RandomSampler, seed: 0}",
+        # both values, one each (brute force never repeats a point)
+        "hydra.sweeper.sampler={_target_: optuna.samplers.BruteForceSampler, seed: 0}",
         # every value is below lower: each trial past its first epoch is pruned
         "hydra.sweeper.pruner={_target_: optuna.pruners.ThresholdPruner, lower: 1e9, "
         "n_warmup_steps: 1}",

@@ -62,11 +62,11 @@ def test_default_experiment_end_to_end(tmp_path):
 
     parser = Images()
     parser.feed((Path(row["run_dir"]) / "report.html").read_text())
-    assert len(parser.srcs) == 5 and all(
+    assert len(parser.srcs) == 6 and all(  # 6: with the training-diagnostics plot
         s.startswith("data:image/png;base64,") for s in parser.srcs
     )
     # and in a real browser: every image decodes, every table lays out
-    assert_renders(Path(row["run_dir"]) / "report.html", min_images=5, min_tables=3)
+    assert_renders(Path(row["run_dir"]) / "report.html", min_images=6, min_tables=3)
 
 
 def test_multirun_writes_one_row_per_job(tiny_db, tmp_path):
