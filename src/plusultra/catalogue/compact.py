@@ -50,8 +50,10 @@ def row_files(catalogue_dir: pathlib.Path) -> list[pathlib.Path]:
     """The ``*.parquet`` files of the catalogue (one-row and compacted), sorted by name."""
     with os.scandir(catalogue_dir) as entries:
         found = [
-            pathlib.Path(e.path) for e in entries if e.name.endswith(".parquet") and e.is_file()
-        ]
+            pathlib.Path(e.path)
+            for e in entries
+            if e.name.endswith(".parquet") and not e.name.startswith(".") and e.is_file()
+        ]  # as the glob ``*.parquet`` lists them: hidden files are not rows
     return sorted(found)
 
 

@@ -42,7 +42,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from plusultra.catalogue.compact import DEDUPE
+from plusultra.catalogue.compact import DEDUPE, row_files
 from plusultra.catalogue.rows import CORE_COLUMNS
 from plusultra.catalogue.sweeps import (
     INPUT_COLUMNS,
@@ -104,7 +104,7 @@ def catalogue_files(catalogue_dir: str | os.PathLike) -> list[pathlib.Path]:
             "`plusultra` job ends (pass --catalogue DIR or set PLUSULTRA_OUTPUT_DIR to look "
             "elsewhere)"
         )
-    return sorted(p for p in directory.glob("*.parquet") if p.is_file())
+    return row_files(directory)  # the files compaction merges, listed the same way
 
 
 def _create_sweeps(con: duckdb.DuckDBPyConnection) -> None:

@@ -51,6 +51,27 @@ def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def adamw_warmup_cosine(module: L.LightningModule, optim: OptimSettings) -> dict:
+    """AdamW (decay on weight matrices only) with a per-step warmup-cosine schedule over the
+    trainer's estimated steps: ``configure_optimizers`` of every module a stage trains."""
+    decay = [p for p in module.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in module.parameters() if p.requires_grad and p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": optim.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=optim.lr,
+        betas=tuple(optim.betas),
+    )
+    total = max(1, int(module.trainer.estimated_stepping_batches))
+    warmup = int(optim.warmup_frac * total)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup_cosine(s, total, warmup, optim.min_lr_ratio)
+    )
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
 class ForecastModule(L.LightningModule):
     """Multi-step return forecaster.
 
@@ -169,19 +190,4 @@ class ForecastModule(L.LightningModule):
         self._step(batch, "test")
 
     def configure_optimizers(self):
-        decay = [p for p in self.parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim < 2]
-        opt = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": self.optim.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=self.optim.lr,
-            betas=tuple(self.optim.betas),
-        )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.optim.warmup_frac * total)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, total, warmup, self.optim.min_lr_ratio)
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_warmup_cosine(self, self.optim)

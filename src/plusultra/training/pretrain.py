@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from plusultra.errors import ConfigError
-from plusultra.models.module import OptimSettings, warmup_cosine
+from plusultra.models.module import OptimSettings, adamw_warmup_cosine
 from plusultra.training import ssl
 from plusultra.training.stages import Stage, StageResult
 
@@ -202,22 +202,7 @@ class PretrainModule(L.LightningModule):
         self._step(batch, "val", torch.Generator().manual_seed(batch_idx))
 
     def configure_optimizers(self):
-        decay = [p for p in self.parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim < 2]
-        opt = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": self.optim.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=self.optim.lr,
-            betas=tuple(self.optim.betas),
-        )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.optim.warmup_frac * total)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, total, warmup, self.optim.min_lr_ratio)
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_warmup_cosine(self, self.optim)
 
 
 @dataclass
