@@ -107,7 +107,7 @@ def test_schema_is_the_contract(tmp_path):
 def test_dates_ohlc_and_positivity(small):
     series = small["series"]
     days = pd.to_datetime(series["timestamp"], format="%Y-%m-%d")
-    assert days.min() == pd.Timestamp("2012-01-03") and days.dt.dayofweek.max() <= 4
+    assert days.min() == pd.Timestamp("2012-01-03") and days.dt.day_of_week.max() <= 4
     assert series["timestamp"].nunique() == SMALL["n_days"]
     prices = series[["open", "high", "low", "close"]]
     assert np.isfinite(prices.to_numpy()).all() and (prices > 0).all().all()

@@ -110,14 +110,14 @@ def sector_ref(panel: Panel, window: int) -> tuple[np.ndarray, np.ndarray]:
     close = panel.fields["close"]
     tradable = tradable_mask(panel)
     sectors = list(panel.assets["sector"])
-    names = sorted({x for x in sectors if x is not None})
+    names = sorted({x for x in sectors if pd.notna(x)})
     strength = np.full(close.shape, np.nan)
     rank = np.full(close.shape, np.nan)
     for t in range(window, close.shape[0]):
         rets = {}
         for s, sec in enumerate(sectors):
             r = np.log(close[t, s] / close[t - window, s])
-            if sec is not None and tradable[t, s] and np.isfinite(r):
+            if pd.notna(sec) and tradable[t, s] and np.isfinite(r):
                 rets.setdefault(sec, []).append(r)
         if not rets:
             continue
@@ -316,7 +316,7 @@ def test_stressed_market_is_high_volatility(market):
 def test_liquidity_label_tracks_volume(market):
     panel, hidden = market
     labels = liquidity_regime(panel, history=250)
-    log_volume = pd.DataFrame(np.log(panel.fields["volume"])).rolling(20).mean().to_numpy()
+    log_volume = pd.DataFrame(np.log(panel.fields["volume"])).rolling(20).mean().to_numpy(copy=True)
     log_volume -= np.nanmean(log_volume, axis=0)  # within-symbol variation only
     means = [np.nanmean(log_volume[labels == k]) for k in range(3)]
     assert means[0] < means[1] < means[2]

@@ -66,8 +66,6 @@ try:
     import vectorbt as vbt
 except ImportError as err:
     sys.exit(f"vectorbt is not installed ({err}); {BENCH_HINT}")
-except ValueError as err:  # vectorbt 1.0 with plotly>=7 (no `scattermapbox`); the extra pins <7
-    sys.exit(f"vectorbt failed to import ({err}); {BENCH_HINT}")
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMAND = ".venv/bin/python -m experiments.benchmarks.simulator"

@@ -41,8 +41,8 @@ def periods_per_year(dates) -> int:
         raise DataError(
             f"cannot derive periods_per_year from {len(idx)} bar(s); set periods_per_year"
         )
-    spacing_days = float(np.median(np.diff(idx.asi8))) / 86_400e9  # ns -> days
-    days = CALENDAR_DAYS if (idx.dayofweek >= 5).mean() > WEEKEND_SHARE else TRADING_DAYS
+    spacing_days = float(np.median(np.diff(idx.as_unit("ns").asi8))) / 86_400e9  # ns -> days
+    days = CALENDAR_DAYS if (idx.day_of_week >= 5).mean() > WEEKEND_SHARE else TRADING_DAYS
     if spacing_days < 1.0:
         per_day = float(pd.Series(1, index=idx).groupby(idx.normalize()).size().median())
         return max(1, round(per_day * days))

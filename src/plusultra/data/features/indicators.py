@@ -63,7 +63,7 @@ def ewm_mean(x: np.ndarray, alpha: float, min_periods: int = 0) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     data = pd.Series(x) if x.ndim == 1 else _frame(x)  # a Series is cheaper for one column
     ewm = data.ewm(alpha=alpha, adjust=False, ignore_na=True, min_periods=min_periods)
-    out = ewm.mean().to_numpy().reshape(x.shape)
+    out = ewm.mean().to_numpy(copy=True).reshape(x.shape)  # writable under pandas 3's CoW
     missing = np.isnan(x)
     if missing.any():
         out[missing] = np.nan

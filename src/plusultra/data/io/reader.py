@@ -19,7 +19,8 @@ turn bad data into plausible prices silently, and a cast does not help NULL-firs
 reader instead reads with batches of `BATCH_ROWS` rows; on a type mismatch it counts the rows
 and reads again with the whole result as one batch, so every column is typed from every value
 (int64 and float64 widen to float64, numbers and text widen to text). All-NULL columns become
-Arrow ``null``. :func:`read_frame` then gives float64 for numeric columns and object for text.
+Arrow ``null``. :func:`read_frame` then gives float64 for numeric columns and, for text, the dtype
+``pandas.read_sql`` gives (object with None for NULL; pandas 3: ``str`` with NaN).
 
 Two corners stay lossy in the driver: in a column holding both numbers and text, the numbers
 it meets while inferring are rendered as text with ``%e`` (7 significant digits); a column
@@ -119,7 +120,8 @@ def _null_to_type(table: pa.Table) -> pa.Table:
 
 
 def _to_frame(table: pa.Table, numeric: Iterable[str] = ()) -> pd.DataFrame:
-    """Arrow -> pandas: numbers float64, text object; all-NULL columns float64 if in `numeric`."""
+    """Arrow -> pandas: numbers float64, text as pandas.read_sql gives it (object; pandas 3: str);
+    all-NULL columns float64 if in `numeric`, else object."""
     numeric = set(numeric)
     arrays = []
     for field, column in zip(table.schema, table.columns, strict=True):
@@ -212,7 +214,8 @@ class SQLiteReader:
 
     def frame(self, sql: str, params: Sequence = (), numeric: Iterable[str] = ()) -> pd.DataFrame:
         """Like :meth:`arrow`, as a DataFrame: numeric columns float64 (NULL -> NaN), text
-        columns object (NULL -> None); an all-NULL column is float64 if named in `numeric`,
+        columns as pandas.read_sql types them (object, NULL -> None; pandas 3: str, NULL -> NaN);
+        an all-NULL column is float64 if named in `numeric`,
         object otherwise."""
         return _to_frame(self.arrow(sql, params), numeric)
 
@@ -264,8 +267,9 @@ class SQLiteReader:
 
         Returns:
             One column per name: float64 for INTEGER/REAL columns (and any numeric values),
-            object for text; columns of text and numbers mixed come back as object with
-            exact floats and strings, as ``pandas.read_sql`` gives them.
+            text as ``pandas.read_sql`` types it (object; pandas 3: str); columns of text and
+            numbers mixed come back as object with exact floats and strings, as
+            ``pandas.read_sql`` gives them.
 
         Raises:
             DataError: unknown table or column (listing the valid ones), failing query.
@@ -292,7 +296,8 @@ def read_sql(path: str | os.PathLike, sql: str, params: Sequence = ()) -> pa.Tab
 def read_frame(
     path: str | os.PathLike, sql: str, params: Sequence = (), numeric: Iterable[str] = ()
 ) -> pd.DataFrame:
-    """:func:`read_sql` as a DataFrame: numbers float64, text object; see SQLiteReader.frame."""
+    """:func:`read_sql` as a DataFrame: numbers float64, text as pandas types it (see
+    SQLiteReader.frame)."""
     with SQLiteReader(path) as reader:
         return reader.frame(sql, params, numeric)
 
