@@ -474,3 +474,11 @@ def test_gpu_benchmark_halves_the_batch_on_oom_and_names_other_failures(monkeypa
         "batch": 32,
         "status": "failed: ValueError: no kernel",
     }
+
+
+def test_without_settings_the_model_runs_where_it_is_in_its_dtype():
+    model = _model()
+    assert InferenceDevice.of_model(model) == InferenceDevice("cpu", "32-true")
+    assert InferenceDevice.of_model(model.to(torch.float64)) == InferenceDevice("cpu", "64-true")
+    got = predict_windows(model, _dataset(), 64, False)  # float64 weights: float64 inputs
+    assert got.dtype == np.float32 and got.shape == (len(_dataset()), 2)

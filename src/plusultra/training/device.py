@@ -106,9 +106,12 @@ class InferenceDevice:
 
     @classmethod
     def of_model(cls, model: nn.Module) -> InferenceDevice:
-        """Wherever the model's weights are, in float32 (no autocast)."""
+        """Wherever the model's weights are, in their dtype (no autocast)."""
         param = next(iter(model.parameters()), None)
-        return cls(param.device if param is not None else torch.device("cpu"))
+        if param is None:
+            return cls(torch.device("cpu"))
+        true = {dtype: name for name, (autocast, dtype) in PRECISIONS.items() if autocast is None}
+        return cls(param.device, true.get(param.dtype, "32-true"))
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
