@@ -482,3 +482,24 @@ def test_without_settings_the_model_runs_where_it_is_in_its_dtype():
     assert InferenceDevice.of_model(model.to(torch.float64)) == InferenceDevice("cpu", "64-true")
     got = predict_windows(model, _dataset(), 64, False)  # float64 weights: float64 inputs
     assert got.dtype == np.float32 and got.shape == (len(_dataset()), 2)
+
+
+@pytest.mark.parametrize("outer_inference_mode", [False, True])
+def test_moved_weights_stay_trainable(outer_inference_mode):
+    """A move that copies every weight (as cpu <-> cuda does) made under inference mode would
+    leave inference tensors that autograd refuses in the next fit (a walk-forward refit); the
+    moves happen outside it, also when the caller is in inference mode (Lightning's validation
+    loop runs the pruning backtest)."""
+    model = _model()
+
+    def copying_to(*args, **kwargs):  # a CPU stand-in for a device move: new tensors
+        nn.Module.to(model, torch.float64)
+        return nn.Module.to(model, torch.float32)
+
+    model.to = copying_to
+    outer = torch.inference_mode() if outer_inference_mode else contextlib.nullcontext()
+    with outer:
+        predict_windows(model, _dataset(), 64, False, InferenceDevice("cpu", "bf16-mixed"))
+    assert not any(p.is_inference() for p in model.parameters())
+    model(torch.randn(4, WINDOW, 3)).pow(2).mean().backward()  # trains again
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

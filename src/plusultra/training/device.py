@@ -152,15 +152,19 @@ class InferenceDevice:
     @contextlib.contextmanager
     def placed(self, model: nn.Module) -> Iterator[nn.Module]:
         """`model` on this device in eval mode; afterwards back on its original device and in
-        its original train/eval mode."""
+        its original train/eval mode. The moves run outside inference mode (even inside an
+        outer one): weights copied under it would become inference tensors, which autograd
+        refuses when the model trains again (a walk-forward refit)."""
         param = next(iter(model.parameters()), None)
         home = param.device if param is not None else self.device
         was_training = model.training
-        model.to(self.device).eval()
+        with torch.inference_mode(False):
+            model.to(self.device).eval()
         try:
             yield model
         finally:
-            model.to(home).train(was_training)
+            with torch.inference_mode(False):
+                model.to(home).train(was_training)
 
 
 def set_matmul_precision(precision: str) -> None:

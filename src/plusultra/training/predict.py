@@ -14,7 +14,6 @@ from plusultra.data.datasets.windows import WindowDataset, passthrough_collate
 from plusultra.training.device import InferenceDevice
 
 
-@torch.inference_mode()
 def predict_windows(
     model: nn.Module,
     dataset: WindowDataset,
@@ -25,8 +24,9 @@ def predict_windows(
     """Point forecasts (N, H') in scaled target units, or positions (N, 1) for a policy head.
 
     Runs on `device` (the training run's device and precision; None: wherever the model is,
-    in float32): the model goes there for the pass and back afterwards; batches come from
-    pinned memory with non-blocking copies on CUDA. The result is float32, on the CPU.
+    in its weights' dtype): the model goes there for the pass and back afterwards (outside
+    inference mode, so its weights stay trainable); batches come from pinned memory with
+    non-blocking copies on CUDA. The result is float32, on the CPU.
     """
     device = device or InferenceDevice.of_model(model)
     loader = DataLoader(
@@ -37,7 +37,7 @@ def predict_windows(
         pin_memory=device.pin_memory,
     )
     out = []
-    with device.placed(model), device.context():
+    with device.placed(model), torch.inference_mode(), device.context():
         for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
             inputs = batch if isinstance(batch, tuple) else (batch,)  # x, or (x, labels)
             out.append(model.signal(*(device.put(i) for i in inputs)).float())  # on the device
