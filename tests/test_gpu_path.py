@@ -503,3 +503,50 @@ def test_moved_weights_stay_trainable(outer_inference_mode):
     assert not any(p.is_inference() for p in model.parameters())
     model(torch.randn(4, WINDOW, 3)).pow(2).mean().backward()  # trains again
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+# ------------------------------------------------------------------ on a CUDA device (-m gpu)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_inference_after_a_bf16_fit_and_a_refit(tiny_db, spy_predict):
+    """On a real GPU: a bf16-mixed fit, then the validation backtest and walk-forward (with a
+    refit) predict on cuda:0 under bf16 autocast; the model ends on the CPU with trainable
+    weights, and the predictions are close to a float32 CPU pass."""
+    from plusultra.training.evaluate import evaluate
+    from plusultra.training.walk_forward import WalkForward
+
+    tiny = [*TINY, "data=sqlite", f"data.path={tiny_db}", "periods_per_year=252"]
+    cfg = compose_config([*tiny, "evaluation.bootstrap=0", "data.pin_memory=true"])
+    dm = instantiate(cfg.data, features=instantiate(cfg.features, _convert_="all"))
+    dm.setup()
+    build = functools.partial(instantiate, _convert_="all")
+    model = ForecastModule(
+        build(cfg.backbone, n_features=dm.n_features),
+        build(cfg.head),
+        build(cfg.loss),
+        build(cfg.optim),
+    )
+    settings = dict(accelerator="gpu", devices=1, precision="bf16-mixed", logger=False)
+    settings |= dict(max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    settings |= dict(num_sanity_val_steps=0, enable_progress_bar=False)
+
+    def make_trainer(*extra, **overrides):
+        return L.Trainer(**(settings | {"enable_checkpointing": False} | overrides))
+
+    trainer = make_trainer()
+    trainer.fit(model, datamodule=dm)
+    walk = WalkForward(refit_every=40, warm_start=False)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    evaluate(model, dm, trainer, make_trainer, walk, build(cfg.evaluation), build(cfg.simulator),
+             initial)  # fmt: skip
+    assert set(spy_predict) == {InferenceDevice("cuda:0", "bf16-mixed")}
+    assert all(p.device.type == "cpu" and not p.is_inference() for p in model.parameters())
+    dataset = dm.inference_dataset("val")
+    on_gpu = predict_windows(model, dataset, 256, False, InferenceDevice("cuda:0", "bf16-mixed"))
+    on_cpu = predict_windows(model, dataset, 256, False, InferenceDevice("cpu"))
+    assert on_gpu.dtype == np.float32
+    np.testing.assert_allclose(on_gpu, on_cpu, atol=0.05 * np.abs(on_cpu).max())
