@@ -18,7 +18,6 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
@@ -44,6 +43,7 @@ from plusultra.lifecycle import (
     handle_signals,
 )
 from plusultra.models.module import ForecastModule
+from plusultra.training.device import set_matmul_precision
 from plusultra.training.evaluate import evaluate
 from plusultra.training.hparams import hyperparameters, log_summary
 from plusultra.training.pretrain import load_backbone
@@ -74,7 +74,7 @@ def train(cfg: DictConfig) -> float | list[float]:
     check_no_ddp_in_multirun(cfg.trainer, hc.mode == RunMode.MULTIRUN)  # also a swept devices=
     run_dir = Path(hc.runtime.output_dir)
     L.seed_everything(cfg.seed, workers=True)
-    torch.set_float32_matmul_precision(cfg.matmul_precision)
+    set_matmul_precision(cfg.matmul_precision)  # TF32 in CUDA matmuls and cuDNN, or not
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     datamodule = build(cfg.data, features=build(cfg.features))

@@ -9,6 +9,10 @@ segment); uses its model (the last walk-forward refit when the run refitted, els
 checkpoint) and the same prediction and position code the run used for its test segment. On the
 run's own database the predictions equal the run's test predictions. Writes one row per
 (symbol, timestamp) with a complete input window.
+
+Inference runs where and how the run trained: its trainer.accelerator (gpu: the current CUDA
+device) under its trainer.precision (bf16-mixed: bf16 autocast) and matmul_precision; --device
+and --precision override them (e.g. --device cpu --precision 32-true on a machine without CUDA).
 """
 
 from __future__ import annotations
@@ -43,10 +47,14 @@ def predict(
     end: str | None,
     progress: bool = True,
     symbols: list[str] | None = None,
+    device: str | None = None,
+    precision: str | None = None,
 ) -> Path:
     """Write predictions of the run at `run_dir` on `db` to `out` (parquet, atomic).
 
-    `start` and `symbols` default (None) to the run's own; `end` to the database's last bar.
+    `start` and `symbols` default (None) to the run's own; `end` to the database's last bar;
+    `device` (cpu, cuda, cuda:1, ...) and `precision` (a Lightning precision) to the run's
+    ``trainer.accelerator`` and ``trainer.precision``.
     """
     import torch
     from hydra.utils import instantiate
@@ -56,6 +64,7 @@ def predict(
     from plusultra.evaluation.backtest.engine import MarketContext
     from plusultra.io import write_parquet_atomic
     from plusultra.models.module import ForecastModule
+    from plusultra.training.device import InferenceDevice, set_matmul_precision
     from plusultra.training.predict import predictions_frame
 
     missing = [n for n in REQUIRED if not (run_dir / n).is_file()]
@@ -65,6 +74,13 @@ def predict(
             "(metrics.json is written last, when a run completes)"
         )
     cfg = OmegaConf.load(run_dir / "config.yaml")
+    run_precision = OmegaConf.select(cfg, "trainer.precision", default="32-true")
+    target = InferenceDevice.from_config(
+        OmegaConf.select(cfg, "trainer.accelerator", default="cpu"),
+        precision if precision is not None else run_precision,
+        device,
+    )
+    set_matmul_precision(OmegaConf.select(cfg, "matmul_precision", default="highest"))
     given = {"start": start, "end": end, "symbols": symbols}
     overrides = {k: v for k, v in given.items() if v is not None}
     dm = SQLiteDataModule.for_inference(db, run_dir, batch_size=batch_size, **overrides)
@@ -80,6 +96,7 @@ def predict(
     )
     state = torch.load(find_checkpoint(run_dir), map_location="cpu", weights_only=True)
     model.load_state_dict(state["state_dict"])
+    model.to(dtype=target.dtype)  # float32, or the weights' dtype of a "-true" precision
     panel = dm.panel
     preds = predictions_frame(
         model,
@@ -89,6 +106,7 @@ def predict(
         dm.norm.target_scale,
         batch_size,
         progress,
+        target,
     )
     if preds.empty:
         raise DataError(f"{db}: no symbol has {dm.window} consecutive complete bars to predict")
@@ -130,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
         "the sector regime columns are computed across it",
     )
     parser.add_argument("--end", help="last date loaded (ISO)")
+    parser.add_argument(
+        "--device",
+        help="cpu, cuda, cuda:1, ... (default: the run's trainer.accelerator; gpu = cuda)",
+    )
+    parser.add_argument(
+        "--precision",
+        help="a Lightning precision: 32-true, bf16-mixed, 16-mixed, ... (default: the run's "
+        "trainer.precision)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -146,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
             args.end,
             progress=not args.quiet,
             symbols=args.symbols,
+            device=args.device,
+            precision=args.precision,
         )
     except Exception as exc:  # noqa: BLE001 - reported as one message
         fail("plusultra-predict", exc)

@@ -82,7 +82,8 @@ class ForecastModule(L.LightningModule):
             (``loss.portfolio``) also takes each sample's date, symbol and execution return,
             which its batches (the data module's block sampler) carry after the targets.
         optim: optimiser settings.
-        compile: wrap the forward pass in torch.compile (hardware configs switch it on).
+        compile: torch.compile the forward pass (embedding, backbone, head), which training,
+            validation and every prediction call (hardware configs switch it on).
         embedding: market-state embedding of per-bar labels (B, T, R) -> (B, T, E), concatenated
             to the features before the backbone (whose n_features must include E); None: off.
     """

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from plusultra.evaluation.backtest.engine import Backtest, BacktestResult, MarketContext
+from plusultra.training.device import InferenceDevice
 from plusultra.training.predict import predictions_frame
 from plusultra.training.walk_forward import WalkForward, WalkForwardResult
 
@@ -74,7 +75,8 @@ def evaluate(
     market = (panel.dates, panel.symbols, datamodule.tradable, datamodule.returns, simulator)
     context = MarketContext(**datamodule.context())  # one set of full-calendar arrays
     val_metrics = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
-    val = validation_backtest(model, datamodule, backtest, simulator, context)
+    device = InferenceDevice.from_trainer(trainer)  # fit moved the model back to the CPU
+    val = validation_backtest(model, datamodule, backtest, simulator, context, device=device)
 
     walked = walk.run(model, datamodule, trainer, make_trainer, initial_state, checkpoint_dir)
     refits = [(f.fit_lo, f.fit_hi, f.lo, f.hi) for f in walked.blocks]
@@ -102,10 +104,14 @@ def validation_backtest(
     simulator,
     context: MarketContext,
     progress: bool = True,
+    device: InferenceDevice | None = None,
 ) -> BacktestResult:
     """ONE inference pass over the whole validation segment with the model's current weights,
     backtested with the run's Backtest and simulator (baselines included): the ``val_*``
-    backtest metrics of a run, and each epoch's pruning value (``training.pruning``)."""
+    backtest metrics of a run, and each epoch's pruning value (``training.pruning``).
+
+    `device`: the training device and precision (``InferenceDevice.from_trainer``); None:
+    wherever the model is, in float32."""
     panel = datamodule.panel
     preds = predictions_frame(
         model,
@@ -114,6 +120,7 @@ def validation_backtest(
         panel.symbols,
         datamodule.norm.target_scale,
         progress=progress,
+        device=device,
     )
     market = (panel.dates, panel.symbols, datamodule.tradable, datamodule.returns, simulator)
     return backtest.run(preds, *market, *datamodule.segments.val, context=context)

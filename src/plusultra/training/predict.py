@@ -11,27 +11,39 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from plusultra.data.datasets.windows import WindowDataset, passthrough_collate
+from plusultra.training.device import InferenceDevice
 
 
-@torch.inference_mode()
 def predict_windows(
-    model: nn.Module, dataset: WindowDataset, batch_size: int = 1024, progress: bool = True
+    model: nn.Module,
+    dataset: WindowDataset,
+    batch_size: int = 1024,
+    progress: bool = True,
+    device: InferenceDevice | None = None,
 ) -> np.ndarray:
-    """Point forecasts (N, H') in scaled target units, or positions (N, 1) for a policy head."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+    """Point forecasts (N, H') in scaled target units, or positions (N, 1) for a policy head.
+
+    Runs on `device` (the training run's device and precision; None: wherever the model is,
+    in its weights' dtype): the model goes there for the pass and back afterwards (outside
+    inference mode, so its weights stay trainable); batches come from pinned memory with
+    non-blocking copies on CUDA. The result is float32, on the CPU.
+    """
+    device = device or InferenceDevice.of_model(model)
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, collate_fn=passthrough_collate
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=passthrough_collate,
+        pin_memory=device.pin_memory,
     )
     out = []
-    for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
-        inputs = batch if isinstance(batch, tuple) else (batch,)  # x, or (x, labels)
-        out.append(model.signal(*(i.to(device) for i in inputs)).float().cpu().numpy())
-    model.train(was_training)
+    with device.placed(model), torch.inference_mode(), device.context():
+        for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
+            inputs = batch if isinstance(batch, tuple) else (batch,)  # x, or (x, labels)
+            out.append(model.signal(*(device.put(i) for i in inputs)).float())  # on the device
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate(out, axis=0)
+    return torch.cat(out).cpu().numpy()  # one copy back, after the last batch
 
 
 def predictions_frame(
@@ -42,10 +54,11 @@ def predictions_frame(
     target_scale: list[float],
     batch_size: int = 1024,
     progress: bool = True,
+    device: InferenceDevice | None = None,
 ) -> pd.DataFrame:
     """Long frame: symbol, timestamp, pred_1..pred_H' (forward log returns in return units; for a
-    policy head, pred_1 is its position in [-1, 1])."""
-    raw = predict_windows(model, dataset, batch_size, progress)
+    policy head, pred_1 is its position in [-1, 1]); `device` as in `predict_windows`."""
+    raw = predict_windows(model, dataset, batch_size, progress, device)
     index = dataset.index.numpy()
     horizon = raw.shape[1] if raw.ndim == 2 and len(raw) else len(target_scale)
     scale = np.asarray(target_scale[:horizon], dtype=np.float64)

@@ -44,6 +44,7 @@ from plusultra.errors import ConfigError
 from plusultra.evaluation.backtest.engine import Backtest, MarketContext
 from plusultra.evaluation.report.summary import segment_metrics
 from plusultra.lifecycle import write_pruned
+from plusultra.training.device import InferenceDevice
 from plusultra.training.evaluate import validation_backtest
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,9 @@ class ValidationBacktest:
     def __call__(self, module: L.LightningModule, datamodule) -> dict[str, float | str]:
         if self._context is None:
             self._context = MarketContext(**datamodule.context())
+        device = InferenceDevice.from_trainer(module.trainer)  # the fit's device and precision
         result = validation_backtest(
-            module, datamodule, self.backtest, self.simulator, self._context, progress=False
+            module, datamodule, self.backtest, self.simulator, self._context, False, device
         )
         return segment_metrics("val", result)
 

@@ -34,6 +34,7 @@ import torch
 
 from plusultra.errors import ConfigError, DataError
 from plusultra.io import write_bytes_atomic
+from plusultra.training.device import InferenceDevice
 from plusultra.training.predict import predictions_frame
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,7 @@ class WalkForward:
             logger=False, callbacks=[], enable_checkpointing=False, enable_model_summary=False
         )
         frames, rows, tested = [], [], []
+        device = InferenceDevice.from_trainer(trainer)  # refits use the same device, precision
         for fold in folds:
             train_set = datamodule.labelled_dataset(fold.fit_lo, fold.fit_hi)
             if fold.refit:
@@ -213,6 +215,7 @@ class WalkForward:
                     panel.dates,
                     panel.symbols,
                     datamodule.norm.target_scale,
+                    device=device,
                 )
             )
             rows.append(
