@@ -1,0 +1,142 @@
+"""Multi-process training (``hardware=ddp``): who writes, and how a DDP run ends its training.
+
+A DDP run is one ``plusultra`` command on one machine. Lightning's ``ddp`` strategy starts the
+extra ranks at the first ``fit`` by re-running the command line (``LOCAL_RANK=1..N-1``, with
+``hydra.run.dir`` set to rank 0's directory and ``hydra.output_subdir=null``); each rank then
+runs ``plusultra.run`` from the top, trains its shard of every epoch, and gradients are
+averaged across ranks every step. So every rank builds the same data, model and trainers, and:
+
+- **only rank zero writes**: the run dir (config.yaml, data artifacts, checkpoints, backbones,
+  diagnostics, TensorBoard, predictions, reports, metrics.json, run_id.txt), the catalogue row,
+  and the Hydra log file. ``is_rank_zero`` is the one test every such write goes through
+  (Lightning's own writers, checkpoints and loggers, already check ``trainer.is_global_zero``).
+  ``plusultra.run.main`` gives worker ranks ``hydra/job_logging=disabled`` (no log file;
+  warnings and errors still reach stderr) and no catalogue directory for a failure;
+- **evaluation runs on rank zero alone**, after the curriculum: ``finish_training`` waits for
+  every rank at a barrier, closes the process group, and tells the workers to return (they exit
+  0 without writing); rank zero waits for them to exit, then evaluates with single-device
+  trainers (``SINGLE_DEVICE``), exactly as a one-process run evaluates the same weights (DDP
+  keeps the ranks' weights identical, and the restored best checkpoint is the same file on all
+  of them). Walk-forward refits therefore train on rank zero's device only.
+
+The alternative, evaluating on every rank with a DistributedSampler and gathering, was not
+taken: the sampler pads the last shard with repeated samples (so metrics differ from a
+one-process evaluation), and the backtests run on the gathered frame anyway.
+
+Portfolio batches (``data.block``, set by a portfolio loss) are refused under DDP
+(``check_sharding``): their ``BlockBatchSampler`` yields whole date blocks, and Lightning
+cannot put a DistributedSampler under it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections.abc import Iterable
+
+import lightning as L
+import torch
+
+from plusultra.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Trainer overrides of rank zero's evaluation after DDP training: one device, no process group.
+SINGLE_DEVICE = {"strategy": "auto", "devices": 1, "num_nodes": 1}
+WORKER_EXIT_TIMEOUT_S = 120.0  # how long rank zero waits for the workers to exit
+
+
+def global_rank() -> int:
+    """This process's rank among all training processes (0 without distributed training).
+
+    The process group's rank once one exists; before it does (config, data setup, Hydra
+    callbacks), the launcher's environment: ``RANK``, else ``NODE_RANK`` / ``LOCAL_RANK``
+    (Lightning's relaunched workers), else ``SLURM_PROCID``.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    env = os.environ
+    if env.get("RANK", "").isdigit():
+        return int(env["RANK"])
+    local = env.get("LOCAL_RANK", "")
+    if local.isdigit():
+        node = env.get("NODE_RANK", env.get("GROUP_RANK", "0"))
+        per_node = int(env.get("LOCAL_WORLD_SIZE", "0") or 0)
+        # Lightning's launcher sets NODE_RANK and LOCAL_RANK only: any node > 0 is not rank 0
+        return int(local) + (int(node) * max(per_node, 1) if node.isdigit() else 0)
+    if env.get("SLURM_PROCID", "").isdigit():
+        return int(env["SLURM_PROCID"])
+    return 0
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is the one that writes (rank 0, or the only process)."""
+    return global_rank() == 0
+
+
+def check_sharding(trainer: L.Trainer, block: int | None) -> L.Trainer:
+    """Refuse portfolio batches under multi-process training; returns ``trainer``.
+
+    Args:
+        trainer: a built Trainer (its world size is known before ``fit``).
+        block: the data module's ``block`` (dates per portfolio batch), None for pooled batches.
+
+    Raises:
+        ConfigError: ``block`` is set and the trainer runs more than one process.
+    """
+    if block is not None and trainer.world_size > 1:
+        raise ConfigError(
+            f"data.block={block} (portfolio batches of a portfolio loss) cannot be sharded "
+            f"across {trainer.world_size} DDP processes (trainer.strategy="
+            f"{type(trainer.strategy).__name__}, trainer.devices={trainer.num_devices}): each "
+            "batch is a whole block of dates, which a DistributedSampler cannot split. Train "
+            "it on one device (trainer.devices=1), or use a pooled loss (loss=mse, quantile, "
+            "...) with hardware=ddp"
+        )
+    return trainer
+
+
+def finish_training(trainers: Iterable[L.Trainer]) -> bool:
+    """End the distributed part of a run after its last ``fit`` (module docstring).
+
+    A no-op returning True when training ran in one process. Otherwise every rank meets at a
+    barrier (rank zero's checkpoints and backbones are on disk), the process group is closed,
+    and rank zero waits for the worker processes Lightning started to exit.
+
+    Args:
+        trainers: the curriculum's trainers, in order (the first one started the workers).
+
+    Returns:
+        True where the run goes on to evaluate and write (rank zero), False on a worker rank,
+        which returns without writing anything.
+
+    Raises:
+        RuntimeError: a worker exited with an error, or did not exit in time.
+    """
+    trainers = list(trainers)
+    if not trainers or max(t.world_size for t in trainers) <= 1:
+        return True
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        trainers[-1].strategy.barrier("plusultra.finish_training")
+        rank = torch.distributed.get_rank()
+        torch.distributed.destroy_process_group()
+    else:  # a spawn-style strategy: its workers have already returned
+        rank = global_rank()
+    if rank != 0:
+        log.info("DDP rank %d: training done; rank 0 evaluates and writes", rank)
+        return False
+    workers = [p for t in trainers for p in getattr(t.strategy.launcher, "procs", None) or []]
+    for proc in workers:
+        try:
+            code = proc.wait(timeout=WORKER_EXIT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(
+                f"DDP worker (pid {proc.pid}) did not exit {WORKER_EXIT_TIMEOUT_S:.0f} s after "
+                "training"
+            ) from None
+        if code != 0:
+            raise RuntimeError(f"DDP worker (pid {proc.pid}) exited with code {code}")
+    size = trainers[0].world_size
+    log.info("DDP training done on %d processes; rank 0 evaluates alone", size)
+    return True
