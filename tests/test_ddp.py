@@ -18,6 +18,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.utils import instantiate
+from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import OmegaConf
 
 from plusultra.catalogue.callback import CatalogueCallback
@@ -111,10 +113,14 @@ def test_ddp_config_and_its_multirun_refusal():
     assert (cfg.trainer.strategy, cfg.trainer.devices) == ("ddp", -1)
     assert (cfg.trainer.accelerator, cfg.trainer.precision) == ("gpu", "bf16-mixed")  # rtx4090
     cpu = compose_config(["hardware=ddp", "trainer.accelerator=cpu", "trainer.devices=2"])
-    trainer = OmegaConf.to_container(cpu.trainer)
-    check_no_ddp_in_multirun(trainer, multirun=False)
+    node = OmegaConf.to_container(cpu.trainer)
+    check_no_ddp_in_multirun(node, multirun=False)
     with pytest.raises(ConfigError, match="relaunch the whole multirun"):
-        check_no_ddp_in_multirun(trainer, multirun=True)
+        check_no_ddp_in_multirun(node, multirun=True)
+    node = {k: v for k, v in node.items() if k != "default_root_dir"}  # ${hydra:...}
+    trainer = instantiate({**node, "logger": False, "precision": "32-true"})
+    assert isinstance(trainer.strategy, DDPStrategy) and trainer.world_size == 2
+    assert trainer.strategy._get_process_group_backend() == "gloo"  # NCCL on GPUs
 
 
 # ----------------------------------------------------------------------------- slow: real CLI

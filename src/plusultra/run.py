@@ -4,7 +4,8 @@ Wiring only: seed, instantiate every config group (logging each target), run the
 evaluate on the validation and test segments, write the run's outputs (metrics.json last),
 return the validation metric a sweeper optimises. The run dir is unique and claimed by
 `plusultra.lifecycle`; the catalogue row is written by the Hydra job-end callback
-(conf/hydra/default.yaml).
+(conf/hydra/default.yaml). Under DDP (`hardware=ddp`) only rank 0 writes, and it evaluates
+alone after the workers have trained and exited (`plusultra.distributed`).
 """
 
 from __future__ import annotations
