@@ -11,12 +11,14 @@ import json
 import os
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import torch
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.utils import instantiate
 from lightning.pytorch.strategies import DDPStrategy
@@ -27,6 +29,7 @@ from plusultra.cli.predict import predict
 from plusultra.distributed import check_sharding, finish_training, global_rank, is_rank_zero
 from plusultra.errors import ConfigError
 from plusultra.lifecycle import check_no_ddp_in_multirun
+from plusultra.training.diagnostics_grads import GradientDiagnostics
 from tests.conftest import TINY, compose_config, run_cli
 
 RANK_KEYS = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE", "SLURM_PROCID")
@@ -106,6 +109,16 @@ def test_portfolio_batches_are_refused_under_ddp():
 def test_finish_training_is_a_no_op_in_one_process():
     assert finish_training([_trainer(devices=1), _trainer(devices=1)]) is True
     assert finish_training([]) is True
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_noise_scale_counts_the_samples_of_every_rank(world):
+    """Under DDP a step's gradient averages every rank's batch: B_simple's batch is world x B."""
+    grads = GradientDiagnostics()
+    trainer = SimpleNamespace(global_step=0, world_size=world)
+    batch = (torch.zeros(8, 16, 3), torch.zeros(8, 2))
+    grads.on_train_batch_start(trainer, None, batch, 0)
+    assert grads._samples == 8 * world
 
 
 def test_ddp_config_and_its_multirun_refusal():
