@@ -33,12 +33,14 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 from collections.abc import Iterable
-
-import lightning as L
-import torch
+from typing import TYPE_CHECKING
 
 from plusultra.errors import ConfigError
+
+if TYPE_CHECKING:  # the rank test imports neither (the catalogue callback and CLIs use it)
+    import lightning as L
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,9 @@ def global_rank() -> int:
     callbacks), the launcher's environment: ``RANK``, else ``NODE_RANK`` / ``LOCAL_RANK``
     (Lightning's relaunched workers), else ``SLURM_PROCID``.
     """
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
+    group = _process_group()
+    if group is not None:
+        return group.get_rank()
     env = os.environ
     if env.get("RANK", "").isdigit():
         return int(env["RANK"])
@@ -68,6 +71,16 @@ def global_rank() -> int:
     if env.get("SLURM_PROCID", "").isdigit():
         return int(env["SLURM_PROCID"])
     return 0
+
+
+def _process_group():
+    """``torch.distributed`` when a process group is initialised, else None (torch not imported
+    yet: no group can exist)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    dist = torch.distributed
+    return dist if dist.is_available() and dist.is_initialized() else None
 
 
 def is_rank_zero() -> bool:
@@ -117,10 +130,11 @@ def finish_training(trainers: Iterable[L.Trainer]) -> bool:
     trainers = list(trainers)
     if not trainers or max(t.world_size for t in trainers) <= 1:
         return True
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    group = _process_group()
+    if group is not None:
         trainers[-1].strategy.barrier("plusultra.finish_training")
-        rank = torch.distributed.get_rank()
-        torch.distributed.destroy_process_group()
+        rank = group.get_rank()
+        group.destroy_process_group()
     else:  # a spawn-style strategy: its workers have already returned
         rank = global_rank()
     if rank != 0:
