@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,9 +23,11 @@ import pytest
 import torch
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.utils import instantiate
+from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
 from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import OmegaConf
 
+from plusultra import distributed
 from plusultra.catalogue.callback import CatalogueCallback
 from plusultra.cli.predict import predict
 from plusultra.distributed import check_sharding, finish_training, global_rank, is_rank_zero
@@ -109,6 +113,30 @@ def test_portfolio_batches_are_refused_under_ddp():
 def test_finish_training_is_a_no_op_in_one_process():
     assert finish_training([_trainer(devices=1), _trainer(devices=1)]) is True
     assert finish_training([]) is True
+
+
+def test_a_failing_rank_zero_stops_its_workers_and_survives_the_observer(monkeypatch):
+    """stop_workers kills the workers; Lightning's observer, which SIGKILLs the main process
+    when a worker dies, then sees none (here it watches a stand-in for the main process)."""
+    monkeypatch.setattr(distributed, "_LAUNCHERS", [])
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    main, worker = subprocess.Popen(sleep), subprocess.Popen(sleep)
+    try:
+        launcher = SimpleNamespace(procs=[worker])
+        observer = _ChildProcessObserver(main.pid, launcher.procs, sleep_period=0.05)
+        observer.start()
+        distributed.track(SimpleNamespace(strategy=SimpleNamespace(launcher=launcher)))
+        assert distributed.workers() == [worker]
+        assert distributed.stop_workers() == 1 and worker.returncode is not None
+        observer.join(timeout=5)
+        assert not observer.is_alive()
+        with pytest.raises(subprocess.TimeoutExpired):  # the main process lives on
+            main.wait(timeout=0.5)
+        assert distributed.stop_workers() == 0 and distributed.workers() == []
+    finally:
+        for proc in (main, worker):
+            proc.kill()
+            proc.wait()
 
 
 @pytest.mark.parametrize("world", [1, 2])

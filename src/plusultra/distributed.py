@@ -110,6 +110,41 @@ def check_sharding(trainer: L.Trainer, block: int | None) -> L.Trainer:
     return trainer
 
 
+_LAUNCHERS: list = []  # launchers of this process's trainers; their ``procs`` are DDP workers
+
+
+def track(trainer: L.Trainer) -> L.Trainer:
+    """Remember the launcher of ``trainer``'s strategy (rank 0's starts the workers at the
+    first ``fit``), for ``stop_workers`` and ``finish_training``; returns ``trainer``."""
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if hasattr(launcher, "procs") and all(launcher is not seen for seen in _LAUNCHERS):
+        _LAUNCHERS.append(launcher)
+    return trainer
+
+
+def workers() -> list[subprocess.Popen]:
+    """The DDP worker processes this process started (none on a worker, or without DDP)."""
+    return [proc for launcher in _LAUNCHERS for proc in launcher.procs or []]
+
+
+def stop_workers() -> int:
+    """Kill the DDP workers still running; returns how many. Rank 0 calls it when the run
+    fails: Lightning stops them only on KeyboardInterrupt, so after any other error they would
+    wait at their next collective until the process group times out. They write nothing, so
+    killing them loses nothing."""
+    running = [proc for proc in workers() if proc.poll() is None]
+    for proc in running:
+        proc.kill()
+        proc.wait()
+    for launcher in _LAUNCHERS:
+        # in place: Lightning's child-process observer watches this very list, and on seeing a
+        # killed worker it would SIGKILL this process before it reports the run's error
+        launcher.procs.clear()
+    if running:
+        log.info("stopped %d DDP worker process(es)", len(running))
+    return len(running)
+
+
 def finish_training(trainers: Iterable[L.Trainer]) -> bool:
     """End the distributed part of a run after its last ``fit`` (module docstring).
 
@@ -140,8 +175,9 @@ def finish_training(trainers: Iterable[L.Trainer]) -> bool:
     if rank != 0:
         log.info("DDP rank %d: training done; rank 0 evaluates and writes", rank)
         return False
-    workers = [p for t in trainers for p in getattr(t.strategy.launcher, "procs", None) or []]
-    for proc in workers:
+    for trainer in trainers:
+        track(trainer)
+    for proc in workers():
         try:
             code = proc.wait(timeout=WORKER_EXIT_TIMEOUT_S)
         except subprocess.TimeoutExpired:

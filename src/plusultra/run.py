@@ -35,7 +35,14 @@ from plusultra.catalogue.objective import (
 from plusultra.cli.common import fail, output_dir_from_argv
 from plusultra.cli.overrides import check_appended
 from plusultra.data.datasets.calendar import resolve_periods_per_year
-from plusultra.distributed import SINGLE_DEVICE, check_sharding, finish_training, is_rank_zero
+from plusultra.distributed import (
+    SINGLE_DEVICE,
+    check_sharding,
+    finish_training,
+    is_rank_zero,
+    stop_workers,
+    track,
+)
 from plusultra.evaluation.report.render import write_reports
 from plusultra.evaluation.report.summary import flat_metrics, summary_table, write_metrics
 from plusultra.execution import describe
@@ -108,7 +115,7 @@ def train(cfg: DictConfig) -> float | list[float] | None:
     def make_trainer(*extra: L.Callback, **overrides) -> L.Trainer:
         callbacks = [build(c) for c in cfg.callbacks.values()] + list(extra)
         trainer = build(cfg.trainer, **({"logger": logger, "callbacks": callbacks} | overrides))
-        return check_sharding(trainer, datamodule.block)  # no portfolio batches under DDP
+        return track(check_sharding(trainer, datamodule.block))  # DDP: no portfolio batches
 
     in_trial = cfg.optuna.trial is not None  # a job of an Optuna sweep: its storage and pruner
     sweeper = OmegaConf.to_container(hc.sweeper, resolve=True) if in_trial else {}
@@ -191,6 +198,7 @@ def main() -> None:
                 raise Interrupted(signals.received)
         except (Exception, RunDirTaken) as exc:  # noqa: BLE001 - every failure is reported
             exc = exc.error if isinstance(exc, RunDirTaken) else exc
+            stop_workers()  # DDP: a failing rank 0 takes its workers down
             if full_error and not isinstance(exc, Interrupted):
                 raise exc
             catalogue = None if worker else Path(output_dir_from_argv(sys.argv[1:])) / "catalogue"
