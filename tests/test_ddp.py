@@ -125,7 +125,8 @@ def test_a_failing_rank_zero_stops_its_workers_and_survives_the_observer(monkeyp
         launcher = SimpleNamespace(procs=[worker])
         observer = _ChildProcessObserver(main.pid, launcher.procs, sleep_period=0.05)
         observer.start()
-        distributed.track(SimpleNamespace(strategy=SimpleNamespace(launcher=launcher)))
+        trainer = SimpleNamespace(strategy=SimpleNamespace(launcher=launcher), world_size=1)
+        distributed.prepare(trainer)
         assert distributed.workers() == [worker]
         assert distributed.stop_workers() == 1 and worker.returncode is not None
         observer.join(timeout=5)

@@ -113,13 +113,34 @@ def check_sharding(trainer: L.Trainer, block: int | None) -> L.Trainer:
 _LAUNCHERS: list = []  # launchers of this process's trainers; their ``procs`` are DDP workers
 
 
-def track(trainer: L.Trainer) -> L.Trainer:
-    """Remember the launcher of ``trainer``'s strategy (rank 0's starts the workers at the
-    first ``fit``), for ``stop_workers`` and ``finish_training``; returns ``trainer``."""
+def prepare(trainer: L.Trainer) -> L.Trainer:
+    """Ready a freshly built trainer for this run's DDP handling; returns it.
+
+    - Remembers its strategy's launcher (rank 0's starts the workers at the first ``fit``),
+      for ``stop_workers`` and ``finish_training``.
+    - Under DDP, drops the collective from Lightning's SIGTERM handler: Lightning 2.6
+      broadcasts from inside the signal handler, and a rank blocked in another collective never
+      joins that broadcast, so both hang (Lightning issue #20806). SIGTERM still sets
+      ``trainer.received_sigterm``; ``plusultra.lifecycle.handle_signals`` raises
+      ``Interrupted`` and rank 0 then records the run and kills its workers (``stop_workers``).
+    """
     launcher = getattr(trainer.strategy, "launcher", None)
     if hasattr(launcher, "procs") and all(launcher is not seen for seen in _LAUNCHERS):
         _LAUNCHERS.append(launcher)
+    connector = getattr(trainer, "_signal_connector", None)
+    if trainer.world_size > 1 and connector is not None:
+        connector._sigterm_notifier_fn = _sigterm_notifier(connector)
     return trainer
+
+
+def _sigterm_notifier(connector):
+    """Lightning's SIGTERM notifier without its broadcast (and without forwarding the signal)."""
+
+    def notify(signum, frame) -> None:
+        log.info("DDP rank %d: received signal %d", global_rank(), signum)
+        connector.received_sigterm = True
+
+    return notify
 
 
 def workers() -> list[subprocess.Popen]:
@@ -176,7 +197,7 @@ def finish_training(trainers: Iterable[L.Trainer]) -> bool:
         log.info("DDP rank %d: training done; rank 0 evaluates and writes", rank)
         return False
     for trainer in trainers:
-        track(trainer)
+        prepare(trainer)
     for proc in workers():
         try:
             code = proc.wait(timeout=WORKER_EXIT_TIMEOUT_S)

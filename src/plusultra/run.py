@@ -40,8 +40,8 @@ from plusultra.distributed import (
     check_sharding,
     finish_training,
     is_rank_zero,
+    prepare,
     stop_workers,
-    track,
 )
 from plusultra.evaluation.report.render import write_reports
 from plusultra.evaluation.report.summary import flat_metrics, summary_table, write_metrics
@@ -115,7 +115,7 @@ def train(cfg: DictConfig) -> float | list[float] | None:
     def make_trainer(*extra: L.Callback, **overrides) -> L.Trainer:
         callbacks = [build(c) for c in cfg.callbacks.values()] + list(extra)
         trainer = build(cfg.trainer, **({"logger": logger, "callbacks": callbacks} | overrides))
-        return track(check_sharding(trainer, datamodule.block))  # DDP: no portfolio batches
+        return prepare(check_sharding(trainer, datamodule.block))  # plusultra.distributed
 
     in_trial = cfg.optuna.trial is not None  # a job of an Optuna sweep: its storage and pruner
     sweeper = OmegaConf.to_container(hc.sweeper, resolve=True) if in_trial else {}
