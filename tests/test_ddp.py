@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -108,6 +109,24 @@ def test_portfolio_batches_are_refused_under_ddp():
     assert check_sharding(ddp, None) is ddp  # pooled batches: Lightning shards them
     one = _trainer(devices=1)
     assert check_sharding(one, 5) is one
+
+
+def test_ddp_trainers_lose_the_broadcast_of_lightnings_sigterm_handler(monkeypatch):
+    monkeypatch.setattr(distributed, "_LAUNCHERS", [])
+    calls = []
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 0)
+    monkeypatch.setattr(torch.distributed, "broadcast", lambda *a, **k: calls.append(a))
+    ddp = distributed.prepare(_trainer(devices=2, strategy="ddp"))
+    connector = ddp._signal_connector
+    type(connector)._sigterm_notifier_fn(connector, signal.SIGTERM, None)  # Lightning's own
+    assert len(calls) == 1  # the collective inside a signal handler
+    connector.received_sigterm, calls[:] = False, []
+    connector._sigterm_notifier_fn(signal.SIGTERM, None)  # what fit registers after prepare
+    assert ddp.received_sigterm and calls == []
+    assert distributed.workers() == [] and ddp.strategy.launcher in distributed._LAUNCHERS
+    one = distributed.prepare(_trainer(devices=1))
+    assert "_sigterm_notifier_fn" not in vars(one._signal_connector)  # untouched
 
 
 def test_finish_training_is_a_no_op_in_one_process():
