@@ -129,6 +129,13 @@ def test_ddp_trainers_lose_the_broadcast_of_lightnings_sigterm_handler(monkeypat
     assert "_sigterm_notifier_fn" not in vars(one._signal_connector)  # untouched
 
 
+def test_rank_zero_evaluates_on_one_device_of_its_own():
+    solo = distributed.single_device(_trainer(devices=2, strategy="ddp"))
+    assert solo == {"strategy": "auto", "devices": 1, "num_nodes": 1}  # CPU
+    cuda = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 3)))
+    assert distributed.single_device(cuda)["devices"] == [3]  # the GPU rank 0 trained on
+
+
 def test_finish_training_is_a_no_op_in_one_process():
     assert finish_training([_trainer(devices=1), _trainer(devices=1)]) is True
     assert finish_training([]) is True

@@ -15,7 +15,7 @@ averaged across ranks every step. So every rank builds the same data, model and 
 - **evaluation runs on rank zero alone**, after the curriculum: ``finish_training`` waits for
   every rank at a barrier, closes the process group, and tells the workers to return (they exit
   0 without writing); rank zero waits for them to exit, then evaluates with single-device
-  trainers (``SINGLE_DEVICE``), exactly as a one-process run evaluates the same weights (DDP
+  trainers (``single_device``), exactly as a one-process run evaluates the same weights (DDP
   keeps the ranks' weights identical, and the restored best checkpoint is the same file on all
   of them). Walk-forward refits therefore train on rank zero's device only.
 
@@ -44,8 +44,6 @@ if TYPE_CHECKING:  # the rank test imports neither (the catalogue callback and C
 
 log = logging.getLogger(__name__)
 
-# Trainer overrides of rank zero's evaluation after DDP training: one device, no process group.
-SINGLE_DEVICE = {"strategy": "auto", "devices": 1, "num_nodes": 1}
 WORKER_EXIT_TIMEOUT_S = 120.0  # how long rank zero waits for the workers to exit
 
 
@@ -86,6 +84,14 @@ def _process_group():
 def is_rank_zero() -> bool:
     """Whether this process is the one that writes (rank 0, or the only process)."""
     return global_rank() == 0
+
+
+def single_device(trainer: L.Trainer) -> dict:
+    """Trainer overrides for rank zero's evaluation after DDP training: one process, on the
+    device rank zero trained on (``trainer.devices=[1,3]`` trains rank 0 on GPU 1)."""
+    root = trainer.strategy.root_device
+    devices = [root.index] if root.type == "cuda" and root.index is not None else 1
+    return {"strategy": "auto", "devices": devices, "num_nodes": 1}
 
 
 def check_sharding(trainer: L.Trainer, block: int | None) -> L.Trainer:

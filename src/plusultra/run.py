@@ -36,11 +36,11 @@ from plusultra.cli.common import fail, output_dir_from_argv
 from plusultra.cli.overrides import check_appended
 from plusultra.data.datasets.calendar import resolve_periods_per_year
 from plusultra.distributed import (
-    SINGLE_DEVICE,
     check_sharding,
     finish_training,
     is_rank_zero,
     prepare,
+    single_device,
     stop_workers,
 )
 from plusultra.evaluation.report.render import write_reports
@@ -133,7 +133,8 @@ def train(cfg: DictConfig) -> float | list[float] | None:
     if last.world_size > 1:  # DDP: workers stop here; rank 0 evaluates alone, on one device
         if not finish_training(s.trainer for s in stages):
             return None
-        last, evaluator = make_trainer(**SINGLE_DEVICE), partial(make_trainer, **SINGLE_DEVICE)
+        solo = single_device(last)  # rank 0's own device
+        last, evaluator = make_trainer(**solo), partial(make_trainer, **solo)
     evaluated = evaluate(
         model,
         datamodule,
