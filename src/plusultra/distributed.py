@@ -8,8 +8,9 @@ averaged across ranks every step. So every rank builds the same data, model and 
 
 - **only rank zero writes**: the run dir (config.yaml, data artifacts, checkpoints, backbones,
   diagnostics, TensorBoard, predictions, reports, metrics.json, run_id.txt), the catalogue row,
-  and the Hydra log file. ``is_rank_zero`` is the one test every such write goes through
-  (Lightning's own writers, checkpoints and loggers, already check ``trainer.is_global_zero``).
+  and the Hydra log file. ``is_rank_zero`` guards the writes made outside a Trainer; inside one,
+  ``trainer.is_global_zero`` does (Lightning's checkpoints and loggers, our diagnostics and
+  pruning callbacks).
   ``plusultra.run.main`` gives worker ranks ``hydra/job_logging=disabled`` (no log file;
   warnings and errors still reach stderr) and no catalogue directory for a failure;
 - **evaluation runs on rank zero alone**, after the curriculum: ``finish_training`` waits for
@@ -18,6 +19,10 @@ averaged across ranks every step. So every rank builds the same data, model and 
   trainers (``single_device``), exactly as a one-process run evaluates the same weights (DDP
   keeps the ranks' weights identical, and the restored best checkpoint is the same file on all
   of them). Walk-forward refits therefore train on rank zero's device only.
+
+- **a failing rank zero takes its workers down**: ``prepare`` (called on every trainer the run
+  builds) remembers the launchers and removes the collective from Lightning's SIGTERM handler;
+  ``stop_workers`` kills the workers once rank zero has recorded its failure or interruption.
 
 The alternative, evaluating on every rank with a DistributedSampler and gathering, was not
 taken: the sampler pads the last shard with repeated samples (so metrics differ from a
