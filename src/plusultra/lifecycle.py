@@ -42,6 +42,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from plusultra.distributed import is_rank_zero
 from plusultra.errors import ConfigError
 from plusultra.io import write_json_atomic
 
@@ -128,7 +129,7 @@ class RunDirCallback(Callback):
 
     @staticmethod
     def _claim(config: DictConfig, key: str) -> None:
-        if os.environ.get("LOCAL_RANK", "0") != "0":
+        if not is_rank_zero():
             return  # a DDP worker Lightning relaunched into rank 0's run dir: joins, not claims
         HydraConfig.instance().set_config(config)  # for ${hydra:...} in the directory name
         try:

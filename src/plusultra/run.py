@@ -4,7 +4,8 @@ Wiring only: seed, instantiate every config group (logging each target), run the
 evaluate on the validation and test segments, write the run's outputs (metrics.json last),
 return the validation metric a sweeper optimises. The run dir is unique and claimed by
 `plusultra.lifecycle`; the catalogue row is written by the Hydra job-end callback
-(conf/hydra/default.yaml).
+(conf/hydra/default.yaml). Under DDP (`hardware=ddp`) only rank 0 writes, and it evaluates
+alone after the workers have trained and exited (`plusultra.distributed`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import os
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 
 import hydra
@@ -32,6 +34,14 @@ from plusultra.catalogue.objective import (
 from plusultra.cli.common import fail, output_dir_from_argv
 from plusultra.cli.overrides import check_appended
 from plusultra.data.datasets.calendar import resolve_periods_per_year
+from plusultra.distributed import (
+    check_sharding,
+    finish_training,
+    is_rank_zero,
+    prepare,
+    single_device,
+    stop_workers,
+)
 from plusultra.evaluation.report.render import write_reports
 from plusultra.evaluation.report.summary import flat_metrics, summary_table, write_metrics
 from plusultra.execution import describe
@@ -62,9 +72,10 @@ def build(node: DictConfig, **kwargs):
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def train(cfg: DictConfig) -> float | list[float]:
+def train(cfg: DictConfig) -> float | list[float] | None:
     """Train, evaluate and record one run; returns `metrics[cfg.optimized_metric]`, or one value
-    per metric when it is a list (val_* metrics: selection never reads the test segment)."""
+    per metric when it is a list (val_* metrics: selection never reads the test segment); None
+    on a DDP worker rank, which only trains."""
     hc = HydraConfig.get()
     check_appended(cfg, hc.overrides.task, hc.runtime.choices)  # refuse +key=value nothing reads
     # fail before training: val_* only, one direction per metric, agreeing with an Optuna sweeper
@@ -75,13 +86,16 @@ def train(cfg: DictConfig) -> float | list[float]:
     run_dir = Path(hc.runtime.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     set_matmul_precision(cfg.matmul_precision)  # TF32 in CUDA matmuls and cuDNN, or not
-    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    writer = is_rank_zero()  # DDP: only rank 0 writes (plusultra.distributed)
+    if writer:
+        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     datamodule = build(cfg.data, features=build(cfg.features))
     datamodule.setup()
-    datamodule.save_artifacts(run_dir)
     cfg.periods_per_year = resolve_periods_per_year(cfg.periods_per_year, datamodule.panel.dates)
-    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # with it
+    if writer:
+        datamodule.save_artifacts(run_dir)
+        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # with it
     classes = datamodule.condition_classes  # market-state labels, if data.conditioning is set
     embedding = build(cfg.market_state, n_classes=classes) if classes else None
     n_inputs = datamodule.n_features + (embedding.dim if embedding else 0)
@@ -100,7 +114,8 @@ def train(cfg: DictConfig) -> float | list[float]:
 
     def make_trainer(*extra: L.Callback, **overrides) -> L.Trainer:
         callbacks = [build(c) for c in cfg.callbacks.values()] + list(extra)
-        return build(cfg.trainer, **({"logger": logger, "callbacks": callbacks} | overrides))
+        trainer = build(cfg.trainer, **({"logger": logger, "callbacks": callbacks} | overrides))
+        return prepare(check_sharding(trainer, datamodule.block))  # plusultra.distributed
 
     in_trial = cfg.optuna.trial is not None  # a job of an Optuna sweep: its storage and pruner
     sweeper = OmegaConf.to_container(hc.sweeper, resolve=True) if in_trial else {}
@@ -114,11 +129,17 @@ def train(cfg: DictConfig) -> float | list[float]:
     # pruning and diagnostics watch the forecasting (supervised) stages, not pretraining
     supervised = [*pruning, *diagnostics.callbacks]
     stages = build(cfg.curriculum).run(model, datamodule, make_trainer, supervised)
+    last, evaluator = stages[-1].trainer, make_trainer
+    if last.world_size > 1:  # DDP: workers stop here; rank 0 evaluates alone, on one device
+        if not finish_training(s.trainer for s in stages):
+            return None
+        solo = single_device(last)  # rank 0's own device
+        last, evaluator = make_trainer(**solo), partial(make_trainer, **solo)
     evaluated = evaluate(
         model,
         datamodule,
-        stages[-1].trainer,
-        make_trainer,
+        last,
+        evaluator,
         walk,
         backtest,
         simulator,
@@ -167,6 +188,9 @@ def main() -> None:
     catalogue here; errors and interruptions inside a job are recorded by the catalogue callback.
     """
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    worker = not is_rank_zero()  # a DDP rank Lightning relaunched: writes nothing, no log file
+    if worker:
+        sys.argv.append("hydra/job_logging=disabled")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's printer
     with handle_signals() as signals:  # a second signal cannot cut the recording short
         try:
@@ -175,9 +199,10 @@ def main() -> None:
                 raise Interrupted(signals.received)
         except (Exception, RunDirTaken) as exc:  # noqa: BLE001 - every failure is reported
             exc = exc.error if isinstance(exc, RunDirTaken) else exc
+            stop_workers()  # DDP: a failing rank 0 takes its workers down
             if full_error and not isinstance(exc, Interrupted):
                 raise exc
-            catalogue = Path(output_dir_from_argv(sys.argv[1:])) / "catalogue"
+            catalogue = None if worker else Path(output_dir_from_argv(sys.argv[1:])) / "catalogue"
             fail("plusultra", exc, catalogue_dir=catalogue, overrides=sys.argv[1:])
 
 

@@ -14,7 +14,8 @@ relative path is taken relative to the directory ``plusultra`` was launched from
 (``hydra.runtime.cwd``), whatever ``hydra.job.chdir`` says.
 
 Per job it writes ``<output dir>/run_id.txt`` at job start and
-``<catalogue_dir>/<run_id>.parquet`` at job end (see ``plusultra.catalogue.rows``); a job ended
+``<catalogue_dir>/<run_id>.parquet`` at job end (see ``plusultra.catalogue.rows``), on rank zero
+only (the worker ranks of a DDP run write nothing, ``plusultra.distributed``); a job ended
 by SIGINT/SIGTERM (``plusultra.lifecycle.Interrupted``) gets ``status='interrupted'``; a job its
 Optuna pruner stopped (``optuna.TrialPruned``) gets ``status='pruned'``, no error, and the
 ``pruned_value`` and ``pruned_epoch`` columns read from its ``pruned.json``. A
@@ -55,6 +56,7 @@ from plusultra.catalogue.rows import (
 )
 from plusultra.catalogue.sweeps import summary_line
 from plusultra.data.datasets.statistics import with_dataset_statistics
+from plusultra.distributed import is_rank_zero
 from plusultra.lifecycle import Interrupted, is_pruned, read_pruned
 
 log = logging.getLogger(__name__)
@@ -225,6 +227,8 @@ class CatalogueCallback(Callback):
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Remembers the start time and run id, and writes ``run_id.txt`` into the run dir."""
+        if not is_rank_zero():  # a DDP worker joining rank 0's run: rank 0 records it
+            return
         try:
             started = datetime.now(UTC)
             run_id = new_run_id(started)
@@ -238,6 +242,8 @@ class CatalogueCallback(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         """Builds and writes this job's row; logs a warning instead of raising."""
+        if not is_rank_zero():  # a DDP worker: the run's one row is rank 0's
+            return
         try:
             path = self._record(config, job_return)
             log.info("catalogue: recorded %s", path)

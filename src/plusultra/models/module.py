@@ -149,19 +149,18 @@ class ForecastModule(L.LightningModule):
         out = self(*inputs)
         loss = self.loss_fn(out, y, *market)
         on_step = split == "train"
-        self.log(
-            f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(x)
-        )
+        kw = {"on_epoch": True, "batch_size": len(x), "sync_dist": True}  # DDP: mean over ranks
+        self.log(f"{split}/loss", loss, on_step=on_step, prog_bar=True, **kw)
         aux = getattr(self.backbone, "aux_loss", None)  # e.g. MoE load balancing, weighted
         if aux is not None:
-            self.log(f"{split}/aux_loss", aux, on_step=on_step, on_epoch=True, batch_size=len(x))
+            self.log(f"{split}/aux_loss", aux, on_step=on_step, **kw)
             for name, value in getattr(self.backbone, "aux_metrics", {}).items():
-                self.log(f"{split}/{name}", float(value), on_epoch=True, batch_size=len(x))
+                self.log(f"{split}/{name}", float(value), **kw)
             if split == "train":
                 loss = loss + aux
         if split != "train":  # the same loss with no information: the bar to beat
             naive = self.loss_fn(self._naive_output(out), y, *market)
-            self.log(f"{split}/naive_loss", naive, on_epoch=True, batch_size=len(x))
+            self.log(f"{split}/naive_loss", naive, **kw)
             if self.kind == "calibrated":
                 self._calibration.append((self.head.probabilities(out).detach(), y.detach()))
         return loss

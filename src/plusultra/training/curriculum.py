@@ -23,6 +23,7 @@ from pathlib import Path
 
 import lightning as L
 
+from plusultra.distributed import is_rank_zero
 from plusultra.errors import ConfigError
 from plusultra.training.pretrain import PretrainStage, save_backbone
 from plusultra.training.stages import Stage, StageResult, SupervisedStage, TrainerFactory
@@ -111,7 +112,7 @@ class Curriculum:
                 "Curriculum %s: stage %d/%d %s", self.name, i + 1, len(self.stages), stage.name
             )
             results.append(stage.run(module, datamodule, make_trainer, final, callbacks))
-            if self.checkpoint_dir is not None:
+            if self.checkpoint_dir is not None and is_rank_zero():  # DDP: rank 0 writes
                 name = "backbone.pt" if final else f"{stage.name}-backbone.pt"
                 save_backbone(module.backbone, self.checkpoint_dir / name)
         return results

@@ -190,7 +190,8 @@ class GradientDiagnostics(Recorder):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
-        self._samples += batch_size(batch)
+        # DDP: the step's gradient is the mean over every rank's batch (world size x this one)
+        self._samples += batch_size(batch) * trainer.world_size
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         step, groups = self.current, self.groups

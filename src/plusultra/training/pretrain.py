@@ -189,6 +189,7 @@ class PretrainModule(L.LightningModule):
             parts["contrastive"] = w * self.contrastive_loss(x, labels, generator)
         loss = sum(parts.values())
         kw = {"on_step": split == "train", "on_epoch": True, "batch_size": len(x)}
+        kw["sync_dist"] = True  # DDP: epoch values are the mean over every rank's batches
         for name, value in parts.items():
             self.log(f"{split}/{name}_loss", value, **kw)
         self.log(f"{split}/loss", loss, prog_bar=True, **kw)
