@@ -178,10 +178,17 @@ class SQLiteDataModule(L.LightningDataModule):
             raise DataError(f"data.path: database file not found: {self.path}")
 
     def _load(self, strict_indicators: bool = False) -> np.ndarray:
+        self._load_panel()
+        return self._compute_features(strict_indicators)
+
+    def _load_panel(self) -> None:
         schemas = {spec.table: alt_schema(spec) for spec in self.alternative}
         self.panel = load_panel(
             self.path, self.symbols, self.start, self.end, self.validate, self.rules, schemas
         )
+
+    def _compute_features(self, strict_indicators: bool = False) -> np.ndarray:
+        """Feature array (T, S, F) of the loaded panel, alternative-data columns appended."""
         if strict_indicators:
             self.pipeline.skip_missing_indicators = False
         feats, self.feature_names = self.pipeline.compute(self.panel)
@@ -204,12 +211,14 @@ class SQLiteDataModule(L.LightningDataModule):
         if self.norm is not None:
             return
         self.prepare_data()
-        raw = self._load()
-        close = self.panel.fields["close"]
-        targets = make_targets(close, self.horizon, self.target)
+        self._load_panel()
+        # up front, before the features: every segment must hold a labelled decision
         self.segments = compute_segments(
             self.panel.dates, self.window, self.horizon, **self.split_args
         )
+        raw = self._compute_features()
+        close = self.panel.fields["close"]
+        targets = make_targets(close, self.horizon, self.target)
         train = raw[: self.segments.train_end + 1]
         empty = [
             n for j, n in enumerate(self.feature_names) if not np.isfinite(train[..., j]).any()
