@@ -379,6 +379,11 @@ class SQLiteDataModule(L.LightningDataModule):
         """Classes of each conditioning label, the unknown class 0 included."""
         return [N_CLASSES[n] + 1 for n in self.conditioning]
 
+    @property
+    def batch_samples(self) -> int:
+        """Most samples in one training batch: batch_size, or block dates x every symbol."""
+        return self.batch_size if self.block is None else self.block * len(self.panel.symbols)
+
     def segment_dates(self) -> dict[str, list[str]]:
         """First and last decision date of each segment (ISO)."""
         d = pd.DatetimeIndex(self.panel.dates)
