@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from hydra.utils import instantiate
 from omegaconf import open_dict
 from torch import nn
 
@@ -27,7 +28,7 @@ from plusultra.models.memory import (
     device_budget,
     estimate_memory,
 )
-from tests.conftest import TINY, compose_config, run_cli
+from tests.conftest import REPO, TINY, compose_config, run_cli
 
 F_ = 5
 SMALL: dict[str, dict] = {  # every backbone, small, with dropout and drop-path where it has them
@@ -274,3 +275,23 @@ def test_check_fits_leaves_the_rng_stream_alone():
     torch.manual_seed(3)
     assert torch.equal(torch.rand(3), after)
     assert copy.deepcopy(model).activation_checkpointing is False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("hw", "gib", "checkpointed"), [("rtx4090", 24, 1024), ("h100", 80, 2048)])
+def test_hardware_batch_sizes_fit_hybrid_large(hw, gib, checkpointed):
+    """conf/hardware's batch fits experiment=hybrid_large in 90% of the card without
+    checkpointing; the larger batch its comment names fits only with it."""
+    from plusultra.data.features.pipeline import REGISTRY
+
+    cfg = compose_config(["experiment=hybrid_large", f"hardware={hw}"])
+    n_features = len(REGISTRY) + len(cfg.features.indicators) + len(cfg.features.regimes)
+    backbone = instantiate(cfg.backbone, n_features=n_features, _convert_="all")
+    head = instantiate(cfg.head, _convert_="all")
+    est = estimate_memory(
+        backbone, head, cfg.window, n_features, cfg.data.batch_size, cfg.trainer.precision
+    )
+    budget = HEADROOM * gib * GIB
+    assert "within" in check_memory(est, budget, hw)
+    assert est.total(True, checkpointed) <= budget < est.total(False, checkpointed)
+    assert f"{checkpointed} fits" in (REPO / f"conf/hardware/{hw}.yaml").read_text()

@@ -122,10 +122,15 @@ class MemoryEstimate:
 
 
 def _saved_bytes(
-    net: nn.Module, x: torch.Tensor, autocast: torch.dtype | None, blocks: nn.ModuleList | None
+    net: nn.Module,
+    x: torch.Tensor,
+    autocast: torch.dtype | None,
+    blocks: nn.ModuleList | None,
+    keep_inputs: bool = False,
 ) -> tuple[int, list[int]]:
     """Bytes of distinct non-parameter storages saved for backward by ``net(x)``, and of
-    those first saved inside each of `blocks` (plus each block's input when checkpointed)."""
+    those first saved inside each of `blocks`; with `keep_inputs` (checkpointed blocks) each
+    block's inputs count too, as the checkpoint keeps them for the recomputation."""
     params = {id(p.untyped_storage()) for p in net.parameters()}
     seen: dict[int, tuple[object, int]] = {}  # storage id -> (storage kept alive, bytes)
     per_block = [0] * (len(blocks) if blocks is not None else 0)
@@ -148,10 +153,9 @@ def _saved_bytes(
 
         def enter(module, args, i=i):
             current[0] = i
-            ckpt = getattr(net[0], "activation_checkpointing", False)
-            for a in args:  # a checkpointed block keeps its input for the recompute
+            for a in args if keep_inputs else ():
                 for t in a if isinstance(a, (list, tuple)) else [a]:
-                    if ckpt and isinstance(t, torch.Tensor):
+                    if isinstance(t, torch.Tensor):
                         add(t, -1)
 
         def leave(module, args, out):
@@ -210,7 +214,7 @@ def estimate_memory(
             measured[False].append(plain)
             if has_blocks:  # outside the blocks + their inputs, + the largest one recomputed
                 net[0].activation_checkpointing = True
-                outside, _ = _saved_bytes(net, x, autocast, blocks)
+                outside, _ = _saved_bytes(net, x, autocast, blocks, keep_inputs=True)
                 measured[True].append(outside + max(per_block, default=0))
 
     def fit(m: list[int]) -> Activations:
