@@ -239,8 +239,8 @@ def device_budget(
 
     `memory_gb` (``hardware.memory_gb``) is used as given; otherwise `HEADROOM` of the smallest
     CUDA device's memory (``gpu``/``cuda``, or ``auto`` with CUDA present), or of the machine's
-    physical memory. None when a GPU is asked for and no CUDA device is visible (the trainer
-    refuses such a run itself).
+    physical memory, shared by `devices` processes on CPU. None when a GPU is asked for and no
+    CUDA device is visible (the trainer refuses such a run itself).
     """
     if memory_gb is not None:
         if not memory_gb > 0:
@@ -263,7 +263,12 @@ def device_budget(
         total = props.total_memory
         return HEADROOM * total, f"{props.name} ({total / GIB:.1f} GiB x {HEADROOM:.0%})"
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return HEADROOM * total, f"this machine's memory ({total / GIB:.1f} GiB x {HEADROOM:.0%})"
+    n = devices if isinstance(devices, int) and devices > 1 else 1  # CPU DDP: processes share it
+    share = f" / {n} processes" if n > 1 else ""
+    return (
+        HEADROOM * total / n,
+        f"this machine's memory ({total / GIB:.1f} GiB x {HEADROOM:.0%}{share})",
+    )
 
 
 def check_memory(estimate: MemoryEstimate, budget: float | None, device: str) -> str:
