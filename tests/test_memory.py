@@ -27,6 +27,7 @@ from plusultra.models.memory import (
     check_memory,
     device_budget,
     estimate_memory,
+    size,
 )
 from tests.conftest import REPO, TINY, compose_config, run_cli
 
@@ -226,12 +227,10 @@ def test_refusal_gives_the_numbers_the_batch_that_fits_and_checkpointing():
     with pytest.raises(ConfigError) as err:
         check_memory(est, budget, "a test device")
     msg = str(err.value)
-    assert msg.startswith(f"estimated peak memory {est.total() / GIB:.1f} GiB (params+optimizer")
+    assert msg.startswith(f"estimated peak memory {size(est.total())} (params+optimizer")
     assert "at batch 1024, window 64" in msg and "exceeds the" in msg and "of a test device" in msg
     assert "lower data.batch_size to 300 (or below)" in msg
-    assert (
-        f"activation_checkpointing=true (estimate with it: {est.total(True) / GIB:.1f} GiB" in msg
-    )
+    assert f"activation_checkpointing=true (estimate with it: {size(est.total(True))};" in msg
     assert f"largest batch with it: {est.max_batch(budget, checkpointing=True)}" in msg
     assert "estimated peak memory" in check_memory(est, est.total(), "a test device")
 
@@ -243,6 +242,11 @@ def test_refusal_without_room_for_one_sample_and_with_checkpointing_on():
     with pytest.raises(ConfigError) as err:
         check_memory(est, est.state, "a test device")
     assert "no batch size fits" in str(err.value) and "estimate with it" not in str(err.value)
+
+
+def test_sizes_read_in_gib_or_mib():
+    assert size(31.24 * GIB) == "31.2 GiB" and size(0.1 * GIB) == "0.1 GiB"
+    assert size(3 * 1024**2) == "3.0 MiB"
 
 
 def test_device_budget():
@@ -262,7 +266,7 @@ def test_a_run_that_cannot_fit_is_refused_before_training(tiny_cfg):
 
     with open_dict(tiny_cfg):
         tiny_cfg.hardware.memory_gb = 1e-4
-    with pytest.raises(ConfigError, match=r"exceeds the 0\.0 GiB of hardware.memory_gb=0.0001"):
+    with pytest.raises(ConfigError, match=r"exceeds the 0\.1 MiB of hardware.memory_gb=0.0001"):
         run_in_process(tiny_cfg)
     run_dir = Path(tiny_cfg.hydra.runtime.output_dir)
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.json").exists()

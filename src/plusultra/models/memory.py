@@ -56,6 +56,11 @@ PRECISIONS: dict[str, tuple[torch.dtype, torch.dtype | None]] = {
 OPTIMIZER_STATES = 2  # AdamW: first and second moments, one tensor each per parameter
 
 
+def size(n: float) -> str:
+    """Bytes as ``12.3 GiB`` (``45.6 MiB`` below 0.1 GiB)."""
+    return f"{n / GIB:.1f} GiB" if n >= 0.1 * GIB else f"{n / 1024**2:.1f} MiB"
+
+
 def _precision(precision: str | int) -> tuple[torch.dtype, torch.dtype | None]:
     key = str(precision)
     if key not in PRECISIONS:
@@ -113,8 +118,8 @@ class MemoryEstimate:
     def describe(self) -> str:
         """One line: total, its parts, batch and window, in GiB."""
         return (
-            f"estimated peak memory {self.total() / GIB:.1f} GiB (params+optimizer "
-            f"{self.state / GIB:.1f}, activations {self.activations() / GIB:.1f} at batch "
+            f"estimated peak memory {size(self.total())} (params+optimizer "
+            f"{size(self.state)}, activations {size(self.activations())} at batch "
             f"{self.batch}, window {self.window}"
             + (", activation checkpointing" if self.checkpointing else "")
             + ")"
@@ -279,7 +284,7 @@ def check_memory(estimate: MemoryEstimate, budget: float | None, device: str) ->
     """
     line = estimate.describe()
     if budget is None or estimate.total() <= budget:
-        return line + (f", within the {budget / GIB:.1f} GiB of {device}" if budget else "")
+        return line + (f", within the {size(budget)} of {device}" if budget else "")
     fits = estimate.max_batch(budget)
     advice = (
         f"lower data.batch_size to {fits} (or below)"
@@ -290,11 +295,11 @@ def check_memory(estimate: MemoryEstimate, budget: float | None, device: str) ->
         with_ckpt = estimate.total(checkpointing=True)
         advice += (
             ", or set backbone.activation_checkpointing=true (estimate with it: "
-            f"{with_ckpt / GIB:.1f} GiB; largest batch with it: "
+            f"{size(with_ckpt)}; largest batch with it: "
             f"{estimate.max_batch(budget, checkpointing=True)})"
         )
     raise ConfigError(
-        f"{line} exceeds the {budget / GIB:.1f} GiB of {device}; {advice}; "
+        f"{line} exceeds the {size(budget)} of {device}; {advice}; "
         "hardware.memory_gb sets the budget explicitly"
     )
 
