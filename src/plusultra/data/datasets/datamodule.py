@@ -1,7 +1,8 @@
 """The LightningDataModule over a SQLite database that follows the contract.
 
-`setup()` runs the whole data flow once: load (and validate) the panel, compute features, cut
-embargoed date segments, fit normalisation on the train segment only, and index the windows.
+`setup()` runs the whole data flow once: load (and validate) the panel, cut embargoed date
+segments (refusing, before any feature is computed, a segment too short to hold a labelled
+decision), compute features, fit normalisation on the train segment only, and index the windows.
 The same object serves inference on any other database through `for_inference`, which applies a
 finished run's saved normalisation and feature list instead of fitting new ones.
 """
