@@ -155,7 +155,7 @@ def test_gpu_hardware_configs(hw):
     assert cfg.trainer.accelerator == "gpu"
     assert cfg.trainer.precision == "bf16-mixed"
     assert cfg.compile is True
-    assert cfg.data.batch_size >= 1024 and cfg.data.num_workers >= 8 and cfg.data.pin_memory
+    assert cfg.data.batch_size >= 64 and cfg.data.num_workers >= 8 and cfg.data.pin_memory
     assert cfg.matmul_precision == "high"
 
 

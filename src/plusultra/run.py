@@ -52,6 +52,7 @@ from plusultra.lifecycle import (
     check_no_ddp_in_multirun,
     handle_signals,
 )
+from plusultra.models.memory import check_fits
 from plusultra.models.module import ForecastModule
 from plusultra.training.device import set_matmul_precision
 from plusultra.training.evaluate import evaluate
@@ -107,6 +108,13 @@ def train(cfg: DictConfig) -> float | list[float] | None:
         optim=build(cfg.optim),
         compile=cfg.compile,
     )
+    log.info(  # refuse, with the numbers, a config whose estimated peak memory exceeds the device
+        check_fits(
+            model.backbone, model.head, cfg.window, n_inputs, datamodule.batch_samples,
+            cfg.trainer.precision, cfg.trainer.accelerator, cfg.trainer.devices,
+            OmegaConf.select(cfg, "hardware.memory_gb"),
+        )
+    )  # fmt: skip
     if cfg.init_from is not None:  # warm start: another run's saved backbone (logged)
         load_backbone(model.backbone, to_absolute_path(cfg.init_from))
     logger = build(cfg.logger)

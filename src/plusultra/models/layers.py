@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from plusultra.errors import ConfigError
 
@@ -35,6 +36,21 @@ def check_rate(name: str, value: float) -> None:
 def drop_path_rates(drop_path: float, depth: int) -> list[float]:
     """Stochastic-depth rate of each block: linear from 0 (first) to `drop_path` (last)."""
     return [drop_path * i / max(depth - 1, 1) for i in range(depth)]
+
+
+def run_block(block: nn.Module, *args, checkpoint: bool = False):
+    """``block(*args)``; with ``checkpoint``, in training with gradients on, through activation
+    checkpointing.
+
+    A checkpointed block keeps only its inputs for the backward pass and recomputes its inner
+    activations there (``torch.utils.checkpoint``, non-reentrant): saved-activation memory per
+    block drops to its input, for about one more forward pass of compute. The recomputation
+    replays the forward's RNG state, so dropout and drop-path masks (and so outputs and
+    gradients) are those of the plain call. In eval mode or under ``no_grad`` it is the plain call.
+    """
+    if checkpoint and block.training and torch.is_grad_enabled():
+        return torch_checkpoint(block, *args, use_reentrant=False)
+    return block(*args)
 
 
 def step_token_end(j: int, T: int, causal: bool = True) -> int:

@@ -1,7 +1,8 @@
 """The LightningDataModule over a SQLite database that follows the contract.
 
-`setup()` runs the whole data flow once: load (and validate) the panel, compute features, cut
-embargoed date segments, fit normalisation on the train segment only, and index the windows.
+`setup()` runs the whole data flow once: load (and validate) the panel, cut embargoed date
+segments (refusing, before any feature is computed, a segment too short to hold a labelled
+decision), compute features, fit normalisation on the train segment only, and index the windows.
 The same object serves inference on any other database through `for_inference`, which applies a
 finished run's saved normalisation and feature list instead of fitting new ones.
 """
@@ -178,10 +179,17 @@ class SQLiteDataModule(L.LightningDataModule):
             raise DataError(f"data.path: database file not found: {self.path}")
 
     def _load(self, strict_indicators: bool = False) -> np.ndarray:
+        self._load_panel()
+        return self._compute_features(strict_indicators)
+
+    def _load_panel(self) -> None:
         schemas = {spec.table: alt_schema(spec) for spec in self.alternative}
         self.panel = load_panel(
             self.path, self.symbols, self.start, self.end, self.validate, self.rules, schemas
         )
+
+    def _compute_features(self, strict_indicators: bool = False) -> np.ndarray:
+        """Feature array (T, S, F) of the loaded panel, alternative-data columns appended."""
         if strict_indicators:
             self.pipeline.skip_missing_indicators = False
         feats, self.feature_names = self.pipeline.compute(self.panel)
@@ -204,12 +212,14 @@ class SQLiteDataModule(L.LightningDataModule):
         if self.norm is not None:
             return
         self.prepare_data()
-        raw = self._load()
-        close = self.panel.fields["close"]
-        targets = make_targets(close, self.horizon, self.target)
+        self._load_panel()
+        # up front, before the features: every segment must hold a labelled decision
         self.segments = compute_segments(
             self.panel.dates, self.window, self.horizon, **self.split_args
         )
+        raw = self._compute_features()
+        close = self.panel.fields["close"]
+        targets = make_targets(close, self.horizon, self.target)
         train = raw[: self.segments.train_end + 1]
         empty = [
             n for j, n in enumerate(self.feature_names) if not np.isfinite(train[..., j]).any()
@@ -369,6 +379,11 @@ class SQLiteDataModule(L.LightningDataModule):
     def condition_classes(self) -> list[int]:
         """Classes of each conditioning label, the unknown class 0 included."""
         return [N_CLASSES[n] + 1 for n in self.conditioning]
+
+    @property
+    def batch_samples(self) -> int:
+        """Most samples in one training batch: batch_size, or block dates x every symbol."""
+        return self.batch_size if self.block is None else self.block * len(self.panel.symbols)
 
     def segment_dates(self) -> dict[str, list[str]]:
         """First and last decision date of each segment (ISO)."""

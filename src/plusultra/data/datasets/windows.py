@@ -93,15 +93,44 @@ def compute_segments(
         val_end=ve,
         embargo=gap,
     )
-    for name in ("train", "val", "test"):
-        lo, hi = getattr(seg, name)
-        if hi < lo:
-            raise ConfigError(
-                f"data.train_end/val_end: the {name} segment is empty (decision bars {lo}..{hi} of "
-                f"{len(index)}, window={window}, horizon={horizon}, embargo={gap}); move "
-                "train_end/val_end or use a longer database"
-            )
+    check_segment_lengths(seg, index, window, horizon)
     return seg
+
+
+def check_segment_lengths(
+    seg: Segments, dates: pd.DatetimeIndex, window: int, horizon: int
+) -> None:
+    """The rule "a segment needs more bars than its lead-in": each segment holds a labelled
+    decision.
+
+    A segment's bars are train ``0..train_end``, val ``train_end+1..val_end``, test
+    ``val_end+1..last``. Its first decision needs a lead-in (train: the first window's
+    ``window - 1`` bars; val and test: the embargo, ``>= window + horizon``) and its last
+    labelled decision ``horizon`` bars after it, so it needs at least ``window + horizon``
+    (train) or ``embargo + horizon`` (val, test) bars.
+
+    Raises:
+        ConfigError: naming the segment, its bars and dates, the bars it needs and the keys
+            that change either.
+    """
+    last = len(dates) - 1
+    spans = {
+        "train": (0, seg.train_end, window + horizon, f"window {window}"),
+        "val": (seg.train_end + 1, seg.val_end, seg.embargo + horizon, f"embargo {seg.embargo}"),
+        "test": (seg.val_end + 1, last, seg.embargo + horizon, f"embargo {seg.embargo}"),
+    }
+    for name, (lo, hi, need, lead) in spans.items():
+        have = hi - lo + 1
+        if have < need:
+            when = f"{dates[lo].date()}..{dates[hi].date()}" if have > 0 else "no bar"
+            raise ConfigError(
+                f"data: the {name} segment is empty of labelled decisions: it has {have} bars "
+                f"({when}, of {len(dates)} loaded) but needs at least {need} ({lead} + horizon "
+                f"{horizon}; the embargo is window + horizon unless data.embargo says more); "
+                "move data.train_end/data.val_end (ISO dates or fractions of the calendar), "
+                "shorten `window`, or load more bars (data.start/data.end; "
+                "data.fixture.days for the synthetic market)"
+            )
 
 
 def forward_log_returns(close: np.ndarray, horizon: int) -> np.ndarray:

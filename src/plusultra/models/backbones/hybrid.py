@@ -21,6 +21,7 @@ from plusultra.models.layers import (
     check_int,
     check_rate,
     drop_path_rates,
+    run_block,
 )
 from plusultra.models.ssm import SelectiveSSM
 
@@ -118,6 +119,9 @@ class HybridBackbone(nn.Module):
             not depend on it up to float rounding).
         ssm_heads: SSM heads, each of ``d_model / ssm_heads`` channels sharing one decay
             (Mamba-2); must divide ``d_model`` (the SSM's inner width here).
+        activation_checkpointing: In training, recompute each block's activations in the
+            backward pass instead of keeping them (``plusultra.models.layers.run_block``): less
+            memory, about one more forward pass of compute; outputs and gradients are unchanged.
     """
 
     def __init__(
@@ -138,8 +142,10 @@ class HybridBackbone(nn.Module):
         ssm_state: int = 16,
         ssm_chunk: int = 64,
         ssm_heads: int = 4,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.activation_checkpointing = activation_checkpointing
         check_int("depth", depth)
         check_int("ssm_state", ssm_state, minimum=0)
         check_int("ssm_chunk", ssm_chunk)
@@ -190,5 +196,5 @@ class HybridBackbone(nn.Module):
         """x is (B, T, F), returns (B, N, D)."""
         h = self.drop(self.pos(self.patch(x)))  # (B, N, D)
         for block in self.blocks:
-            h = block(h)  # (B, N, D)
+            h = run_block(block, h, checkpoint=self.activation_checkpointing)  # (B, N, D)
         return self.ln_f(h)  # (B, N, D)

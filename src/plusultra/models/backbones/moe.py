@@ -21,6 +21,7 @@ from plusultra.models.layers import (
     check_int,
     check_positive,
     check_rate,
+    run_block,
     step_token_end,
 )
 
@@ -191,6 +192,9 @@ class MoEBackbone(nn.Module):
         max_len: Longest window (time steps) the positional table supports.
         causal: If False, attention sees the whole window (non-causal within a sample's own
             window; still no leakage across samples).
+        activation_checkpointing: In training, recompute each block's activations in the
+            backward pass instead of keeping them (``plusultra.models.layers.run_block``): less
+            memory, about one more forward pass of compute; outputs and gradients are unchanged.
     """
 
     def __init__(
@@ -207,8 +211,10 @@ class MoEBackbone(nn.Module):
         dropout: float = 0.0,
         max_len: int = 4096,
         causal: bool = True,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.activation_checkpointing = activation_checkpointing
         check_int("n_features", n_features)
         check_int("d_model", d_model)
         check_int("depth", depth)
@@ -259,7 +265,7 @@ class MoEBackbone(nn.Module):
         h = self.drop(self.pos(self.embed(x)))  # (B, T, D)
         balances = []
         for block in self.blocks:
-            h, balance = block(h)  # (B, T, D), ()
+            h, balance = run_block(block, h, checkpoint=self.activation_checkpointing)
             balances.append(balance)
         balance = torch.stack(balances)  # (depth,)
         dropped = torch.stack([block.moe.dropped_frac for block in self.blocks])  # (depth,)

@@ -20,6 +20,7 @@ from plusultra.models.layers import (
     check_int,
     check_positive,
     check_rate,
+    run_block,
     step_token_end,
 )
 
@@ -143,6 +144,9 @@ class MultiScaleBackbone(nn.Module):
         max_len: Longest window (bars) the positional tables support.
         causal: If False, all attention (per scale and fusion) sees the whole window
             (non-causal within a sample's own window; still no leakage across samples).
+        activation_checkpointing: In training, recompute each block's activations in the
+            backward pass instead of keeping them (``plusultra.models.layers.run_block``): less
+            memory, about one more forward pass of compute; outputs and gradients are unchanged.
     """
 
     def __init__(
@@ -156,8 +160,10 @@ class MultiScaleBackbone(nn.Module):
         dropout: float = 0.0,
         max_len: int = 4096,
         causal: bool = True,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.activation_checkpointing = activation_checkpointing
         check_int("n_features", n_features)
         check_int("d_model", d_model)
         check_int("depth", depth)
@@ -229,5 +235,5 @@ class MultiScaleBackbone(nn.Module):
         ]
         mask = self.fusion_mask(T, x.device) if self.causal else None  # (T, 1 + M)
         for block in self.blocks:
-            streams = block(streams, mask)  # [(B, N_s, D) per scale]
+            streams = run_block(block, streams, mask, checkpoint=self.activation_checkpointing)
         return self.ln_f(streams[0])  # (B, T, D)

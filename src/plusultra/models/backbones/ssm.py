@@ -13,6 +13,7 @@ from plusultra.models.layers import (
     check_int,
     check_rate,
     drop_path_rates,
+    run_block,
 )
 from plusultra.models.ssm import SelectiveSSM
 
@@ -90,6 +91,9 @@ class SSMBackbone(nn.Module):
         chunk: Chunk length of the SSM scan, in tokens (speed and memory only; results do not
             depend on it up to float rounding).
         conv_kernel: Taps of each SSM's causal depthwise conv over tokens; 0 disables it.
+        activation_checkpointing: In training, recompute each block's activations in the
+            backward pass instead of keeping them (``plusultra.models.layers.run_block``): less
+            memory, about one more forward pass of compute; outputs and gradients are unchanged.
     """
 
     def __init__(
@@ -108,8 +112,10 @@ class SSMBackbone(nn.Module):
         max_len: int = 4096,
         chunk: int = 64,
         conv_kernel: int = 4,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.activation_checkpointing = activation_checkpointing
         check_int("depth", depth)
         check_rate("dropout", dropout)
         check_rate("drop_path", drop_path)
@@ -139,5 +145,5 @@ class SSMBackbone(nn.Module):
         """x is (B, T, F), returns (B, N, D)."""
         h = self.drop(self.pos(self.patch(x)))  # (B, N, D)
         for block in self.blocks:
-            h = block(h)  # (B, N, D)
+            h = run_block(block, h, checkpoint=self.activation_checkpointing)  # (B, N, D)
         return self.ln_f(h)  # (B, N, D)

@@ -7,7 +7,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from plusultra.errors import ConfigError
-from plusultra.models.layers import DropPath, check_int, check_rate, drop_path_rates, step_token_end
+from plusultra.models.layers import (
+    DropPath,
+    check_int,
+    check_rate,
+    drop_path_rates,
+    run_block,
+    step_token_end,
+)
 
 
 class TemporalBlock(nn.Module):
@@ -63,6 +70,9 @@ class TCNBackbone(nn.Module):
         dilations: Block i uses dilation ``dilations[i % len(dilations)]``.
         dropout: Dropout rate on the embeddings and inside each block.
         drop_path: Stochastic-depth rate of the last block; it rises linearly from 0 in the first.
+        activation_checkpointing: In training, recompute each block's activations in the
+            backward pass instead of keeping them (``plusultra.models.layers.run_block``): less
+            memory, about one more forward pass of compute; outputs and gradients are unchanged.
     """
 
     def __init__(
@@ -74,8 +84,10 @@ class TCNBackbone(nn.Module):
         dilations: list[int] | tuple[int, ...] = (1, 2, 4, 8),
         dropout: float = 0.0,
         drop_path: float = 0.0,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.activation_checkpointing = activation_checkpointing
         check_int("n_features", n_features)
         check_int("d_model", d_model)
         check_int("depth", depth)
@@ -120,5 +132,5 @@ class TCNBackbone(nn.Module):
         """x is (B, T, F), returns (B, T, D)."""
         h = self.drop(self.embed(x))  # (B, T, D)
         for block in self.blocks:
-            h = block(h)  # (B, T, D)
+            h = run_block(block, h, checkpoint=self.activation_checkpointing)  # (B, T, D)
         return self.ln_f(h)  # (B, T, D)
