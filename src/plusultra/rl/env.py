@@ -16,7 +16,10 @@ Accounting per step, per env (fractions of the equity ``X`` at the decision):
 2. Trade ``dw = |w - p|`` against the drifted holdings ``p``; cost
    ``c = sum dw * (commission_bps + half_spread_bps) / 1e4 + sum impact * dw^1.5 * sqrt(X)``.
 3. Net return ``r = sum w * R - c`` with ``R`` the execution returns; equity grows by ``1 + r``;
-   holdings drift to ``p' = w (1 + R) / (1 + r)`` and cash is ``1 - sum p'``.
+   holdings drift to ``p' = w (1 + R) / (1 + r)`` by the next fill (what the next trade is
+   measured against). The observation's ``position`` is ``w``, the book right after the fill,
+   and ``cash = 1 - sum w``: the drift to the next fill price happens after the next decision's
+   close (under next-bar execution), so showing it would leak that price.
 4. Reward: ``RewardShaper`` of ``r`` and the turnover ``sum dw`` (``rl.rewards``).
 
 An episode is truncated after ``episode_len`` steps and terminated if its equity reaches 0. Start
@@ -138,7 +141,8 @@ class TradingEnv:
         e, s = c.n_envs, self.n_symbols
         self.t = torch.zeros(e, dtype=torch.long, device=self.device)  # decision bar
         self.k = torch.zeros(e, dtype=torch.long, device=self.device)  # step in episode
-        self.position = torch.zeros(e, s, device=self.device)  # fraction of equity
+        self.position = torch.zeros(e, s, device=self.device)  # drifted to the next fill
+        self.filled = torch.zeros(e, s, device=self.device)  # right after the last fill
         self.equity = torch.ones(e, device=self.device)  # relative to the episode's start
         # Windows as an overlapping view of the (S, T, F) features: row r is the W * F
         # contiguous floats from bar row r on (symbol s, bar b at row s * T + b), so a window
@@ -230,6 +234,7 @@ class TradingEnv:
         alive = growth > 0
         safe = torch.where(alive, growth, 1.0)[:, None]
         self.position = torch.where(alive[:, None], w * (1.0 + ret) / safe, 0.0)
+        self.filled = torch.where(alive[:, None], w, 0.0)
         self.equity = self.equity * growth.clamp(min=0.0)
         reward, terms = self.shaper(net, turnover)
         self.t, self.k = t + 1, self.k + 1
@@ -255,7 +260,7 @@ class TradingEnv:
     def observe(self, rows: torch.Tensor | None = None) -> Observation:
         """The observation of every env (or of ``rows``) at its current decision bar."""
         t = self.t if rows is None else self.t[rows]
-        pos = self.position if rows is None else self.position[rows]
+        pos = self.filled if rows is None else self.filled[rows]
         first = (t - self.window + 1)[:, None] + self._offsets  # (K, S) first bar's row
         feats = self._windows.index_select(0, first.reshape(-1))  # (K * S, W * F) one gather
         feats = feats.view(t.shape[0], self.n_symbols, self.window, self.n_features)
@@ -284,5 +289,6 @@ class TradingEnv:
         self.t[rows] = starts.to(self.device)
         self.k[rows] = 0
         self.position[rows] = 0.0
+        self.filled[rows] = 0.0
         self.equity[rows] = 1.0
         self.shaper.reset(rows)

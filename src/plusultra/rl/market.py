@@ -34,8 +34,9 @@ class EnvMarket:
         holdable: (T, S) bool, observable at t, tradable at the fill bar and with a finite
             return over the holding (a target elsewhere is forced flat).
         impact: (T, S) float32 ``impact_coef * volatility_f / sqrt(price_f * volume_f)`` of the
-            fill bar f; the impact cost of trading ``dw`` of equity ``X`` (currency) is
-            ``impact * dw^1.5 * sqrt(X)`` as a fraction of equity. 0 where volume is unknown.
+            fill bar f (also charged on a forced close); the impact cost of trading ``dw`` of
+            equity ``X`` (currency) is ``impact * dw^1.5 * sqrt(X)`` as a fraction of equity; 0
+            where volume is unknown or 0.
         execution: the resolved execution mode; lag: its fill lag (bars).
     """
 
@@ -111,7 +112,6 @@ class EnvMarket:
                 k = impact_coef * sig / np.sqrt(price * vol)  # (T, S) at each bar as a fill bar
             k[~np.isfinite(k)] = 0.0  # unknown or zero volume: no impact (as the simulator)
             impact[: len(k) - lag] = k[lag:]
-        impact[~holdable] = 0.0
 
         def put(x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
             return torch.as_tensor(np.ascontiguousarray(x)).to(device=device, dtype=dtype)
