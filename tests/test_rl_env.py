@@ -21,7 +21,8 @@ from plusultra.rl.env import EnvConfig, TradingEnv
 from plusultra.rl.gym import TradingGymEnv
 from plusultra.rl.market import EnvMarket
 from plusultra.rl.rewards import RewardConfig, RewardShaper, shape_reference
-from plusultra.sim.realistic import SimulatorConfig
+from plusultra.sim.frictionless import FrictionlessSimulator
+from plusultra.sim.realistic import RealisticSimulator, SimulatorConfig
 
 W = 8
 
@@ -398,6 +399,15 @@ def test_shaped_env_rewards_match_reference():
     for e in range(3):
         ref = shape_reference(cfg, nets[e].double().tolist(), turns[e].double().tolist())
         np.testing.assert_allclose(rewards[e].numpy(), ref, rtol=1e-4, atol=1e-6)
+
+
+def test_env_config_from_the_run_simulator():
+    real = EnvConfig.from_simulator(RealisticSimulator(commission_bps=4.0, max_gross_leverage=2.0))
+    assert (real.commission_bps, real.half_spread_bps, real.impact_coef) == (4.0, 2.0, 0.1)
+    assert real.max_gross == 2.0 and real.initial_cash == 1e6
+    free = EnvConfig.from_simulator(FrictionlessSimulator(execution="next_close"), n_envs=3)
+    assert (free.commission_bps, free.half_spread_bps, free.impact_coef) == (0.0, 0.0, 0.0)
+    assert free.execution == "next_close" and free.n_envs == 3
 
 
 def test_config_errors_name_the_key():
