@@ -421,6 +421,9 @@ def test_config_errors_name_the_key():
         RewardConfig(cvar_alpha=0.0)
     with pytest.raises(ConfigError, match="reward.drawdown_weight"):
         RewardConfig(drawdown_weight=float("nan"))
+    market = EnvMarket.build(np.zeros((50, 1, 1)), np.ones((50, 1)), 4)
+    with pytest.raises(ConfigError, match="market was built for 4"):
+        TradingEnv(market, (3, 49), 5)
     with pytest.raises(DataError, match="volume and volatility"):
         EnvMarket.build(np.zeros((50, 1, 1)), np.ones((50, 1)), 4, impact_coef=0.1)
 

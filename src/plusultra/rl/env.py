@@ -126,6 +126,8 @@ class TradingEnv:
         self.n_envs, self.n_symbols = c.n_envs, market.returns.shape[1]
         self.window, self.n_features = int(window), market.features.shape[2]
         self.action_kind, self.episode_len, self.segment = c.action_kind, c.episode_len, segment
+        if self.window != market.window:
+            raise ConfigError(f"env window={window} but the market was built for {market.window}")
         lo, hi = int(segment[0]), int(segment[1])
         self.first_start = max(lo, self.window - 1)
         self.last_start = min(hi, market.n_bars - 1) - market.lag - c.episode_len

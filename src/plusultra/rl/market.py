@@ -38,6 +38,7 @@ class EnvMarket:
             equity ``X`` (currency) is ``impact * dw^1.5 * sqrt(X)`` as a fraction of equity; 0
             where volume is unknown or 0.
         execution: the resolved execution mode; lag: its fill lag (bars).
+        window: W, the window length ``observable`` was built for.
     """
 
     features: torch.Tensor
@@ -47,6 +48,7 @@ class EnvMarket:
     impact: torch.Tensor
     execution: str
     lag: int
+    window: int
 
     @property
     def n_bars(self) -> int:
@@ -124,4 +126,5 @@ class EnvMarket:
             impact=put(impact, torch.float32),
             execution=mode,
             lag=lag,
+            window=int(window),
         )
