@@ -415,6 +415,8 @@ def test_config_errors_name_the_key():
         EnvConfig(n_envs=0)
     with pytest.raises(ConfigError, match="env.action_kind"):
         EnvConfig(action_kind="binary")
+    with pytest.raises(ConfigError, match="env.execution"):
+        EnvConfig(execution="next_tick")
     with pytest.raises(ConfigError, match="env.commission_bps"):
         EnvConfig(commission_bps=-1.0)
     with pytest.raises(ConfigError, match="reward.cvar_alpha"):

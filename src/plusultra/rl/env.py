@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from plusultra.errors import ConfigError, DataError
+from plusultra.execution import EXECUTION_MODES
 from plusultra.rl.market import EnvMarket
 from plusultra.rl.protocol import ACTION_KINDS, Observation
 from plusultra.rl.rewards import RewardConfig, RewardShaper
@@ -64,6 +65,10 @@ class EnvConfig:
             v = getattr(self, key)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"env.{key} must be an integer >= 1, got {v!r}")
+        if self.execution is not None and self.execution not in EXECUTION_MODES:
+            raise ConfigError(
+                f"env.execution={self.execution!r}; valid: {EXECUTION_MODES} or None (by data)"
+            )
         if self.action_kind not in ACTION_KINDS:
             raise ConfigError(f"env.action_kind={self.action_kind!r}; valid: {ACTION_KINDS}")
         for key in ("commission_bps", "half_spread_bps", "impact_coef", "initial_cash"):

@@ -71,8 +71,7 @@ class BatchedEnv(Protocol):
     n_symbols: int  # S
     window: int  # W
     n_features: int  # F
-    action_kind: str  # one of ACTION_KINDS
-    device: torch.device
+    action_kind: str  # one of ACTION_KINDS (an env also has the ``device`` its tensors are on)
 
     def reset(self, seed: int | None = None) -> Observation:
         """Start a new episode in every env (seeded when ``seed`` is given); the first obs."""
