@@ -16,8 +16,10 @@ The environment is `plusultra.rl.env.TradingEnv` with the realistic simulator's 
   ends, as a Gymnasium agent would drive it; env steps per second = steps / seconds.
 
 Rows: the root config's window (64 bars) with the net P&L reward, the same with every shaping
-term switched on, and a 16-bar window. Medians of ``--repeats`` after one warm-up; both sides run
-in this process with the same torch thread count (``--threads``; default 1: the machine the
+term switched on, and a 16-bar window. After one warm-up episode each, every repeat times the two
+sides back to back and the ratio is the median of the per-repeat ratios (the machine may be
+shared: both sides of a ratio then see about the same load). Both sides run in this process with
+the same torch thread count (``--threads``; default 1: the machine the
 committed numbers came from was shared, and one thread was the faster setting there).
 """
 
@@ -68,60 +70,68 @@ def config(n_envs: int) -> EnvConfig:
     return EnvConfig(n_envs=n_envs, episode_len=EPISODE, impact_coef=0.1)
 
 
-def batched_rate(
-    m: EnvMarket, window: int, envs: int, steps: int, reward, repeats: int
-) -> tuple[float, float]:
-    """Env steps per second of the batched environment (median of repeats), and the share of a
-    step spent building the observation (the window gather), timed alone."""
+def batched_runner(m: EnvMarket, window: int, envs: int, reward):
+    """(steps(n), observe(n)): n batched steps with random actions / n observations alone."""
     env = TradingEnv(m, (window - 1, m.n_bars - 1), window, config(envs), reward)
-    gen = torch.Generator(device=m.returns.device).manual_seed(0)
+    dev = m.returns.device
+    gen = torch.Generator(device=dev).manual_seed(0)
     shape = (envs, env.n_symbols)
 
-    def run(n: int) -> None:
-        for _ in range(n):
-            env.step(torch.rand(shape, generator=gen, device=m.returns.device) * 2 - 1)
+    def sync() -> None:
         if m.returns.is_cuda:
             torch.cuda.synchronize()
+
+    def steps(n: int) -> None:
+        for _ in range(n):
+            env.step(torch.rand(shape, generator=gen, device=dev) * 2 - 1)
+        sync()
 
     def observe(n: int) -> None:
         for _ in range(n):
             env.observe()
-        if m.returns.is_cuda:
-            torch.cuda.synchronize()
+        sync()
 
     env.reset(seed=0)
-    run(EPISODE)  # warm-up
-    times, gathers = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run(steps)
-        t1 = time.perf_counter()
-        observe(steps)
-        gathers.append(time.perf_counter() - t1)
-        times.append(t1 - t0)
-    step = statistics.median(times)
-    return envs * steps / step, statistics.median(gathers) / step
+    return steps, observe
 
 
-def gym_rate(m: EnvMarket, window: int, steps: int, reward, repeats: int) -> float:
-    """Env steps per second of one Gymnasium environment in a Python loop (median)."""
+def gym_runner(m: EnvMarket, window: int, reward):
+    """steps(n): n Gymnasium steps in a Python loop, resetting at episode end."""
     env = TradingGymEnv(m, (window - 1, m.n_bars - 1), window, config(1), reward)
     env.action_space.seed(0)
+    env.reset(seed=0)
 
-    def run(n: int) -> None:
+    def steps(n: int) -> None:
         for _ in range(n):
             _, _, terminated, truncated, _ = env.step(env.action_space.sample())
             if terminated or truncated:
                 env.reset()
 
-    env.reset(seed=0)
-    run(EPISODE)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run(steps)
-        times.append(time.perf_counter() - t0)
-    return steps / statistics.median(times)
+    return steps
+
+
+def timed(fn, n: int) -> float:
+    t0 = time.perf_counter()
+    fn(n)
+    return time.perf_counter() - t0
+
+
+def measure(batched_market, gym_market, window, reward, args) -> tuple[float, ...]:
+    """Batched and Gymnasium env steps/s, their ratio and the observation share: medians over
+    repeats, each repeat timing both sides back to back (so that both see the same load)."""
+    steps, observe = batched_runner(batched_market, window, args.envs, reward)
+    gym_steps = gym_runner(gym_market, window, reward)
+    steps(EPISODE), gym_steps(EPISODE)  # warm-up
+    rates, singles, ratios, shares = [], [], [], []
+    for _ in range(args.repeats):
+        t_batched = timed(steps, args.steps)
+        t_observe = timed(observe, args.steps)
+        t_gym = timed(gym_steps, args.gym_steps)
+        rates.append(args.envs * args.steps / t_batched)
+        singles.append(args.gym_steps / t_gym)
+        ratios.append(rates[-1] / singles[-1])
+        shares.append(t_observe / t_batched)
+    return tuple(statistics.median(x) for x in (rates, singles, ratios, shares))
 
 
 def main() -> None:
@@ -145,18 +155,14 @@ def main() -> None:
         (16, None, "net P&L"),
     ):
         m = market(args.bars, args.symbols, args.features, window, args.device)
-        batched, share = batched_rate(m, window, args.envs, args.steps, reward, args.repeats)
         m_cpu = (
             m
             if args.device == "cpu"
             else market(args.bars, args.symbols, args.features, window, "cpu")
         )
-        single = gym_rate(m_cpu, window, args.gym_steps, reward, args.repeats)
-        rows.append((window, label, batched, single, batched / single, share))
-        print(
-            f"W={window} {label}: batched {batched:,.0f}/s, gym {single:,.0f}/s, "
-            f"x{batched / single:.0f}"
-        )
+        batched, single, ratio, share = measure(m, m_cpu, window, reward, args)
+        rows.append((window, label, batched, single, ratio, share))
+        print(f"W={window} {label}: batched {batched:,.0f}/s, gym {single:,.0f}/s, x{ratio:.0f}")
 
     lines = [
         "## RL environment: batched steps against a Gymnasium loop",
@@ -170,8 +176,9 @@ def main() -> None:
         "half spread, square-root impact), next-bar-open fills, random continuous actions. The "
         "reference is the same environment (E = 1) through `TradingGymEnv` in a Python loop "
         "(`action_space.sample()`, `step`, `reset` at episode end). Env steps per second, "
-        f"medians of {args.repeats} timings of {args.steps} batched / {args.gym_steps} "
-        "Gymnasium steps.",
+        f"medians of {args.repeats} repeats, each timing {args.steps} batched and "
+        f"{args.gym_steps} Gymnasium steps back to back (the ratio is the median of the "
+        "per-repeat ratios, so that both sides of a ratio saw the same machine load).",
         "",
         "| window | reward | batched env steps/s | Gymnasium loop env steps/s | ratio | "
         "observation share |",
