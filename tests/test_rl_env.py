@@ -297,7 +297,8 @@ def test_auto_reset_on_truncation():
     for k in range(5):
         obs, _, term, trunc, info = env.step(torch.full((4, 4), 0.25))
         if k < 4:
-            assert not trunc.any() and "final_observation" not in info
+            assert not trunc.any() and info["done_index"].numel() == 0
+            assert info["final_observation"].features.shape == (0, 4, W, 3)
     assert trunc.all() and not term.any()
     assert torch.equal(info["done_index"], torch.arange(4))
     final = info["final_observation"]

@@ -225,7 +225,8 @@ class TradingEnv:
             next_obs, reward (E,), terminated (E,), truncated (E,), info with (E,) tensors
             ``net_return``, ``cost``, ``turnover``, ``gross`` (sum |w| after the cap),
             ``equity`` (relative, after the step), ``terms`` (the unweighted reward terms), and
-            ``final_observation`` / ``done_index`` for the envs that ended.
+            ``final_observation`` / ``done_index`` for the envs that ended (always present;
+            K = 0 rows when none did).
         """
         w = self._targets(action)  # (E, S)
         m, t = self.market, self.t
@@ -255,11 +256,10 @@ class TradingEnv:
             "equity": self.equity.clone(),
             "terms": terms,
         }
-        done = terminated | truncated
-        if bool(done.any()):
-            rows = torch.nonzero(done).squeeze(1)
-            info["final_observation"] = self.observe(rows)
-            info["done_index"] = rows
+        rows = torch.nonzero(terminated | truncated).squeeze(1)  # (K,), K = 0 most steps
+        info["final_observation"] = self.observe(rows)
+        info["done_index"] = rows
+        if rows.numel():
             self._restart(rows)
         return self.observe(), reward, terminated, truncated, info
 

@@ -92,7 +92,7 @@ class TradingGymEnv(gymnasium.Env):
         """Apply one action; returns (observation, reward, terminated, truncated, info)."""
         a = torch.as_tensor(np.asarray(action), device=self.env.device).reshape(1, -1)
         obs, reward, terminated, truncated, info = self.env.step(a)
-        if "final_observation" in info:
+        if info["done_index"].numel():
             obs = info["final_observation"]
         out = {k: float(info[k][0]) for k in ("net_return", "cost", "turnover", "equity")}
         return self.flatten(obs), float(reward[0]), bool(terminated[0]), bool(truncated[0]), out

@@ -16,7 +16,8 @@ Actions (``action_kind``):
 Auto-reset: envs whose episode ended (terminated or truncated) are reset inside ``step``; their
 rows of ``next_obs`` are then the new episode's first observation, ``info["final_observation"]``
 holds the ended observation of those rows (an ``Observation`` with K rows) and
-``info["done_index"]`` the (K,) long env indices.
+``info["done_index"]`` the (K,) long env indices. `plusultra.rl.env.TradingEnv` always sets both
+(K = 0 on a step where no episode ended); an agent should not rely on that of every env.
 """
 
 from __future__ import annotations
