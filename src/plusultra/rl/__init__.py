@@ -1,0 +1,1 @@
+"""Reinforcement fine-tuning: batched trading environments, PPO, policies and buffers."""
