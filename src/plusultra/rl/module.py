@@ -144,9 +144,9 @@ class PPOModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         if self.gen.device != self.device:  # sample where the policy runs
-            state = self.gen.get_state() if self.device.type == "cpu" else None
             self.gen = torch.Generator(device=self.device)
-            self.gen.manual_seed(self.settings.seed) if state is None else self.gen.set_state(state)
+            self.gen.manual_seed(self.settings.seed + int(self.updates))
+        self._restore_generator()
 
     def on_train_epoch_start(self) -> None:
         self._obs = self.env.reset(seed=self.settings.seed + self.current_epoch)
@@ -154,10 +154,20 @@ class PPOModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["ppo_generator"] = self.gen.get_state()  # a uint8 tensor: weights_only-safe
+        checkpoint["ppo_generator_device"] = self.gen.device.type
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "ppo_generator" in checkpoint:
-            self.gen.set_state(checkpoint["ppo_generator"].cpu())
+            self._saved_gen = (checkpoint["ppo_generator_device"], checkpoint["ppo_generator"])
+            self._restore_generator()
+
+    def _restore_generator(self) -> None:
+        """Set the sampling generator to the checkpoint's state. A state saved on another
+        device type (CPU vs CUDA) cannot carry over: the generator is then seeded with
+        ``seed + updates`` instead, and the resumed run differs from an uninterrupted one."""
+        saved = getattr(self, "_saved_gen", None)
+        if saved is not None and saved[0] == self.gen.device.type:
+            self.gen.set_state(saved[1].cpu())
 
     @torch.no_grad()
     def rollout(self) -> dict:
