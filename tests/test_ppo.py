@@ -375,6 +375,9 @@ def test_reference_position_of_a_policy_head():
     obs = OUEnv(n_envs=3, window=8).reset(0)
     p = torch.softmax(src(obs.features.reshape(3, 8, 1)), -1)
     torch.testing.assert_close(pol.reference_position(obs)[:, 0], p[:, 2] - p[:, 0])
+    target = pol.reference_target(obs)  # the head's own probabilities, 1 % smoothed
+    torch.testing.assert_close(target[:, 0], 0.99 * p + 0.01 / 3)
+    assert pol.reference_action(target)[:, 0].tolist() == p.argmax(-1).tolist()
 
 
 def test_freeze_schedule():
@@ -406,17 +409,22 @@ def test_frozen_backbone_does_not_move_in_training():
 
 def test_kl_to_reference_and_warm_start_refusals():
     obs = OUEnv(n_envs=2, n_symbols=2, window=4).reset(0)
-    for kind in ("continuous", "discrete"):
-        pol = ActorCritic(MLPBackbone(4), kind)
-        out = pol(obs)
-        kl = pol.kl_to_reference(out, torch.full((2, 2), 0.7), obs.mask)
-        assert (kl > 0).all()
     pol = ActorCritic(MLPBackbone(4))
     out = pol(obs)
+    assert (pol.kl_to_reference(out, torch.full((2, 2), 0.7), obs.mask) > 0).all()
     same = pol.kl_to_reference(out, out.mean.detach(), obs.mask)
     torch.testing.assert_close(same, torch.zeros(2))
+    pol = ActorCritic(MLPBackbone(4), "discrete")
+    out = pol(obs)
+    probs = torch.softmax(out.logits, -1).detach()
+    torch.testing.assert_close(pol.kl_to_reference(out, probs, obs.mask), torch.zeros(2))
+    want = (probs * (probs.log() - torch.tensor([0.1, 0.2, 0.7]).log())).sum((-1, -2))
+    got = pol.kl_to_reference(out, torch.tensor([0.1, 0.2, 0.7]).expand(2, 2, 3), obs.mask)
+    torch.testing.assert_close(got, want)
     with pytest.raises(ConfigError, match="ref_kl_coef"):
-        PPOModule(pol, OUEnv(n_envs=2, window=4), PPOSettings(ref_kl_coef=0.1))
+        PPOModule(
+            ActorCritic(MLPBackbone(4)), OUEnv(n_envs=2, window=4), PPOSettings(ref_kl_coef=0.1)
+        )
 
 
 def test_ref_kl_and_behaviour_cloning_pull_towards_the_supervised_policy():
@@ -498,3 +506,16 @@ def test_ppo_with_a_transformer_backbone_learns_the_ou_optimum():
         / test.expected_reward(obs, test.optimal_position(obs)).mean()
     )
     assert float(ratio) > 0.95
+
+
+def test_discrete_policy_with_reference_kl_and_behaviour_cloning_trains():
+    src = _forecaster(PolicyHead(16, "discrete"))
+    pol = ActorCritic.from_forecast(src, "discrete", hidden=16)
+    env = OUEnv(n_envs=4, window=8, episode_len=6, action_kind="discrete")
+    settings = PPOSettings(n_steps=4, updates_per_epoch=2, ref_kl_coef=0.5, bc_coef=0.5)
+    m = PPOModule(pol, env, settings)
+    fit(m)
+    assert m.buffer.store["action"].dtype == torch.long and len(m.buffer) == 2 * 4 * 4
+    assert math.isfinite(m.last_logs["train/ref_kl"]) and math.isfinite(
+        m.last_logs["train/bc_loss"]
+    )

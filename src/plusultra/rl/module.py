@@ -182,10 +182,11 @@ class PPOModule(L.LightningModule):
             action = pol.sample(out, self.gen)
             logp, _ = pol.log_prob_entropy(out, action, obs.mask)
             if s.ref_kl_coef > 0 or self.buffer is not None:
-                refs.append(pol.reference_position(obs))
+                refs.append(pol.reference_target(obs))
             nxt, reward, term, trunc, info = env.step(pol.env_action(action))
-            if "done_index" in info:  # value of the ended episodes' last states (bootstrap)
-                final_v[t, info["done_index"]] = pol(info["final_observation"]).value
+            done_index = info.get("done_index")
+            if done_index is not None and len(done_index):  # ended episodes' last states
+                final_v[t, done_index] = pol(info["final_observation"]).value  # bootstrap
             self._ep_return += reward
             done = term | trunc
             finished.append(self._ep_return[done])
@@ -255,9 +256,7 @@ class PPOModule(L.LightningModule):
                 group["lr"] = s.lr * ppo.linear_anneal(update, total)
         batch = self.rollout()
         if self.buffer is not None and pol.reference is not None:  # supervised actions to clone
-            ref = batch["ref"]
-            act = ref if pol.action_kind == "continuous" else (ref.round().long() + 1)
-            self.buffer.add(batch["obs"], act)
+            self.buffer.add(batch["obs"], pol.reference_action(batch["ref"]))
         stats: dict[str, list] = {
             k: []
             for k in (

@@ -187,25 +187,48 @@ class ActorCritic(nn.Module):
             obs.features.reshape(E * S, W, F), self.forecast_scale
         ).reshape(E, S)
 
+    @torch.no_grad()
+    def reference_target(self, obs: Observation) -> torch.Tensor | None:
+        """The supervised policy as this policy's action distribution, or None.
+
+        Continuous: its position (E, S) (``reference_position``), the mean of a Gaussian.
+        Discrete: action probabilities (E, S, 3) over (sell, hold, buy): a discrete PolicyHead's
+        own softmax; otherwise the Categorical whose expected position is the reference
+        position (mass |p| on buy or sell, the rest on hold). Both are smoothed with 1 %
+        uniform mass, so every log is finite.
+        """
+        if self.reference is None:
+            return None
+        if self.action_kind == "continuous":
+            return self.reference_position(obs)
+        E, S, W, F = obs.features.shape
+        x = obs.features.reshape(E * S, W, F)
+        probs = self.reference.probabilities(x)
+        if probs is None:
+            p = self.reference_position(obs).reshape(-1)
+            probs = torch.stack([(-p).clamp_min(0), 1 - p.abs(), p.clamp_min(0)], dim=-1)
+        return (0.99 * probs + 0.01 / 3).reshape(E, S, 3)
+
     def kl_to_reference(
-        self, out: PolicyOutput, ref_pos: torch.Tensor, mask: torch.Tensor
+        self, out: PolicyOutput, target: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         """(E,) KL(policy || supervised policy), summed over tradable symbols.
 
-        Continuous: the supervised policy is a Gaussian centred on ``ref_pos`` with the
-        current std (detached), so the KL is ``(mean - ref_pos)^2 / (2 std^2)``. Discrete: a
-        Categorical whose expected position is ``ref_pos`` (mass |p| on buy or sell, the rest on
-        hold), smoothed with 1 % uniform mass so every log is finite.
+        ``target`` is ``reference_target``'s. Continuous: the supervised policy is a Gaussian
+        centred on the reference position with the current std (detached), so the KL is
+        ``(mean - ref)^2 / (2 std^2)``. Discrete: ``sum_a pi(a) (log pi(a) - log ref(a))``.
         """
         m = mask.to(out.value.dtype)
         if self.action_kind == "continuous":
             var = (2 * out.log_std.detach()).exp()
-            return (((out.mean - ref_pos) ** 2) / (2 * var) * m).sum(1)
-        p = ref_pos.clamp(-1, 1)
-        ref = torch.stack([(-p).clamp_min(0), 1 - p.abs(), p.clamp_min(0)], dim=-1)
-        ref = 0.99 * ref + 0.01 / 3
+            return (((out.mean - target) ** 2) / (2 * var) * m).sum(1)
         logq = torch.log_softmax(out.logits, dim=-1)
-        return ((logq.exp() * (logq - ref.log())).sum(-1) * m).sum(1)
+        return ((logq.exp() * (logq - target.log())).sum(-1) * m).sum(1)
+
+    def reference_action(self, target: torch.Tensor) -> torch.Tensor:
+        """The supervised action to clone from a ``reference_target``: the position
+        (continuous) or the most likely of sell/hold/buy (discrete)."""
+        return target if self.action_kind == "continuous" else target.argmax(-1)
 
 
 class _Reference(nn.Module):
@@ -221,6 +244,12 @@ class _Reference(nn.Module):
         if getattr(self.head, "kind", None) == "position":
             return policy_position(out)
         return (forecast_scale * self.head.signal(out)[:, 0]).clamp(-1, 1)
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor | None:
+        """x (B, W, F) -> (B, 3) action probabilities of a discrete PolicyHead, else None."""
+        if getattr(self.head, "kind", None) != "position" or self.head.mode != "discrete":
+            return None
+        return torch.softmax(self.head(self.backbone(x)), dim=-1)
 
 
 @dataclass(frozen=True)
