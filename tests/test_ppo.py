@@ -256,6 +256,22 @@ def test_toy_auto_reset_and_final_observation():
 # ---------------------------------------------------------------- the module's mechanics
 
 
+def test_rollout_bootstraps_truncated_episodes_from_the_final_observation():
+    env = TrendEnv(n_envs=3, window=4, episode_len=2)
+    m = small(env, n_steps=3)
+    m._obs, m._ep_return = env.reset(0), torch.zeros(3)
+    m.policy.eval()
+    b = m.rollout()
+    nv, v = b["next_value"].view(3, 3), b["value"].view(3, 3)  # (T, E)
+    torch.testing.assert_close(nv[0], v[1])  # inside the episode: the next state's value
+    pos = b["action"].view(3, 3)[1].clamp(-1, 1)[:, None]  # filled at the episode's last bar
+    final = Observation(torch.full((3, 1, 4, 1), env.drift), pos, 1 - pos[:, 0], pos > -2)
+    with torch.no_grad():
+        torch.testing.assert_close(nv[1], m.policy(final).value)  # time limit: V(final obs)
+    assert not torch.allclose(nv[1], v[2])  # not the next episode's first state
+    assert b["episode_return"] is not None
+
+
 def test_settings_errors_name_the_key():
     with pytest.raises(ConfigError, match="ppo.gamma"):
         PPOSettings(gamma=1.5)
@@ -301,6 +317,16 @@ def test_gradient_clipping_applied():
     fit(m)
     assert m.last_logs["train/grad_norm"] > 1e-3  # before clipping
     assert clipped and max(clipped) <= 1e-3 * 1.0001
+
+
+def test_entropy_bonus_keeps_the_policy_wider():
+    env = TrendEnv(n_envs=16, window=4, episode_len=8)
+    stds = []
+    for ent_coef in (0.0, 0.5):
+        m = small(env, n_steps=8, updates_per_epoch=4, ent_coef=ent_coef, lr=1e-2)
+        fit(m)
+        stds.append(m.last_logs["train/std"])
+    assert stds[1] > stds[0]
 
 
 def test_learning_rate_annealing():
@@ -434,7 +460,8 @@ def test_ref_kl_and_behaviour_cloning_pull_towards_the_supervised_policy():
     pol = ActorCritic.from_forecast(src, "continuous", hidden=32)
     obs = env.reset(99)
     ref = pol.reference_position(obs)
-    gap0 = float((pol(obs).mean - ref).abs().mean())
+    with torch.no_grad():
+        gap0 = float((pol(obs).mean - ref).abs().mean())
     settings = PPOSettings(
         n_steps=8, updates_per_epoch=6, lr=1e-2, ref_kl_coef=1.0, bc_coef=1.0, bc_capacity=512
     )

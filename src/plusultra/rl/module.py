@@ -171,7 +171,9 @@ class PPOModule(L.LightningModule):
 
     @torch.no_grad()
     def rollout(self) -> dict:
-        """``n_steps`` from every env with the current policy: the flat batch and diagnostics."""
+        """``n_steps`` from every env with the current policy: the flat batch (rows in (t, env)
+        order) and diagnostics. Stored observations are the env's tensors as returned: ``step``
+        must return fresh tensors (or views of data it never overwrites)."""
         s, pol, env = self.settings, self.policy, self.env
         obs_list, acts, logps, values, rewards, terms, truncs, refs = [], [], [], [], [], [], [], []
         final_v = torch.zeros(s.n_steps, env.n_envs, device=self.device)
@@ -204,6 +206,7 @@ class PPOModule(L.LightningModule):
         batch = {
             "obs": _cat(obs_list), "action": torch.cat(acts), "logp": torch.cat(logps),
             "value": values_t.reshape(-1), "adv": adv.reshape(-1), "ret": ret.reshape(-1),
+            "next_value": next_v.reshape(-1),
         }  # fmt: skip
         if refs:
             batch["ref"] = torch.cat(refs)
