@@ -3,6 +3,7 @@ known optimum, warm starts, freezing, checkpoint round trips."""
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import lightning as L
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from plusultra.errors import ConfigError
+from plusultra.models.backbones import BACKBONES
 from plusultra.models.backbones.transformer import TransformerBackbone
 from plusultra.models.heads import PolicyHead, RegressionHead
 from plusultra.models.losses import CVaR
@@ -546,3 +548,31 @@ def test_discrete_policy_with_reference_kl_and_behaviour_cloning_trains():
     assert math.isfinite(m.last_logs["train/ref_kl"]) and math.isfinite(
         m.last_logs["train/bc_loss"]
     )
+
+
+def test_moe_backbone_aux_loss_is_added_and_logged():
+    from plusultra.models.backbones.moe import MoEBackbone
+
+    torch.manual_seed(0)
+    env = TrendEnv(n_envs=4, window=4, episode_len=6)
+    bb = MoEBackbone(1, d_model=16, depth=1, n_heads=2, max_len=4)
+    m = PPOModule(ActorCritic(bb, hidden=16), env, PPOSettings(n_steps=4, updates_per_epoch=1))
+    fit(m)
+    assert m.last_logs["train/aux_loss"] > 0
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_actor_critic_on_every_registered_backbone(name):
+    torch.manual_seed(0)
+    tiny = {"n_features": 1, "d_model": 16, "depth": 2, "n_heads": 2}
+    params = inspect.signature(BACKBONES[name]).parameters
+    backbone = BACKBONES[name](**{k: v for k, v in tiny.items() if k in params})
+    env = OUEnv(n_envs=2, n_symbols=3, window=32)
+    obs = env.reset(0)
+    pol = ActorCritic(backbone, hidden=8)
+    out = pol(obs)
+    assert out.mean.shape == (2, 3) and out.value.shape == (2,)
+    assert torch.isfinite(out.mean).all() and torch.isfinite(out.value).all()
+    logp, _ = pol.log_prob_entropy(out, pol.sample(out), obs.mask)
+    logp.sum().backward()  # gradients reach the backbone
+    assert any(p.grad is not None for p in pol.backbone.parameters())

@@ -230,6 +230,10 @@ class PPOModule(L.LightningModule):
         pg, clip_frac = ppo.policy_loss(logp, batch["logp"][idx], adv, s.clip_coef)
         vl = ppo.value_loss(out.value, batch["value"][idx], batch["ret"][idx], s.clip_value)
         loss = pg - s.ent_coef * ent.mean() + s.vf_coef * vl
+        aux = getattr(pol.backbone, "aux_loss", None)  # e.g. MoE load balancing, weighted
+        if aux is not None:  # as in supervised training (set by this minibatch's forward)
+            loss = loss + aux
+            stats["aux_loss"].append(aux.detach())
         for name, v in (
             ("policy_loss", pg),
             ("value_loss", vl),
@@ -260,19 +264,9 @@ class PPOModule(L.LightningModule):
         batch = self.rollout()
         if self.buffer is not None and pol.reference is not None:  # supervised actions to clone
             self.buffer.add(batch["obs"], pol.reference_action(batch["ref"]))
-        stats: dict[str, list] = {
-            k: []
-            for k in (
-                "policy_loss",
-                "value_loss",
-                "entropy",
-                "clip_fraction",
-                "approx_kl",
-                "ref_kl",
-                "bc_loss",
-                "grad_norm",
-            )
-        }
+        names = ("policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl")
+        names += ("ref_kl", "bc_loss", "aux_loss", "grad_norm")
+        stats: dict[str, list] = {k: [] for k in names}
         n = len(batch["adv"])
         steps, stop = 0, False
         for _ in range(s.update_epochs):
