@@ -119,7 +119,9 @@ def main() -> None:
         "",
         f"The update (forward and backward over the rollout {settings.update_epochs} times) "
         f"takes {1 - rows[1][1] / end:.0%} of the end-to-end time; the environment itself "
-        f"{rows[0][1] / end:.1%}. Measured on CPU (env and policy).",
+        f"{rows[0][1] / end:.1%}. Measured on CPU (env and policy); on a machine shared with "
+        "other jobs the figures vary run to run by a factor of up to 5, so read the ratios "
+        "of one run, not absolute figures across runs.",
     ]
     print("\n".join(lines))
     write_section("ppo", "\n".join(lines))
