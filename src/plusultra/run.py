@@ -48,6 +48,8 @@ from plusultra.training.evaluate import evaluate
 from plusultra.training.hparams import hyperparameters, log_summary
 from plusultra.training.pretrain import load_backbone
 from plusultra.training.pruning import ValidationBacktest, pruning_callbacks
+from plusultra.training.resume_config import flat_config
+from plusultra.training.resume_plan import Resumer
 
 log = logging.getLogger("plusultra")
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -76,6 +78,7 @@ def train(cfg: DictConfig) -> float | list[float]:
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.matmul_precision)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    config = flat_config(cfg)  # what a resume compares (training.resume_config)
 
     datamodule = build(cfg.data, features=build(cfg.features))
     datamodule.setup()
@@ -113,7 +116,10 @@ def train(cfg: DictConfig) -> float | list[float]:
     diagnostics = build(cfg.diagnostics)  # training diagnostics callbacks (conf/diagnostics)
     # pruning and diagnostics watch the forecasting (supervised) stages, not pretraining
     supervised = [*pruning, *diagnostics.callbacks]
-    stages = build(cfg.curriculum).run(model, datamodule, make_trainer, supervised)
+    ckpt_path = None if cfg.ckpt_path is None else to_absolute_path(cfg.ckpt_path)
+    resume = Resumer(cfg.seed, config, run_dir / "checkpoints", cfg.resume, ckpt_path)
+    stages = build(cfg.curriculum).run(model, datamodule, make_trainer, supervised, resume)
+    resume.before_evaluation()  # seeded: a resumed run evaluates like an uninterrupted one
     evaluated = evaluate(
         model,
         datamodule,
