@@ -24,6 +24,7 @@ from omegaconf import open_dict
 
 from plusultra.data.datasets.sampler import BlockBatchSampler, EpochSampler, ResumableLoader
 from plusultra.errors import ConfigError
+from plusultra.lifecycle import Interrupted, handle_signals
 from plusultra.models.backbones.hybrid import HybridBackbone
 from plusultra.models.heads import RegressionHead
 from plusultra.models.module import ForecastModule, OptimSettings
@@ -37,6 +38,7 @@ from plusultra.training.resume_config import (
     flat_config,
     mismatches,
 )
+from plusultra.training.resume_plan import Resumer
 from tests.conftest import REPO, TINY, compose_config, run_cli
 
 # --------------------------------------------------------------------------- samplers
@@ -79,6 +81,7 @@ def test_resumable_loader_continues_an_epoch_where_it_stopped(block):
         return ResumableLoader(data, sampler=EpochSampler(n, True, seed=3), batch_size=bs)
 
     full = loader()
+    assert "epoch" not in full.state_dict()  # no position marked: nothing to restore but the seed
     reference = [_batches(full) for _ in range(3)]  # three uninterrupted epochs
     for epoch in range(3):
         for stop in range(len(reference[epoch]) + 1):
@@ -229,6 +232,72 @@ def test_a_resumed_fit_equals_an_uninterrupted_one_exactly(dm, tmp_path, epochs,
         assert torch.equal(value, got[name]), name
     for path in (tmp_path / "b").glob("*.ckpt"):  # every checkpoint: plain tensors and lists
         assert "plusultra" in torch.load(path, weights_only=True)
+
+
+class SigtermInStep(L.Callback):
+    """Sends this process SIGTERM inside the optimiser step of step `step` (1-based)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.global_step == self.step - 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_inside_a_step_is_held_checkpointed_and_resumed_exactly(dm, tmp_path):
+    L.seed_everything(5, verbose=False)
+    whole = _module(dm)
+    _trainer(tmp_path / "a", max_epochs=1).fit(whole, datamodule=dm)
+
+    L.seed_everything(5, verbose=False)
+    stopped = _module(dm)
+    with handle_signals(), pytest.raises(Interrupted):
+        _trainer(tmp_path / "b", SigtermInStep(3), max_epochs=1).fit(stopped, datamodule=dm)
+    ckpt = tmp_path / "b" / "resume.ckpt"  # every 2 steps wrote step 2; the signal step 3
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 3
+
+    resumed = _module(dm)
+    trainer = _trainer(tmp_path / "b", max_epochs=1)
+    trainer.fit(resumed, datamodule=dm, ckpt_path=ckpt, weights_only=True)
+    for name, value in whole.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+
+
+def _fake_checkpoint(path: Path, stage: str, step: int, config: dict) -> None:
+    torch.save({"global_step": step, "state_dict": {}, "plusultra": {"stage": stage,
+                "config": config}}, path)  # fmt: skip
+
+
+def test_the_plan_skips_recorded_stages_and_continues_the_newest_checkpoint(tmp_path):
+    config = {"window": 16, "seed": 1}
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    net = torch.nn.Linear(2, 2)
+    first = Resumer(1, config, ckpts)
+    first.prepare(["pretrain", "supervised"])
+    first.finish("pretrain", net, {"best_checkpoint": None, "best_score": 0.5, "handed": "last"})
+    _fake_checkpoint(ckpts / "resume.ckpt", "supervised", 12, config)
+    _fake_checkpoint(ckpts / "last.ckpt", "supervised", 10, config)
+    (ckpts / "pretrain-last.ckpt").write_bytes(b"torn")  # unreadable: ignored
+
+    plan = Resumer(1, config, ckpts, resume=True)
+    plan.prepare(["pretrain", "supervised"])
+    assert plan.completed("pretrain")["best_score"] == 0.5 and plan.in_progress == "supervised"
+    assert plan.checkpoint == ckpts / "resume.ckpt"  # further into training than last.ckpt
+    other = torch.nn.Linear(2, 2)
+    plan.restore("pretrain", other)
+    assert torch.equal(other.weight, net.weight)
+
+    with pytest.raises(ConfigError, match=r"window: 16 \(checkpoint\) vs 32 \(this run\)"):
+        Resumer(1, {**config, "window": 32}, ckpts, resume=True).prepare(["pretrain", "supervised"])
+    elsewhere = Resumer(1, config, tmp_path / "new", ckpt_path=ckpts / "last.ckpt")
+    elsewhere.prepare(["pretrain", "supervised"])
+    assert elsewhere.checkpoint == ckpts / "last.ckpt" and list(elsewhere.records) == ["pretrain"]
+    with pytest.raises(ConfigError, match="its stage 'supervised' is not a stage"):
+        Resumer(1, config, tmp_path, ckpt_path=ckpts / "last.ckpt").prepare(["finetune"])
+    with pytest.raises(ConfigError, match="holds no readable checkpoint"):
+        Resumer(1, config, tmp_path / "empty", resume=True).prepare(["supervised"])
 
 
 # --------------------------------------------------------------------------- whole runs

@@ -177,13 +177,14 @@ class ResumableLoader(DataLoader):
 
     Takes DataLoader's arguments. ``state_dict()`` is ``{"epoch", "batches", "seed"}``: the
     next batch to train on is batch ``batches`` of epoch ``epoch`` (as last set by `mark`);
-    ``load_state_dict`` makes the next iteration start there. Lightning calls both (its
-    ``_Stateful`` interface): on every checkpoint, and on resume before the first batch.
+    ``load_state_dict`` makes the next iteration start there. This is Lightning's ``_Stateful``
+    interface: Lightning stores the state in every checkpoint; on resume
+    ``training.resume.ResumeCheckpoint`` loads it before the first batch.
     """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.position = (0, 0)  # (epoch, batches consumed in it)
+        self.position: tuple[int, int] | None = None  # (epoch, batches consumed); None: unknown
 
     def mark(self, epoch: int, batches: int) -> None:
         """Record that the training loop consumed ``batches`` batches of epoch ``epoch``."""
@@ -198,12 +199,19 @@ class ResumableLoader(DataLoader):
         return None, 0  # e.g. Lightning put a DistributedSampler in under DDP
 
     def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "batches", "seed"}``; only ``seed`` while no position was marked."""
         sampler, _ = self._resumable()
-        seed = -1 if sampler is None else sampler.seed
-        return {"epoch": self.position[0], "batches": self.position[1], "seed": int(seed)}
+        state = {"seed": -1 if sampler is None else int(sampler.seed)}
+        if self.position is not None:
+            state |= {"epoch": self.position[0], "batches": self.position[1]}
+        return state
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """Make the next iteration start at the saved position (with the saved seed)."""
         sampler, unit = self._resumable()
+        if sampler is not None and int(state.get("seed", -1)) >= 0 and "epoch" not in state:
+            sampler.seed = int(state["seed"])  # no position known: the seed only
+            return
         if sampler is None or int(state.get("seed", -1)) < 0:
             log.warning(
                 "the train loader's sampler is not resumable (%s): the resumed epoch restarts "
