@@ -349,13 +349,17 @@ def test_same_seed_same_metrics_and_every_checkpoint_loads_weights_only(tiny_db,
 
 
 @pytest.mark.slow
-def test_a_sigkilled_cli_run_resumes_in_its_dir_to_the_uninterrupted_metrics(tiny_db, tmp_path):
-    """The real CLI: SIGKILL mid-epoch once a step checkpoint exists, rerun with resume=true,
-    and the run finishes in the same dir with the metrics of a run never stopped."""
+@pytest.mark.parametrize("curriculum", ["supervised", "pretrain_finetune"])
+def test_a_sigkilled_cli_run_resumes_in_its_dir_to_the_uninterrupted_metrics(
+    tiny_db, tmp_path, curriculum
+):
+    """The real CLI: SIGKILL mid-epoch once a step checkpoint of the final stage exists, rerun
+    with resume=true, and the run finishes in the same dir with the metrics of a run never
+    stopped (pretrain_finetune: the finished pretrain stage is skipped, not redone)."""
     args = [
         "plusultra.run", *TINY, "data=sqlite", f"data.path={tiny_db}", "evaluation.bootstrap=0",
         "trainer.max_epochs=2", "trainer.limit_train_batches=null", "data.batch_size=16",
-        "callbacks.resume_checkpoint.every_n_train_steps=5",
+        "callbacks.resume_checkpoint.every_n_train_steps=5", f"curriculum={curriculum}",
     ]  # fmt: skip
     whole = run_cli(args, tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
@@ -381,6 +385,8 @@ def test_a_sigkilled_cli_run_resumes_in_its_dir_to_the_uninterrupted_metrics(tin
 
     resumed = run_cli([*args, "resume=true"], out)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    if curriculum == "pretrain_finetune":
+        assert "Resume: stage pretrain already done" in resumed.stdout + resumed.stderr
     assert list((out / "runs").glob("*/*")) == [killed]  # continued in its own dir
     (done,) = (tmp_path / "whole" / "runs").glob("*/*")
     a, b = _results(done), _results(killed)

@@ -108,9 +108,10 @@ Default experiment (hybrid, d_model 64, depth 4, window 64, batch 256), one torc
 validation, no logger. CPU seconds of `trainer.fit` for {steps} optimiser steps without the
 `ResumeCheckpoint` callback: **{off:.2f} s** ({off / steps * 1e3:.0f} ms / step); with it but no
 step checkpoint (its per-step work: holding SIGINT/SIGTERM during the step and recording the
-data position): **{on:.2f} s** ({on / off:.3f}x). One checkpoint (weights, AdamW state, loops,
-RNG states; {mb:.1f} MiB, written to a temporary file, fsynced and renamed): **{save:.3f} s** CPU,
-{wall:.3f} s wall. Medians over {repeats} repeats. Overhead of step checkpoints every N steps,
+data position): **{on:.2f} s** ({on / off:.3f}x; the repeats without it span
+{min(m["off"]):.2f}-{max(m["off"]):.2f} s, so this is within the noise). One checkpoint
+(weights, AdamW state, loops, RNG states; {mb:.1f} MiB, written to a temporary file, fsynced
+and renamed): **{save:.3f} s** CPU, {wall:.3f} s wall. Medians over {repeats} repeats. Overhead of step checkpoints every N steps,
 `(fit with callback + {steps}/N x save) / fit without`, with the save's CPU and wall time:
 
 | every_n_train_steps | ratio (CPU) | ratio (wall save) |
@@ -118,7 +119,9 @@ RNG states; {mb:.1f} MiB, written to a temporary file, fsynced and renamed): **{
 {chr(10).join(rows)}
 
 The default, `callbacks.resume_checkpoint.every_n_train_steps=200`, loses at most 200 steps
-to a SIGKILL (a SIGINT/SIGTERM loses none: it is checkpointed at once).
+to a SIGKILL (a SIGINT/SIGTERM loses none: it is checkpointed at once). It is sized for GPU
+runs, where a step takes milliseconds and a large model's checkpoint seconds; on CPU, where a
+checkpoint costs a fraction of one step, a smaller N is nearly free.
 """
 
 
