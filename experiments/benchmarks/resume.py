@@ -112,7 +112,8 @@ data position): **{on:.2f} s** ({on / off:.3f}x; the repeats without it span
 {min(m["off"]):.2f}-{max(m["off"]):.2f} s, so this is within the noise). One checkpoint
 (weights, AdamW state, loops, RNG states; {mb:.1f} MiB, written to a temporary file, fsynced
 and renamed): **{save:.3f} s** CPU, {wall:.3f} s wall. Medians over {repeats} repeats.
-Overhead of step checkpoints every N steps, `(fit with callback + {steps}/N x save) / fit without`, with the save's CPU and wall time:
+Overhead of step checkpoints every N steps, `(fit with callback + {steps}/N x save) / fit
+without`, with the save's CPU and wall time:
 
 | every_n_train_steps | ratio (CPU) | ratio (wall save) |
 |---:|---:|---:|
