@@ -184,22 +184,26 @@ def _module(dm) -> ForecastModule:
     return ForecastModule(net, RegressionHead(16, dm.horizon), torch.nn.MSELoss(), OptimSettings())
 
 
+SHORT = {"limit_train_batches": 4, "limit_val_batches": 1}  # the fast tests' fits
+
+
 def _trainer(tmp: Path, *extra, **kw) -> L.Trainer:
     callbacks = [
         ModelCheckpoint(dirpath=tmp, filename="best", monitor="val/loss", save_last=True),
         ResumeCheckpoint(str(tmp), every_n_train_steps=2),
         *extra,
     ]
+    kw = {"limit_train_batches": 7, "limit_val_batches": 2} | kw
     return L.Trainer(
-        limit_train_batches=7, limit_val_batches=2, num_sanity_val_steps=0,
+        num_sanity_val_steps=0,
         logger=False, enable_progress_bar=False, enable_model_summary=False,
         callbacks=callbacks, accelerator="cpu", **kw,
     )  # fmt: skip
 
 
-# epochs of 7 steps, step checkpoints every 2. Killed after step 3 of a 1-epoch fit: resumes
-# from step 2 (mid-epoch); after steps 8 / 11 of a 2-epoch fit: from the epoch-end last.ckpt of
-# step 7 / from step 10 (mid epoch 1).
+# step checkpoints every 2 steps. Killed after step 3 of one 4-step epoch: resumes from step 2
+# (mid-epoch); after steps 8 / 11 of two 7-step epochs: from the epoch-end last.ckpt of step 7 /
+# from step 10 (mid epoch 1).
 @pytest.mark.parametrize(
     ("epochs", "kill_at", "saved"),
     [
@@ -209,14 +213,15 @@ def _trainer(tmp: Path, *extra, **kw) -> L.Trainer:
     ],
 )
 def test_a_resumed_fit_equals_an_uninterrupted_one_exactly(dm, tmp_path, epochs, kill_at, saved):
+    size = {"max_epochs": epochs} | ({} if epochs > 1 else SHORT)
     L.seed_everything(5, verbose=False)
     whole = _module(dm)
-    _trainer(tmp_path / "a", max_epochs=epochs).fit(whole, datamodule=dm)
+    _trainer(tmp_path / "a", **size).fit(whole, datamodule=dm)
 
     L.seed_everything(5, verbose=False)
     killed = _module(dm)
     with pytest.raises(Kill):
-        _trainer(tmp_path / "b", KillAt(kill_at), max_epochs=epochs).fit(killed, datamodule=dm)
+        _trainer(tmp_path / "b", KillAt(kill_at), **size).fit(killed, datamodule=dm)
     ckpts = [tmp_path / "b" / n for n in ("resume.ckpt", "last.ckpt")]
     steps = {p: torch.load(p, weights_only=True)["global_step"] for p in ckpts if p.exists()}
     newest = max(steps, key=steps.get)
@@ -224,7 +229,7 @@ def test_a_resumed_fit_equals_an_uninterrupted_one_exactly(dm, tmp_path, epochs,
 
     torch.manual_seed(999)  # whatever the RNGs hold now, the checkpoint's states come back
     resumed = _module(dm)
-    trainer = _trainer(tmp_path / "b", max_epochs=epochs)
+    trainer = _trainer(tmp_path / "b", **size)
     trainer.fit(resumed, datamodule=dm, ckpt_path=newest, weights_only=True)
     expected, got = whole.state_dict(), resumed.state_dict()
     assert expected.keys() == got.keys()
@@ -248,17 +253,18 @@ class SigtermInStep(L.Callback):
 def test_sigterm_inside_a_step_is_held_checkpointed_and_resumed_exactly(dm, tmp_path):
     L.seed_everything(5, verbose=False)
     whole = _module(dm)
-    _trainer(tmp_path / "a", max_epochs=1).fit(whole, datamodule=dm)
+    _trainer(tmp_path / "a", max_epochs=1, **SHORT).fit(whole, datamodule=dm)
 
     L.seed_everything(5, verbose=False)
     stopped = _module(dm)
+    trainer = _trainer(tmp_path / "b", SigtermInStep(3), max_epochs=1, **SHORT)
     with handle_signals(), pytest.raises(Interrupted):
-        _trainer(tmp_path / "b", SigtermInStep(3), max_epochs=1).fit(stopped, datamodule=dm)
-    ckpt = tmp_path / "b" / "resume.ckpt"  # every 2 steps wrote step 2; the signal step 3
+        trainer.fit(stopped, datamodule=dm)
+    ckpt = tmp_path / "b" / "resume.ckpt"  # step 2 (every 2 steps), then step 3 (the signal)
     assert torch.load(ckpt, weights_only=True)["global_step"] == 3
 
     resumed = _module(dm)
-    trainer = _trainer(tmp_path / "b", max_epochs=1)
+    trainer = _trainer(tmp_path / "b", max_epochs=1, **SHORT)
     trainer.fit(resumed, datamodule=dm, ckpt_path=ckpt, weights_only=True)
     for name, value in whole.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
