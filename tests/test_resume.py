@@ -24,7 +24,7 @@ from omegaconf import open_dict
 
 from plusultra.data.datasets.sampler import BlockBatchSampler, EpochSampler, ResumableLoader
 from plusultra.errors import ConfigError
-from plusultra.lifecycle import Interrupted, handle_signals
+from plusultra.lifecycle import Interrupted, RunDirCallback, RunDirTaken, handle_signals
 from plusultra.models.backbones.hybrid import HybridBackbone
 from plusultra.models.heads import RegressionHead
 from plusultra.models.module import ForecastModule, OptimSettings
@@ -152,6 +152,11 @@ def test_resume_without_a_candidate_run_exits_2_with_a_clear_message(tmp_path, m
     assert exit_.value.code == 2
     assert "plusultra: error: resume=true: no run under" in capsys.readouterr().err
     assert not list(tmp_path.glob("runs/*/*"))  # no run dir was created
+
+
+def test_resume_is_refused_in_a_multirun():
+    with pytest.raises(RunDirTaken, match="resume=true continues one killed run"):
+        RunDirCallback().on_multirun_start(compose_config(["resume=true"]))
 
 
 # --------------------------------------------------------------------------- in-process resume

@@ -141,8 +141,16 @@ class RunDirCallback(Callback):
             config.hydra.run.dir = str(run)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Refuse DDP in a multirun, then resolve ``hydra.sweep.dir`` and create it exclusively;
-        jobs get subdirs inside."""
+        """Refuse DDP and ``resume=true`` in a multirun, then resolve ``hydra.sweep.dir`` and
+        create it exclusively; jobs get subdirs inside."""
+        if OmegaConf.select(config, "resume", default=False) is True:
+            raise RunDirTaken(
+                ConfigError(
+                    "resume=true continues one killed run and cannot be used with -m; a sweep "
+                    "continues through its Optuna storage (docs/sweeps.md), a job with "
+                    "ckpt_path=RUN/checkpoints/last.ckpt"
+                )
+            )
         trainer = OmegaConf.select(config, "trainer", default=None)
         if isinstance(trainer, DictConfig):  # before the sweep dir, study or any trial exists
             try:

@@ -232,7 +232,8 @@ class CatalogueCallback(Callback):
             # a resumed run (resume=true) continues in its dir: the same id, so its row replaces
             # the interrupted one
             known = out / RUN_ID_FILE
-            run_id = known.read_text().strip() if known.is_file() else new_run_id(started)
+            resumed = _select(config, "resume") is True and known.is_file()
+            run_id = known.read_text().strip() if resumed else new_run_id(started)
             self._jobs[str(out)] = (run_id, started, _file_signature(out / METRICS_FILE))
             out.mkdir(parents=True, exist_ok=True)
             (out / RUN_ID_FILE).write_text(run_id + "\n", encoding="utf-8")
