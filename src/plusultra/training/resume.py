@@ -174,9 +174,11 @@ class ResumeCheckpoint(Checkpoint):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         last = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        # the next batch to train on: the next one of this epoch, or the next epoch's first
         epoch = trainer.current_epoch
-        for loader in train_loaders(trainer):  # the next batch: (epoch, batch_idx + 1)
-            loader.mark(epoch + 1, 0) if last else loader.mark(epoch, batch_idx + 1)
+        position = (epoch + 1, 0) if last else (epoch, batch_idx + 1)
+        for loader in train_loaders(trainer):
+            loader.mark(*position)
         held = self._release_signals()
         due = self.every and trainer.global_step % self.every == 0 and not last
         if due or held is not None:
