@@ -412,3 +412,15 @@ def test_a_sigkilled_cli_run_resumes_in_its_dir_to_the_uninterrupted_metrics(
     rows = pd.concat(pd.read_parquet(p) for p in (out / "catalogue").glob("*.parquet"))
     assert rows["run_dir"].tolist() == [str(killed)]
     assert rows["status"].tolist() == ["completed"]
+    if curriculum != "supervised":
+        return
+    # ckpt_path=: a new run dir trains the finished run one epoch longer; another window: refused
+    last = killed / "checkpoints" / "last.ckpt"
+    longer = run_cli([*args, f"ckpt_path={last}", "trainer.max_epochs=3"], tmp_path / "longer")
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    (new,) = (tmp_path / "longer" / "runs").glob("*/*")
+    assert torch.load(new / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
+    other = run_cli([*args, f"ckpt_path={last}", "window=12"], tmp_path / "other")
+    assert other.returncode == 2
+    assert f"incompatible checkpoint {last}: " in other.stderr
+    assert "; window: 16 (checkpoint) vs 12 (this run)" in other.stderr
