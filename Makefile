@@ -40,6 +40,7 @@ bench: $(STAMP)  ## run every benchmark in experiments/benchmarks (writes docs/b
 	$(BIN)/python -m experiments.benchmarks.simulator
 	$(BIN)/python -m experiments.benchmarks.simulator_realistic
 	$(BIN)/python -m experiments.benchmarks.sweeps
+	$(BIN)/python -m experiments.benchmarks.resume
 	$(BIN)/python -m experiments.benchmarks.diagnostics
 	$(BIN)/python -m experiments.benchmarks.memory
 	$(BIN)/python -m experiments.benchmarks.rl_env

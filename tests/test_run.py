@@ -260,9 +260,10 @@ def test_fast_dev_run_end_to_end(tiny_db, tmp_path):
 
 
 # val/loss of the seed-5 tiny run on the seed-3 tiny fixture (hybrid with its SSM mixer, Mamba-2
-# parameterisation and SSD scan since issue 11),
+# parameterisation and SSD scan since issue 11; since exact resume, each epoch's order is drawn
+# from (sampler seed, epoch) and each stage starts from a seed derived from the run's),
 # recorded on torch 2.13.0 CPU.
-PINNED_VAL_LOSS = 2.00221
+PINNED_VAL_LOSS = 1.99255
 
 
 def test_tiny_run_loss_is_pinned(tiny_db, tmp_path):

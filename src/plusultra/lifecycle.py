@@ -8,6 +8,11 @@ then creates the directory with ``os.mkdir`` before Hydra touches it: an existin
 (e.g. a ``hydra.run.dir=...`` given twice) stops the run with a ``ConfigError`` (exit code 2)
 before anything is written, instead of mixing two runs' checkpoints, logs and metrics.
 
+``resume=true`` (docs/training.md, "Resume") is the one exception: ``RunDirCallback`` then picks
+the most recent unfinished run of the same config (``training.resume_config.find_resumable_run``)
+and points ``hydra.run.dir`` at it, so the run continues in its own directory (TensorBoard,
+checkpoints, catalogue row).
+
 ``handle_signals`` turns SIGINT and SIGTERM into ``Interrupted``, raised in the main thread.
 Inside a job it is an ordinary exception for Hydra (which records the job: the catalogue row
 gets ``status=interrupted``); ``plusultra.cli.common.fail`` prints one line and exits with
@@ -40,7 +45,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from plusultra.distributed import is_rank_zero
 from plusultra.errors import ConfigError
@@ -113,12 +118,40 @@ class RunDirCallback(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Resolve ``hydra.run.dir`` (cached for the job) and create it exclusively."""
+        """Resolve ``hydra.run.dir`` (cached for the job) and create it exclusively; with
+        ``resume=true``, point it at the run to continue instead."""
+        if OmegaConf.select(config, "resume", default=False) is True:
+            self._resume(config)
+            return
         self._claim(config, "hydra.run.dir")
 
+    @staticmethod
+    def _resume(config: DictConfig) -> None:
+        if os.environ.get("LOCAL_RANK", "0") != "0":
+            return
+        from plusultra.training.resume_config import find_resumable_run, flat_config
+
+        HydraConfig.instance().set_config(config)
+        try:
+            output_dir = OmegaConf.select(config, "paths.output_dir")
+            run = find_resumable_run(output_dir, flat_config(config))
+        except ConfigError as exc:
+            raise RunDirTaken(exc) from None
+        # run_job reads this same object: the job's output dir becomes the run to continue
+        with read_write(config.hydra), read_write(config.hydra.run), open_dict(config.hydra.run):
+            config.hydra.run.dir = str(run)
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Refuse DDP in a multirun, then resolve ``hydra.sweep.dir`` and create it exclusively;
-        jobs get subdirs inside."""
+        """Refuse DDP and ``resume=true`` in a multirun, then resolve ``hydra.sweep.dir`` and
+        create it exclusively; jobs get subdirs inside."""
+        if OmegaConf.select(config, "resume", default=False) is True:
+            raise RunDirTaken(
+                ConfigError(
+                    "resume=true continues one killed run and cannot be used with -m; a sweep "
+                    "continues through its Optuna storage (docs/sweeps.md), a job with "
+                    "ckpt_path=RUN/checkpoints/last.ckpt"
+                )
+            )
         trainer = OmegaConf.select(config, "trainer", default=None)
         if isinstance(trainer, DictConfig):  # before the sweep dir, study or any trial exists
             try:

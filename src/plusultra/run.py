@@ -59,6 +59,8 @@ from plusultra.training.evaluate import evaluate
 from plusultra.training.hparams import hyperparameters, log_summary
 from plusultra.training.pretrain import load_backbone
 from plusultra.training.pruning import ValidationBacktest, pruning_callbacks
+from plusultra.training.resume_config import flat_config
+from plusultra.training.resume_plan import Resumer
 
 log = logging.getLogger("plusultra")
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -90,6 +92,7 @@ def train(cfg: DictConfig) -> float | list[float] | None:
     writer = is_rank_zero()  # DDP: only rank 0 writes (plusultra.distributed)
     if writer:
         write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    config = flat_config(cfg)  # what a resume compares (training.resume_config)
 
     datamodule = build(cfg.data, features=build(cfg.features))
     datamodule.setup()
@@ -136,13 +139,16 @@ def train(cfg: DictConfig) -> float | list[float] | None:
     diagnostics = build(cfg.diagnostics)  # training diagnostics callbacks (conf/diagnostics)
     # pruning and diagnostics watch the forecasting (supervised) stages, not pretraining
     supervised = [*pruning, *diagnostics.callbacks]
-    stages = build(cfg.curriculum).run(model, datamodule, make_trainer, supervised)
+    ckpt_path = None if cfg.ckpt_path is None else to_absolute_path(cfg.ckpt_path)
+    resume = Resumer(cfg.seed, config, run_dir / "checkpoints", cfg.resume, ckpt_path)
+    stages = build(cfg.curriculum).run(model, datamodule, make_trainer, supervised, resume)
     last, evaluator = stages[-1].trainer, make_trainer
     if last.world_size > 1:  # DDP: workers stop here; rank 0 evaluates alone, on one device
-        if not finish_training(s.trainer for s in stages):
+        if not finish_training(s.trainer for s in stages if s.trainer is not None):
             return None
         solo = single_device(last)  # rank 0's own device
         last, evaluator = make_trainer(**solo), partial(make_trainer, **solo)
+    resume.before_evaluation()  # seeded: a resumed run evaluates like an uninterrupted one
     evaluated = evaluate(
         model,
         datamodule,

@@ -231,9 +231,13 @@ class CatalogueCallback(Callback):
             return
         try:
             started = datetime.now(UTC)
-            run_id = new_run_id(started)
             output_dir = _select(_hydra_node(config), "runtime.output_dir") or os.getcwd()
             out = pathlib.Path(output_dir)
+            # a resumed run (resume=true) continues in its dir: the same id, so its row replaces
+            # the interrupted one
+            known = out / RUN_ID_FILE
+            resumed = _select(config, "resume") is True and known.is_file()
+            run_id = known.read_text().strip() if resumed else new_run_id(started)
             self._jobs[str(out)] = (run_id, started, _file_signature(out / METRICS_FILE))
             out.mkdir(parents=True, exist_ok=True)
             (out / RUN_ID_FILE).write_text(run_id + "\n", encoding="utf-8")

@@ -11,6 +11,11 @@ Stages run in order on the same module: each starts from the weights the previou
 over (its best-validation checkpoint unless ``restore_best: false``). After each stage the
 backbone is saved: ``checkpoints/<stage>-backbone.pt``, and ``checkpoints/backbone.pt`` after
 the last (what ``init_from=RUN_DIR`` loads).
+
+With a `training.resume_plan.Resumer` (every run of ``run.py``), each stage starts from a
+seed derived from the run's, is recorded in ``checkpoints/stages.json`` when it ends, and a
+resumed run skips the stages recorded there and continues the stage in progress from its
+checkpoint (docs/training.md, "Resume").
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import lightning as L
 from plusultra.distributed import is_rank_zero
 from plusultra.errors import ConfigError
 from plusultra.training.pretrain import PretrainStage, save_backbone
+from plusultra.training.resume_plan import Resumer
 from plusultra.training.stages import Stage, StageResult, SupervisedStage, TrainerFactory
 
 log = logging.getLogger(__name__)
@@ -93,6 +99,7 @@ class Curriculum:
         datamodule,
         make_trainer: TrainerFactory,
         callbacks: Sequence[L.Callback] = (),
+        resume: Resumer | None = None,
     ) -> list[StageResult]:
         """Check every stage against this run, then train them in order.
 
@@ -102,16 +109,39 @@ class Curriculum:
             make_trainer: builds a Trainer from the run's config.
             callbacks: callbacks watching the supervised training and its validation objective
                 (pruning, diagnostics), passed to the stages that train on it.
+            resume: the run's resume plan: seeds each stage, records finished ones, and skips
+                or continues them in a resumed run; None: none of that.
         """
         for stage in self.stages:
             stage.check(module, datamodule)
+        if resume is not None:
+            resume.prepare([s.name for s in self.stages])
         results = []
         for i, stage in enumerate(self.stages):
             final = i == len(self.stages) - 1
             log.info(
                 "Curriculum %s: stage %d/%d %s", self.name, i + 1, len(self.stages), stage.name
             )
-            results.append(stage.run(module, datamodule, make_trainer, final, callbacks))
+            record = None if resume is None else resume.completed(stage.name)
+            if record is not None:  # done before the run was killed: its handed weights
+                resume.restore(stage.name, module)
+                trainer = make_trainer() if final else None  # evaluation validates with it
+                results.append(
+                    StageResult(
+                        stage.name,
+                        trainer,
+                        record.get("best_checkpoint"),
+                        record.get("best_score"),
+                        record.get("handed", "best"),
+                    )
+                )
+            else:
+                make = make_trainer if resume is None else resume.start(i, stage.name, make_trainer)
+                result = stage.run(module, datamodule, make, final, callbacks)
+                results.append(result)
+                if resume is not None:
+                    fields = ("best_checkpoint", "best_score", "handed")
+                    resume.finish(stage.name, module, {f: getattr(result, f) for f in fields})
             if self.checkpoint_dir is not None and is_rank_zero():  # DDP: rank 0 writes
                 name = "backbone.pt" if final else f"{stage.name}-backbone.pt"
                 save_backbone(module.backbone, self.checkpoint_dir / name)

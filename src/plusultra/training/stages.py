@@ -15,7 +15,10 @@ Every stage:
   (what ``plusultra-predict`` reads), earlier ones as ``<stage>-best.ckpt`` /
   ``<stage>-last.ckpt``;
 - returns a `StageResult` whose best score becomes the catalogue column
-  ``<stage>_best_val_loss``.
+  ``<stage>_best_val_loss``;
+- continues from a checkpoint when its `make_trainer` carries a ``ckpt_path``
+  (``training.resume_plan.StageTrainers``: a resumed run), loaded with ``weights_only=True``
+  after its parameter shapes are checked against the module.
 
 A new kind of stage (e.g. PPO fine-tuning) subclasses `Stage`, implements `run`, and is added to
 `curriculum.STAGES`.
@@ -34,6 +37,8 @@ import torch
 
 from plusultra.data.features.regimes import N_CLASSES, REGIME_LABELS
 from plusultra.errors import ConfigError
+from plusultra.training.resume import ResumeCheckpoint
+from plusultra.training.resume_config import check_shapes
 from plusultra.training.stage_data import StageData
 
 log = logging.getLogger(__name__)
@@ -47,14 +52,14 @@ class StageResult:
 
     Attributes:
         name: the stage's name.
-        trainer: the stage's trainer.
+        trainer: the stage's trainer (None: a stage a resumed run skipped as done).
         best_checkpoint: path of its best-validation checkpoint, if one was written.
         best_score: its best monitored validation value (``val/loss`` of its own objective).
         handed: "best" or "last": the weights the module holds for the next stage.
     """
 
     name: str
-    trainer: L.Trainer
+    trainer: L.Trainer | None
     best_checkpoint: str | None
     best_score: float | None
     handed: str = "best"
@@ -147,15 +152,25 @@ class Stage(abc.ABC):
         callbacks: Sequence[L.Callback] = (),
     ) -> StageResult:
         """Fit `module` on `data` with a fresh trainer, under this stage's prefix and names,
-        then hand over the best (or last) weights."""
+        then hand over the best (or last) weights. A `make_trainer` with a ``ckpt_path``
+        continues that checkpoint's training (optimiser, scheduler, loops, data position)."""
         overrides = {} if self.epochs is None else {"max_epochs": self.epochs}
         trainer = make_trainer(*callbacks, **overrides)
         ckpt = trainer.checkpoint_callback
         if ckpt is not None and not final:  # keep best.ckpt / last.ckpt for the final model
             ckpt.filename = f"{self.name}-best"
             ckpt.CHECKPOINT_NAME_LAST = f"{self.name}-last"
+        for cb in getattr(trainer, "callbacks", []):
+            if isinstance(cb, ResumeCheckpoint) and not final:
+                cb.filename = f"{self.name}-resume"
+        resume = {}
+        if (path := getattr(make_trainer, "ckpt_path", None)) is not None:
+            # refuse, naming the parameter, before Lightning loads it
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            check_shapes(state["state_dict"], module, path)
+            resume = {"ckpt_path": path, "weights_only": True}
         with stage_prefix(trainer.loggers, self.name):
-            trainer.fit(module, datamodule=data)
+            trainer.fit(module, datamodule=data, **resume)
         best = getattr(ckpt, "best_model_path", "") or None
         score = getattr(ckpt, "best_model_score", None)
         score = None if score is None else float(score)

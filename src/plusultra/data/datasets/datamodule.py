@@ -18,10 +18,16 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pandas as pd
+import torch
 from torch.utils.data import DataLoader
 
 from plusultra.data.datasets.panel import Panel, load_panel, tradable_mask
-from plusultra.data.datasets.sampler import BlockBatchSampler, check_block
+from plusultra.data.datasets.sampler import (
+    BlockBatchSampler,
+    EpochSampler,
+    ResumableLoader,
+    check_block,
+)
 from plusultra.data.datasets.statistics import dataset_statistics, dropped_symbols
 from plusultra.data.datasets.windows import (
     TARGETS,
@@ -445,26 +451,25 @@ class SQLiteDataModule(L.LightningDataModule):
         return WindowDataset(self.features, index, self.window, labels=self.labels)
 
     def loader(self, dataset: WindowDataset, shuffle: bool = False) -> DataLoader:
-        """A DataLoader over `dataset` with this data module's batch and worker settings; over a
-        portfolio dataset, batches of `block` consecutive dates (blocks shuffled if `shuffle`)."""
+        """A resumable DataLoader over `dataset` with this data module's batch and worker
+        settings; over a portfolio dataset, batches of `block` consecutive dates (blocks
+        shuffled if `shuffle`). Each epoch's order depends only on the sampler's seed (drawn
+        from torch's global generator when shuffling) and the epoch (`sampler.EpochSampler`)."""
         if dataset.returns is not None:
             batches = BlockBatchSampler(dataset.index[:, 0].numpy(), self.block, shuffle)
-            return DataLoader(
-                dataset,
-                batch_sampler=batches,
-                num_workers=self.num_workers,
-                pin_memory=self.pin_memory,
-                collate_fn=passthrough_collate,
-                persistent_workers=self.num_workers > 0,
-            )
-        return DataLoader(
+            kwargs = {"batch_sampler": batches}
+        else:
+            batches = EpochSampler(len(dataset), shuffle)
+            kwargs = {"sampler": batches, "batch_size": self.batch_size}
+        return ResumableLoader(
             dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             collate_fn=passthrough_collate,
             persistent_workers=self.num_workers > 0,
+            # worker seeds from the loader's own generator: iterating never draws global RNG
+            generator=torch.Generator().manual_seed(batches.seed),
+            **kwargs,
         )
 
     def _loader(self, segment: str, shuffle: bool) -> DataLoader:
