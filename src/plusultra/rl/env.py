@@ -160,6 +160,13 @@ class TradingEnv:
         self._offsets = (torch.arange(s, device=self.device) * n_t)[None, :]  # (1, S)
         self._obs_pool: list[torch.Tensor] = []  # recycled observation buffers (observe)
         self._pool_users = _storage_users(torch.empty(1))  # the count of an unshared tensor
+        empty = torch.zeros(0, dtype=torch.long, device=self.device)
+        self._no_rows = Observation(  # final_observation of a step where no episode ended
+            market.features.new_zeros(0, s, self.window, self.n_features),
+            torch.zeros(0, s, device=self.device),
+            torch.zeros(0, device=self.device),
+            market.observable[empty],
+        )
         self.reset()
 
     @classmethod
@@ -232,20 +239,26 @@ class TradingEnv:
         """
         w = self._targets(action)  # (E, S)
         m, t = self.market, self.t
-        ret = m.returns[t]  # (E, S)
+        ret = m.returns.index_select(0, t)  # (E, S); index_select: 2x [t] on CPU
         trade = (w - self.position).abs()  # (E, S)
         turnover = trade.sum(-1)
         cost = self.cost_rate * turnover
         if self.config.impact_coef > 0:
-            scale = (self.equity.clamp(min=0.0) * self.config.initial_cash).sqrt()
-            cost = cost + (m.impact[t] * trade**1.5).sum(-1) * scale
+            scale = (self.equity * self.config.initial_cash).sqrt()  # equity >= 0 always
+            impact = m.impact.index_select(0, t) * trade * trade.sqrt()  # k * trade^1.5
+            cost = cost + impact.sum(-1) * scale
         net = (w * ret).sum(-1) - cost  # (E,)
         growth = 1.0 + net
         alive = growth > 0
-        safe = torch.where(alive, growth, 1.0)[:, None]
-        self.position = torch.where(alive[:, None], w * (1.0 + ret) / safe, 0.0)
-        self.filled = torch.where(alive[:, None], w, 0.0)
-        self.equity = self.equity * growth.clamp(min=0.0)
+        if bool(alive.all()):  # the common step: no env ruined, no masking needed
+            self.position = w * (1.0 + ret) / growth[:, None]
+            self.filled = w
+            self.equity = self.equity * growth
+        else:
+            safe = torch.where(alive, growth, 1.0)[:, None]
+            self.position = torch.where(alive[:, None], w * (1.0 + ret) / safe, 0.0)
+            self.filled = torch.where(alive[:, None], w, 0.0)
+            self.equity = self.equity * growth.clamp(min=0.0)
         reward, terms = self.shaper(net, turnover)
         self.t, self.k = t + 1, self.k + 1
         terminated = ~alive
@@ -259,7 +272,7 @@ class TradingEnv:
             "terms": terms,
         }
         rows = torch.nonzero(terminated | truncated).squeeze(1)  # (K,), K = 0 most steps
-        info["final_observation"] = self.observe(rows)
+        info["final_observation"] = self.observe(rows) if rows.numel() else self._no_rows
         info["done_index"] = rows
         if rows.numel():
             self._restart(rows)
@@ -275,7 +288,8 @@ class TradingEnv:
         # (K * S, W * F): one gather of contiguous W * F blocks
         feats = torch.index_select(self._windows, 0, first.reshape(-1), out=out)
         feats = feats.view(t.shape[0], self.n_symbols, self.window, self.n_features)
-        return Observation(feats, pos.clone(), 1.0 - pos.sum(-1), self.market.observable[t])
+        mask = self.market.observable.index_select(0, t)
+        return Observation(feats, pos.clone(), 1.0 - pos.sum(-1), mask)
 
     def _free_buffer(self) -> torch.Tensor:
         """An (E * S, W * F) buffer for the next full observation that nobody else holds.
@@ -305,10 +319,9 @@ class TradingEnv:
             w = action.to(device=self.device, dtype=torch.long).clamp(0, 2).float() - 1.0
         else:
             w = action.to(device=self.device, dtype=torch.float32).nan_to_num(0.0).clamp(-1, 1)
-        w = torch.where(self.market.holdable[self.t], w, 0.0)
-        gross = w.abs().sum(-1, keepdim=True)
+        w = torch.where(self.market.holdable.index_select(0, self.t), w, 0.0)
         cap = self.config.max_gross
-        return w * torch.where(gross > cap, cap / gross.clamp(min=1e-12), 1.0)
+        return w * (cap / w.abs().sum(-1, keepdim=True).clamp(min=cap))  # 1 within the cap
 
     def _restart(self, rows: torch.Tensor) -> None:
         """New episodes in ``rows``: seeded start bars, flat book, equity 1."""
