@@ -158,6 +158,15 @@ class TradingEnv:
         flat = market.features.reshape(-1)
         self._windows = flat.as_strided((s * n_t - self.window + 1, wf), (self.n_features, 1))
         self._offsets = (torch.arange(s, device=self.device) * n_t)[None, :]  # (1, S)
+        self._obs_pool: list[torch.Tensor] = []  # recycled observation buffers (observe)
+        self._pool_users = _storage_users(torch.empty(1))  # the count of an unshared tensor
+        empty = torch.zeros(0, dtype=torch.long, device=self.device)
+        self._no_rows = Observation(  # final_observation of a step where no episode ended
+            market.features.new_zeros(0, s, self.window, self.n_features),
+            torch.zeros(0, s, device=self.device),
+            torch.zeros(0, device=self.device),
+            market.observable[empty],
+        )
         self.reset()
 
     @classmethod
@@ -230,20 +239,26 @@ class TradingEnv:
         """
         w = self._targets(action)  # (E, S)
         m, t = self.market, self.t
-        ret = m.returns[t]  # (E, S)
+        ret = m.returns.index_select(0, t)  # (E, S); index_select: 2x [t] on CPU
         trade = (w - self.position).abs()  # (E, S)
         turnover = trade.sum(-1)
         cost = self.cost_rate * turnover
         if self.config.impact_coef > 0:
-            scale = (self.equity.clamp(min=0.0) * self.config.initial_cash).sqrt()
-            cost = cost + (m.impact[t] * trade**1.5).sum(-1) * scale
+            scale = (self.equity * self.config.initial_cash).sqrt()  # equity >= 0 always
+            impact = m.impact.index_select(0, t) * trade * trade.sqrt()  # k * trade^1.5
+            cost = cost + impact.sum(-1) * scale
         net = (w * ret).sum(-1) - cost  # (E,)
         growth = 1.0 + net
         alive = growth > 0
-        safe = torch.where(alive, growth, 1.0)[:, None]
-        self.position = torch.where(alive[:, None], w * (1.0 + ret) / safe, 0.0)
-        self.filled = torch.where(alive[:, None], w, 0.0)
-        self.equity = self.equity * growth.clamp(min=0.0)
+        if bool(alive.all()):  # the common step: no env ruined, no masking needed
+            self.position = w * (1.0 + ret) / growth[:, None]
+            self.filled = w
+            self.equity = self.equity * growth
+        else:
+            safe = torch.where(alive, growth, 1.0)[:, None]
+            self.position = torch.where(alive[:, None], w * (1.0 + ret) / safe, 0.0)
+            self.filled = torch.where(alive[:, None], w, 0.0)
+            self.equity = self.equity * growth.clamp(min=0.0)
         reward, terms = self.shaper(net, turnover)
         self.t, self.k = t + 1, self.k + 1
         terminated = ~alive
@@ -257,7 +272,7 @@ class TradingEnv:
             "terms": terms,
         }
         rows = torch.nonzero(terminated | truncated).squeeze(1)  # (K,), K = 0 most steps
-        info["final_observation"] = self.observe(rows)
+        info["final_observation"] = self.observe(rows) if rows.numel() else self._no_rows
         info["done_index"] = rows
         if rows.numel():
             self._restart(rows)
@@ -269,9 +284,31 @@ class TradingEnv:
         t = self.t if rows is None else self.t[rows]
         pos = self.filled if rows is None else self.filled[rows]
         first = (t - self.window + 1)[:, None] + self._offsets  # (K, S) first bar's row
-        feats = self._windows.index_select(0, first.reshape(-1))  # (K * S, W * F) one gather
+        out = self._free_buffer() if rows is None else None
+        # (K * S, W * F): one gather of contiguous W * F blocks
+        feats = torch.index_select(self._windows, 0, first.reshape(-1), out=out)
         feats = feats.view(t.shape[0], self.n_symbols, self.window, self.n_features)
-        return Observation(feats, pos.clone(), 1.0 - pos.sum(-1), self.market.observable[t])
+        mask = self.market.observable.index_select(0, t)
+        return Observation(feats, pos.clone(), 1.0 - pos.sum(-1), mask)
+
+    def _free_buffer(self) -> torch.Tensor:
+        """An (E * S, W * F) buffer for the next full observation that nobody else holds.
+
+        A fresh tensor of that size (11.8 MB at E = 256, S = 20, W = 64, F = 9) costs a page
+        fault per 4 KB on first touch, more than the gather itself. The env keeps its last two
+        observation buffers and reuses one once no tensor of it (the observation's features, a
+        view, a numpy array over it) is alive anywhere else, i.e. its storage has no user but
+        this pool; an agent that keeps its observations (PPO's rollout) always gets fresh
+        ones, so a returned observation is never overwritten.
+        """
+        for buf in self._obs_pool:
+            if _storage_users(buf) == self._pool_users:
+                return buf
+        buf = torch.empty(
+            self.n_envs * self.n_symbols, self.window * self.n_features, device=self.device
+        )
+        self._obs_pool = [buf, *self._obs_pool[:1]]  # the two most recent
+        return buf
 
     def _targets(self, action: torch.Tensor) -> torch.Tensor:
         """(E, S) target weights after the holdable mask and the gross cap."""
@@ -282,10 +319,9 @@ class TradingEnv:
             w = action.to(device=self.device, dtype=torch.long).clamp(0, 2).float() - 1.0
         else:
             w = action.to(device=self.device, dtype=torch.float32).nan_to_num(0.0).clamp(-1, 1)
-        w = torch.where(self.market.holdable[self.t], w, 0.0)
-        gross = w.abs().sum(-1, keepdim=True)
+        w = torch.where(self.market.holdable.index_select(0, self.t), w, 0.0)
         cap = self.config.max_gross
-        return w * torch.where(gross > cap, cap / gross.clamp(min=1e-12), 1.0)
+        return w * (cap / w.abs().sum(-1, keepdim=True).clamp(min=cap))  # 1 within the cap
 
     def _restart(self, rows: torch.Tensor) -> None:
         """New episodes in ``rows``: seeded start bars, flat book, equity 1."""
@@ -299,3 +335,9 @@ class TradingEnv:
         self.filled[rows] = 0.0
         self.equity[rows] = 1.0
         self.shaper.reset(rows)
+
+
+def _storage_users(x: torch.Tensor) -> int:
+    """How many references hold ``x``'s storage (tensors and views over it, numpy arrays
+    through their tensor), as torch's CUDA-graph trees count them."""
+    return torch._C._storage_Use_Count(x.untyped_storage()._cdata)
