@@ -156,30 +156,6 @@ def test_ppo_on_a_shuffled_leak_earns_nothing_beyond_costs():
     assert abs((net + cost).mean()) < 4 * se  # gross of costs: 0 within the noise
 
 
-def test_kept_observations_are_never_overwritten_and_dropped_buffers_are_reused():
-    """The env recycles an observation buffer only once nobody holds it (rl.env `observe`):
-    what an agent keeps (PPO's rollout does) stays intact, and a loop that drops its
-    observations gets the same two buffers back."""
-    env = env_on(leak_market(shuffle=False), TRAIN, n_envs=8)
-    obs = env.reset(seed=0)
-    kept, copies = [obs], [obs.features.clone()]
-    for _ in range(2 * EPISODE):
-        obs = env.step(torch.zeros(8, S))[0]
-        kept.append(obs)
-        copies.append(obs.features.clone())
-    for o, c in zip(kept, copies, strict=True):
-        torch.testing.assert_close(o.features, c, rtol=0, atol=0)
-    assert len({o.features.data_ptr() for o in kept}) == len(kept)
-    del kept, obs
-    ptrs = {env.step(torch.zeros(8, S))[0].features.data_ptr() for _ in range(6)}
-    assert len(ptrs) <= 2
-    view = env.step(torch.zeros(8, S))[0].features[0].numpy()  # a numpy view keeps it alive
-    frozen = view.copy()
-    for _ in range(4):
-        env.step(torch.ones(8, S))
-    np.testing.assert_array_equal(view, frozen)
-
-
 # ---------------------------------------------------------------- reference check
 
 

@@ -199,12 +199,9 @@ def main() -> None:
         "step. An observation is one gather of the E x S feature windows into a contiguous "
         f"(E, S, W, F) float32 tensor ({mb:.1f} MB per step at W = 64): a memory copy that "
         "grows with the window, bound by single-core memory bandwidth, while a Gymnasium step "
-        "costs Python and per-op overhead that does not grow with it. The environment writes "
-        "that copy into a recycled buffer when no one holds the previous observation (as "
-        "here and in the Gymnasium loop, which drop each observation after acting on it); an "
-        "agent that keeps its observations (PPO's rollout) gets fresh memory instead and pays "
-        "its page faults on first touch, about as much again as the copy (see the PPO "
-        "section for that path end to end). The ratio at W = 64 moves with the machine's "
+        "costs Python and per-op overhead that does not grow with it; each step's "
+        "observation is fresh memory, whose page faults cost about as much again as the copy. "
+        "The ratio at W = 64 moves with the machine's "
         "load: the batched side is memory-bound, the Gymnasium loop is not.",
     ]
     print(f"written to {write_section('rl_env', chr(10).join(lines))}")

@@ -158,8 +158,6 @@ class TradingEnv:
         flat = market.features.reshape(-1)
         self._windows = flat.as_strided((s * n_t - self.window + 1, wf), (self.n_features, 1))
         self._offsets = (torch.arange(s, device=self.device) * n_t)[None, :]  # (1, S)
-        self._obs_pool: list[torch.Tensor] = []  # recycled observation buffers (observe)
-        self._pool_users = _storage_users(torch.empty(1))  # the count of an unshared tensor
         empty = torch.zeros(0, dtype=torch.long, device=self.device)
         self._no_rows = Observation(  # final_observation of a step where no episode ended
             market.features.new_zeros(0, s, self.window, self.n_features),
@@ -284,31 +282,10 @@ class TradingEnv:
         t = self.t if rows is None else self.t[rows]
         pos = self.filled if rows is None else self.filled[rows]
         first = (t - self.window + 1)[:, None] + self._offsets  # (K, S) first bar's row
-        out = self._free_buffer() if rows is None else None
-        # (K * S, W * F): one gather of contiguous W * F blocks
-        feats = torch.index_select(self._windows, 0, first.reshape(-1), out=out)
+        feats = self._windows.index_select(0, first.reshape(-1))  # (K * S, W * F) one gather
         feats = feats.view(t.shape[0], self.n_symbols, self.window, self.n_features)
         mask = self.market.observable.index_select(0, t)
         return Observation(feats, pos.clone(), 1.0 - pos.sum(-1), mask)
-
-    def _free_buffer(self) -> torch.Tensor:
-        """An (E * S, W * F) buffer for the next full observation that nobody else holds.
-
-        A fresh tensor of that size (11.8 MB at E = 256, S = 20, W = 64, F = 9) costs a page
-        fault per 4 KB on first touch, more than the gather itself. The env keeps its last two
-        observation buffers and reuses one once no tensor of it (the observation's features, a
-        view, a numpy array over it) is alive anywhere else, i.e. its storage has no user but
-        this pool; an agent that keeps its observations (PPO's rollout) always gets fresh
-        ones, so a returned observation is never overwritten.
-        """
-        for buf in self._obs_pool:
-            if _storage_users(buf) == self._pool_users:
-                return buf
-        buf = torch.empty(
-            self.n_envs * self.n_symbols, self.window * self.n_features, device=self.device
-        )
-        self._obs_pool = [buf, *self._obs_pool[:1]]  # the two most recent
-        return buf
 
     def _targets(self, action: torch.Tensor) -> torch.Tensor:
         """(E, S) target weights after the holdable mask and the gross cap."""
@@ -335,9 +312,3 @@ class TradingEnv:
         self.filled[rows] = 0.0
         self.equity[rows] = 1.0
         self.shaper.reset(rows)
-
-
-def _storage_users(x: torch.Tensor) -> int:
-    """How many references hold ``x``'s storage (tensors and views over it, numpy arrays
-    through their tensor), as torch's CUDA-graph trees count them."""
-    return torch._C._storage_Use_Count(x.untyped_storage()._cdata)
