@@ -25,15 +25,17 @@ import lightning as L
 
 from plusultra.distributed import is_rank_zero
 from plusultra.errors import ConfigError
+from plusultra.rl.stage import RLStage
 from plusultra.training.pretrain import PretrainStage, save_backbone
 from plusultra.training.stages import Stage, StageResult, SupervisedStage, TrainerFactory
 
 log = logging.getLogger(__name__)
 
-# Stage kinds a curriculum may list (`kind:` of each stage). RL stages arrive with issue 12.
+# Stage kinds a curriculum may list (`kind:` of each stage).
 STAGES: dict[str, type[Stage]] = {
     "supervised": SupervisedStage,  # the run's loss on labelled windows
     "pretrain": PretrainStage,  # masked patches / contrastive views on train inputs only
+    "ppo": RLStage,  # PPO fine-tuning on the trading environment (plusultra.rl.stage)
 }
 
 
@@ -53,7 +55,10 @@ def build_stage(index: int, spec: dict) -> Stage:
         raise ConfigError(f"{where} ({kind}): unknown key(s) {unknown}; valid: {valid}")
     if "name" not in spec:
         raise ConfigError(f"{where} ({kind}): name is required")
-    return cls(**spec)
+    try:
+        return cls(**spec)
+    except ConfigError as exc:  # name the entry too: curriculum.stages[2] (ppo): ppo.lr=...
+        raise ConfigError(f"{where} ({kind}): {exc}") from exc
 
 
 class Curriculum:
@@ -81,6 +86,12 @@ class Curriculum:
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ConfigError(f"curriculum.stages: stage names must be unique, got {names}")
+        early = [s.name for s in self.stages[:-1] if getattr(s, "final_only", False)]
+        if early:
+            raise ConfigError(
+                f"curriculum.stages: {early} must be the last stage (evaluation trades its "
+                "policy, so a later stage would be trained for nothing)"
+            )
         if not self.stages[-1].trains_head:
             raise ConfigError(
                 f"curriculum.stages: the last stage ({names[-1]!r}) must train the forecasting "

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import lightning as L
+import pandas as pd
 import torch
 
 from plusultra.data.features.regimes import N_CLASSES, REGIME_LABELS
@@ -51,6 +52,10 @@ class StageResult:
         best_checkpoint: path of its best-validation checkpoint, if one was written.
         best_score: its best monitored validation value (``val/loss`` of its own objective).
         handed: "best" or "last": the weights the module holds for the next stage.
+        metric: what `best_score` is (catalogue column ``<stage>_best_val_<metric>``).
+        positions: a policy stage's positions over a segment (``"val"`` or ``"test"``): a
+            frame ``symbol, timestamp, pred_1`` that evaluation trades instead of the module's
+            forecasts (`rl.stage.RLStage`); None: evaluate the module.
     """
 
     name: str
@@ -58,6 +63,8 @@ class StageResult:
     best_checkpoint: str | None
     best_score: float | None
     handed: str = "best"
+    metric: str = "loss"
+    positions: Callable[[str], pd.DataFrame] | None = None
 
 
 @contextlib.contextmanager
