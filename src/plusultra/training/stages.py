@@ -15,10 +15,10 @@ Every stage:
   (what ``plusultra-predict`` reads), earlier ones as ``<stage>-best.ckpt`` /
   ``<stage>-last.ckpt``;
 - returns a `StageResult` whose best score becomes the catalogue column
-  ``<stage>_best_val_loss``.
+  ``<stage>_best_val_<metric>`` (``loss``; the PPO stage's ``sharpe``).
 
-A new kind of stage (e.g. PPO fine-tuning) subclasses `Stage`, implements `run`, and is added to
-`curriculum.STAGES`.
+A new kind of stage subclasses `Stage`, implements `run`, and is added to `curriculum.STAGES`
+(the PPO stage: `plusultra.rl.stage.RLStage`).
 """
 
 from __future__ import annotations
