@@ -163,6 +163,17 @@ def test_rollout_policy_sees_the_position_it_chose_at_the_previous_bar():
         np.testing.assert_array_equal(seen[k].numpy(), out.positions[k - 1])
 
 
+def test_rollout_scores_by_hand():
+    from plusultra.rl.rollout import SegmentRollout
+
+    r = np.array([0.01, -0.02, 0.03, 0.0])
+    out = SegmentRollout(np.arange(4), np.zeros((4, 1)), np.ones((4, 1), bool), r)
+    assert out.score("return", 252) == pytest.approx(0.005 * 252)
+    assert out.score("sharpe", 252) == pytest.approx(0.005 / np.std(r, ddof=1) * np.sqrt(252))
+    flat = SegmentRollout(np.arange(4), np.zeros((4, 1)), np.ones((4, 1), bool), np.zeros(4))
+    assert flat.score("sharpe", 252) == 0.0
+
+
 # --------------------------------------------------------------------------- stage
 
 

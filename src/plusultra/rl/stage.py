@@ -35,7 +35,7 @@ from plusultra.rl.env import EnvConfig, TradingEnv
 from plusultra.rl.module import PPOModule, PPOSettings
 from plusultra.rl.policy import ActorCritic
 from plusultra.rl.rewards import RewardConfig
-from plusultra.rl.rollout import positions_frame, segment_rollout
+from plusultra.rl.rollout import decision_bars, positions_frame, segment_rollout
 from plusultra.training.pretrain import settings
 from plusultra.training.stages import Stage, StageResult, stage_prefix
 
@@ -168,9 +168,11 @@ class RLStage(Stage):
                 "per-bar labels the trading environment does not provide; remove it"
             )
         try:  # the episode must fit the train segment (cheap: the market is built once more)
-            TradingEnv.from_datamodule(datamodule, "train", self._env, self._reward)
+            env = TradingEnv.from_datamodule(datamodule, "train", self._env, self._reward)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from exc
+        for segment in ("val", "test"):  # each needs a decision bar for the rollouts
+            decision_bars(env.market, getattr(datamodule.segments, segment))
 
     def run(self, module, datamodule, make_trainer, final, callbacks=()) -> StageResult:
         if not final:
