@@ -74,7 +74,7 @@ def test_every_curriculum_option_builds_its_stages(option, kinds, tmp_path):
     [
         ({**SUP, "epoch": 3}, r"stages\[0\] \(supervised\): unknown key\(s\) \['epoch'\]"),
         ({**PRE, "cost_bps": 5.0}, r"unknown key\(s\) \['cost_bps'\]"),  # supervised-only key
-        ({**SUP, "kind": "ppo"}, r"stages\[0\]\.kind='ppo'; valid: \['pretrain', 'supervised'\]"),
+        ({**SUP, "kind": "dqn"}, r"stages\[0\]\.kind='dqn'; valid: \['ppo', 'pretrain', 's"),
         ({"kind": "supervised"}, "name is required"),
         ({**PRE, "masked": {"ratio": 0.3}}, r"'pretrain': masked: unknown key\(s\) \['ratio'\]"),
         ({**PRE, "masked": {"mask_ratio": 2}}, "'pretrain': masked: masked.mask_ratio=2"),

@@ -55,7 +55,7 @@ from plusultra.lifecycle import (
 from plusultra.models.memory import check_fits
 from plusultra.models.module import ForecastModule
 from plusultra.training.device import set_matmul_precision
-from plusultra.training.evaluate import evaluate
+from plusultra.training.evaluate import check_evaluation, evaluate
 from plusultra.training.hparams import hyperparameters, log_summary
 from plusultra.training.pretrain import load_backbone
 from plusultra.training.pruning import ValidationBacktest, pruning_callbacks
@@ -141,7 +141,9 @@ def train(cfg: DictConfig) -> float | list[float] | None:
     supervised = [*pruning, *diagnostics.callbacks]
     ckpt_path = None if cfg.ckpt_path is None else to_absolute_path(cfg.ckpt_path)
     resume = Resumer(cfg.seed, config, run_dir / "checkpoints", cfg.resume, ckpt_path)
-    stages = build(cfg.curriculum).run(model, datamodule, make_trainer, supervised, resume)
+    curriculum = build(cfg.curriculum)
+    check_evaluation(curriculum, walk)  # e.g. refits of a PPO stage's policy: refused
+    stages = curriculum.run(model, datamodule, make_trainer, supervised, resume)
     last, evaluator = stages[-1].trainer, make_trainer
     if last.world_size > 1:  # DDP: workers stop here; rank 0 evaluates alone, on one device
         if not finish_training(s.trainer for s in stages if s.trainer is not None):
@@ -159,6 +161,7 @@ def train(cfg: DictConfig) -> float | list[float] | None:
         simulator,
         initial,
         run_dir / "checkpoints",
+        stages[-1].positions,  # a PPO stage's policy positions, traded instead of forecasts
     )
     val, test = evaluated.val_metrics, evaluated.walk.test_metrics
 
@@ -167,7 +170,11 @@ def train(cfg: DictConfig) -> float | list[float] | None:
         "periods_per_year": cfg.periods_per_year,  # the reports annualise with the same number
         "walk_forward_blocks": len(evaluated.walk.blocks),
         **datamodule.sizes(),
-        **{f"{s.name}_best_val_loss": s.best_score for s in stages if s.best_score is not None},
+        **{
+            f"{s.name}_best_val_{s.metric}": s.best_score
+            for s in stages
+            if s.best_score is not None
+        },
         **diagnostics.summary(),  # diag_*: max gradient norm, loss spikes, warnings ...
     }
     # everything the module logged on val/test: naive loss, calibration error, MoE balance ...

@@ -30,16 +30,18 @@ import lightning as L
 
 from plusultra.distributed import is_rank_zero
 from plusultra.errors import ConfigError
+from plusultra.rl.stage import RLStage
 from plusultra.training.pretrain import PretrainStage, save_backbone
 from plusultra.training.resume_plan import Resumer
 from plusultra.training.stages import Stage, StageResult, SupervisedStage, TrainerFactory
 
 log = logging.getLogger(__name__)
 
-# Stage kinds a curriculum may list (`kind:` of each stage). RL stages arrive with issue 12.
+# Stage kinds a curriculum may list (`kind:` of each stage).
 STAGES: dict[str, type[Stage]] = {
     "supervised": SupervisedStage,  # the run's loss on labelled windows
     "pretrain": PretrainStage,  # masked patches / contrastive views on train inputs only
+    "ppo": RLStage,  # PPO fine-tuning on the trading environment (plusultra.rl.stage)
 }
 
 
@@ -59,7 +61,10 @@ def build_stage(index: int, spec: dict) -> Stage:
         raise ConfigError(f"{where} ({kind}): unknown key(s) {unknown}; valid: {valid}")
     if "name" not in spec:
         raise ConfigError(f"{where} ({kind}): name is required")
-    return cls(**spec)
+    try:
+        return cls(**spec)
+    except ConfigError as exc:  # name the entry too: curriculum.stages[2] (ppo): ppo.lr=...
+        raise ConfigError(f"{where} ({kind}): {exc}") from exc
 
 
 class Curriculum:
@@ -87,6 +92,12 @@ class Curriculum:
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ConfigError(f"curriculum.stages: stage names must be unique, got {names}")
+        early = [s.name for s in self.stages[:-1] if getattr(s, "final_only", False)]
+        if early:
+            raise ConfigError(
+                f"curriculum.stages: {early} must be the last stage (evaluation trades its "
+                "policy, so a later stage would be trained for nothing)"
+            )
         if not self.stages[-1].trains_head:
             raise ConfigError(
                 f"curriculum.stages: the last stage ({names[-1]!r}) must train the forecasting "
@@ -122,7 +133,8 @@ class Curriculum:
             log.info(
                 "Curriculum %s: stage %d/%d %s", self.name, i + 1, len(self.stages), stage.name
             )
-            record = None if resume is None else resume.completed(stage.name)
+            resumes = resume is not None and stage.resumable
+            record = resume.completed(stage.name) if resumes else None
             if record is not None:  # done before the run was killed: its handed weights
                 resume.restore(stage.name, module)
                 trainer = make_trainer() if final else None  # evaluation validates with it
@@ -136,10 +148,12 @@ class Curriculum:
                     )
                 )
             else:
-                make = make_trainer if resume is None else resume.start(i, stage.name, make_trainer)
+                make = make_trainer
+                if resume is not None:  # seeded start; continues from a checkpoint if resumable
+                    make = resume.start(i, stage.name, make_trainer, stage.resumable)
                 result = stage.run(module, datamodule, make, final, callbacks)
                 results.append(result)
-                if resume is not None:
+                if resumes:
                     fields = ("best_checkpoint", "best_score", "handed")
                     resume.finish(stage.name, module, {f: getattr(result, f) for f in fields})
             if self.checkpoint_dir is not None and is_rank_zero():  # DDP: rank 0 writes

@@ -9,6 +9,13 @@
   metrics a run reports.
 
 Validation comes first because walk-forward refits update the model in place.
+
+A policy stage last in the curriculum (``kind: ppo``, `rl.stage.RLStage`) hands over
+``positions``: its policy's positions over a segment from one sequential greedy rollout (the
+policy reads its own position, so they cannot come from independent windows). Both backtests
+then trade those positions instead of the module's forecasts, on the same segments, with the
+same Backtest and simulator; the module's ``val/*`` and ``test/*`` metrics (its losses) are
+still computed. Walk-forward refits of such a policy are refused (`check_evaluation`).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import lightning as L
 import pandas as pd
 import torch
 
+from plusultra.errors import ConfigError
 from plusultra.evaluation.backtest.engine import Backtest, BacktestResult, MarketContext
 from plusultra.training.device import InferenceDevice
 from plusultra.training.predict import predictions_frame
@@ -57,6 +65,7 @@ def evaluate(
     simulator,
     initial_state: dict[str, torch.Tensor] | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
+    positions: Callable[[str], pd.DataFrame] | None = None,
 ) -> Evaluation:
     """Validate, backtest the validation segment, then walk forward and backtest the test one.
 
@@ -70,15 +79,25 @@ def evaluate(
         simulator: the run's simulator, shared by both segments.
         initial_state: the module's untrained weights (walk-forward cold refits).
         checkpoint_dir: where walk-forward writes its last block's weights (in the run dir).
+        positions: the final stage's positions over ``"val"`` / ``"test"`` (a policy stage's
+            ``StageResult.positions``), traded instead of the module's forecasts; None: the
+            module's.
     """
+    if positions is not None:
+        check_policy_walk(walk)
     panel = datamodule.panel
     market = (panel.dates, panel.symbols, datamodule.tradable, datamodule.returns, simulator)
     context = MarketContext(**datamodule.context())  # one set of full-calendar arrays
     val_metrics = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
     device = InferenceDevice.from_trainer(trainer)  # fit moved the model back to the CPU
-    val = validation_backtest(model, datamodule, backtest, simulator, context, device=device)
+    if positions is None:
+        val = validation_backtest(model, datamodule, backtest, simulator, context, device=device)
+    else:  # the policy's positions, traded as they are (the same Backtest and simulator)
+        val = backtest.run(positions("val"), *market, *datamodule.segments.val, context=context)
 
     walked = walk.run(model, datamodule, trainer, make_trainer, initial_state, checkpoint_dir)
+    if positions is not None:  # one block (refits refused): the module's test/* metrics stay
+        walked = dataclasses.replace(walked, predictions=positions("test"))
     refits = [(f.fit_lo, f.fit_hi, f.lo, f.hi) for f in walked.blocks]
     test = backtest.run(
         walked.predictions,
@@ -95,6 +114,23 @@ def evaluate(
         execution=test.execution,  # the positions exactly as traded
     )
     return Evaluation(val_metrics, val, test, walked, predictions)
+
+
+def check_policy_walk(walk: WalkForward) -> None:
+    """Refuse walk-forward refits for a policy stage's positions: a refit retrains the
+    forecaster on labelled windows, not the policy, so the blocks would not be the policy's."""
+    if walk.refits:
+        raise ConfigError(
+            f"walk_forward.refit_every={walk.refit_every}: walk-forward refits are not "
+            "supported when the curriculum ends with a PPO stage (a refit retrains the "
+            "forecaster, not the policy); set walk_forward.refit_every=null"
+        )
+
+
+def check_evaluation(curriculum, walk: WalkForward) -> None:
+    """Before training: refuse an evaluation the curriculum's final stage cannot serve."""
+    if getattr(curriculum.stages[-1], "final_only", False):
+        check_policy_walk(walk)
 
 
 def validation_backtest(

@@ -174,10 +174,18 @@ class Resumer:
         log.info("Resume: stage %s already done; its weights loaded from %s", stage, source)
         return record
 
-    def start(self, index: int, stage: str, make_trainer: Callable[..., L.Trainer]):
-        """Seed the stage's start and return its trainer factory (`StageTrainers`)."""
+    def start(
+        self,
+        index: int,
+        stage: str,
+        make_trainer: Callable[..., L.Trainer],
+        resumable: bool = True,
+    ):
+        """Seed the stage's start and return its trainer factory (`StageTrainers`); a stage
+        that is not `resumable` starts afresh even where a checkpoint of it exists."""
         reseed(self.seed, STAGE_SEED_STEP * (index + 1))
-        ckpt = str(self.checkpoint) if stage == self.in_progress and self.checkpoint else None
+        here = stage == self.in_progress and self.checkpoint and resumable
+        ckpt = str(self.checkpoint) if here else None
         if ckpt:
             log.info("Resume: stage %s continues from %s", stage, ckpt)
         return StageTrainers(make_trainer, {"config": self.config, "stage": stage}, ckpt)

@@ -15,13 +15,14 @@ Every stage:
   (what ``plusultra-predict`` reads), earlier ones as ``<stage>-best.ckpt`` /
   ``<stage>-last.ckpt``;
 - returns a `StageResult` whose best score becomes the catalogue column
-  ``<stage>_best_val_loss``;
+  ``<stage>_best_val_<metric>`` (``loss``; the PPO stage's ``sharpe``);
 - continues from a checkpoint when its `make_trainer` carries a ``ckpt_path``
   (``training.resume_plan.StageTrainers``: a resumed run), loaded with ``weights_only=True``
-  after its parameter shapes are checked against the module.
+  after its parameter shapes are checked against the module. A stage with
+  ``resumable = False`` (PPO) instead reruns from its seeded start in a resumed run.
 
-A new kind of stage (e.g. PPO fine-tuning) subclasses `Stage`, implements `run`, and is added to
-`curriculum.STAGES`.
+A new kind of stage subclasses `Stage`, implements `run`, and is added to `curriculum.STAGES`
+(the PPO stage: `plusultra.rl.stage.RLStage`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import lightning as L
+import pandas as pd
 import torch
 
 from plusultra.data.features.regimes import N_CLASSES, REGIME_LABELS
@@ -56,6 +58,10 @@ class StageResult:
         best_checkpoint: path of its best-validation checkpoint, if one was written.
         best_score: its best monitored validation value (``val/loss`` of its own objective).
         handed: "best" or "last": the weights the module holds for the next stage.
+        metric: what `best_score` is (catalogue column ``<stage>_best_val_<metric>``).
+        positions: a policy stage's positions over a segment (``"val"`` or ``"test"``): a
+            frame ``symbol, timestamp, pred_1`` that evaluation trades instead of the module's
+            forecasts (`rl.stage.RLStage`); None: evaluate the module.
     """
 
     name: str
@@ -63,6 +69,8 @@ class StageResult:
     best_checkpoint: str | None
     best_score: float | None
     handed: str = "best"
+    metric: str = "loss"
+    positions: Callable[[str], pd.DataFrame] | None = None
 
 
 @contextlib.contextmanager
@@ -100,6 +108,7 @@ class Stage(abc.ABC):
     regimes: dict[str, list[int]] = field(default_factory=dict)
     restore_best: bool = True
     trains_head = True  # trains the forecasting module itself (so it may be the last stage)
+    resumable = True  # a resumed run skips it once finished and continues it from its checkpoint
 
     def __post_init__(self) -> None:
         where = f"curriculum stage {self.name!r}"

@@ -1,0 +1,249 @@
+"""The PPO curriculum stage: reinforcement fine-tuning of the run's model on the train segment.
+
+`RLStage` (``kind: ppo`` in ``curriculum.stages``) warm-starts an `ActorCritic` from the run's
+`ForecastModule` as the previous stages left it (``ActorCritic.from_forecast``: a copy of its
+backbone, the whole module frozen as the supervised reference policy), and trains it with
+`PPOModule` on a `TradingEnv` over the **train** segment whose costs and fill timing are the
+run's simulator's (``EnvConfig.from_simulator``). Selection uses the **validation** segment only:
+after every epoch the policy's greedy positions over the whole validation segment
+(`rl.rollout.segment_rollout`) are scored (annualised Sharpe ratio, or mean return, of the
+environment's net returns), logged as ``<stage>/val/<select>``, and the best epoch's weights are
+kept (``restore_best``). The test segment is never read while training or selecting.
+
+The stage must be the curriculum's last: its policy is what the run evaluates. Its
+`StageResult.positions` gives that policy's positions over ``val`` or ``test`` (one sequential
+greedy rollout each), which `training.evaluate` backtests with the run's Backtest and simulator.
+The forecaster itself is left as the previous stage handed it over (its ``val_loss`` /
+``test_loss`` are the run's supervised losses). Checkpoints: ``<stage>-best.ckpt`` (best
+validation score) and ``<stage>-last.ckpt`` in the run's checkpoint dir, always under the stage's
+name (``best.ckpt`` stays what ``plusultra-predict`` reads: a forecaster's).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import lightning as L
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from plusultra.data.datasets.calendar import resolve_periods_per_year
+from plusultra.errors import ConfigError
+from plusultra.rl.env import EnvConfig, TradingEnv
+from plusultra.rl.module import PPOModule, PPOSettings
+from plusultra.rl.policy import ActorCritic
+from plusultra.rl.rewards import RewardConfig
+from plusultra.rl.rollout import decision_bars, positions_frame, segment_rollout
+from plusultra.training.pretrain import settings
+from plusultra.training.stages import Stage, StageResult, stage_prefix
+
+log = logging.getLogger(__name__)
+
+SELECT = ("sharpe", "return")  # validation scores a PPO stage selects its epoch on
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """The actor-critic's heads (config keys ``policy.<name>``).
+
+    Attributes:
+        hidden: width of the hidden layer of the policy and value heads.
+        log_std_init: initial log-std of the continuous Gaussian.
+        forecast_scale: a forecast head's signal times this, clipped to [-1, 1], is the
+            supervised reference position (KL penalty, behaviour cloning).
+    """
+
+    hidden: int = 64
+    log_std_init: float = -0.5
+    forecast_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 1:
+            raise ConfigError(f"policy.hidden={self.hidden!r} must be an integer >= 1")
+        if not isinstance(self.log_std_init, int | float) or isinstance(self.log_std_init, bool):
+            raise ConfigError(f"policy.log_std_init={self.log_std_init!r} must be a number")
+        if not self.forecast_scale > 0:
+            raise ConfigError(f"policy.forecast_scale={self.forecast_scale!r} must be > 0")
+
+
+class ValidationSelector(L.Callback):
+    """After each training epoch: the policy's greedy rollout over the validation segment,
+    scored and logged as ``val/<metric>``; keeps the best epoch's policy weights in memory.
+
+    Args:
+        segment: the validation segment's (lo, hi) decision bars.
+        config: the environment's settings (costs, gross cap, action kind).
+        metric: ``sharpe`` or ``return`` (`SegmentRollout.score`).
+        periods_per_year: annualisation factor (bars a year).
+
+    Attributes:
+        market: the environment's market (whole calendar, on the module's device), set by the
+            stage once the environment is built.
+    """
+
+    def __init__(self, segment, config: EnvConfig, metric: str, periods_per_year: float):
+        self.market, self.segment, self.config = None, segment, config
+        self.metric, self.periods_per_year = metric, float(periods_per_year)
+        self.best_score: float | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_epoch: int | None = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: PPOModule) -> None:
+        rollout = segment_rollout(pl_module.policy, self.market, self.segment, self.config)
+        score = rollout.score(self.metric, self.periods_per_year)
+        pl_module.log(f"val/{self.metric}", score, on_step=False, on_epoch=True, prog_bar=True)
+        if self.best_score is None or score > self.best_score:
+            self.best_score, self.best_epoch = score, trainer.current_epoch
+            self.best_state = {
+                k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()
+            }
+
+
+@dataclass
+class RLStage(Stage):
+    """PPO fine-tuning of the run's model (see the module docstring).
+
+    Attributes:
+        env: `EnvConfig` keys over the simulator's (``n_envs``, ``episode_len``,
+            ``action_kind``, ``seed``; a cost key overrides the simulator's during training
+            only; ``execution`` is always the simulator's).
+        reward: `RewardConfig` keys (reward shaping; default: net P&L).
+        ppo: `PPOSettings` keys.
+        policy: `PolicySettings` keys.
+        select: validation score that picks the epoch: ``sharpe`` or ``return``.
+        simulator: the run's simulator (conf: ``${simulator}``): the environment's costs and
+            fill timing.
+        periods_per_year: annualises the validation score (conf: ``${periods_per_year}``);
+            None: from the data's bar spacing.
+    """
+
+    env: dict = field(default_factory=dict)
+    reward: dict = field(default_factory=dict)
+    ppo: dict = field(default_factory=dict)
+    policy: dict = field(default_factory=dict)
+    select: str = "sharpe"
+    simulator: object | None = None
+    periods_per_year: float | None = None
+    trains_head = True  # its policy is what the run evaluates: it may (and must) be last
+    final_only = True  # evaluation trades this stage's policy, so nothing may follow it
+    # a resumed run reruns it from its seeded start (same result): its policy, which evaluation
+    # trades, lives in this stage's result, not in the run's ForecastModule
+    resumable = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        where = f"curriculum stage {self.name!r}"
+        if self.window is not None or self.regimes:
+            raise ConfigError(
+                f"{where}: window and regimes do not apply to a PPO stage (the environment "
+                "reads the run's window over the whole train segment); remove them"
+            )
+        if self.simulator is None:
+            raise ConfigError(f"{where}: simulator is required (conf: simulator: ${{simulator}})")
+        if self.select not in SELECT:
+            raise ConfigError(f"{where}: select={self.select!r}; valid: {list(SELECT)}")
+        env = dict(self.env or {})
+        if "execution" in env:
+            raise ConfigError(
+                f"{where}: env.execution is the run's simulator's (simulator.execution); "
+                "remove it from the stage"
+            )
+        valid = [k for k in EnvConfig.__dataclass_fields__ if k != "execution"]
+        unknown = sorted(set(env) - set(valid))
+        if unknown:
+            raise ConfigError(f"{where}: env: unknown key(s) {unknown}; valid: {valid}")
+        try:
+            self._env = EnvConfig.from_simulator(self.simulator, **env)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        self._reward = settings(RewardConfig, dict(self.reward or {}), f"{where}: reward")
+        self._ppo = settings(PPOSettings, dict(self.ppo or {}), f"{where}: ppo")
+        self._policy = settings(PolicySettings, dict(self.policy or {}), f"{where}: policy")
+
+    def check(self, module: L.LightningModule, datamodule) -> None:
+        super().check(module, datamodule)
+        where = f"curriculum stage {self.name!r}"
+        if getattr(module, "embedding", None) is not None:
+            raise ConfigError(
+                f"{where}: the model has a market-state embedding (data.conditioning) whose "
+                "per-bar labels the trading environment does not provide; remove it"
+            )
+        try:  # the episode must fit the train segment (cheap: the market is built once more)
+            env = TradingEnv.from_datamodule(datamodule, "train", self._env, self._reward)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        for segment in ("val", "test"):  # each needs a decision bar for the rollouts
+            decision_bars(env.market, getattr(datamodule.segments, segment))
+
+    def run(self, module, datamodule, make_trainer, final, callbacks=()) -> StageResult:
+        if not final:
+            raise ConfigError(f"curriculum stage {self.name!r}: a PPO stage must be the last")
+        where = f"curriculum stage {self.name!r}"
+        ppy = self.periods_per_year
+        ppy = resolve_periods_per_year(None if ppy is None else int(ppy), datamodule.panel.dates)
+        overrides = {} if self.epochs is None else {"max_epochs": self.epochs}
+        selector = ValidationSelector(datamodule.segments.val, self._env, self.select, ppy)
+        # manual optimisation: PPO clips its own gradients (ppo.max_grad_norm); no pruning or
+        # diagnostics callbacks: they watch the supervised objective
+        trainer = make_trainer(selector, gradient_clip_val=None, **overrides)
+        if trainer.world_size > 1:
+            raise ConfigError(f"{where}: PPO runs on one device; hardware=ddp is not supported")
+        device = trainer.strategy.root_device
+        env = TradingEnv.from_datamodule(datamodule, "train", self._env, self._reward, None, device)
+        selector.market = env.market  # the whole calendar, on the policy's device
+        policy = ActorCritic.from_forecast(
+            module,
+            self._env.action_kind,
+            hidden=self._policy.hidden,
+            log_std_init=self._policy.log_std_init,
+            forecast_scale=self._policy.forecast_scale,
+        )
+        ppo = PPOModule(policy, env, self._ppo)
+        ckpt = self._retarget_checkpoint(trainer)
+        with stage_prefix(trainer.loggers, self.name):
+            trainer.fit(ppo)
+        best = (getattr(ckpt, "best_model_path", "") or None) if ckpt else None
+        handed = "last"
+        if self.restore_best and selector.best_state is not None:
+            ppo.load_state_dict(selector.best_state)
+            handed = "best"
+            log.info(
+                "Stage %s: restored epoch %d (val/%s=%.4f)",
+                self.name,
+                selector.best_epoch,
+                self.select,
+                selector.best_score,
+            )
+        policy.cpu()
+        market, config = env.market, self._env
+
+        def positions(segment: str) -> pd.DataFrame:
+            if segment not in ("val", "test"):
+                raise ConfigError(f"positions: segment={segment!r}; valid: ['val', 'test']")
+            bars = getattr(datamodule.segments, segment)
+            rollout = segment_rollout(policy, market, bars, config)
+            return positions_frame(rollout, datamodule.panel.dates, datamodule.panel.symbols)
+
+        return StageResult(
+            self.name, trainer, best, selector.best_score, handed, self.select, positions
+        )
+
+    def _retarget_checkpoint(self, trainer: L.Trainer) -> ModelCheckpoint | None:
+        """Point the run's checkpoint callback at this stage's validation score, under the
+        stage's file names (``<stage>-best.ckpt``, ``<stage>-last.ckpt``)."""
+        for i, cb in enumerate(trainer.callbacks):
+            if isinstance(cb, ModelCheckpoint):
+                new = ModelCheckpoint(
+                    dirpath=cb.dirpath,
+                    filename=f"{self.name}-best",
+                    monitor=f"val/{self.select}",
+                    mode="max",
+                    save_top_k=1,
+                    save_last=cb.save_last,
+                )
+                new.CHECKPOINT_NAME_LAST = f"{self.name}-last"
+                trainer.callbacks[i] = new
+                return new
+        return None
