@@ -360,13 +360,15 @@ def test_same_seed_same_metrics_and_every_checkpoint_loads_weights_only(tiny_db,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("curriculum", ["supervised", "pretrain_finetune"])
+@pytest.mark.parametrize("curriculum", ["supervised", "pretrain_finetune", "rl"])
 def test_a_sigkilled_cli_run_resumes_in_its_dir_to_the_uninterrupted_metrics(
     tiny_db, tmp_path, curriculum
 ):
     """The real CLI: SIGKILL mid-epoch once a step checkpoint of the final stage exists, rerun
     with resume=true, and the run finishes in the same dir with the metrics of a run never
-    stopped (pretrain_finetune: the finished pretrain stage is skipped, not redone)."""
+    stopped (pretrain_finetune: the finished pretrain stage is skipped, not redone; rl: killed
+    in the PPO stage, once the supervised stage is recorded; that one is skipped, PPO reruns
+    from its seeded start)."""
     args = [
         "plusultra.run", *TINY, "data=sqlite", f"data.path={tiny_db}", "evaluation.bootstrap=0",
         "trainer.max_epochs=2", "trainer.limit_train_batches=null", "data.batch_size=16",
@@ -382,22 +384,25 @@ def test_a_sigkilled_cli_run_resumes_in_its_dir_to_the_uninterrupted_metrics(
         [sys.executable, "-m", *args], cwd=REPO, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    trigger = "stages.json" if curriculum == "rl" else "resume.ckpt"
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
-        if glob.glob(str(out / "runs" / "*" / "*" / "checkpoints" / "resume.ckpt")):
+        if glob.glob(str(out / "runs" / "*" / "*" / "checkpoints" / trigger)):
             os.kill(proc.pid, signal.SIGKILL)
             break
         time.sleep(0.02)
     assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before a step checkpoint"
     (killed,) = (out / "runs").glob("*/*")
     assert not (killed / "metrics.json").exists()
-    step = torch.load(killed / "checkpoints" / "resume.ckpt", weights_only=True)["global_step"]
-    assert step >= 5  # killed after its first step checkpoint
+    if curriculum != "rl":
+        ckpt = torch.load(killed / "checkpoints" / "resume.ckpt", weights_only=True)
+        assert ckpt["global_step"] >= 5  # killed after its first step checkpoint
 
     resumed = run_cli([*args, "resume=true"], out)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    if curriculum == "pretrain_finetune":
-        assert "Resume: stage pretrain already done" in resumed.stdout + resumed.stderr
+    done_first = {"pretrain_finetune": "pretrain", "rl": "supervised"}.get(curriculum)
+    if done_first:
+        assert f"Resume: stage {done_first} already done" in resumed.stdout + resumed.stderr
     assert list((out / "runs").glob("*/*")) == [killed]  # continued in its own dir
     (done,) = (tmp_path / "whole" / "runs").glob("*/*")
     a, b = _results(done), _results(killed)

@@ -66,12 +66,16 @@ def _flatten(node: Any, prefix: str, out: dict[str, Any]) -> None:
     if isinstance(node, Mapping) and node:
         for k, v in node.items():
             _flatten(v, f"{prefix}{k}.", out)
+    elif isinstance(node, list) and any(isinstance(v, Mapping) for v in node):
+        for i, v in enumerate(node):  # e.g. curriculum.stages.1.periods_per_year
+            _flatten(v, f"{prefix}{i}.", out)
     else:
         out[prefix[:-1]] = node
 
 
 def flat_config(cfg: DictConfig | Mapping) -> dict[str, Any]:
-    """Dotted key -> resolved value of every key a resume compares (lists are one value).
+    """Dotted key -> resolved value of every key a resume compares (a list is one value,
+    except a list of mappings, whose items are keyed by index: ``curriculum.stages.0.epochs``).
 
     A DictConfig (a command's composed config) is resolved key by key: values that interpolate
     the run's own paths (or cannot be resolved before the run starts) become `RUNTIME`. A plain
