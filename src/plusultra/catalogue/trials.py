@@ -35,12 +35,16 @@ TRIAL_COLUMNS: dict[str, str] = {
 
 
 def _lookup(config: Mapping[str, object], key: str) -> object:
-    """The value at dotted ``key`` of a plain nested config, or None."""
+    """The value at dotted ``key`` of a plain nested config, or None; a digit part indexes a
+    list, as in Hydra's override grammar (``curriculum.stages.1.ppo.lr``)."""
     node: object = config
     for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, Mapping) and part in node:
+            node = node[part]
+        else:
             return None
-        node = node[part]
     return node
 
 
