@@ -5,7 +5,9 @@
 -- average the same runs' baseline columns, traded on the same simulator and segments (they do
 -- not depend on the model, so their std is 0 up to the bootstrap). sharpe_lo/hi are the means
 -- over seeds of each run's 95% stationary-bootstrap interval of its test Sharpe (NULL for the
--- baselines, which have no interval). std is the sample standard deviation (NULL for one seed).
+-- baselines, which have no interval). supervised_val_loss_mean is the supervised stage's best
+-- validation loss: equal in both arms when the rl arm fine-tunes the supervised arm's model.
+-- std is the sample standard deviation (NULL for one seed).
 -- Drawdowns are negative fractions of equity; turnover is traded notional / equity per bar.
 WITH model AS (
     SELECT
@@ -14,6 +16,7 @@ WITH model AS (
         evaluation,
         curriculum AS arm,
         count(DISTINCT seed) AS n_seeds,
+        avg(supervised_best_val_loss) AS supervised_val_loss_mean,
         avg(val_sharpe) AS val_sharpe_mean,
         stddev_samp(val_sharpe) AS val_sharpe_std,
         avg(test_sharpe) AS test_sharpe_mean,
@@ -39,6 +42,7 @@ baselines AS (
         evaluation,
         b.arm,
         count(DISTINCT seed) AS n_seeds,
+        NULL::DOUBLE AS supervised_val_loss_mean,
         avg(CASE WHEN b.arm = 'buyhold' THEN val_buyhold_sharpe ELSE val_equal_weight_sharpe END)
             AS val_sharpe_mean,
         NULL::DOUBLE AS val_sharpe_std,
