@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> None:
         help="run dirs and the catalogue; finished runs there are reused (one dir per settings)",
     )
     parser.add_argument("--no-doc", action="store_true", help="print the table only")
+    parser.add_argument(
+        "--no-run", action="store_true", help="start no run: the table of the runs in --out"
+    )
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
     settings = {
@@ -198,7 +201,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{args.out} holds runs of other settings ({stamp}); use another --out")
     stamp.write_text(json.dumps(settings, indent=1))
     done = finished(args.out)
-    for seed in args.seeds:  # seed-major: a cut-short grid still has every data set
+    ran = sorted(done)  # (data, seed, arm) in the table
+    # seed-major: a cut-short grid still has every data set
+    for seed in [] if args.no_run else args.seeds:
         for data in args.data:
             overrides = arms(args.epochs, args.ppo_epochs, args.ppo_updates, seed)
             for arm, extra in overrides.items():
@@ -207,14 +212,20 @@ def main(argv: list[str] | None = None) -> None:
                 common = [f"data={data}", f"backbone={args.backbone}", f"seed={seed}", *SIZE]
                 wall = run([*common, *extra], args.out, args.out / "runs" / f"{data}-{arm}-{seed}")
                 print(json.dumps({"data": data, "seed": seed, "arm": arm, "wall_s": wall}))
+                ran.append((data, seed, arm))
     df = results(args.out)
     df = df[df["data"].isin(args.data)]
     markdown = table(df)
     print(markdown)
     if args.no_doc:
         return
+    seeds = {
+        d: " ".join(str(s) for s in sorted({s for dd, s, _ in ran if dd == d})) for d in args.data
+    }
     note = (
-        f"`PYTHONPATH=src python -m experiments.rl_results --data {' '.join(args.data)} "
+        "Seeds in the table: "
+        + "; ".join(f"{d}: {seeds[d] or 'none'}" for d in args.data)
+        + f". `PYTHONPATH=src python -m experiments.rl_results --data {' '.join(args.data)} "
         f"--seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs} --ppo-epochs "
         f"{args.ppo_epochs} --ppo-updates {args.ppo_updates} --backbone {args.backbone}` "
         f"({dt.date.today().isoformat()}; CPU, {os.cpu_count()} cores shared with other jobs). "
