@@ -19,7 +19,7 @@ catalogue row of the same data, seed and arm in ``<out>``) is not rerun.
 
 The table replaces the text between the markers ``<!-- rl-results -->`` in docs/rl.md.
 
-Launch (CPU, about a minute per run):
+Launch (CPU, 2 shared cores: about 1 minute per supervised run, 2-6 per rl run):
     PYTHONPATH=src python -m experiments.rl_results --data synthetic sp500_stocks --seeds 0 1 2
 """
 
