@@ -46,7 +46,7 @@ def _row(
         git_rev="abc",
         overrides=[f"backbone={backbone}", f"seed={seed}"],
         choices={"backbone": backbone, "head": "regression", "loss": "mse", "data": "synthetic"}
-        | {"simulator": "frictionless"},
+        | {"simulator": "frictionless", "curriculum": "supervised", "evaluation": "weights"},
         config={
             "seed": seed,
             "depth": 2,
@@ -78,6 +78,17 @@ def catalogue(tmp_path: Path) -> Path:
             "test_loss": 0.3,
             "test_n_periods": 250.0,
             "n_params": 1000,
+            "supervised_best_val_loss": 0.5 - 0.1 * job,
+            "test_sharpe_lo": test_sharpe - 1.0,
+            "test_sharpe_hi": test_sharpe + 1.0,
+            **{f"{seg}_turnover": 0.3 for seg in ("val", "test")},
+            "test_gross_exposure": 0.5,
+            **{  # the baselines' columns (rl_vs_supervised sets them beside the arms)
+                f"{seg}_{b}_{m}": v
+                for seg in ("val", "test")
+                for b in ("buyhold", "equal_weight")
+                for m, v in (("sharpe", 0.4), ("max_drawdown", -0.3), ("turnover", 0.01))
+            },
         }
         rows.write_row(cat, _row(job, backbone, seed, metrics))
     rows.write_row(cat, _row(5, "tcn", 3, {}, status="failed"))

@@ -1,5 +1,6 @@
 -- Supervised against RL fine-tuning (curriculum=rl) per data set: seeds' mean and std of validation and test Sharpe, drawdown, turnover, beside buy-and-hold and equal weight.
--- Launch: plusultra-catalogue --query rl_vs_supervised    (experiments/rl_results.py reads it)
+-- Launch: plusultra-catalogue --query rl_vs_supervised
+-- experiments/rl_results.py reads it to write docs/rl.md's results table.
 -- One row per data, simulator, evaluation and arm over the completed runs of curriculum
 -- `supervised` or `rl` (arm = the curriculum); the baseline rows (arm `buyhold`, `equal_weight`)
 -- average the same runs' baseline columns, traded on the same simulator and segments (they do
