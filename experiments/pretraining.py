@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from experiments._markers import write_marked
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "training.md"
@@ -107,12 +108,7 @@ def table(rows: list[dict]) -> str:
 
 def write(markdown: str, note: str) -> None:
     """Replace the table between the markers of docs/training.md."""
-    text = DOC.read_text()
-    block = f"<!-- {MARK} -->\n{note}\n\n{markdown}\n<!-- /{MARK} -->"
-    pattern = re.compile(rf"<!-- {MARK} -->.*?<!-- /{MARK} -->", re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"{DOC}: markers <!-- {MARK} --> ... <!-- /{MARK} --> not found")
-    DOC.write_text(pattern.sub(lambda _: block, text))
+    write_marked(DOC, MARK, f"{note}\n\n{markdown}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,13 +29,14 @@ import argparse
 import datetime as dt
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
+
+from experiments._markers import write_marked
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "rl.md"
@@ -159,13 +160,8 @@ def table(df: pd.DataFrame) -> str:
 
 
 def write(markdown: str, note: str) -> None:
-    """Replace the text between the markers of docs/rl.md."""
-    text = DOC.read_text()
-    block = f"<!-- {MARK} -->\n{note}\n\n{markdown}\n<!-- /{MARK} -->"
-    pattern = re.compile(rf"<!-- {MARK} -->.*?<!-- /{MARK} -->", re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"{DOC}: markers <!-- {MARK} --> ... <!-- /{MARK} --> not found")
-    DOC.write_text(pattern.sub(lambda _: block, text))
+    """Replace the table between the markers of docs/rl.md."""
+    write_marked(DOC, MARK, f"{note}\n\n{markdown}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+
+from experiments._markers import write_marked
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
 HEADER = """# Benchmarks
@@ -34,13 +35,6 @@ def machine() -> str:
 
 def write_section(name: str, markdown: str) -> Path:
     """Replace (or append) the section `name` of docs/benchmarks.md with `markdown`."""
-    text = DOC.read_text() if DOC.exists() else HEADER
-    block = f"<!-- bench:{name} -->\n{markdown.strip()}\n<!-- /bench:{name} -->"
-    pattern = re.compile(
-        rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S
-    )
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text}\n{block}\n"
-    tmp = DOC.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, DOC)
-    return DOC
+    if not DOC.exists():
+        DOC.write_text(HEADER)
+    return write_marked(DOC, f"bench:{name}", markdown, append=True)
