@@ -62,6 +62,22 @@ def _reference(model: nn.Module, dataset: WindowDataset) -> np.ndarray:
         return model.signal(*x).float().numpy()
 
 
+def tiny_run(tiny_db, *overrides: str):
+    """A TINY run's config, set-up data module and untrained ForecastModule."""
+    tiny = [*TINY, "data=sqlite", f"data.path={tiny_db}", "periods_per_year=252"]
+    cfg = compose_config([*tiny, "evaluation.bootstrap=0", *overrides])
+    dm = instantiate(cfg.data, features=instantiate(cfg.features, _convert_="all"))
+    dm.setup()
+    build = functools.partial(instantiate, _convert_="all")
+    model = ForecastModule(
+        build(cfg.backbone, n_features=dm.n_features),
+        build(cfg.head),
+        build(cfg.loss),
+        build(cfg.optim),
+    )
+    return cfg, dm, model
+
+
 def test_precision_names_map_to_autocast_and_dtype():
     expected = {  # Lightning precision -> (autocast dtype, input / weight dtype)
         "32-true": (None, torch.float32),
@@ -313,17 +329,8 @@ def test_evaluate_predicts_on_the_trainer_device_and_precision(tiny_db, spy_pred
     from plusultra.training.evaluate import evaluate
     from plusultra.training.walk_forward import WalkForward
 
-    tiny = [*TINY, "data=sqlite", f"data.path={tiny_db}", "periods_per_year=252"]
-    cfg = compose_config([*tiny, "evaluation.bootstrap=0"])
-    dm = instantiate(cfg.data, features=instantiate(cfg.features, _convert_="all"))
-    dm.setup()
+    cfg, dm, model = tiny_run(tiny_db)
     build = functools.partial(instantiate, _convert_="all")
-    model = ForecastModule(
-        build(cfg.backbone, n_features=dm.n_features),
-        build(cfg.head),
-        build(cfg.loss),
-        build(cfg.optim),
-    )
     settings = dict(accelerator="cpu", precision="bf16-mixed", logger=False, max_epochs=1)
     settings |= dict(enable_progress_bar=False, enable_model_summary=False)
     settings |= dict(limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0)
@@ -519,17 +526,8 @@ def test_cuda_inference_after_a_bf16_fit_and_a_refit(tiny_db, spy_predict):
     from plusultra.training.evaluate import evaluate
     from plusultra.training.walk_forward import WalkForward
 
-    tiny = [*TINY, "data=sqlite", f"data.path={tiny_db}", "periods_per_year=252"]
-    cfg = compose_config([*tiny, "evaluation.bootstrap=0", "data.pin_memory=true"])
-    dm = instantiate(cfg.data, features=instantiate(cfg.features, _convert_="all"))
-    dm.setup()
+    cfg, dm, model = tiny_run(tiny_db, "data.pin_memory=true")
     build = functools.partial(instantiate, _convert_="all")
-    model = ForecastModule(
-        build(cfg.backbone, n_features=dm.n_features),
-        build(cfg.head),
-        build(cfg.loss),
-        build(cfg.optim),
-    )
     settings = dict(accelerator="gpu", devices=1, precision="bf16-mixed", logger=False)
     settings |= dict(max_epochs=1, limit_train_batches=2, limit_val_batches=1)
     settings |= dict(num_sanity_val_steps=0, enable_progress_bar=False)
