@@ -26,7 +26,9 @@ An episode is truncated after ``episode_len`` steps and terminated if its equity
 bars are drawn uniformly (seeded) so that every decision bar, fill bar and return bar of the
 episode lies in the segment's decision bars ``[lo, hi]`` (the feature window reaches back
 ``W - 1`` bars before ``lo``, as supervised windows do; the embargo keeps it off the previous
-segment). Ended envs are reset inside ``step`` (``plusultra.rl.protocol``).
+segment). Ended envs are reset inside ``step`` (``plusultra.rl.protocol``). A curriculum phase
+(`TradingEnv.set_phase`, `plusultra.rl.schedule`) changes the episode length, scales every cost
+and restricts the start bars to allowed ones; without one the draws are the plain ones above.
 """
 
 from __future__ import annotations
@@ -142,7 +144,10 @@ class TradingEnv:
                 f"{lo}..{hi} (window {self.window}, fill lag {market.lag}: an episode needs "
                 f"episode_len + {market.lag + 1} bars after its first decision bar)"
             )
+        self._lo, self._hi = lo, hi
+        self.cost_scale = 1.0  # set_phase: multiplies every simulated cost
         self.cost_rate = (c.commission_bps + c.half_spread_bps) * 1e-4
+        self._starts: torch.Tensor | None = None  # set_phase: allowed start bars; None: all
         self.shaper = RewardShaper(reward or RewardConfig(), c.n_envs, c.episode_len, self.device)
         self.generator = torch.Generator().manual_seed(c.seed)
         e, s = c.n_envs, self.n_symbols
@@ -244,7 +249,7 @@ class TradingEnv:
         if self.config.impact_coef > 0:
             scale = (self.equity * self.config.initial_cash).sqrt()  # equity >= 0 always
             impact = m.impact.index_select(0, t) * trade * trade.sqrt()  # k * trade^1.5
-            cost = cost + impact.sum(-1) * scale
+            cost = cost + impact.sum(-1) * (scale * self.cost_scale)
         net = (w * ret).sum(-1) - cost  # (E,)
         growth = 1.0 + net
         alive = growth > 0
@@ -276,6 +281,64 @@ class TradingEnv:
             self._restart(rows)
         return self.observe(), reward, terminated, truncated, info
 
+    def set_phase(
+        self,
+        episode_len: int | None = None,
+        cost_scale: float = 1.0,
+        start_ok: torch.Tensor | None = None,
+        name: str = "phase",
+    ) -> None:
+        """Switch to a curriculum phase (`plusultra.rl.schedule`); the caller then resets.
+
+        No argument restores the env's own settings (``config.episode_len``, full costs, every
+        start bar): with no phase set, start bars are drawn exactly as before (one ``randint``
+        over ``first_start .. last_start``).
+
+        Args:
+            episode_len: steps per episode; None: ``config.episode_len``.
+            cost_scale: multiplies every simulated cost (commission, half spread, impact).
+            start_ok: (T,) bool over the market's bars: bars an episode may start at (drawn
+                uniformly among those that fit the segment); None: every fitting bar.
+            name: the phase, named in errors (e.g. ``schedule[1]``).
+
+        Raises:
+            ConfigError: the episode does not fit the segment, ``start_ok`` has the wrong
+                shape, or it allows no start bar that fits.
+        """
+        length = self.config.episode_len if episode_len is None else int(episode_len)
+        if length < 1:
+            raise ConfigError(f"{name}.episode_len={episode_len!r} must be >= 1")
+        scale = float(cost_scale)
+        if not math.isfinite(scale) or scale < 0:
+            raise ConfigError(f"{name}.cost_scale={cost_scale!r} must be a finite number >= 0")
+        m = self.market
+        last = min(self._hi, m.n_bars - 1) - m.lag - length
+        if last < self.first_start:
+            raise ConfigError(
+                f"{name}.episode_len={length} does not fit the segment's decision bars "
+                f"{self._lo}..{self._hi} (window {self.window}, fill lag {m.lag}: an episode "
+                f"needs episode_len + {m.lag + 1} bars after its first decision bar)"
+            )
+        starts = None
+        if start_ok is not None:
+            ok = torch.as_tensor(start_ok, dtype=torch.bool).cpu()
+            if tuple(ok.shape) != (m.n_bars,):
+                raise ConfigError(
+                    f"{name}: start_ok has shape {tuple(ok.shape)}, expected ({m.n_bars},)"
+                )
+            starts = torch.nonzero(ok[self.first_start : last + 1]).squeeze(1) + self.first_start
+            if starts.numel() == 0:
+                raise ConfigError(
+                    f"{name}: no allowed start bar among the segment's bars "
+                    f"{self.first_start}..{last} where an episode of {length} steps fits "
+                    "(its regimes never hold there); widen the regimes or shorten the episode"
+                )
+        self.episode_len, self.last_start, self._starts = length, last, starts
+        self.cost_scale = scale
+        self.cost_rate = (self.config.commission_bps + self.config.half_spread_bps) * 1e-4 * scale
+        c = self.shaper.config
+        self.shaper = RewardShaper(c, self.n_envs, length, self.device)
+
     # ----------------------------------------------------------------- internals
     def observe(self, rows: torch.Tensor | None = None) -> Observation:
         """The observation of every env (or of ``rows``) at its current decision bar."""
@@ -303,9 +366,13 @@ class TradingEnv:
     def _restart(self, rows: torch.Tensor) -> None:
         """New episodes in ``rows``: seeded start bars, flat book, equity 1."""
         n = rows.numel()
-        starts = torch.randint(
-            self.first_start, self.last_start + 1, (n,), generator=self.generator
-        )
+        if self._starts is None:  # every bar that fits (the draws of an env without a phase)
+            starts = torch.randint(
+                self.first_start, self.last_start + 1, (n,), generator=self.generator
+            )
+        else:  # uniform among the phase's allowed start bars
+            pick = torch.randint(0, self._starts.numel(), (n,), generator=self.generator)
+            starts = self._starts[pick]
         self.t[rows] = starts.to(self.device)
         self.k[rows] = 0
         self.position[rows] = 0.0

@@ -10,6 +10,13 @@ from an epoch-end checkpoint (module, optimiser, update counter, and the generat
 actions and minibatches, saved in ``on_save_checkpoint``) continues exactly as an uninterrupted
 one; the env's RNG state is a function of that seed, so it needs no saving.
 
+Environment curriculum (optional ``env_schedule``, e.g. `rl.schedule.EnvSchedule`: any object
+with ``index(update) -> phase`` and ``apply(env, phase) -> dict of values to log``). At every
+epoch start the phase of the current update is applied before the reset; when an update enters a
+new phase mid-epoch, the phase is applied and every episode restarts with
+``env.reset(seed + update)``. The phase is a function of ``updates`` alone, so a resume from an
+epoch-end checkpoint stays exact.
+
 The networks run in eval mode (dropout off) in the rollout and the update alike, so the
 probability ratio compares the same function at two parameter values.
 """
@@ -99,9 +106,12 @@ class PPOModule(L.LightningModule):
         policy: the actor-critic (``ActorCritic``, e.g. ``ActorCritic.from_forecast``).
         env: a ``BatchedEnv`` whose tensors live on the module's device.
         settings: hyperparameters.
+        env_schedule: the environment curriculum (see the module docstring); None: none.
     """
 
-    def __init__(self, policy: ActorCritic, env: BatchedEnv, settings: PPOSettings) -> None:
+    def __init__(
+        self, policy: ActorCritic, env: BatchedEnv, settings: PPOSettings, env_schedule=None
+    ) -> None:
         super().__init__()
         self.automatic_optimization = False
         if policy.action_kind != env.action_kind:
@@ -114,6 +124,9 @@ class PPOModule(L.LightningModule):
             )
         self.policy, self.env, self.settings = policy, env, settings
         self.schedule = FreezeSchedule(settings.frozen_updates, settings.unfreeze_top)
+        self.env_schedule = env_schedule
+        self._phase: int | None = None  # the env-schedule phase applied to the env
+        self._phase_logs: dict[str, float] = {}
         self.buffer = ReplayBuffer(settings.bc_capacity) if settings.bc_coef > 0 else None
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))  # PPO updates done
         self.gen = torch.Generator()
@@ -148,7 +161,19 @@ class PPOModule(L.LightningModule):
             self.gen.manual_seed(self.settings.seed + int(self.updates))
         self._restore_generator()
 
+    def _enter_phase(self, update: int) -> bool:
+        """Apply the env-schedule phase of ``update`` if it is not the env's; True if applied."""
+        index = self.env_schedule.index(update)
+        if index == self._phase:
+            return False
+        self._phase_logs = dict(self.env_schedule.apply(self.env, index) or {})
+        self._phase = index
+        return True
+
     def on_train_epoch_start(self) -> None:
+        if self.env_schedule is not None:
+            self._phase = None  # apply it again: a resumed run's env starts without it
+            self._enter_phase(int(self.updates))
         self._obs = self.env.reset(seed=self.settings.seed + self.current_epoch)
         self._ep_return = torch.zeros(self.env.n_envs, device=self.device)
 
@@ -255,6 +280,9 @@ class PPOModule(L.LightningModule):
         s, pol = self.settings, self.policy
         pol.train(False)  # dropout off: the ratio must compare one function at two parameters
         update = int(self.updates)
+        if self.env_schedule is not None and self._enter_phase(update):  # a new phase mid-epoch
+            self._obs = self.env.reset(seed=s.seed + update)  # restart every episode in it
+            self._ep_return = torch.zeros(self.env.n_envs, device=self.device)
         trainable = self.schedule.apply(pol.backbone, update)
         opt = self.optimizers()
         if s.anneal_lr:
@@ -303,5 +331,6 @@ class PPOModule(L.LightningModule):
             logs["train/std"] = pol.log_std.exp().detach()
         if batch["episode_return"] is not None:
             logs["train/episode_return"] = batch["episode_return"]
+        logs.update({f"train/{k}": float(v) for k, v in self._phase_logs.items()})
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=1)
         self.last_logs = {k: float(v) for k, v in logs.items()}

@@ -30,12 +30,14 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from plusultra.data.datasets.calendar import resolve_periods_per_year
+from plusultra.data.features.regimes import regime_labels
 from plusultra.errors import ConfigError
 from plusultra.rl.env import EnvConfig, TradingEnv
 from plusultra.rl.module import PPOModule, PPOSettings
 from plusultra.rl.policy import ActorCritic
 from plusultra.rl.rewards import RewardConfig
 from plusultra.rl.rollout import decision_bars, positions_frame, segment_rollout
+from plusultra.rl.schedule import EnvSchedule
 from plusultra.training.pretrain import settings
 from plusultra.training.stages import Stage, StageResult, stage_prefix
 
@@ -113,6 +115,10 @@ class RLStage(Stage):
         ppo: `PPOSettings` keys.
         policy: `PolicySettings` keys.
         select: validation score that picks the epoch: ``sharpe`` or ``return``.
+        schedule: the environment curriculum, a list of `rl.schedule.Phase` mappings
+            (``updates``, ``episode_len``, ``cost_scale``, ``regimes``); empty: off. It shapes
+            the training episodes only; validation rollouts keep full costs and the whole
+            segment.
         simulator: the run's simulator (conf: ``${simulator}``): the environment's costs and
             fill timing.
         periods_per_year: annualises the validation score (conf: ``${periods_per_year}``);
@@ -124,6 +130,7 @@ class RLStage(Stage):
     ppo: dict = field(default_factory=dict)
     policy: dict = field(default_factory=dict)
     select: str = "sharpe"
+    schedule: list = field(default_factory=list)
     simulator: object | None = None
     periods_per_year: float | None = None
     trains_head = True  # its policy is what the run evaluates: it may (and must) be last
@@ -161,6 +168,17 @@ class RLStage(Stage):
         self._reward = settings(RewardConfig, dict(self.reward or {}), f"{where}: reward")
         self._ppo = settings(PPOSettings, dict(self.ppo or {}), f"{where}: ppo")
         self._policy = settings(PolicySettings, dict(self.policy or {}), f"{where}: policy")
+        # validated here; the regime labels are read from the data in check() and run()
+        where = f"{where}: schedule"
+        self._schedule = EnvSchedule.from_config(self.schedule, where) if self.schedule else None
+
+    def _env_schedule(self, panel) -> EnvSchedule:
+        """The stage's `EnvSchedule` with the regime labels of ``panel`` (each phase's allowed
+        start bars)."""
+        where = f"curriculum stage {self.name!r}: schedule"
+        names = self._schedule.labels_needed
+        labels = regime_labels(panel, names) if names else None
+        return EnvSchedule(self._schedule.phases, labels, where)
 
     def check(self, module: L.LightningModule, datamodule) -> None:
         super().check(module, datamodule)
@@ -174,6 +192,8 @@ class RLStage(Stage):
             env = TradingEnv.from_datamodule(datamodule, "train", self._env, self._reward)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from exc
+        if self._schedule is not None:  # every phase must fit and allow a start bar
+            self._env_schedule(datamodule.panel).check(env)
         for segment in ("val", "test"):  # each needs a decision bar for the rollouts
             decision_bars(env.market, getattr(datamodule.segments, segment))
 
@@ -200,7 +220,8 @@ class RLStage(Stage):
             log_std_init=self._policy.log_std_init,
             forecast_scale=self._policy.forecast_scale,
         )
-        ppo = PPOModule(policy, env, self._ppo)
+        schedule = None if self._schedule is None else self._env_schedule(datamodule.panel)
+        ppo = PPOModule(policy, env, self._ppo, schedule)
         ckpt = self._retarget_checkpoint(trainer)
         with stage_prefix(trainer.loggers, self.name):
             trainer.fit(ppo)

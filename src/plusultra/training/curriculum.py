@@ -123,8 +123,12 @@ class Curriculum:
             resume: the run's resume plan: seeds each stage, records finished ones, and skips
                 or continues them in a resumed run; None: none of that.
         """
-        for stage in self.stages:
-            stage.check(module, datamodule)
+        for i, stage in enumerate(self.stages):
+            try:
+                stage.check(module, datamodule)
+            except ConfigError as exc:  # name the entry: curriculum.stages[1] (ppo): ...
+                kind = next((k for k, c in STAGES.items() if type(stage) is c), "stage")
+                raise ConfigError(f"curriculum.stages[{i}] ({kind}): {exc}") from exc
         if resume is not None:
             resume.prepare([s.name for s in self.stages])
         results = []
