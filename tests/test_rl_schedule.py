@@ -21,6 +21,7 @@ from plusultra.sim.frictionless import FrictionlessSimulator
 from tests.conftest import TINY, run_cli
 from tests.test_ppo import MLPBackbone, StopAfterFirstEpoch, fit
 from tests.test_rl_env import W, make_env, panel
+from tests.test_rl_stage import _module, dm  # noqa: F401 - dm: the tiny data module fixture
 
 
 @pytest.fixture(autouse=True)
@@ -79,6 +80,24 @@ def test_the_stage_validates_its_schedule_on_creation():
     stage = RLStage(name="ppo", simulator=sim, schedule=spec)  # labels come with the data
     with pytest.raises(ConfigError, match=r"schedule\[0\]\.regimes: .* without regime labels"):
         stage._schedule.apply(make_env(panel(), n_envs=2, episode_len=8), 0)
+
+
+@pytest.mark.parametrize(
+    ("phase", "match"),
+    [
+        ({"episode_len": 1000}, r"schedule\[0\]\.episode_len=1000 does not fit"),
+        # the 400-bar fixture's train segment ends before any volatility label is defined
+        ({"regimes": {"volatility": [0, 1, 2]}}, r"schedule\[0\]: no allowed start bar"),
+    ],
+)
+def test_the_stage_check_refuses_a_phase_the_data_cannot_serve(dm, phase, match):  # noqa: F811
+    sim = FrictionlessSimulator()
+    stage = RLStage(name="ppo", simulator=sim, schedule=[{"updates": 1, **phase}, {}])
+    with pytest.raises(ConfigError, match=r"stage 'ppo': " + match):
+        stage.check(_module(dm), dm)
+    RLStage(name="ppo", simulator=sim, schedule=[{"updates": 1, "episode_len": 8}, {}]).check(
+        _module(dm), dm
+    )
 
 
 # --------------------------------------------------------------------------- market regime
