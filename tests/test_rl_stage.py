@@ -226,7 +226,10 @@ def test_selection_reads_the_validation_segment_only(dm, tmp_path, monkeypatch):
     result, state = fit(tmp_path / "a")
     assert seen == [dm.segments.val] * 2  # one validation rollout per epoch, nothing else
     assert result.metric == "sharpe" and np.isfinite(result.best_score)
-    assert {p.name for p in (tmp_path / "a").iterdir()} == {"ppo-best.ckpt", "ppo-last.ckpt"}
+    names = {p.name for p in (tmp_path / "a").iterdir()}
+    assert names == {"ppo-best.ckpt", "ppo-last.ckpt", "ppo-policy.pt"}
+    saved = torch.load(tmp_path / "a" / "ppo-policy.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(v, state[f"policy.{k}"]) for k, v in saved.items())  # as handed
     lo = dm.segments.test[0]
     saved = dm.features.copy(), dm.panel.fields["close"].copy()
     try:

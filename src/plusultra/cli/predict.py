@@ -10,20 +10,31 @@ checkpoint) and the same prediction and position code the run used for its test 
 run's own database the predictions equal the run's test predictions. Writes one row per
 (symbol, timestamp) with a complete input window.
 
+A run whose last curriculum stage is PPO (curriculum=rl, full) is served by its policy: the
+actor-critic rebuilt from the run's config, with the weights the stage handed to evaluation
+(checkpoints/<stage>-policy.pt). A policy reads its own previous position, so its positions
+come from one sequential greedy rollout over the dates, starting flat at the first bar with a
+complete window (--rollout-start: the first decision date), through the environment of the
+run's simulator; pred_1 is the position. From the test segment's first date on, on the run's
+own database, they are the positions the run traded in its test backtest.
+
 Inference runs where and how the run trained: its trainer.accelerator (gpu: the current CUDA
-device) under its trainer.precision (bf16-mixed: bf16 autocast) and matmul_precision; --device
-and --precision override them (e.g. --device cpu --precision 32-true on a machine without CUDA).
+device) under its trainer.precision (bf16-mixed: bf16 autocast; a policy: 32-true, as the run's
+own rollouts) and matmul_precision; --device and --precision override them (e.g. --device cpu
+--precision 32-true on a machine without CUDA).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
 import sys
 from pathlib import Path
 
 from plusultra.cli.common import fail
-from plusultra.errors import DataError
+from plusultra.errors import ConfigError, DataError
 
 REQUIRED = ("config.yaml", "data.json", "normalisation.json", "metrics.json")
 
@@ -49,12 +60,14 @@ def predict(
     symbols: list[str] | None = None,
     device: str | None = None,
     precision: str | None = None,
+    rollout_start: str | None = None,
 ) -> Path:
     """Write predictions of the run at `run_dir` on `db` to `out` (parquet, atomic).
 
     `start` and `symbols` default (None) to the run's own; `end` to the database's last bar;
     `device` (cpu, cuda, cuda:1, ...) and `precision` (a Lightning precision) to the run's
-    ``trainer.accelerator`` and ``trainer.precision``.
+    ``trainer.accelerator`` and ``trainer.precision`` (a policy run: ``32-true``);
+    `rollout_start` (a policy run only; ISO date) to the first bar with a complete window.
     """
     import torch
     from hydra.utils import instantiate
@@ -74,7 +87,15 @@ def predict(
             "(metrics.json is written last, when a run completes)"
         )
     cfg = OmegaConf.load(run_dir / "config.yaml")
+    stage = policy_stage(cfg)  # the run's PPO stage, or None: a forecaster
+    if stage is None and rollout_start is not None:
+        raise ConfigError(
+            f"--rollout-start applies to a run whose last curriculum stage is a PPO stage; "
+            f"{run_dir} ({OmegaConf.select(cfg, 'curriculum.name')}) serves a forecaster"
+        )
     run_precision = OmegaConf.select(cfg, "trainer.precision", default="32-true")
+    if stage is not None:  # a policy: float32, as the run's own validation and test rollouts
+        run_precision = "32-true"
     target = InferenceDevice.from_config(
         OmegaConf.select(cfg, "trainer.accelerator", default="cpu"),
         precision if precision is not None else run_precision,
@@ -94,20 +115,23 @@ def predict(
         loss=instantiate(cfg.loss, _convert_="all"),
         optim=instantiate(cfg.optim, _convert_="all"),
     )
-    state = torch.load(find_checkpoint(run_dir), map_location="cpu", weights_only=True)
-    model.load_state_dict(state["state_dict"])
-    model.to(dtype=target.dtype)  # float32, or the weights' dtype of a "-true" precision
     panel = dm.panel
-    preds = predictions_frame(
-        model,
-        dm.inference_dataset(),
-        panel.dates,
-        panel.symbols,
-        dm.norm.target_scale,
-        batch_size,
-        progress,
-        target,
-    )
+    if stage is not None:
+        preds = policy_predictions(model, stage, dm, run_dir, target, rollout_start)
+    else:
+        state = torch.load(find_checkpoint(run_dir), map_location="cpu", weights_only=True)
+        model.load_state_dict(state["state_dict"])
+        model.to(dtype=target.dtype)  # float32, or the weights' dtype of a "-true" precision
+        preds = predictions_frame(
+            model,
+            dm.inference_dataset(),
+            panel.dates,
+            panel.symbols,
+            dm.norm.target_scale,
+            batch_size,
+            progress,
+            target,
+        )
     if preds.empty:
         raise DataError(f"{db}: no symbol has {dm.window} consecutive complete bars to predict")
     backtest = instantiate(cfg.evaluation, _convert_="all")
@@ -118,6 +142,64 @@ def predict(
         preds, panel.dates, panel.symbols, dm.tradable, earned, execution=mode
     )
     return write_parquet_atomic(out, preds)
+
+
+def policy_stage(cfg):
+    """The run's last curriculum stage (an `RLStage`) when it is a PPO stage, else None; built
+    from the run's config as the run built it (its simulator's costs, its policy settings)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from plusultra.training.curriculum import build_stage
+
+    stages = OmegaConf.select(cfg, "curriculum.stages", default=None)
+    if not stages or stages[-1].get("kind") != "ppo":
+        return None
+    return build_stage(len(stages) - 1, instantiate(stages[-1], _convert_="all"))
+
+
+def policy_predictions(model, stage, dm, run_dir: Path, target, rollout_start: str | None):
+    """``symbol, timestamp, pred_1`` (the position) of the run's policy: the actor-critic of
+    `stage` on `model`'s architecture with the handed weights, one greedy rollout on `target`.
+
+    Raises:
+        ConfigError: a "-true" precision other than 32-true, or a bad `rollout_start`.
+        DataError: no policy file, or nothing to decide on.
+    """
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from plusultra.rl.policy import ActorCritic
+    from plusultra.rl.predict import load_policy, market_of, policy_positions
+
+    if target.autocast_dtype is None and target.dtype != torch.float32:
+        raise ConfigError(
+            f"--precision {target.precision}: a policy's rollout runs in float32 (32-true) or "
+            "under autocast (a -mixed precision)"
+        )
+    accepted = inspect.signature(ActorCritic).parameters  # settings the constructor takes
+    settings = {k: v for k, v in dataclasses.asdict(stage._policy).items() if k in accepted}
+    policy = ActorCritic.from_forecast(model, stage._env.action_kind, **settings)
+    load_policy(policy, run_dir / "checkpoints", stage.name)
+    dates = dm.panel.dates
+    first = 0
+    if rollout_start is not None:
+        try:
+            when = np.datetime64(pd.Timestamp(rollout_start).tz_localize(None), "ns")
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"--rollout-start {rollout_start!r}: not a date ({exc})") from None
+        first = int(np.searchsorted(dates.astype("datetime64[ns]"), when))
+        if first >= len(dates):
+            raise ConfigError(
+                f"--rollout-start {rollout_start}: after the data's last bar "
+                f"{pd.Timestamp(dates[-1]).date()}"
+            )
+    market = market_of(dm, stage._env, target.device)
+    with target.context():
+        return policy_positions(
+            policy, market, dm.tradable, stage._env, dates, dm.panel.symbols, first
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--end", help="last date loaded (ISO)")
     parser.add_argument(
+        "--rollout-start",
+        help="a PPO run only: the first decision date (ISO); its policy starts flat there "
+        "(default: the first bar with a complete window)",
+    )
+    parser.add_argument(
         "--device",
         help="cpu, cuda, cuda:1, ... (default: the run's trainer.accelerator; gpu = cuda)",
     )
@@ -175,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
             symbols=args.symbols,
             device=args.device,
             precision=args.precision,
+            rollout_start=args.rollout_start,
         )
     except Exception as exc:  # noqa: BLE001 - reported as one message
         fail("plusultra-predict", exc)

@@ -16,13 +16,15 @@ greedy rollout each), which `training.evaluate` backtests with the run's Backtes
 The forecaster itself is left as the previous stage handed it over (its ``val_loss`` /
 ``test_loss`` are the run's supervised losses). Checkpoints: ``<stage>-best.ckpt`` (best
 validation score) and ``<stage>-last.ckpt`` in the run's checkpoint dir, always under the stage's
-name (``best.ckpt`` stays what ``plusultra-predict`` reads: a forecaster's).
+name, and ``<stage>-policy.pt``: the policy handed to evaluation, which ``plusultra-predict``
+loads (``rl.predict``).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import lightning as L
 import pandas as pd
@@ -35,6 +37,7 @@ from plusultra.errors import ConfigError
 from plusultra.rl.env import EnvConfig, TradingEnv
 from plusultra.rl.module import PPOModule, PPOSettings
 from plusultra.rl.policy import ActorCritic
+from plusultra.rl.predict import POLICY_SUFFIX, save_policy
 from plusultra.rl.rewards import RewardConfig
 from plusultra.rl.rollout import decision_bars, positions_frame, segment_rollout
 from plusultra.rl.schedule import EnvSchedule
@@ -237,6 +240,8 @@ class RLStage(Stage):
                 self.select,
                 selector.best_score,
             )
+        if ckpt is not None and ckpt.dirpath and trainer.is_global_zero:  # for plusultra-predict
+            save_policy(policy, handed, Path(ckpt.dirpath) / f"{self.name}{POLICY_SUFFIX}")
         policy.cpu()
         market, config = env.market, self._env
 
