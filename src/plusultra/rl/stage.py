@@ -4,11 +4,13 @@
 `ForecastModule` as the previous stages left it (``ActorCritic.from_forecast``: a copy of its
 backbone, the whole module frozen as the supervised reference policy), and trains it with
 `PPOModule` on a `TradingEnv` over the **train** segment whose costs and fill timing are the
-run's simulator's (``EnvConfig.from_simulator``). Selection uses the **validation** segment only:
-after every epoch the policy's greedy positions over the whole validation segment
-(`rl.rollout.segment_rollout`) are scored (annualised Sharpe ratio, or mean return, of the
-environment's net returns), logged as ``<stage>/val/<select>``, and the best epoch's weights are
-kept (``restore_best``). The test segment is never read while training or selecting.
+run's simulator's (``EnvConfig.from_simulator``); with ``policy.residual`` the policy is a
+residual on the frozen supervised one. Selection uses the **validation** segment only: before
+the first update and after every epoch the policy's greedy positions over the whole validation
+segment (`rl.rollout.segment_rollout`) are scored (annualised Sharpe ratio, or mean return, of
+the environment's net returns), logged as ``<stage>/val/<select>``, and the best candidate's
+weights are kept (``restore_best``), the policy before fine-tuning (epoch -1) included. The test
+segment is never read while training or selecting.
 
 The stage must be the curriculum's last: its policy is what the run evaluates. Its
 `StageResult.positions` gives that policy's positions over ``val`` or ``test`` (one sequential
