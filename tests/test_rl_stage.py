@@ -224,7 +224,8 @@ def test_selection_reads_the_validation_segment_only(dm, tmp_path, monkeypatch):
         }
 
     result, state = fit(tmp_path / "a")
-    assert seen == [dm.segments.val] * 2  # one validation rollout per epoch, nothing else
+    # one validation rollout before fine-tuning and one per epoch, nothing else
+    assert seen == [dm.segments.val] * 3
     assert result.metric == "sharpe" and np.isfinite(result.best_score)
     names = {p.name for p in (tmp_path / "a").iterdir()}
     assert names == {"ppo-best.ckpt", "ppo-last.ckpt", "ppo-policy.pt"}
@@ -268,6 +269,7 @@ def test_curriculum_rl_runs_end_to_end_and_records_its_row(tiny_db, tmp_path):
     assert np.isfinite(metrics["supervised_best_val_loss"])
     # frictionless simulator: the environment's validation score is the backtest's val Sharpe
     assert metrics["ppo_best_val_sharpe"] == pytest.approx(metrics["val_sharpe"], rel=1e-4)
+    assert metrics["ppo_best_epoch"] in (-1, 0)  # before fine-tuning, or the one epoch
     preds = pd.read_parquet(run_dir / "predictions.parquet")
     block = pd.read_parquet(run_dir / "walk_forward.parquet").iloc[0]  # the test segment
     assert preds["timestamp"].between(block["start"], block["end"]).all()
@@ -277,10 +279,10 @@ def test_curriculum_rl_runs_end_to_end_and_records_its_row(tiny_db, tmp_path):
     }
     rows = query(
         tmp_path / "catalogue",
-        "SELECT curriculum, avg(test_sharpe) AS s, any_value(ppo_best_val_sharpe) AS p "
-        "FROM runs GROUP BY curriculum",
+        "SELECT curriculum, avg(test_sharpe) AS s, any_value(ppo_best_val_sharpe) AS p, "
+        "any_value(ppo_best_epoch) AS e FROM runs GROUP BY curriculum",
     )
-    assert rows["curriculum"].tolist() == ["rl"]
+    assert rows["curriculum"].tolist() == ["rl"] and rows["e"][0] == metrics["ppo_best_epoch"]
     assert rows["s"][0] == pytest.approx(metrics["test_sharpe"])
 
 

@@ -175,6 +175,7 @@ def train(cfg: DictConfig) -> float | list[float] | None:
             for s in stages
             if s.best_score is not None
         },
+        **{f"{s.name}_best_epoch": s.best_epoch for s in stages if s.best_epoch is not None},
         **diagnostics.summary(),  # diag_*: max gradient norm, loss spikes, warnings ...
     }
     # everything the module logged on val/test: naive loss, calibration error, MoE balance ...

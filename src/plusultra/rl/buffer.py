@@ -32,12 +32,18 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self.size
 
-    def add(self, obs: Observation, action: torch.Tensor) -> None:
-        """Append a batch of K pairs: ``obs`` with leading dimension K, ``action`` (K, S)."""
+    def add(self, obs: Observation, action: torch.Tensor, base: torch.Tensor | None = None) -> None:
+        """Append a batch of K pairs: ``obs`` with leading dimension K, ``action`` (K, S), and
+        for a residual policy its ``base`` (K, S) or (K, S, 3) (``reference_target`` of the
+        observations, kept so that ``bc_loss`` need not recompute it); every add alike."""
         items = {
             "features": obs.features, "position": obs.position, "cash": obs.cash,
             "mask": obs.mask, "action": action,
         }  # fmt: skip
+        if base is not None:
+            items["base"] = base
+        if self.store and ("base" in self.store) != (base is not None):
+            raise ConfigError("ReplayBuffer.add: give a base with every batch or with none")
         if not self.store:
             self.store = {k: v.new_zeros((self.capacity, *v.shape[1:])) for k, v in items.items()}
         k = len(action)
@@ -51,17 +57,26 @@ class ReplayBuffer:
         self, n: int, generator: torch.Generator | None = None
     ) -> tuple[Observation, torch.Tensor]:
         """n pairs drawn uniformly with replacement: (Observation with leading n, action (n, S))."""
+        return self.sample_with_base(n, generator)[:2]
+
+    def sample_with_base(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> tuple[Observation, torch.Tensor, torch.Tensor | None]:
+        """As `sample`, plus the stored bases of those pairs (None when none were added)."""
         if self.size == 0:
             raise ConfigError("ppo.bc_coef > 0 but the behaviour-cloning buffer is empty")
         dev = self.store["action"].device
         idx = torch.randint(self.size, (n,), generator=generator, device=dev)
         s = {k: v[idx] for k, v in self.store.items()}
-        return Observation(s["features"], s["position"], s["cash"], s["mask"]), s["action"]
+        obs = Observation(s["features"], s["position"], s["cash"], s["mask"])
+        return obs, s["action"], s.get("base")
 
 
-def bc_loss(policy, obs: Observation, action: torch.Tensor) -> torch.Tensor:
+def bc_loss(
+    policy, obs: Observation, action: torch.Tensor, base: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean negative log-likelihood of ``action`` (n, S) under ``policy`` (an ActorCritic),
-    per tradable symbol."""
-    out = policy(obs)
+    per tradable symbol; ``base``: a residual policy's cached ``reference_target(obs)``."""
+    out = policy(obs, base=base)
     logp, _ = policy.log_prob_entropy(out, action, obs.mask)
     return -(logp.sum() / obs.mask.sum().clamp_min(1))

@@ -204,16 +204,20 @@ class PPOModule(L.LightningModule):
         final_v = torch.zeros(s.n_steps, env.n_envs, device=self.device)
         finished: list[torch.Tensor] = []
         obs = self._obs
+        # the supervised policy on each observation, once per step: the residual's base, the
+        # KL penalty's target and the cloned actions (minibatches reuse it)
+        with_ref = pol.residual or s.ref_kl_coef > 0 or self.buffer is not None
         for t in range(s.n_steps):
-            out = pol(obs)
+            ref = pol.reference_target(obs) if with_ref else None
+            out = pol(obs, base=ref)
             action = pol.sample(out, self.gen)
             logp, _ = pol.log_prob_entropy(out, action, obs.mask)
-            if s.ref_kl_coef > 0 or self.buffer is not None:
-                refs.append(pol.reference_target(obs))
+            if with_ref:
+                refs.append(ref)
             nxt, reward, term, trunc, info = env.step(pol.env_action(action))
             done_index = info.get("done_index")
             if done_index is not None and len(done_index):  # ended episodes' last states
-                final_v[t, done_index] = pol(info["final_observation"]).value  # bootstrap
+                final_v[t, done_index] = pol.value(info["final_observation"])  # bootstrap
             self._ep_return += reward
             done = term | trunc
             finished.append(self._ep_return[done])
@@ -224,7 +228,7 @@ class PPOModule(L.LightningModule):
         self._obs = obs
         values_t = torch.stack(values)  # (T, E)
         term_t, trunc_t = torch.stack(terms), torch.stack(truncs)
-        next_v = torch.cat([values_t[1:], pol(obs).value[None]])  # (T, E)
+        next_v = torch.cat([values_t[1:], pol.value(obs)[None]])  # (T, E)
         next_v = torch.where(term_t | trunc_t, final_v, next_v)
         rewards_t = torch.stack(rewards)
         adv, ret = ppo.gae(rewards_t, values_t, next_v, term_t, trunc_t, s.gamma, s.gae_lambda)
@@ -244,7 +248,7 @@ class PPOModule(L.LightningModule):
         """The PPO loss of one minibatch, or None when the KL early stop fires."""
         s, pol = self.settings, self.policy
         obs = _rows(batch["obs"], idx)
-        out = pol(obs)
+        out = pol(obs, base=batch["ref"][idx] if pol.residual else None)  # cached reference
         logp, ent = pol.log_prob_entropy(out, batch["action"][idx], obs.mask)
         kl = ppo.approx_kl(logp.detach(), batch["logp"][idx])
         stats["approx_kl"].append(kl)
@@ -271,7 +275,7 @@ class PPOModule(L.LightningModule):
             loss = loss + s.ref_kl_coef * ref_kl
             stats["ref_kl"].append(ref_kl.detach())
         if self.buffer is not None:
-            bc = bc_loss(pol, *self.buffer.sample(len(idx), self.gen))
+            bc = bc_loss(pol, *self.buffer.sample_with_base(len(idx), self.gen))
             loss = loss + s.bc_coef * bc
             stats["bc_loss"].append(bc.detach())
         return loss
@@ -291,7 +295,8 @@ class PPOModule(L.LightningModule):
                 group["lr"] = s.lr * ppo.linear_anneal(update, total)
         batch = self.rollout()
         if self.buffer is not None and pol.reference is not None:  # supervised actions to clone
-            self.buffer.add(batch["obs"], pol.reference_action(batch["ref"]))
+            base = batch["ref"] if pol.residual else None  # the residual's, for bc_loss
+            self.buffer.add(batch["obs"], pol.reference_action(batch["ref"]), base)
         names = ("policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl")
         names += ("ref_kl", "bc_loss", "aux_loss", "grad_norm")
         stats: dict[str, list] = {k: [] for k in names}

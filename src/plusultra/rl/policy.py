@@ -13,6 +13,14 @@ two policies' densities of the raw sample is the correct importance weight (clea
 tanh-squashed Gaussian would need a Jacobian term and has no closed-form entropy. The greedy
 action is ``clamp(mean, -1, 1)``. Discrete actions: a Categorical over (sell, hold, buy)
 (``models.heads.ACTIONS``). A step's log-probability and entropy are sums over tradable symbols.
+
+Residual policy (``residual=True``, needs the supervised reference): the policy head's output is
+added to the frozen supervised policy, expressed in the action space by ``reference_target``
+(the "base"). Continuous: ``mean = reference_position + pi(z)``; discrete: ``logits =
+log(reference probabilities) + pi(z)``. The head starts near zero (output gain 0.01), so PPO's
+update 0 acts like the supervised policy rather than a flat book. The base is a function of the
+observation only: the rollout computes it once per step and passes it to ``forward(obs,
+base=...)`` for the update's minibatches; without it, ``forward`` computes it itself.
 """
 
 from __future__ import annotations
@@ -77,6 +85,8 @@ class ActorCritic(nn.Module):
             ``reference_position``); None: none.
         forecast_scale: a forecast head's signal (target units: multiples of the targets' train
             RMS) times this, clipped to [-1, 1], is the supervised position.
+        residual: the policy is a residual on the supervised reference (see the module
+            docstring); needs ``reference``.
     """
 
     def __init__(
@@ -87,10 +97,16 @@ class ActorCritic(nn.Module):
         log_std_init: float = -0.5,
         reference: nn.Module | None = None,
         forecast_scale: float = 1.0,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         if action_kind not in ACTION_KINDS:
             raise ConfigError(f"unknown action_kind {action_kind!r}; valid: {list(ACTION_KINDS)}")
+        if residual and reference is None:
+            raise ConfigError(
+                "policy.residual=true needs a supervised reference policy to add the residual "
+                "to (ActorCritic.from_forecast); set policy.residual=false or warm-start"
+            )
         d = int(backbone.d_out) + 2  # last token, position, cash
         self.backbone, self.action_kind = backbone, action_kind
         self.pi = _head(d, hidden, 1 if action_kind == "continuous" else 3, 0.01)
@@ -101,7 +117,15 @@ class ActorCritic(nn.Module):
         self.reference = reference
         if reference is not None:
             reference.requires_grad_(False).eval()
-        self.forecast_scale = float(forecast_scale)
+        self.forecast_scale, self.residual = float(forecast_scale), bool(residual)
+
+    def train(self, mode: bool = True) -> ActorCritic:
+        """Set the training mode of the trainable parts; the frozen reference stays in eval
+        mode (dropout off), so the supervised policy is one deterministic function."""
+        super().train(mode)
+        if self.reference is not None:
+            self.reference.eval()
+        return self
 
     @classmethod
     def from_forecast(cls, module: nn.Module, action_kind: str = "continuous", **kw) -> ActorCritic:
@@ -122,16 +146,35 @@ class ActorCritic(nn.Module):
         cash = obs.cash[:, None, None].expand(E, S, 1)
         return torch.cat([h.reshape(E, S, -1), obs.position[..., None], cash], dim=-1)
 
-    def forward(self, obs: Observation) -> PolicyOutput:
-        """Distribution parameters and values for a batch of observations."""
+    def _value(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(E,) values from the tokens z (E, S, D + 2): the MLP of their mean over tradable
+        symbols."""
+        m = mask[..., None].to(z.dtype)  # (E, S, 1)
+        pooled = (z * m).sum(1) / m.sum(1).clamp_min(1)  # (E, D + 2)
+        return self.v(pooled)[:, 0]
+
+    def forward(self, obs: Observation, base: torch.Tensor | None = None) -> PolicyOutput:
+        """Distribution parameters and values for a batch of observations.
+
+        Args:
+            obs: the observations (E rows).
+            base: ``reference_target(obs)`` computed beforehand ((E, S) or (E, S, 3)), for a
+                residual policy; None: computed here. Ignored by a non-residual policy.
+        """
         z = self._tokens(obs)  # (E, S, D + 2)
-        m = obs.mask[..., None].to(z.dtype)  # (E, S, 1)
-        pooled = (z * m).sum(1) / m.sum(1).clamp_min(1)  # (E, D + 2) mean over tradable
-        value = self.v(pooled)[:, 0]  # (E,)
+        value = self._value(z, obs.mask)
         out = self.pi(z)  # (E, S, 1) or (E, S, 3)
+        if self.residual and base is None:
+            base = self.reference_target(obs)
         if self.action_kind == "continuous":
-            return PolicyOutput(out[..., 0], self.log_std, None, value)
-        return PolicyOutput(None, None, out, value)
+            mean = out[..., 0] + base if self.residual else out[..., 0]  # (E, S)
+            return PolicyOutput(mean, self.log_std, None, value)
+        logits = out + base.log() if self.residual else out  # (E, S, 3)
+        return PolicyOutput(None, None, logits, value)
+
+    def value(self, obs: Observation) -> torch.Tensor:
+        """(E,) values alone (no policy head, no reference): GAE's bootstrap."""
+        return self._value(self._tokens(obs), obs.mask)
 
     def log_prob_entropy(
         self, out: PolicyOutput, action: torch.Tensor, mask: torch.Tensor
@@ -217,6 +260,9 @@ class ActorCritic(nn.Module):
         ``target`` is ``reference_target``'s. Continuous: the supervised policy is a Gaussian
         centred on the reference position with the current std (detached), so the KL is
         ``(mean - ref)^2 / (2 std^2)``. Discrete: ``sum_a pi(a) (log pi(a) - log ref(a))``.
+        For a residual policy both penalise the residual itself: continuous ``mean - ref`` is
+        the head's output, and discrete ``log pi - log ref`` is its logits minus their
+        log-sum-exp.
         """
         m = mask.to(out.value.dtype)
         if self.action_kind == "continuous":

@@ -4,11 +4,13 @@
 `ForecastModule` as the previous stages left it (``ActorCritic.from_forecast``: a copy of its
 backbone, the whole module frozen as the supervised reference policy), and trains it with
 `PPOModule` on a `TradingEnv` over the **train** segment whose costs and fill timing are the
-run's simulator's (``EnvConfig.from_simulator``). Selection uses the **validation** segment only:
-after every epoch the policy's greedy positions over the whole validation segment
-(`rl.rollout.segment_rollout`) are scored (annualised Sharpe ratio, or mean return, of the
-environment's net returns), logged as ``<stage>/val/<select>``, and the best epoch's weights are
-kept (``restore_best``). The test segment is never read while training or selecting.
+run's simulator's (``EnvConfig.from_simulator``); with ``policy.residual`` the policy is a
+residual on the frozen supervised one. Selection uses the **validation** segment only: before
+the first update and after every epoch the policy's greedy positions over the whole validation
+segment (`rl.rollout.segment_rollout`) are scored (annualised Sharpe ratio, or mean return, of
+the environment's net returns), logged as ``<stage>/val/<select>``, and the best candidate's
+weights are kept (``restore_best``), the policy before fine-tuning (epoch -1) included. The test
+segment is never read while training or selecting.
 
 The stage must be the curriculum's last: its policy is what the run evaluates. Its
 `StageResult.positions` gives that policy's positions over ``val`` or ``test`` (one sequential
@@ -57,12 +59,15 @@ class PolicySettings:
         hidden: width of the hidden layer of the policy and value heads.
         log_std_init: initial log-std of the continuous Gaussian.
         forecast_scale: a forecast head's signal times this, clipped to [-1, 1], is the
-            supervised reference position (KL penalty, behaviour cloning).
+            supervised reference position (KL penalty, behaviour cloning, residual).
+        residual: the policy is a residual on the frozen supervised policy (`ActorCritic`'s
+            ``residual``): PPO starts from the supervised policy, not a flat book.
     """
 
     hidden: int = 64
     log_std_init: float = -0.5
     forecast_scale: float = 1.0
+    residual: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 1:
@@ -71,11 +76,20 @@ class PolicySettings:
             raise ConfigError(f"policy.log_std_init={self.log_std_init!r} must be a number")
         if not self.forecast_scale > 0:
             raise ConfigError(f"policy.forecast_scale={self.forecast_scale!r} must be > 0")
+        if not isinstance(self.residual, bool):
+            raise ConfigError(f"policy.residual={self.residual!r} must be true or false")
+
+
+INITIAL = -1  # the epoch number of the policy before the first PPO update
 
 
 class ValidationSelector(L.Callback):
     """After each training epoch: the policy's greedy rollout over the validation segment,
     scored and logged as ``val/<metric>``; keeps the best epoch's policy weights in memory.
+
+    The policy before the first PPO update (the warm start) is a candidate too, as epoch
+    ``INITIAL`` (-1): scored at the start of training, so that selection can keep the
+    un-fine-tuned policy when no PPO epoch beats it (a tie keeps the earlier candidate).
 
     Args:
         segment: the validation segment's (lo, hi) decision bars.
@@ -94,16 +108,34 @@ class ValidationSelector(L.Callback):
         self.best_score: float | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_epoch: int | None = None
+        self.initial_score: float | None = None
+        self.last_epoch: int | None = None
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: PPOModule) -> None:
+    def _consider(self, pl_module: PPOModule, epoch: int) -> float:
+        """Score the module's current policy; keep its weights if it beats the best so far."""
         rollout = segment_rollout(pl_module.policy, self.market, self.segment, self.config)
         score = rollout.score(self.metric, self.periods_per_year)
-        pl_module.log(f"val/{self.metric}", score, on_step=False, on_epoch=True, prog_bar=True)
         if self.best_score is None or score > self.best_score:
-            self.best_score, self.best_epoch = score, trainer.current_epoch
+            self.best_score, self.best_epoch = score, epoch
             self.best_state = {
                 k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()
             }
+        return score
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: PPOModule) -> None:
+        if int(pl_module.updates) > 0:  # resumed mid-stage: not the warm start
+            return
+        score = self.initial_score = self._consider(pl_module, INITIAL)
+        # straight to the loggers at step 0: through pl_module.log it would be averaged into
+        # epoch 0's value of the same key, which the checkpoint callback monitors
+        for lg in trainer.loggers:
+            lg.log_metrics({f"val/{self.metric}": score}, step=0)
+        log.info("PPO: the policy before fine-tuning scores val/%s=%.4f", self.metric, score)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: PPOModule) -> None:
+        self.last_epoch = trainer.current_epoch
+        score = self._consider(pl_module, trainer.current_epoch)
+        pl_module.log(f"val/{self.metric}", score, on_step=False, on_epoch=True, prog_bar=True)
 
 
 @dataclass
@@ -222,6 +254,7 @@ class RLStage(Stage):
             hidden=self._policy.hidden,
             log_std_init=self._policy.log_std_init,
             forecast_scale=self._policy.forecast_scale,
+            residual=self._policy.residual,
         )
         schedule = None if self._schedule is None else self._env_schedule(datamodule.panel)
         ppo = PPOModule(policy, env, self._ppo, schedule)
@@ -229,17 +262,28 @@ class RLStage(Stage):
         with stage_prefix(trainer.loggers, self.name):
             trainer.fit(ppo)
         best = (getattr(ckpt, "best_model_path", "") or None) if ckpt else None
-        handed = "last"
+        handed, epoch = "last", selector.last_epoch
         if self.restore_best and selector.best_state is not None:
             ppo.load_state_dict(selector.best_state)
-            handed = "best"
-            log.info(
-                "Stage %s: restored epoch %d (val/%s=%.4f)",
-                self.name,
-                selector.best_epoch,
-                self.select,
-                selector.best_score,
-            )
+            handed, epoch = "best", selector.best_epoch
+            if epoch == INITIAL:  # ppo-best.ckpt holds the best epoch, not these weights
+                best = None
+                log.info(
+                    "Stage %s: kept the policy before fine-tuning (epoch -1, val/%s=%.4f): "
+                    "no PPO epoch beat it",
+                    self.name,
+                    self.select,
+                    selector.best_score,
+                )
+            else:
+                log.info(
+                    "Stage %s: restored epoch %d (val/%s=%.4f; before fine-tuning: %s)",
+                    self.name,
+                    epoch,
+                    self.select,
+                    selector.best_score,
+                    "n/a" if selector.initial_score is None else f"{selector.initial_score:.4f}",
+                )
         if ckpt is not None and ckpt.dirpath and trainer.is_global_zero:  # for plusultra-predict
             save_policy(policy, handed, Path(ckpt.dirpath) / f"{self.name}{POLICY_SUFFIX}")
         policy.cpu()
@@ -253,7 +297,7 @@ class RLStage(Stage):
             return positions_frame(rollout, datamodule.panel.dates, datamodule.panel.symbols)
 
         return StageResult(
-            self.name, trainer, best, selector.best_score, handed, self.select, positions
+            self.name, trainer, best, selector.best_score, handed, self.select, positions, epoch
         )
 
     def _retarget_checkpoint(self, trainer: L.Trainer) -> ModelCheckpoint | None:

@@ -62,6 +62,8 @@ class StageResult:
         positions: a policy stage's positions over a segment (``"val"`` or ``"test"``): a
             frame ``symbol, timestamp, pred_1`` that evaluation trades instead of the module's
             forecasts (`rl.stage.RLStage`); None: evaluate the module.
+        best_epoch: the epoch whose weights a policy stage handed over (-1: its policy before
+            fine-tuning; catalogue column ``<stage>_best_epoch``); None: not recorded.
     """
 
     name: str
@@ -71,6 +73,7 @@ class StageResult:
     handed: str = "best"
     metric: str = "loss"
     positions: Callable[[str], pd.DataFrame] | None = None
+    best_epoch: int | None = None
 
 
 @contextlib.contextmanager
