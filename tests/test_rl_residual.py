@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ from plusultra.models.heads import PolicyHead, RegressionHead
 from plusultra.models.losses import CVaR
 from plusultra.models.module import ForecastModule, OptimSettings
 from plusultra.rl.buffer import bc_loss
+from plusultra.rl.env import TradingEnv
 from plusultra.rl.module import PPOModule, PPOSettings
 from plusultra.rl.policy import ActorCritic
 from plusultra.rl.stage import PolicySettings
@@ -108,6 +110,10 @@ def test_rollout_caches_the_reference_of_each_row(kind):
 
 def test_residual_gradient_reaches_head_and_backbone_not_the_reference():
     pol, obs = residual_policy(), observation()
+    last = pol.pi[-1]
+    assert last.weight.abs().sum() == 0 and last.bias.abs().sum() == 0  # starts as the reference
+    with torch.no_grad():  # as after the first optimiser step, which moves the output layer only
+        last.weight.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(0))
     out = pol(obs)
     logp, _ = pol.log_prob_entropy(out, out.mean.detach() + 0.3, obs.mask)
     logp.sum().backward()
@@ -120,7 +126,7 @@ def test_residual_gradient_reaches_head_and_backbone_not_the_reference():
 def test_kl_to_reference_penalises_the_residual(kind):
     pol, obs = residual_policy(kind), observation(kind)
     with torch.no_grad():  # a residual of a visible size
-        pol.pi[-1].weight.mul_(50)
+        pol.pi[-1].weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(0))
         out = pol(obs)
         delta = pol.pi(pol._tokens(obs))  # the head's output: the residual
         kl = pol.kl_to_reference(out, pol.reference_target(obs), obs.mask)
@@ -217,3 +223,32 @@ def bars_a_year(dates) -> float:
     from plusultra.data.datasets.calendar import resolve_periods_per_year
 
     return float(resolve_periods_per_year(None, dates))
+
+
+def test_residual_policy_starts_as_the_book_the_supervised_backtest_trades(dm):  # noqa: F811
+    """forecast_scale null: the reference is the forecast of the traded step in return units,
+    so the policy before fine-tuning is the supervised `evaluation=weights` book (up to the
+    gross cap, which both apply the same way)."""
+    from plusultra.data.datasets.windows import WindowDataset
+    from plusultra.training.predict import predictions_frame
+
+    module = _module(dm)
+    stage = build_stage(1, {**PPO, **SMALL, "policy": {"hidden": 16, "residual": True}})
+    pol = stage.make_policy(module, dm).eval()
+    assert pol.signal_index == dm.horizon - 1  # signal_step null: the last step, as evaluation
+    assert pol.forecast_scale == pytest.approx(dm.norm.target_scale[-1])
+    env = TradingEnv.from_datamodule(dm, "val", stage._env)
+    obs = env.reset(seed=0)
+    with torch.no_grad():
+        greedy = pol.greedy(pol(obs))  # (E, S)
+    t, s = env.t, torch.arange(env.n_symbols)
+    idx = torch.stack([t[:, None].expand(-1, env.n_symbols), s.expand(len(t), -1)], -1)
+    idx = idx.reshape(-1, 2)
+    ds = WindowDataset(dm.features, idx.numpy(), dm.window)
+    preds = predictions_frame(
+        module, ds, dm.panel.dates, dm.panel.symbols, dm.norm.target_scale, progress=False
+    )
+    want = preds[f"pred_{dm.horizon}"].to_numpy().reshape(greedy.shape)
+    ok = obs.mask.numpy()
+    assert np.abs(want[ok]).max() > 1e-4  # a book to compare
+    np.testing.assert_allclose(greedy.numpy()[ok], np.clip(want[ok], -1, 1), atol=1e-6)

@@ -27,8 +27,6 @@ own rollouts) and matmul_precision; --device and --precision override them (e.g.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import inspect
 import json
 import sys
 from pathlib import Path
@@ -170,7 +168,6 @@ def policy_predictions(model, stage, dm, run_dir: Path, target, rollout_start: s
     import pandas as pd
     import torch
 
-    from plusultra.rl.policy import ActorCritic
     from plusultra.rl.predict import load_policy, market_of, policy_positions
 
     if target.autocast_dtype is None and target.dtype != torch.float32:
@@ -178,9 +175,7 @@ def policy_predictions(model, stage, dm, run_dir: Path, target, rollout_start: s
             f"--precision {target.precision}: a policy's rollout runs in float32 (32-true) or "
             "under autocast (a -mixed precision)"
         )
-    accepted = inspect.signature(ActorCritic).parameters  # settings the constructor takes
-    settings = {k: v for k, v in dataclasses.asdict(stage._policy).items() if k in accepted}
-    policy = ActorCritic.from_forecast(model, stage._env.action_kind, **settings)
+    policy = stage.make_policy(model, dm)
     load_policy(policy, run_dir / "checkpoints", stage.name)
     dates = dm.panel.dates
     first = 0

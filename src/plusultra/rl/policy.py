@@ -84,7 +84,10 @@ class ActorCritic(nn.Module):
             defines the supervised policy for the KL penalty and behaviour cloning (see
             ``reference_position``); None: none.
         forecast_scale: a forecast head's signal (target units: multiples of the targets' train
-            RMS) times this, clipped to [-1, 1], is the supervised position.
+            RMS) times this, clipped to [-1, 1], is the supervised position (the targets' train
+            RMS gives the forecast in return units, as ``evaluation=weights`` trades it).
+        signal_index: which forecast step of a forecast head is read as the position (0: the
+            first; ``evaluation.signal_step - 1`` to match the supervised backtest).
         residual: the policy is a residual on the supervised reference (see the module
             docstring); needs ``reference``.
     """
@@ -98,6 +101,7 @@ class ActorCritic(nn.Module):
         reference: nn.Module | None = None,
         forecast_scale: float = 1.0,
         residual: bool = False,
+        signal_index: int = 0,
     ) -> None:
         super().__init__()
         if action_kind not in ACTION_KINDS:
@@ -109,7 +113,9 @@ class ActorCritic(nn.Module):
             )
         d = int(backbone.d_out) + 2  # last token, position, cash
         self.backbone, self.action_kind = backbone, action_kind
-        self.pi = _head(d, hidden, 1 if action_kind == "continuous" else 3, 0.01)
+        # a residual's head starts at exactly 0, so the policy starts as the reference itself
+        out_gain = 0.0 if residual else 0.01
+        self.pi = _head(d, hidden, 1 if action_kind == "continuous" else 3, out_gain)
         self.v = _head(d, hidden, 1, 1.0)
         self.log_std = nn.Parameter(torch.tensor(float(log_std_init)))
         if action_kind == "discrete":
@@ -118,6 +124,7 @@ class ActorCritic(nn.Module):
         if reference is not None:
             reference.requires_grad_(False).eval()
         self.forecast_scale, self.residual = float(forecast_scale), bool(residual)
+        self.signal_index = int(signal_index)
 
     def train(self, mode: bool = True) -> ActorCritic:
         """Set the training mode of the trainable parts; the frozen reference stays in eval
@@ -220,14 +227,14 @@ class ActorCritic(nn.Module):
         """The supervised policy's position (E, S) in [-1, 1], or None without a reference.
 
         With a position head (``PolicyHead``): its position (discrete: P(buy) - P(sell)). With
-        a forecast head: ``clip(forecast_scale * signal[:, 0], -1, 1)``, the next-step forecast
+        a forecast head: ``clip(forecast_scale * signal[:, signal_index], -1, 1)``, the forecast
         read as a position, as the supervised backtests trade it.
         """
         if self.reference is None:
             return None
         E, S, W, F = obs.features.shape
         return self.reference.position(
-            obs.features.reshape(E * S, W, F), self.forecast_scale
+            obs.features.reshape(E * S, W, F), self.forecast_scale, self.signal_index
         ).reshape(E, S)
 
     @torch.no_grad()
@@ -284,12 +291,12 @@ class _Reference(nn.Module):
         super().__init__()
         self.backbone, self.head = backbone, head
 
-    def position(self, x: torch.Tensor, forecast_scale: float) -> torch.Tensor:
-        """x (B, W, F) -> (B,) positions in [-1, 1]."""
+    def position(self, x: torch.Tensor, forecast_scale: float, index: int = 0) -> torch.Tensor:
+        """x (B, W, F) -> (B,) positions in [-1, 1] (a forecast head: step ``index``)."""
         out = self.head(self.backbone(x))
         if getattr(self.head, "kind", None) == "position":
             return policy_position(out)
-        return (forecast_scale * self.head.signal(out)[:, 0]).clamp(-1, 1)
+        return (forecast_scale * self.head.signal(out)[:, index]).clamp(-1, 1)
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor | None:
         """x (B, W, F) -> (B, 3) action probabilities of a discrete PolicyHead, else None."""

@@ -58,15 +58,18 @@ class PolicySettings:
     Attributes:
         hidden: width of the hidden layer of the policy and value heads.
         log_std_init: initial log-std of the continuous Gaussian.
-        forecast_scale: a forecast head's signal times this, clipped to [-1, 1], is the
-            supervised reference position (KL penalty, behaviour cloning, residual).
+        forecast_scale: a forecast head's signal (multiples of the targets' train RMS) times
+            this, clipped to [-1, 1], is the supervised reference position (KL penalty,
+            behaviour cloning, residual); None: the targets' train RMS of the traded step, so
+            the reference is the forecast in return units, the book a supervised run with
+            ``evaluation=weights`` trades.
         residual: the policy is a residual on the frozen supervised policy (`ActorCritic`'s
             ``residual``): PPO starts from the supervised policy, not a flat book.
     """
 
     hidden: int = 64
     log_std_init: float = -0.5
-    forecast_scale: float = 1.0
+    forecast_scale: float | None = None
     residual: bool = False
 
     def __post_init__(self) -> None:
@@ -74,7 +77,7 @@ class PolicySettings:
             raise ConfigError(f"policy.hidden={self.hidden!r} must be an integer >= 1")
         if not isinstance(self.log_std_init, int | float) or isinstance(self.log_std_init, bool):
             raise ConfigError(f"policy.log_std_init={self.log_std_init!r} must be a number")
-        if not self.forecast_scale > 0:
+        if self.forecast_scale is not None and not self.forecast_scale > 0:
             raise ConfigError(f"policy.forecast_scale={self.forecast_scale!r} must be > 0")
         if not isinstance(self.residual, bool):
             raise ConfigError(f"policy.residual={self.residual!r} must be true or false")
@@ -150,6 +153,9 @@ class RLStage(Stage):
         ppo: `PPOSettings` keys.
         policy: `PolicySettings` keys.
         select: validation score that picks the epoch: ``sharpe`` or ``return``.
+        signal_step: the forecast step (1..horizon) a forecast head's reference position reads
+            (conf: ``${evaluation.signal_step}``, the step the supervised backtest trades);
+            None: the last.
         schedule: the environment curriculum, a list of `rl.schedule.Phase` mappings
             (``updates``, ``episode_len``, ``cost_scale``, ``regimes``); empty: off. It shapes
             the training episodes only; validation rollouts keep full costs and the whole
@@ -165,6 +171,7 @@ class RLStage(Stage):
     ppo: dict = field(default_factory=dict)
     policy: dict = field(default_factory=dict)
     select: str = "sharpe"
+    signal_step: int | None = None
     schedule: list = field(default_factory=list)
     simulator: object | None = None
     periods_per_year: float | None = None
@@ -248,14 +255,7 @@ class RLStage(Stage):
         device = trainer.strategy.root_device
         env = TradingEnv.from_datamodule(datamodule, "train", self._env, self._reward, None, device)
         selector.market = env.market  # the whole calendar, on the policy's device
-        policy = ActorCritic.from_forecast(
-            module,
-            self._env.action_kind,
-            hidden=self._policy.hidden,
-            log_std_init=self._policy.log_std_init,
-            forecast_scale=self._policy.forecast_scale,
-            residual=self._policy.residual,
-        )
+        policy = self.make_policy(module, datamodule)
         schedule = None if self._schedule is None else self._env_schedule(datamodule.panel)
         ppo = PPOModule(policy, env, self._ppo, schedule)
         ckpt = self._retarget_checkpoint(trainer)
@@ -298,6 +298,28 @@ class RLStage(Stage):
 
         return StageResult(
             self.name, trainer, best, selector.best_score, handed, self.select, positions, epoch
+        )
+
+    def make_policy(self, module: L.LightningModule, datamodule) -> ActorCritic:
+        """The actor-critic warm-started from ``module`` with this stage's policy settings,
+        its reference reading the forecast step the supervised backtest trades
+        (``signal_step``) in return units unless ``policy.forecast_scale`` is given."""
+        scales = [float(x) for x in datamodule.norm.target_scale]  # per forecast step
+        step = len(scales) if self.signal_step is None else int(self.signal_step)
+        if not 1 <= step <= len(scales):
+            raise ConfigError(
+                f"curriculum stage {self.name!r}: signal_step={self.signal_step} but the model "
+                f"forecasts {len(scales)} step(s); choose 1..{len(scales)}"
+            )
+        given = self._policy.forecast_scale
+        return ActorCritic.from_forecast(
+            module,
+            self._env.action_kind,
+            hidden=self._policy.hidden,
+            log_std_init=self._policy.log_std_init,
+            forecast_scale=scales[step - 1] if given is None else given,
+            residual=self._policy.residual,
+            signal_index=step - 1,
         )
 
     def _retarget_checkpoint(self, trainer: L.Trainer) -> ModelCheckpoint | None:
