@@ -136,10 +136,11 @@ def table(df: pd.DataFrame) -> str:
         return "n/a" if pd.isna(x) else format(x, fmt)
 
     lines = [
-        "| data | arm | seeds | supervised val loss | val Sharpe | test Sharpe "
+        "| data | arm | seeds | kept before fine-tuning | supervised val loss | val Sharpe "
+        "| test Sharpe "
         "| test Sharpe 95% interval (mean) | test Sharpe per seed | test max drawdown "
         "| test turnover | test gross exposure |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in df.itertuples():
         interval = (
@@ -148,7 +149,8 @@ def table(df: pd.DataFrame) -> str:
             else f"[{r.test_sharpe_lo:.2f}, {r.test_sharpe_hi:.2f}]"
         )
         lines.append(
-            f"| {r.data} | {r.arm} | {r.n_seeds} | {num(r.supervised_val_loss_mean, '.4f')} "
+            f"| {r.data} | {r.arm} | {r.n_seeds} | {num(r.n_kept_initial, '.0f')} "
+            f"| {num(r.supervised_val_loss_mean, '.4f')} "
             f"| {pm(r.val_sharpe_mean, r.val_sharpe_std, '.2f')} "
             f"| {pm(r.test_sharpe_mean, r.test_sharpe_std, '.2f')} | {interval} "
             f"| {r.test_sharpe_each if isinstance(r.test_sharpe_each, str) else 'n/a'} "

@@ -79,6 +79,7 @@ def catalogue(tmp_path: Path) -> Path:
             "test_n_periods": 250.0,
             "n_params": 1000,
             "supervised_best_val_loss": 0.5 - 0.1 * job,
+            "ppo_best_epoch": -1 if job % 2 else 0,
             "test_sharpe_lo": test_sharpe - 1.0,
             "test_sharpe_hi": test_sharpe + 1.0,
             **{f"{seg}_turnover": 0.3 for seg in ("val", "test")},

@@ -8,6 +8,8 @@
 -- over seeds of each run's 95% stationary-bootstrap interval of its test Sharpe (NULL for the
 -- baselines, which have no interval). supervised_val_loss_mean is the supervised stage's best
 -- validation loss: equal in both arms when the rl arm fine-tunes the supervised arm's model.
+-- n_kept_initial counts the rl arm's runs whose PPO stage handed over the policy before
+-- fine-tuning (ppo_best_epoch = -1: no PPO epoch beat it on validation); NULL for other arms.
 -- std is the sample standard deviation (NULL for one seed).
 -- Drawdowns are negative fractions of equity; turnover is traded notional / equity per bar.
 WITH model AS (
@@ -17,6 +19,8 @@ WITH model AS (
         evaluation,
         curriculum AS arm,
         count(DISTINCT seed) AS n_seeds,
+        CASE WHEN curriculum = 'rl' THEN count(*) FILTER (WHERE ppo_best_epoch = -1) END
+            AS n_kept_initial,
         avg(supervised_best_val_loss) AS supervised_val_loss_mean,
         avg(val_sharpe) AS val_sharpe_mean,
         stddev_samp(val_sharpe) AS val_sharpe_std,
@@ -43,6 +47,7 @@ baselines AS (
         evaluation,
         b.arm,
         count(DISTINCT seed) AS n_seeds,
+        NULL::BIGINT AS n_kept_initial,
         NULL::DOUBLE AS supervised_val_loss_mean,
         avg(CASE WHEN b.arm = 'buyhold' THEN val_buyhold_sharpe ELSE val_equal_weight_sharpe END)
             AS val_sharpe_mean,
