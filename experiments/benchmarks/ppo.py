@@ -24,8 +24,8 @@ update (``rollout_bytes``: windows or indices, plus position, cash and mask) are
 the default sizes (n_steps 32, 256 envs x 20 symbols, window 64, 30 features) and checked
 against the tensors of a real rollout at ``--trading-*`` sizes (the seeded random-walk market of
 ``rl_env``, 9 features); there, one update with lazy and with eager observations (the same
-env, every observation gathered as soon as it is returned) is timed end to end, and the two
-give the same weights. Writes the `ppo` section of docs/benchmarks.md.
+env, every observation gathered as soon as it is returned) is timed end to end, in the order
+lazy, eager, eager, lazy, and the two give the same weights. Writes the `ppo` section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -108,11 +108,14 @@ def fit_timed(module: PPOModule) -> list[float]:
 
 
 def trading(args) -> dict:
-    """Rollout bytes and end-to-end seconds per update on `TradingEnv`, lazy and eager."""
+    """Rollout bytes, end-to-end seconds per update (median) and weights on `TradingEnv`, lazy
+    and eager, run in the order lazy, eager, eager, lazy (so that a drift of the machine's load
+    weighs on both alike)."""
     w, n = args.trading_window, args.n_steps
     m = market(2000, args.trading_symbols, 9, w, "cpu")
-    out = {}
-    for kind in ("lazy", "eager"):
+    out: dict[str, tuple] = {}
+    times: dict[str, list[float]] = {"lazy": [], "eager": []}
+    for kind in ("lazy", "eager", "eager", "lazy"):
         env = TradingEnv(m, (w - 1, 1999), w, EnvConfig(n_envs=args.trading_envs, impact_coef=0.1))
         env = env if kind == "lazy" else EagerEnv(env)
         torch.manual_seed(0)
@@ -125,8 +128,8 @@ def trading(args) -> dict:
         sizes = (n, args.trading_envs, args.trading_symbols, w, 9)
         assert stored == rollout_bytes(*sizes, kind == "lazy"), (kind, stored)
         module.policy.train()
-        times = fit_timed(module)
-        out[kind] = (stored, statistics.median(times[1:]), module.policy.state_dict())
+        times[kind] += fit_timed(module)[1:]
+        out[kind] = (stored, statistics.median(times[kind]), module.policy.state_dict())
     same = all(torch.equal(v, out["eager"][2][k]) for k, v in out["lazy"][2].items())
     assert same, "lazy and eager observations gave different weights"
     return out
@@ -223,7 +226,8 @@ def main() -> None:
         f"Measured on a real rollout (the seeded market of `rl_env`, {te} envs x {ts} symbols x "
         f"window {tw} x 9 features, n_steps {args.n_steps}, the transformer above on 9 "
         "features; eager: the same env with every observation gathered as returned), with "
-        f"one PPO update timed end to end (median of {args.trading_updates} after a warm-up); "
+        "one PPO update timed end to end (median of 2 x "
+        f"{args.trading_updates} after a warm-up each, run lazy, eager, eager, lazy); "
         "both give bit-identical weights (checked by the script):",
         "",
         "| observations | bytes kept per update | seconds per update | samples / s |",

@@ -239,6 +239,20 @@ def main() -> None:
         "and per-op overhead that hardly grows with it; so the ratio with the read moves with "
         "the machine's load and the window.",
     ]
+    ms = [(w, lab, 1e3 * args.envs / b, 1e3 * args.envs / r, sh) for w, lab, b, r, *_, sh in rows]
+    parts = [
+        f"W = {w} ({lab}): {r:.2f} ms = {b:.2f} bare + {r * sh:.2f} gather alone + "
+        f"{r * (1 - sh) - b:.2f} more"
+        for w, lab, b, r, sh in ms
+    ]
+    lines += [
+        "",
+        "Per batched step with the read: " + "; ".join(parts) + ". The rest is the "
+        "allocator: a read step costs more than a bare step plus a gather timed alone when "
+        "the freed windows tensor goes back to the kernel between reads and the next one "
+        "faults fresh pages in, which depends on the heap's state (the step's own small "
+        "allocations change it), so it varies between runs and rows.",
+    ]
     print(f"written to {write_section('rl_env', chr(10).join(lines))}")
 
 
