@@ -25,7 +25,8 @@ the default sizes (n_steps 32, 256 envs x 20 symbols, window 64, 30 features) an
 against the tensors of a real rollout at ``--trading-*`` sizes (the seeded random-walk market of
 ``rl_env``, 9 features); there, one update with lazy and with eager observations (the same
 env, every observation gathered as soon as it is returned) is timed end to end, in the order
-lazy, eager, eager, lazy, and the two give the same weights. Writes the `ppo` section of docs/benchmarks.md.
+lazy, eager, eager, lazy, and the two give the same weights. Writes the `ppo` section of
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -126,12 +127,14 @@ def trading(args) -> dict:
         module.policy.eval()
         stored = stored_bytes(module.rollout()["obs"])
         sizes = (n, args.trading_envs, args.trading_symbols, w, 9)
-        assert stored == rollout_bytes(*sizes, kind == "lazy"), (kind, stored)
+        if stored != rollout_bytes(*sizes, kind == "lazy"):
+            raise SystemExit(f"{kind} rollout keeps {stored} bytes, rollout_bytes disagrees")
         module.policy.train()
         times[kind] += fit_timed(module)[1:]
         out[kind] = (stored, statistics.median(times[kind]), module.policy.state_dict())
     same = all(torch.equal(v, out["eager"][2][k]) for k, v in out["lazy"][2].items())
-    assert same, "lazy and eager observations gave different weights"
+    if not same:
+        raise SystemExit("lazy and eager observations gave different weights")
     return out
 
 
