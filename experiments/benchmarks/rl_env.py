@@ -247,11 +247,12 @@ def main() -> None:
     ]
     lines += [
         "",
-        "Per batched step with the read: " + "; ".join(parts) + ". The rest is the "
-        "allocator: a read step costs more than a bare step plus a gather timed alone when "
-        "the freed windows tensor goes back to the kernel between reads and the next one "
-        "faults fresh pages in, which depends on the heap's state (the step's own small "
-        "allocations change it), so it varies between runs and rows.",
+        "Per batched step with the read: " + "; ".join(parts) + '. The rest ("more") '
+        "varies between runs and rows, from nearly nothing to several times the gather; it "
+        "seems tied to the allocator (both runs with glibc told to keep freed memory had less) but "
+        "not pinned down: a read step costs more than a bare step plus a gather timed alone "
+        "when the heap's state (which the step's own small allocations change) has the freed "
+        "windows tensor go back to the kernel and the next read fault fresh pages in.",
     ]
     print(f"written to {write_section('rl_env', chr(10).join(lines))}")
 
