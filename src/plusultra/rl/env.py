@@ -41,7 +41,7 @@ import torch
 from plusultra.errors import ConfigError, DataError
 from plusultra.execution import EXECUTION_MODES
 from plusultra.rl.market import EnvMarket
-from plusultra.rl.protocol import ACTION_KINDS, Observation
+from plusultra.rl.protocol import ACTION_KINDS, LazyWindows, Observation
 from plusultra.rl.rewards import RewardConfig, RewardShaper
 
 SEGMENTS = ("train", "val", "test")
@@ -158,14 +158,15 @@ class TradingEnv:
         self.equity = torch.ones(e, device=self.device)  # relative to the episode's start
         # Windows as an overlapping view of the (S, T, F) features: row r is the W * F
         # contiguous floats from bar row r on (symbol s, bar b at row s * T + b), so a window
-        # is one contiguous block and an observation one gather of E * S blocks.
+        # is one contiguous block and an observation's features one gather of E * S blocks.
+        # Observations hold row indices into it (lazy), so it must never be written to.
         n_t, wf = market.n_bars, self.window * self.n_features
         flat = market.features.reshape(-1)
         self._windows = flat.as_strided((s * n_t - self.window + 1, wf), (self.n_features, 1))
         self._offsets = (torch.arange(s, device=self.device) * n_t)[None, :]  # (1, S)
         empty = torch.zeros(0, dtype=torch.long, device=self.device)
         self._no_rows = Observation(  # final_observation of a step where no episode ended
-            market.features.new_zeros(0, s, self.window, self.n_features),
+            self._lazy(torch.zeros(0, s, dtype=torch.long, device=self.device)),
             torch.zeros(0, s, device=self.device),
             torch.zeros(0, device=self.device),
             market.observable[empty],
@@ -341,14 +342,18 @@ class TradingEnv:
 
     # ----------------------------------------------------------------- internals
     def observe(self, rows: torch.Tensor | None = None) -> Observation:
-        """The observation of every env (or of ``rows``) at its current decision bar."""
+        """The observation of every env (or of ``rows``) at its current decision bar. Its
+        windows are lazy (`protocol.LazyWindows`): the (K, S) rows of the windows view, which
+        nothing overwrites, gathered only when ``features`` is read."""
         t = self.t if rows is None else self.t[rows]
         pos = self.filled if rows is None else self.filled[rows]
         first = (t - self.window + 1)[:, None] + self._offsets  # (K, S) first bar's row
-        feats = self._windows.index_select(0, first.reshape(-1))  # (K * S, W * F) one gather
-        feats = feats.view(t.shape[0], self.n_symbols, self.window, self.n_features)
         mask = self.market.observable.index_select(0, t)
-        return Observation(feats, pos.clone(), 1.0 - pos.sum(-1), mask)
+        return Observation(self._lazy(first), pos.clone(), 1.0 - pos.sum(-1), mask)
+
+    def _lazy(self, first: torch.Tensor) -> LazyWindows:
+        """The windows starting at rows ``first`` (K, S) of the windows view, not gathered."""
+        return LazyWindows(self._windows, first, self.window, self.n_features)
 
     def _targets(self, action: torch.Tensor) -> torch.Tensor:
         """(E, S) target weights after the holdable mask and the gross cap."""

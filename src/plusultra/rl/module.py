@@ -89,14 +89,14 @@ class PPOSettings:
 
 
 def _cat(obs: list[Observation]) -> Observation:
-    """Stack T observations of E envs into one of T * E rows."""
-    return Observation(
-        *(torch.cat([getattr(o, k) for o in obs]) for k in ("features", "position", "cash", "mask"))
-    )
+    """Stack T observations of E envs into one of T * E rows (lazy ones from one env stay
+    lazy: the rollout then keeps row indices, not windows)."""
+    return Observation.cat(obs)
 
 
 def _rows(obs: Observation, idx: torch.Tensor) -> Observation:
-    return Observation(obs.features[idx], obs.position[idx], obs.cash[idx], obs.mask[idx])
+    """Rows ``idx`` of a stacked observation (lazy windows are gathered by the forward)."""
+    return obs.index(idx)
 
 
 class PPOModule(L.LightningModule):
@@ -197,8 +197,10 @@ class PPOModule(L.LightningModule):
     @torch.no_grad()
     def rollout(self) -> dict:
         """``n_steps`` from every env with the current policy: the flat batch (rows in (t, env)
-        order) and diagnostics. Stored observations are the env's tensors as returned: ``step``
-        must return fresh tensors (or views of data it never overwrites)."""
+        order) and diagnostics. Stored observations are the env's as returned: ``step`` must
+        return fresh tensors (or views of data it never overwrites); lazy windows
+        (`protocol.LazyWindows`, `TradingEnv`'s) are kept as row indices and gathered per
+        minibatch."""
         s, pol, env = self.settings, self.policy, self.env
         obs_list, acts, logps, values, rewards, terms, truncs, refs = [], [], [], [], [], [], [], []
         final_v = torch.zeros(s.n_steps, env.n_envs, device=self.device)

@@ -148,8 +148,9 @@ class ActorCritic(nn.Module):
 
     def _tokens(self, obs: Observation) -> torch.Tensor:
         """(E, S, D + 2): each symbol's last backbone token, position and the env's cash."""
-        E, S, W, F = obs.features.shape
-        h = self.backbone(obs.features.reshape(E * S, W, F))[:, -1]  # (E * S, D)
+        x = obs.features  # read once: a lazy observation gathers on every access
+        E, S, W, F = x.shape
+        h = self.backbone(x.reshape(E * S, W, F))[:, -1]  # (E * S, D)
         cash = obs.cash[:, None, None].expand(E, S, 1)
         return torch.cat([h.reshape(E, S, -1), obs.position[..., None], cash], dim=-1)
 
@@ -232,9 +233,10 @@ class ActorCritic(nn.Module):
         """
         if self.reference is None:
             return None
-        E, S, W, F = obs.features.shape
+        x = obs.features  # read once (lazy observations gather on access)
+        E, S, W, F = x.shape
         return self.reference.position(
-            obs.features.reshape(E * S, W, F), self.forecast_scale, self.signal_index
+            x.reshape(E * S, W, F), self.forecast_scale, self.signal_index
         ).reshape(E, S)
 
     @torch.no_grad()
@@ -251,8 +253,9 @@ class ActorCritic(nn.Module):
             return None
         if self.action_kind == "continuous":
             return self.reference_position(obs)
-        E, S, W, F = obs.features.shape
-        x = obs.features.reshape(E * S, W, F)
+        feats = obs.features  # read once (lazy observations gather on access)
+        E, S, W, F = feats.shape
+        x = feats.reshape(E * S, W, F)
         probs = self.reference.probabilities(x)
         if probs is None:
             p = self.reference_position(obs).reshape(-1)

@@ -22,7 +22,7 @@ holds the ended observation of those rows (an ``Observation`` with K rows) and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -30,9 +30,59 @@ import torch
 ACTION_KINDS = ("continuous", "discrete")
 
 
-@dataclass
+@dataclass(frozen=True)
+class LazyWindows:
+    """Feature windows held as row indices into a table of windows, gathered on access.
+
+    Attributes:
+        table: (N, W * F) float32, row r one window (W bars x F features, bar-major); in
+            `plusultra.rl.env.TradingEnv` an overlapping strided view of the market's features
+            that nothing ever overwrites, so indices into it stay valid for good.
+        rows: (K, S) long, the table row of each env's and symbol's window.
+        window: W.
+        n_features: F.
+    """
+
+    table: torch.Tensor
+    rows: torch.Tensor
+    window: int
+    n_features: int
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(K, S, W, F), without gathering."""
+        return (*self.rows.shape, self.window, self.n_features)
+
+    def gather(self) -> torch.Tensor:
+        """(K, S, W, F): the windows copied into a fresh contiguous tensor (one gather)."""
+        k, s = self.rows.shape
+        flat = self.table.index_select(0, self.rows.reshape(-1))  # (K * S, W * F)
+        return flat.view(k, s, self.window, self.n_features)
+
+    def index(self, rows: torch.Tensor) -> LazyWindows:
+        """The windows of env rows ``rows`` ((K',) long or (K,) bool), still lazy."""
+        return replace(self, rows=self.rows[rows])
+
+    @staticmethod
+    def cat(parts: list[LazyWindows]) -> LazyWindows | None:
+        """The windows of ``parts`` one after another (their rows concatenated), or None when
+        they do not all index the same table."""
+        first = parts[0]
+        same = all(
+            p.table is first.table and (p.window, p.n_features) == (first.window, first.n_features)
+            for p in parts
+        )
+        return replace(first, rows=torch.cat([p.rows for p in parts])) if same else None
+
+
 class Observation:
     """What an agent sees at decision bar t (data up to t's close only).
+
+    Built from an eager (E, S, W, F) tensor of windows (``Observation(features, position,
+    cash, mask)``, as the toy environments do) or from `LazyWindows` (as `TradingEnv` does: a
+    stored observation then costs its E x S row indices, not E x S x W x F floats). ``features``
+    reads the same in both cases; for a lazy observation each access gathers a fresh tensor (it
+    is not cached), so a caller that needs the features twice should keep the tensor.
 
     Attributes:
         features: (E, S, W, F) float32, each symbol's feature window ending at the decision bar t.
@@ -43,25 +93,73 @@ class Observation:
             their positions forced flat).
     """
 
-    features: torch.Tensor
-    position: torch.Tensor
-    cash: torch.Tensor
-    mask: torch.Tensor
+    __slots__ = ("_features", "position", "cash", "mask")
+
+    def __init__(
+        self,
+        features: torch.Tensor | LazyWindows,
+        position: torch.Tensor,
+        cash: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> None:
+        self._features, self.position, self.cash, self.mask = features, position, cash, mask
+
+    @property
+    def features(self) -> torch.Tensor:
+        """(E, S, W, F) float32 windows (gathered afresh on every access when lazy)."""
+        f = self._features
+        return f.gather() if isinstance(f, LazyWindows) else f
+
+    @property
+    def windows(self) -> LazyWindows | None:
+        """The lazy windows, or None for an observation holding an eager tensor."""
+        f = self._features
+        return f if isinstance(f, LazyWindows) else None
+
+    def materialize(self) -> Observation:
+        """The same observation with its windows gathered into an eager tensor."""
+        return Observation(self.features, self.position, self.cash, self.mask)
 
     def index(self, rows: torch.Tensor) -> Observation:
-        """The observation of env rows ``rows`` ((K,) long or (E,) bool)."""
-        return Observation(
-            self.features[rows], self.position[rows], self.cash[rows], self.mask[rows]
-        )
+        """The observation of env rows ``rows`` ((K,) long or (E,) bool); lazy stays lazy."""
+        f = self._features
+        feats = f.index(rows) if isinstance(f, LazyWindows) else f[rows]
+        return Observation(feats, self.position[rows], self.cash[rows], self.mask[rows])
 
     def to(self, device: torch.device | str) -> Observation:
-        """The same observation on ``device``."""
+        """The same observation on ``device`` (lazy windows stay lazy on their own device and
+        are gathered when moved elsewhere)."""
+        f, dev = self._features, torch.device(device)
+        if isinstance(f, LazyWindows) and not _same_device(f.table.device, dev):
+            f = f.gather()
+        feats = f if isinstance(f, LazyWindows) else f.to(dev)
+        return Observation(feats, self.position.to(dev), self.cash.to(dev), self.mask.to(dev))
+
+    @staticmethod
+    def cat(parts: list[Observation]) -> Observation:
+        """``parts`` stacked along the env dimension. Lazy observations over one table give a
+        lazy observation (their row indices concatenated); any other mix is gathered."""
+        lazy = [p.windows for p in parts]
+        feats = LazyWindows.cat(lazy) if all(w is not None for w in lazy) else None
+        if feats is None:
+            feats = torch.cat([p.features for p in parts])
         return Observation(
-            self.features.to(device),
-            self.position.to(device),
-            self.cash.to(device),
-            self.mask.to(device),
+            feats,
+            torch.cat([p.position for p in parts]),
+            torch.cat([p.cash for p in parts]),
+            torch.cat([p.mask for p in parts]),
         )
+
+    def __repr__(self) -> str:
+        kind = "lazy" if self.windows is not None else "eager"
+        return f"Observation({kind}, features (E, S, W, F) = {tuple(self._features.shape)})"
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether ``b`` names the device ``a`` of a tensor (plain "cuda": the current one)."""
+    if b.type == "cuda" and b.index is None:
+        b = torch.device("cuda", torch.cuda.current_device())
+    return a == b
 
 
 @runtime_checkable
