@@ -168,7 +168,8 @@ def policy_predictions(model, stage, dm, run_dir: Path, target, rollout_start: s
     import pandas as pd
     import torch
 
-    from plusultra.rl.predict import load_policy, market_of, policy_positions
+    from plusultra.rl.market import EnvMarket
+    from plusultra.rl.predict import load_policy, policy_positions
 
     if target.autocast_dtype is None and target.dtype != torch.float32:
         raise ConfigError(
@@ -190,7 +191,9 @@ def policy_predictions(model, stage, dm, run_dir: Path, target, rollout_start: s
                 f"--rollout-start {rollout_start}: after the data's last bar "
                 f"{pd.Timestamp(dates[-1]).date()}"
             )
-    market = market_of(dm, stage._env, target.device)
+    market = EnvMarket.from_datamodule(
+        dm, stage._env.execution, stage._env.impact_coef, device=target.device
+    )
     with target.context():
         return policy_positions(
             policy, market, dm.tradable, stage._env, dates, dm.panel.symbols, first

@@ -201,24 +201,7 @@ class TradingEnv:
             raise ConfigError(f"env symbols {missing} are not in the data; have {names}")
         cols = [names.index(x) for x in symbols] if symbols else list(range(len(names)))
         cfg = config or EnvConfig()
-        ctx = dm.context()
-        fields = dm.panel.fields
-
-        def pick(a):
-            return None if a is None else a[:, cols]
-
-        market = EnvMarket.build(
-            dm.features[:, cols],
-            fields["close"][:, cols],
-            dm.window,
-            open_=pick(fields.get("open")),
-            tradable=dm.tradable[:, cols],
-            volume=pick(fields.get("volume")),
-            volatility=pick(ctx["volatility"]),
-            execution=cfg.execution,
-            impact_coef=cfg.impact_coef,
-            device=device,
-        )
+        market = EnvMarket.from_datamodule(dm, cfg.execution, cfg.impact_coef, cols, device)
         return cls(market, getattr(dm.segments, segment), dm.window, cfg, reward)
 
     # ----------------------------------------------------------------- protocol

@@ -128,3 +128,35 @@ class EnvMarket:
             lag=lag,
             window=int(window),
         )
+
+    @classmethod
+    def from_datamodule(
+        cls,
+        dm,
+        execution: str | None,
+        impact_coef: float,
+        columns: list[int] | None = None,
+        device: torch.device | str = "cpu",
+    ) -> EnvMarket:
+        """The market over a set-up `SQLiteDataModule`'s whole calendar: its normalised
+        features, closes (and opens, volume where present), `tradable` mask and 20-bar
+        volatility, for the symbols at ``columns`` (default all), with the fill timing
+        ``execution`` and square-root impact ``impact_coef``."""
+        cols = slice(None) if columns is None else list(columns)
+        fields = dm.panel.fields
+
+        def pick(a):
+            return None if a is None else a[:, cols]
+
+        return cls.build(
+            dm.features[:, cols],
+            fields["close"][:, cols],
+            dm.window,
+            open_=pick(fields.get("open")),
+            tradable=dm.tradable[:, cols],
+            volume=pick(fields.get("volume")),
+            volatility=pick(dm.context()["volatility"]),
+            execution=execution,
+            impact_coef=impact_coef,
+            device=device,
+        )

@@ -75,24 +75,6 @@ def load_policy(policy: ActorCritic, checkpoint_dir: Path, stage: str) -> Path:
     return path
 
 
-def market_of(dm, config: EnvConfig, device: torch.device | str = "cpu") -> EnvMarket:
-    """The environment's market over a set-up data module's whole calendar and universe (as
-    `TradingEnv.from_datamodule` builds it), with `config`'s fill timing and impact."""
-    fields = dm.panel.fields
-    return EnvMarket.build(
-        dm.features,
-        fields["close"],
-        dm.window,
-        open_=fields.get("open"),
-        tradable=dm.tradable,
-        volume=fields.get("volume"),
-        volatility=dm.context()["volatility"],
-        execution=config.execution,
-        impact_coef=config.impact_coef,
-        device=device,
-    )
-
-
 def live_market(market: EnvMarket, tradable: np.ndarray) -> EnvMarket:
     """`market` extended so a rollout can decide at every bar up to the last one.
 
