@@ -5,6 +5,7 @@ policy file is refused naming it."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -56,15 +57,27 @@ def _predict(run_dir: Path, db: Path, out: Path, **kw) -> pd.DataFrame:
 
 @pytest.mark.slow
 def test_the_policy_file_holds_the_selected_checkpoints_weights(rl_run):
-    """``ppo-policy.pt`` (what predict loads) is the policy of ``ppo-best.ckpt``, the epoch
-    the run's checkpoint callback kept on the same validation score."""
+    """``ppo-policy.pt`` (what predict loads) is the policy the stage handed over: the epoch of
+    ``ppo-best.ckpt`` (kept by the run's checkpoint callback on the same validation score), or,
+    when no epoch beat it (``ppo_best_epoch`` -1), the warm start before fine-tuning, which no
+    Lightning checkpoint holds: its backbone is the supervised reference's and its residual
+    head's output layer is still 0."""
     ckpts = rl_run / "checkpoints"
     saved = torch.load(ckpts / "ppo-policy.pt", map_location="cpu", weights_only=True)
+    weights = saved["state_dict"]
     best = torch.load(ckpts / "ppo-best.ckpt", map_location="cpu", weights_only=True)
     policy = {k[7:]: v for k, v in best["state_dict"].items() if k.startswith("policy.")}
     assert saved["handed"] == "best"
-    assert saved["state_dict"].keys() == policy.keys()
-    assert all(torch.equal(saved["state_dict"][k], policy[k]) for k in policy)
+    assert weights.keys() == policy.keys()
+    kept = json.loads((rl_run / "metrics.json").read_text())["ppo_best_epoch"]
+    if kept == -1:
+        assert not all(torch.equal(weights[k], policy[k]) for k in policy)
+        assert weights["pi.2.weight"].abs().sum() == 0 and weights["pi.2.bias"].abs().sum() == 0
+        for k, v in weights.items():
+            if k.startswith("backbone."):
+                assert torch.equal(v, weights[f"reference.{k}"]), k
+        return
+    assert all(torch.equal(weights[k], policy[k]) for k in policy)
     last = torch.load(ckpts / "ppo-last.ckpt", map_location="cpu", weights_only=True)
     if last["epoch"] != best["epoch"]:  # then the handed policy is not the last epoch's
         assert not all(torch.equal(v, last["state_dict"][f"policy.{k}"]) for k, v in policy.items())
