@@ -7,9 +7,11 @@ model's output is traded as the weights, capped to the gross limit, which is wha
 
 - ``supervised``: ``curriculum=supervised`` for ``--epochs`` epochs (best validation loss kept);
 - ``rl``: ``curriculum=rl``: the same supervised stage (same seed, same epochs), then
-  ``--ppo-epochs`` PPO epochs of ``--ppo-updates`` updates each on the train segment, the epoch
-  kept by the greedy rollout's validation Sharpe. The PPO stage's episode and sampling seeds are
-  the run's seed.
+  ``--ppo-epochs`` PPO epochs of ``--ppo-updates`` updates each (``--ppo-envs`` episodes x
+  ``--ppo-steps`` steps per update) on the train segment, with the configs' defaults otherwise
+  (residual warm start, no environment curriculum); the candidate kept by the greedy rollout's
+  validation Sharpe, the policy before fine-tuning among them. The PPO stage's episode and
+  sampling seeds are the run's seed.
 
 Every run records into one catalogue (``<out>/catalogue``); the table comes from the saved query
 ``experiments/queries/rl_vs_supervised.sql`` over it (DuckDB), with buy-and-hold and equal
@@ -19,7 +21,7 @@ catalogue row of the same data, seed and arm in ``<out>``) is not rerun.
 
 The table replaces the text between the markers ``<!-- rl-results -->`` in docs/rl.md.
 
-Launch (CPU, 2 shared cores: about 1 minute per supervised run, 2-6 per rl run):
+Launch (CPU, 2 cores: about half a minute per supervised run, a few minutes per rl run):
     PYTHONPATH=src python -m experiments.rl_results --data synthetic sp500_stocks --seeds 0 1 2
 """
 
@@ -63,15 +65,18 @@ SIZE = [
 ]
 
 
-# The PPO stage's CPU-sized rollouts (rl.yaml: 16 envs x 32 steps, 4 passes over each rollout).
-PPO_SIZE = [
-    "curriculum.stages.1.env.n_envs=8",  # episodes stepped in parallel
-    "curriculum.stages.1.ppo.n_steps=16",  # rollout length per env and update
-    "curriculum.stages.1.ppo.update_epochs=2",  # passes over each rollout
-]
+def ppo_size(envs: int, steps: int) -> list[str]:
+    """The PPO stage's rollouts (rl.yaml: 16 envs x 32 steps, 2 passes over each here)."""
+    return [
+        f"curriculum.stages.1.env.n_envs={envs}",  # episodes stepped in parallel
+        f"curriculum.stages.1.ppo.n_steps={steps}",  # rollout length per env and update
+        "curriculum.stages.1.ppo.update_epochs=2",  # passes over each rollout
+    ]
 
 
-def arms(epochs: int, ppo_epochs: int, ppo_updates: int, seed: int) -> dict[str, list[str]]:
+def arms(
+    epochs: int, ppo_epochs: int, ppo_updates: int, ppo: list[str], seed: int
+) -> dict[str, list[str]]:
     """Overrides of each arm: the same supervised stage; rl adds the PPO stage."""
     return {
         "supervised": ["curriculum=supervised", f"trainer.max_epochs={epochs}"],
@@ -80,7 +85,7 @@ def arms(epochs: int, ppo_epochs: int, ppo_updates: int, seed: int) -> dict[str,
             f"trainer.max_epochs={epochs}",  # the supervised stage's epochs (stages.0.epochs null)
             f"curriculum.stages.1.epochs={ppo_epochs}",
             f"curriculum.stages.1.ppo.updates_per_epoch={ppo_updates}",
-            *PPO_SIZE,
+            *ppo,
             f"curriculum.stages.1.ppo.seed={seed}",
             f"curriculum.stages.1.env.seed={seed}",
         ],
@@ -171,8 +176,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", nargs="+", default=["synthetic", "sp500_stocks"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=3, help="supervised epochs (both arms)")
-    parser.add_argument("--ppo-epochs", type=int, default=2, help="PPO epochs of the rl arm")
-    parser.add_argument("--ppo-updates", type=int, default=4, help="PPO updates per epoch")
+    parser.add_argument("--ppo-epochs", type=int, default=4, help="PPO epochs of the rl arm")
+    parser.add_argument("--ppo-updates", type=int, default=10, help="PPO updates per epoch")
+    parser.add_argument("--ppo-envs", type=int, default=16, help="episodes in parallel")
+    parser.add_argument("--ppo-steps", type=int, default=32, help="rollout steps per update")
     parser.add_argument("--backbone", default="transformer")  # the hybrid's SSM is slow on CPU
     parser.add_argument(
         "--out",
@@ -191,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         "epochs": args.epochs,
         "ppo_epochs": args.ppo_epochs,
         "ppo_updates": args.ppo_updates,
+        "ppo_size": ppo_size(args.ppo_envs, args.ppo_steps),
         "backbone": args.backbone,
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -203,7 +211,8 @@ def main(argv: list[str] | None = None) -> None:
     # seed-major: a cut-short grid still has every data set
     for seed in [] if args.no_run else args.seeds:
         for data in args.data:
-            overrides = arms(args.epochs, args.ppo_epochs, args.ppo_updates, seed)
+            ppo = ppo_size(args.ppo_envs, args.ppo_steps)
+            overrides = arms(args.epochs, args.ppo_epochs, args.ppo_updates, ppo, seed)
             for arm, extra in overrides.items():
                 if (data, seed, arm) in done:
                     continue
@@ -225,10 +234,12 @@ def main(argv: list[str] | None = None) -> None:
         + "; ".join(f"{d}: {seeds[d] or 'none'}" for d in args.data)
         + f". `PYTHONPATH=src python -m experiments.rl_results --data {' '.join(args.data)} "
         f"--seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs} --ppo-epochs "
-        f"{args.ppo_epochs} --ppo-updates {args.ppo_updates} --backbone {args.backbone}` "
+        f"{args.ppo_epochs} --ppo-updates {args.ppo_updates} --ppo-envs {args.ppo_envs} "
+        f"--ppo-steps {args.ppo_steps} "
+        f"--backbone {args.backbone}` "
         f"({dt.date.today().isoformat()}; CPU, {os.cpu_count()} cores shared with other jobs). "
         f"Model, budget, simulator and evaluation of both arms: `{' '.join(SIZE[:13])}`; "
-        f"the PPO stage's rollouts: `{' '.join(PPO_SIZE)}`. "
+        f"the PPO stage's rollouts: `{' '.join(ppo_size(args.ppo_envs, args.ppo_steps))}`. "
         f"Table: the saved query `{QUERY}` over the runs' catalogue; mean ± sample std over "
         "seeds; the interval is the mean over seeds of each run's 95% stationary-bootstrap "
         "interval of its test Sharpe; drawdown is the test segment's maximum drawdown of "
