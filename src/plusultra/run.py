@@ -42,6 +42,7 @@ from plusultra.distributed import (
     single_device,
     stop_workers,
 )
+from plusultra.evaluation.drift_run import datamodule_drift, write_drift
 from plusultra.evaluation.report.render import write_reports
 from plusultra.evaluation.report.summary import flat_metrics, summary_table, write_metrics
 from plusultra.execution import describe
@@ -164,6 +165,7 @@ def train(cfg: DictConfig) -> float | list[float] | None:
         stages[-1].positions,  # a PPO stage's policy positions, traded instead of forecasts
     )
     val, test = evaluated.val_metrics, evaluated.walk.test_metrics
+    drift = datamodule_drift(datamodule, cfg.seed)  # train reference; val, test against it
 
     extra = {
         "n_params": model.n_params,
@@ -177,6 +179,7 @@ def train(cfg: DictConfig) -> float | list[float] | None:
         },
         **{f"{s.name}_best_epoch": s.best_epoch for s in stages if s.best_epoch is not None},
         **diagnostics.summary(),  # diag_*: max gradient norm, loss spikes, warnings ...
+        **drift.metrics,  # val_max_psi, val_drift_features, ... (evaluation.drift_run)
     }
     # everything the module logged on val/test: naive loss, calibration error, MoE balance ...
     extra |= {k.replace("/", "_"): float(v) for k, v in {**val, **test}.items()}
@@ -186,6 +189,7 @@ def train(cfg: DictConfig) -> float | list[float] | None:
     write_parquet_atomic(run_dir / "backtest.parquet", evaluated.test.daily, index=True)
     write_parquet_atomic(run_dir / "val_backtest.parquet", evaluated.val.daily, index=True)
     write_parquet_atomic(run_dir / "walk_forward.parquet", evaluated.walk.folds)
+    write_drift(run_dir, drift)  # drift_reference.parquet, drift.parquet
     write_reports(run_dir, metrics=metrics)  # report.html/.md (plusultra-report redoes them)
     params = hyperparameters(cfg, hc.runtime.choices, hc.overrides.task)  # the HParams tab
     log_summary(logger, params, metrics, objective_metrics(cfg.optimized_metric))  # summary/*

@@ -1,8 +1,8 @@
 """Investor report of a finished run: `report.html` (self-contained) and `report.md` with plots.
 
 Reads only the run directory (`metrics.json`, `backtest.parquet`, `predictions.parquet`,
-`data.json`, optionally `walk_forward.parquet`, `run_id.txt` and `.hydra/hydra.yaml`), so it can
-be re-run on any
+`data.json`, optionally `walk_forward.parquet`, `drift.parquet`, `diagnostics/`, `run_id.txt` and
+`.hydra/hydra.yaml`), so it can be re-run on any
 finished run with `plusultra-report RUN_DIR`.
 
 The attribution and scenario tables, and their return and causality conventions, are computed
@@ -224,7 +224,8 @@ def render_html(
     run: RunArtifacts, plots: dict[str, tuple[str, bytes]], extra: tuple[list, dict] = ([], {})
 ) -> str:
     """The self-contained HTML report (inline CSS, plots as data: URIs); `extra` is (blocks,
-    plots) of the training-diagnostics section (`report.diagnostics`), rendered last."""
+    plots) of the feature-drift (`report.drift`) and training-diagnostics
+    (`report.diagnostics`) sections, rendered last."""
     from plusultra.evaluation.report.blocks import html_blocks  # blocks imports this module
 
     e = html.escape
@@ -316,9 +317,12 @@ def write_reports(
     run = load_run(run_dir, metrics)
     out = Path(out_dir) if out_dir is not None else run.run_dir
     from plusultra.evaluation.report.diagnostics import diagnostics_section
+    from plusultra.evaluation.report.drift import drift_section
 
     plots = make_plots(run)
     extra = diagnostics_section(run.run_dir)  # ([], {}) for a run without diagnostics/
+    drift = drift_section(run.run_dir)  # ([], {}) for a run without drift.parquet
+    extra = (drift[0] + extra[0], {**drift[1], **extra[1]})  # drift, then diagnostics
     links = {}
     for name, (_, png) in {**plots, **extra[1]}.items():
         write_bytes_atomic(out / "report" / f"{name}.png", png)
