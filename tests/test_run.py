@@ -133,8 +133,8 @@ def test_run_writes_every_output(finished_run):
     assert len(events.Scalars("supervised/train/loss_step")) >= 1
     assert len(events.Scalars("val/loss")) >= 1
     html = (run_dir / "report.html").read_text()
-    # 5 performance plots (frictionless: no cost plot) + the training-diagnostics plot
-    assert html.count('src="data:image/png;base64,') == 6
+    # 5 performance plots (frictionless: no cost plot) + the drift and diagnostics plots
+    assert html.count('src="data:image/png;base64,') == 7
     assert "http://" not in html and "https://" not in html
     report = (run_dir / "report.md").read_text()
     assert "Sharpe" in report and "buy & hold" in report
