@@ -263,7 +263,9 @@ class DriftMonitor:
 
     A ring buffer holds the last `window` feature rows given to `update`; `table` is their
     `drift_table` against the reference (cached until the next update), `warnings` its
-    `regime_warnings`. Thread-safe (the service scores in a threadpool).
+    `regime_warnings`. Thread-safe (the service scores in a threadpool). The rows must be
+    what the reference holds: the model's normalised inputs at the decision bar, i.e. the last
+    time step ``x[:, -1, :]`` of each (window, F) input scored.
 
     Args:
         reference: (N, F) reference rows (`load_reference`).
