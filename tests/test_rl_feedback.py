@@ -16,7 +16,6 @@ import torch
 from plusultra.errors import ConfigError
 from plusultra.rl.env import EnvConfig, TradingEnv
 from plusultra.rl.feedback import (
-    FeedbackPenalty,
     FeedbackSettings,
     approve_penalty_discrete,
     build_penalty,

@@ -74,11 +74,18 @@ def canonical_timestamp(value, where: str = "timestamp") -> str:
         DataError: ``value`` is not a timestamp (names ``where``).
     """
     try:
-        ts = pd.Timestamp(value)
-    except (ValueError, TypeError) as exc:
-        raise DataError(f"{where}={value!r} is not an ISO-8601 timestamp ({exc})") from None
-    if ts is pd.NaT:
-        raise DataError(f"{where}={value!r} is not an ISO-8601 timestamp")
+        ts = (
+            pd.to_datetime(value, format="ISO8601")
+            if isinstance(value, str)
+            else pd.Timestamp(value)
+        )
+    except (ValueError, TypeError):
+        ts = pd.NaT
+    if ts is pd.NaT or not isinstance(ts, pd.Timestamp):
+        raise DataError(
+            f"{where}={value!r} is not an ISO-8601 timestamp (e.g. 2024-03-01 or "
+            "2024-03-01T15:30:00Z)"
+        )
     if ts.tzinfo is not None:
         ts = ts.tz_convert("UTC").tz_localize(None)
     return ts.isoformat()
