@@ -30,6 +30,7 @@ from plusultra.rl.policy import ActorCritic
 from plusultra.service.feedback import ReviewStore
 from plusultra.training.curriculum import build_stage
 from tests.test_ppo import MLPBackbone
+from tests.test_rl_stage import PPO, SMALL, _factory, _module, dm  # noqa: F401 (fixture)
 
 W, F, S, T = 4, 2, 3, 200
 TRAIN = (0, 120)  # decision bars of the train segment
@@ -198,3 +199,29 @@ def test_vetoes_lower_the_policys_probability_of_the_vetoed_positions(tmp_path, 
     assert before.mean() > 0.05  # the unpenalised policy would trade it: the test can fail
     assert (after < before).all()
     assert after.mean() < 0.75 * before.mean()  # by a clear margin, not noise
+
+
+# ------------------------------------------------------------------- the PPO stage's key
+
+
+def test_the_ppo_stage_reads_feedback_from_the_store(dm, tmp_path, caplog):  # noqa: F811
+    """`feedback` of a PPO stage: vetoes at train bars enter the loss; one in the test segment
+    is ignored and counted; a missing store fails the stage's check."""
+    store = ReviewStore(tmp_path / "reviews.sqlite")
+    dates, symbols = dm.panel.dates, list(dm.panel.symbols)
+    lo, hi = dm.segments.train
+    for bar in (lo + dm.window + 5, (lo + hi) // 2):
+        store.add("run-0", symbols[0], dates[bar], "veto", "ana", "too long", 0.0)
+    store.add("run-0", symbols[1], dates[dm.segments.test[0]], "veto", "ana", "test bar", 0.0)
+    spec = {**PPO, **SMALL, "epochs": 1}
+    with pytest.raises(ConfigError, match=r"stage 'ppo': feedback\.db='.*nope\.sqlite'"):
+        bad = {"db": str(tmp_path / "nope.sqlite"), "veto_weight": 1.0}
+        build_stage(1, {**spec, "feedback": bad}).check(_module(dm), dm)
+    stage = build_stage(1, {**spec, "feedback": {"db": str(store.path), "veto_weight": 1.0}})
+    stage.check(_module(dm), dm)
+    with caplog.at_level(logging.INFO, logger="plusultra.rl.feedback"):
+        result = stage.run(_module(dm), dm, _factory(tmp_path / "ckpt"), final=True)
+    assert "used 2 veto(es) and 0 approval(s) at train bars of 3 review(s)" in caplog.text
+    assert "1 outside train" in caplog.text
+    ppo = result.trainer.lightning_module
+    assert ppo.feedback is not None and ppo.last_logs["train/feedback_veto"] > 0
