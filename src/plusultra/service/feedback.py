@@ -322,13 +322,20 @@ def find_trade(run_dir: str | os.PathLike, symbol: str, timestamp) -> Trade:
         DataError: the run dir or its predictions are missing, or the run did not trade that
             symbol at that bar (the message gives the symbols, or the symbol's bar range).
     """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise DataError(f"run dir {run_dir} does not exist")
+    try:
+        run_dir = Path(run_dir)
+        found = run_dir.is_dir()
+    except (ValueError, OSError):  # e.g. a NUL byte in the path
+        found = False
+    if not found:
+        raise DataError(f"run dir {str(run_dir)!r} does not exist")
     path = run_dir / "predictions.parquet"
     if not path.is_file():
         raise DataError(f"{path}: missing; is {run_dir} a finished run (metrics.json)?")
-    preds = pd.read_parquet(path, columns=None)
+    try:
+        preds = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise DataError(f"{path}: not a readable parquet file ({exc})") from None
     missing = [c for c in ("symbol", "timestamp", "position") if c not in preds.columns]
     if missing:
         raise DataError(f"{path}: no column(s) {missing}")

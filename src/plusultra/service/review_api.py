@@ -84,7 +84,10 @@ def get_store(request: Request) -> ReviewStore:
     status_code=201,
     response_model=ReviewOut,
     dependencies=[Depends(require_api_key)],
-    responses={404: {"description": "unknown run, or a position the run did not take"}},
+    responses={
+        401: {"description": "missing or wrong X-API-Key header (when a key is configured)"},
+        404: {"description": "unknown run, or a position the run did not take"},
+    },
 )
 def add_review(body: ReviewIn, request: Request) -> ReviewOut:
     """Approve, veto or flag the position a run took in one symbol at one decision bar."""
