@@ -135,7 +135,8 @@ def test_list_filters(store):
 def test_export_round_trip(store, tmp_path, suffix):
     store.add("run-1", "AAA", "2024-03-01", "veto", "ana", 'says "no", twice\nreally', 0.5)
     store.add("run-1", "BBB", "2024-03-04", "approve", "bo", "", None)
-    out = store.export(tmp_path / "out" / f"reviews.{suffix}", verdict=None)
+    out, n = store.export(tmp_path / "out" / f"reviews.{suffix}", verdict=None)
+    assert n == 2
     back = {
         "csv": lambda p: pd.read_csv(p, keep_default_na=False, na_values={"position": [""],
                                                                          "run_dir": [""]}),
@@ -150,7 +151,7 @@ def test_export_round_trip(store, tmp_path, suffix):
         check_dtype=False,
     )
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary left behind
-    vetoes = store.export(tmp_path / "v.parquet", verdict="veto")
+    vetoes, _ = store.export(tmp_path / "v.parquet", verdict="veto")
     assert len(pd.read_parquet(vetoes)) == 1
     with pytest.raises(DataError, match=r"cannot tell the export format from the suffix '\.xlsx'"):
         store.export(tmp_path / "x.xlsx")

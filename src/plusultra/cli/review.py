@@ -122,8 +122,8 @@ def run(args: argparse.Namespace) -> str:
         return frame[list(COLUMNS)].drop(columns="run_dir").to_string(index=False)
     if not db.is_file():
         raise DataError(f"{db}: no review store yet (plusultra-review add creates it)")
-    path = store.export(args.out, args.format, **_filter_kwargs(args))
-    return f"exported {len(store.list(**_filter_kwargs(args)))} review(s) to {path}"
+    path, n = store.export(args.out, args.format, **_filter_kwargs(args))
+    return f"exported {n} review(s) to {path}"
 
 
 def main(argv: list[str] | None = None) -> None:

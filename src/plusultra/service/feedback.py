@@ -263,12 +263,13 @@ class ReviewStore:
         out["id"] = out["id"].astype("int64")
         return out
 
-    def export(self, out: str | os.PathLike, fmt: str | None = None, **filters) -> Path:
-        """Write `frame(**filters)` to ``out`` atomically (a reader never sees half a file).
+    def export(self, out: str | os.PathLike, fmt: str | None = None, **filters) -> tuple[Path, int]:
+        """Write the verdicts matching ``filters`` (`list`'s) to ``out`` atomically (a reader
+        never sees half a file); returns the path and the number of rows written.
 
         Args:
             out: the file to write.
-            fmt: csv, parquet or json (records); None: from ``out``'s suffix.
+            fmt: csv, parquet or json (a list of records); None: from ``out``'s suffix.
 
         Raises:
             DataError: no format given and the suffix names none.
@@ -282,11 +283,23 @@ class ReviewStore:
             )
         frame = self.frame(**filters)
         if fmt == "parquet":
-            return write_parquet_atomic(out, frame)
-        if fmt == "csv":
-            return write_text_atomic(out, frame.to_csv(index=False))
-        records = [r.as_dict() for r in self.list(**filters)]
-        return write_text_atomic(out, json.dumps(records, indent=2) + "\n")
+            write_parquet_atomic(out, frame)
+        elif fmt == "csv":
+            write_text_atomic(out, frame.to_csv(index=False))
+        else:
+            records = [
+                dict(zip(COLUMNS, row, strict=True)) for row in frame.itertuples(index=False)
+            ]
+            records = [{k: _plain(v) for k, v in r.items()} for r in records]
+            write_text_atomic(out, json.dumps(records, indent=2) + "\n")
+        return out, len(frame)
+
+
+def _plain(value):
+    """A frame cell as JSON: NaN (a NULL position) as None, numpy scalars as Python ones."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value.item() if hasattr(value, "item") else value
 
 
 # ------------------------------------------------------------------ a run's traded positions
