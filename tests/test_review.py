@@ -352,3 +352,11 @@ def test_fuzzed_review_requests_never_get_a_5xx(run_dir, store):
 
         check()
     assert 200 in statuses and statuses & {404, 422}  # it reached the store and refused some
+
+
+def test_a_replaced_store_file_gets_its_schema_again(store):
+    store.add("run-1", "AAA", "2024-03-01", "flag", "ana")
+    store.path.unlink()
+    with pytest.raises(DataError, match="no such table"):
+        store.list()
+    assert store.list() == []  # the next operation recreated the schema

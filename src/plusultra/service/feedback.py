@@ -145,13 +145,19 @@ class ReviewStore:
         except sqlite3.Error as exc:
             raise DataError(f"{self.path}: cannot open the review store ({exc})") from None
         try:
-            if not self._ready:
-                con.execute("PRAGMA journal_mode=WAL")
-                con.executescript(SCHEMA)
+            if not self._ready:  # create the schema once; an existing store is only read
+                have = con.execute(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' "
+                    "AND name IN ('reviews', 'store_meta')"
+                ).fetchone()[0]
+                if have < 2:
+                    con.execute("PRAGMA journal_mode=WAL")
+                    con.executescript(SCHEMA)
                 self._ready = True
             with con:
                 yield con
         except sqlite3.DatabaseError as exc:
+            self._ready = False  # check the schema again next time (e.g. the file was replaced)
             if isinstance(exc, sqlite3.IntegrityError):
                 raise DataError(f"{self.path}: table reviews refused the row ({exc})") from None
             raise DataError(f"{self.path}: not a usable review store ({exc})") from None

@@ -73,10 +73,16 @@ class ReviewList(BaseModel):
     reviews: list[ReviewOut]
 
 
+_STORES: dict[str, ReviewStore] = {}  # by path: each store checks its schema once
+
+
 def get_store(request: Request) -> ReviewStore:
     """The store at ``app.state.review_db``, else `default_db()`."""
     path = getattr(request.app.state, "review_db", None)
-    return ReviewStore(path if path is not None else default_db())
+    key = str(path if path is not None else default_db())
+    if key not in _STORES:
+        _STORES[key] = ReviewStore(key)
+    return _STORES[key]
 
 
 @router.post(
