@@ -334,6 +334,17 @@ class TradingEnv:
         mask = self.market.observable.index_select(0, t)
         return Observation(self._lazy(first), pos.clone(), 1.0 - pos.sum(-1), mask)
 
+    def observe_bars(self, bars: torch.Tensor) -> Observation:
+        """Observations at decision bars ``bars`` (K,) with a flat book (position 0, cash 1):
+        the market an episode sees at those bars, for offline data (`plusultra.rl.feedback`).
+        Every bar must be ``>= window - 1``."""
+        bars = bars.to(device=self.device, dtype=torch.long)
+        first = (bars - self.window + 1)[:, None] + self._offsets  # (K, S)
+        k = bars.numel()
+        flat = torch.zeros(k, self.n_symbols, device=self.device)
+        mask = self.market.observable.index_select(0, bars)
+        return Observation(self._lazy(first), flat, torch.ones(k, device=self.device), mask)
+
     def _lazy(self, first: torch.Tensor) -> LazyWindows:
         """The windows starting at rows ``first`` (K, S) of the windows view, not gathered."""
         return LazyWindows(self._windows, first, self.window, self.n_features)

@@ -107,10 +107,17 @@ class PPOModule(L.LightningModule):
         env: a ``BatchedEnv`` whose tensors live on the module's device.
         settings: hyperparameters.
         env_schedule: the environment curriculum (see the module docstring); None: none.
+        feedback: analyst feedback as offline data (`rl.feedback.FeedbackPenalty`: its
+            ``loss(policy, generator)`` is added to every minibatch's loss); None: none.
     """
 
     def __init__(
-        self, policy: ActorCritic, env: BatchedEnv, settings: PPOSettings, env_schedule=None
+        self,
+        policy: ActorCritic,
+        env: BatchedEnv,
+        settings: PPOSettings,
+        env_schedule=None,
+        feedback=None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -125,6 +132,7 @@ class PPOModule(L.LightningModule):
         self.policy, self.env, self.settings = policy, env, settings
         self.schedule = FreezeSchedule(settings.frozen_updates, settings.unfreeze_top)
         self.env_schedule = env_schedule
+        self.feedback = feedback
         self._phase: int | None = None  # the env-schedule phase applied to the env
         self._phase_logs: dict[str, float] = {}
         self.buffer = ReplayBuffer(settings.bc_capacity) if settings.bc_coef > 0 else None
@@ -280,6 +288,11 @@ class PPOModule(L.LightningModule):
             bc = bc_loss(pol, *self.buffer.sample_with_base(len(idx), self.gen))
             loss = loss + s.bc_coef * bc
             stats["bc_loss"].append(bc.detach())
+        if self.feedback is not None:  # analyst vetoes and approvals (rl.feedback)
+            penalty, parts = self.feedback.loss(pol, self.gen)
+            loss = loss + penalty
+            for name, v in parts.items():
+                stats[name].append(v)
         return loss
 
     def training_step(self, batch_idx_unused, batch_idx: int) -> None:
@@ -300,7 +313,7 @@ class PPOModule(L.LightningModule):
             base = batch["ref"] if pol.residual else None  # the residual's, for bc_loss
             self.buffer.add(batch["obs"], pol.reference_action(batch["ref"]), base)
         names = ("policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl")
-        names += ("ref_kl", "bc_loss", "aux_loss", "grad_norm")
+        names += ("ref_kl", "bc_loss", "aux_loss", "grad_norm", "feedback_veto", "feedback_approve")
         stats: dict[str, list] = {k: [] for k in names}
         n = len(batch["adv"])
         steps, stop = 0, False

@@ -37,6 +37,7 @@ from plusultra.data.datasets.calendar import resolve_periods_per_year
 from plusultra.data.features.regimes import regime_labels
 from plusultra.errors import ConfigError
 from plusultra.rl.env import EnvConfig, TradingEnv
+from plusultra.rl.feedback import FeedbackSettings, build_penalty
 from plusultra.rl.module import PPOModule, PPOSettings
 from plusultra.rl.policy import ActorCritic
 from plusultra.rl.predict import POLICY_SUFFIX, save_policy
@@ -164,6 +165,9 @@ class RLStage(Stage):
             fill timing.
         periods_per_year: annualises the validation score (conf: ``${periods_per_year}``);
             None: from the data's bar spacing.
+        feedback: `rl.feedback.FeedbackSettings` keys: analyst vetoes and approvals from a
+            review store as a penalty in the PPO loss at the train segment's bars; null db or
+            zero weights: off.
     """
 
     env: dict = field(default_factory=dict)
@@ -175,6 +179,7 @@ class RLStage(Stage):
     schedule: list = field(default_factory=list)
     simulator: object | None = None
     periods_per_year: float | None = None
+    feedback: dict = field(default_factory=dict)
     trains_head = True  # its policy is what the run evaluates: it may (and must) be last
     final_only = True  # evaluation trades this stage's policy, so nothing may follow it
     # a resumed run reruns it from its seeded start (same result): its policy, which evaluation
@@ -210,6 +215,7 @@ class RLStage(Stage):
         self._reward = settings(RewardConfig, dict(self.reward or {}), f"{where}: reward")
         self._ppo = settings(PPOSettings, dict(self.ppo or {}), f"{where}: ppo")
         self._policy = settings(PolicySettings, dict(self.policy or {}), f"{where}: policy")
+        self._feedback = settings(FeedbackSettings, dict(self.feedback or {}), f"{where}: feedback")
         # validated here; the regime labels are read from the data in check() and run()
         where = f"{where}: schedule"
         self._schedule = EnvSchedule.from_config(self.schedule, where) if self.schedule else None
@@ -238,6 +244,11 @@ class RLStage(Stage):
             self._env_schedule(datamodule.panel).check(env)
         for segment in ("val", "test"):  # each needs a decision bar for the rollouts
             decision_bars(env.market, getattr(datamodule.segments, segment))
+        if self._feedback.active:  # the store must exist before anything trains
+            try:
+                self._feedback.store().frame(limit=1)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from exc
 
     def run(self, module, datamodule, make_trainer, final, callbacks=()) -> StageResult:
         if not final:
@@ -257,7 +268,10 @@ class RLStage(Stage):
         selector.market = env.market  # the whole calendar, on the policy's device
         policy = self.make_policy(module, datamodule)
         schedule = None if self._schedule is None else self._env_schedule(datamodule.panel)
-        ppo = PPOModule(policy, env, self._ppo, schedule)
+        penalty = build_penalty(
+            self._feedback, env, datamodule.panel.dates, datamodule.panel.symbols
+        )
+        ppo = PPOModule(policy, env, self._ppo, schedule, penalty)
         ckpt = self._retarget_checkpoint(trainer)
         with stage_prefix(trainer.loggers, self.name):
             trainer.fit(ppo)
