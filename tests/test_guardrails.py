@@ -266,3 +266,87 @@ def test_bad_inputs_are_clear_errors():
         g.step(state, np.array([0, np.nan, 0, 0]), np.zeros(4), ALL)
     with pytest.raises(DataError, match="C, which is not tradable"):
         g.step(state, np.array([0, 0, 0.1, 0]), np.zeros(4), np.array([1, 1, 0, 1], bool))
+
+
+# ------------------------------------------------------------------ in the backtest and report
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        a[k] == b[k] or (isinstance(a[k], float) and math.isnan(a[k]) and math.isnan(b[k]))
+        for k in a
+    )
+
+
+def test_backtest_with_guardrails_off_is_unchanged():
+    from plusultra.sim.frictionless import FrictionlessSimulator
+    from tests.test_strategies import _backtest, _engine_case
+
+    case = _engine_case(3)
+    plain = _backtest(case, FrictionlessSimulator())
+    off = _backtest(case, FrictionlessSimulator(), guardrails=GuardrailConfig())
+    assert off.guardrail_events is None and off.guarded is None
+    assert _same(plain.metrics, off.metrics) and plain.baselines.keys() == off.baselines.keys()
+    assert not any("guardrail" in k for k in off.metrics)
+    np.testing.assert_array_equal(plain.daily.to_numpy(), off.daily.to_numpy())
+
+
+def test_backtest_trades_apply_path_of_the_model_positions():
+    import pandas as pd
+
+    from plusultra.evaluation.backtest.engine import Backtest, decision_mask
+    from plusultra.sim.frictionless import FrictionlessSimulator
+    from tests.test_strategies import _backtest, _engine_case
+
+    case = _engine_case(4)
+    sectors = {s: f"K{i % 2}" for i, s in enumerate(case["symbols"])}
+    case["context"].sectors = sectors
+    cfg = GuardrailConfig(
+        symbol_cap=0.08, sector_caps={"*": 0.45}, turnover_cap=0.3, vol_target=0.1,
+        vol_lookback=20,
+    )  # fmt: skip
+    result = _backtest(case, FrictionlessSimulator(), guardrails=cfg)
+    plain = _backtest(case, FrictionlessSimulator())
+    # the reference: the model's weights, flat before the segment, guarded from bar 0
+    decide = decision_mask(case["tradable"], 1)
+    w = Backtest(bootstrap=0).weights(case["preds"], case["dates"], case["symbols"], decide)
+    w[:270] = 0.0
+    g = Guardrails(cfg, case["symbols"], sectors)
+    close = case["context"].carried("close")
+    end = 270 + len(result.daily)  # the last decision bar is capped by the exit fills
+    ref, ref_events = g.apply_path(w[:end], close[:end], decide[:end], case["dates"][:end])
+    np.testing.assert_allclose(result.guarded[270:end], ref[270:], atol=1e-15)
+    assert np.isnan(result.guarded[:270]).all() and np.isnan(result.guarded[end:]).all()
+    expected = events_frame(ref_events)
+    pd.testing.assert_frame_equal(result.guardrail_events, expected)
+    counts = expected["rule"].value_counts()
+    assert result.metrics["guardrail_events"] == len(expected) > 0
+    for rule in cfg.active_rules:
+        assert result.metrics[f"guardrail_{rule}"] == counts.get(rule, 0)
+    assert {"symbol_cap", "turnover_cap"} <= set(counts.index)
+    # the unguarded model beside it is the plain backtest; the baselines are not guarded
+    assert _same(result.baselines["unguarded"], {
+        k: v for k, v in plain.metrics.items() if k in result.baselines["unguarded"]
+    })  # fmt: skip
+    assert result.baselines["unguarded"]["sharpe"] == plain.metrics["sharpe"]
+    for name, metrics in plain.baselines.items():
+        assert _same(metrics, result.baselines[name])
+    assert result.metrics["turnover"] <= 0.3 + 1e-9 < plain.metrics["turnover"]
+
+
+def test_report_counts_table():
+    from plusultra.evaluation.report.analysis import guardrail_counts
+
+    assert guardrail_counts({"test_sharpe": 1.0}) is None
+    metrics = {
+        "val_guardrail_events": 3.0,
+        "val_guardrail_gross_cap": 1.0,
+        "val_guardrail_turnover_cap": 2.0,
+        "test_guardrail_events": 5.0,
+        "test_guardrail_gross_cap": 5.0,
+        "test_guardrail_turnover_cap": 0.0,
+    }
+    table = guardrail_counts(metrics)
+    assert list(table.index) == ["gross_cap", "turnover_cap", "all"]
+    assert table.loc["all"].tolist() == [3.0, 5.0]
+    assert table.loc["turnover_cap", "test_events"] == 0.0

@@ -8,6 +8,7 @@ Every rule is off when its key is null (``sector_caps``: empty), so ``GuardrailC
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from plusultra.errors import ConfigError
@@ -100,7 +101,7 @@ class GuardrailConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 2:
                 raise ConfigError(f"guardrails.{key}={value!r} must be an integer >= 2")
         caps = {} if self.sector_caps is None else self.sector_caps
-        if not isinstance(caps, dict):
+        if not isinstance(caps, Mapping):
             raise ConfigError(
                 f"guardrails.sector_caps={caps!r} must be a mapping sector -> cap (or {{}})"
             )

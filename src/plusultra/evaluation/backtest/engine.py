@@ -34,6 +34,7 @@ from plusultra.execution import (
     has_opens,
     resolve_execution,
 )
+from plusultra.guardrails import GuardrailConfig, Guardrails, events_frame
 from plusultra.sim.realistic import MarketData, RealisticSimulator
 
 log = logging.getLogger("plusultra")
@@ -50,7 +51,9 @@ class MarketContext:
         (T, S) scaled labels of
         the traded step; label_end: last bar whose label is known at the end of training;
         refits: walk-forward blocks ``(fit_lo, fit_hi, lo, hi)``, when the model is refitted
-        (the ridge baseline is then refitted on the same samples before the same blocks).
+        (the ridge baseline is then refitted on the same samples before the same blocks);
+        sectors: symbol -> sector (the assets table's ``sector``), for the guardrails' sector
+        caps.
     """
 
     close: np.ndarray
@@ -61,6 +64,7 @@ class MarketContext:
     targets: np.ndarray | None = None
     label_end: int | None = None
     refits: list[tuple[int, int, int, int]] | None = None
+    sectors: dict[str, str] | None = None
     _carried: dict[str, tuple[np.ndarray, np.ndarray]] = field(
         default_factory=dict, init=False, repr=False
     )
@@ -121,6 +125,10 @@ class BacktestResult:
         execution: the execution mode used (``next_open``, ``next_close`` or ``same_close``).
         earned: (T, S) full-calendar return a position decided at ``t`` earns under that mode
             (NaN where it cannot be held), for attribution (`Backtest.with_positions`).
+        guardrail_events: the guardrails' interventions on the model's positions (columns of
+            `plusultra.guardrails.events_frame`); None when every guardrail is off.
+        guarded: (T, S) full-calendar weights the model traded after the guardrails (NaN
+            outside the backtested bars); None when every guardrail is off.
     """
 
     metrics: dict[str, float | str]
@@ -128,6 +136,8 @@ class BacktestResult:
     daily: pd.DataFrame | None = None
     execution: str = "next_open"
     earned: np.ndarray | None = None
+    guardrail_events: pd.DataFrame | None = None
+    guarded: np.ndarray | None = None
 
 
 @dataclass
@@ -237,6 +247,9 @@ class Backtest:
         bootstrap: stationary-bootstrap replicates for the 95% intervals of Sharpe and annual
             return (0: no intervals).
         seed: seed of the bootstrap.
+        guardrails: risk limits applied to the model's positions after `position_method` and
+            the caps, before the simulator (`plusultra.guardrails`); the baselines are not
+            guarded. None or every rule off: the positions are traded as they are.
     """
 
     def __init__(
@@ -249,6 +262,7 @@ class Backtest:
         net: float | None = None,
         bootstrap: int = 1000,
         seed: int = 0,
+        guardrails: GuardrailConfig | None = None,
     ) -> None:
         if position_method not in POSITION_METHODS:
             raise ConfigError(
@@ -270,6 +284,9 @@ class Backtest:
         self.bootstrap, self.seed = bootstrap, seed
         self.signal_step, self.method = signal_step, position_method
         self.gross, self.periods_per_year = gross, periods_per_year
+        if guardrails is not None and not isinstance(guardrails, GuardrailConfig):
+            raise ConfigError(f"guardrails must be a GuardrailConfig, got {type(guardrails)}")
+        self.guardrails = guardrails if guardrails and guardrails.active_rules else None
 
     def signal_matrix(
         self, preds: pd.DataFrame, dates: np.ndarray, symbols: list[str]
@@ -356,6 +373,11 @@ class Backtest:
         signal = self.signal_matrix(preds, dates, symbols)
         signal[~decide] = np.nan
         w = positions_from_signal(signal, self.method, self.gross, self.net)[lo : hi + 1]
+        proposed, events, guarded = w, None, None
+        if self.guardrails is not None:
+            w, events = self._guard(w, lo, hi, decide, dates, symbols, context)
+            guarded = np.full((len(dates), len(symbols)), np.nan)
+            guarded[lo : hi + 1] = w
         earned = context.earned(mode)  # (T, S)
         r = earned[lo : hi + 1]
         held = (w != 0) & np.isnan(r)
@@ -383,6 +405,9 @@ class Backtest:
         for name, cost in (sim.costs_by_type or {}).items():
             daily[f"cost_{name}"] = cost  # currency per bar, realistic simulator only
         runs: dict[str, tuple[np.ndarray, _Run]] = {}
+        if events is not None:  # the model's own positions, unguarded: what the rules changed
+            unguarded = simulate(simulator, proposed, lo, hi, tradable, context, mode)
+            runs["unguarded"] = (proposed, unguarded)
         for name in self.baselines:
             if name == "ridge" and (context.features is None or context.targets is None):
                 continue  # no features to fit on (e.g. a backtest of external forecasts)
@@ -411,7 +436,45 @@ class Backtest:
             )
         )
         metrics.update(ir)
-        return BacktestResult(metrics, baselines, daily, execution=mode, earned=earned)
+        if events is not None:
+            metrics.update(self._event_counts(events))
+        return BacktestResult(
+            metrics, baselines, daily, mode, earned, guardrail_events=events, guarded=guarded
+        )
+
+    def _guard(self, w, lo, hi, decide, dates, symbols, context) -> tuple[np.ndarray, pd.DataFrame]:
+        """The model's (hi - lo + 1, S) weights through the guardrails (`Guardrails.apply_path`).
+
+        The path starts flat `history + 1` bars before ``lo`` (or at bar 0), so the vol and CVaR
+        lookbacks hold returns known before the segment and the first bar trades from cash as
+        the simulator does; the closes carry a missing bar's last price."""
+        guards = Guardrails(
+            self.guardrails, symbols, context.sectors, self.periods_per_year, logging.DEBUG
+        )
+        start = max(0, lo - guards.history - 1)
+        path = np.zeros((hi + 1 - start, len(symbols)))
+        path[lo - start :] = w
+        bars = slice(start, hi + 1)
+        close = context.carried("close")[bars]
+        out, found = guards.apply_path(path, close, decide[bars], dates[bars])
+        events = events_frame(found)
+        counts = events["rule"].value_counts()
+        log.info(
+            "guardrails: %d interventions on %s..%s (%s)",
+            len(events),
+            pd.Timestamp(dates[lo]).date(),
+            pd.Timestamp(dates[hi]).date(),
+            ", ".join(f"{r} {n}" for r, n in counts.items()) or "none",
+        )
+        return out[lo - start :], events
+
+    def _event_counts(self, events: pd.DataFrame) -> dict[str, float]:
+        """``guardrail_events`` (all) and ``guardrail_<rule>`` for every rule that is on."""
+        counts = events["rule"].value_counts()
+        out = {"guardrail_events": float(len(events))}
+        for rule in self.guardrails.active_rules:
+            out[f"guardrail_{rule}"] = float(counts.get(rule, 0))
+        return out
 
     def _buyhold(
         self, runs, simulator, decide, earned, bars, tradable, context, mode
