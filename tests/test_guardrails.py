@@ -255,6 +255,14 @@ def test_config_errors_name_the_key(kwargs, key):
         GuardrailConfig(**kwargs)
 
 
+def test_from_mapping_reads_a_run_config_node():
+    node = {"_target_": "plusultra.guardrails.GuardrailConfig", "gross_cap": 1, "sector_caps": {}}
+    assert GuardrailConfig.from_mapping(node) == GuardrailConfig(gross_cap=1.0)
+    assert GuardrailConfig.from_mapping(None).active_rules == ()
+    with pytest.raises(ConfigError, match=r"guardrails\.gros_cap is not a guardrails key"):
+        GuardrailConfig.from_mapping({"gros_cap": 1.0})
+
+
 def test_bad_inputs_are_clear_errors():
     with pytest.raises(ConfigError, match="sector column"):
         Guardrails(GuardrailConfig(sector_caps={"*": 0.5}), SYMS, None)

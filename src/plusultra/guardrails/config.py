@@ -110,6 +110,23 @@ class GuardrailConfig:
             bad = next(k for k, v in self.sector_caps.items() if v is None)
             raise ConfigError(f"guardrails.sector_caps.{bad}=null must be a number > 0")
 
+    @classmethod
+    def from_mapping(cls, mapping: Mapping | None) -> GuardrailConfig:
+        """From a plain mapping, e.g. the ``guardrails`` node of a run's resolved
+        ``config.yaml`` (its ``_target_`` is ignored); None: every rule off.
+
+        Raises:
+            ConfigError: an unknown key (named ``guardrails.<key>``, with the valid keys) or a
+                bad value.
+        """
+        values = {k: v for k, v in dict(mapping or {}).items() if k != "_target_"}
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            valid = ", ".join(sorted(known))
+            raise ConfigError(f"guardrails.{unknown[0]} is not a guardrails key; valid: {valid}")
+        return cls(**values)
+
     @property
     def active_rules(self) -> tuple[str, ...]:
         """The rules that are on, in the order they apply (a subset of `RULES`)."""
