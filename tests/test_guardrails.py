@@ -358,3 +358,20 @@ def test_report_counts_table():
     assert list(table.index) == ["gross_cap", "turnover_cap", "all"]
     assert table.loc["all"].tolist() == [3.0, 5.0]
     assert table.loc["turnover_cap", "test_events"] == 0.0
+
+
+def test_the_group_reaches_the_backtest():
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_config
+
+    for option in ("off", "standard", "strict"):
+        cfg = compose_config([f"guardrails={option}", "periods_per_year=252"])
+        built = instantiate(cfg.guardrails, _convert_="all")
+        backtest = instantiate(cfg.evaluation, _convert_="all")
+        assert isinstance(built, GuardrailConfig)
+        if option == "off":
+            assert built == GuardrailConfig() and backtest.guardrails is None
+        else:
+            assert backtest.guardrails == built and len(built.active_rules) == len(RULES)
+    assert compose_config([]).hydra.runtime.choices.guardrails == "off"  # the root default
