@@ -375,3 +375,30 @@ def test_the_group_reaches_the_backtest():
         else:
             assert backtest.guardrails == built and len(built.active_rules) == len(RULES)
     assert compose_config([]).hydra.runtime.choices.guardrails == "off"  # the root default
+
+
+@pytest.mark.slow
+def test_a_run_with_guardrails_records_them(tiny_db, tmp_path):
+    """guardrails=standard end to end: events file, metrics, guarded positions, report."""
+    import json
+
+    import pandas as pd
+
+    from tests.test_run import _tiny_cfg, run_in_process
+
+    cfg = _tiny_cfg(
+        tiny_db, tmp_path, "guardrails=standard", "++guardrails.sector_caps.Sector0=0.05"
+    )
+    _, run_dir = run_in_process(cfg)
+    events = pd.read_parquet(run_dir / "guardrails.parquet")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for segment in ("val", "test"):
+        mine = events[events["segment"] == segment]
+        assert metrics[f"{segment}_guardrail_events"] == len(mine) > 0
+        for rule in RULES:
+            assert metrics[f"{segment}_guardrail_{rule}"] == (mine["rule"] == rule).sum()
+        assert f"{segment}_unguarded_sharpe" in metrics
+    assert (events["rule"] == "sector_cap").any()
+    preds = pd.read_parquet(run_dir / "predictions.parquet")
+    assert "guarded_position" in preds.columns
+    assert "## Guardrails" in (run_dir / "report.md").read_text()
