@@ -34,7 +34,8 @@ from plusultra.execution import (
     has_opens,
     resolve_execution,
 )
-from plusultra.guardrails import GuardrailConfig, Guardrails, events_frame
+from plusultra.guardrails import GuardrailConfig
+from plusultra.guardrails.segment import event_counts, guard_segment
 from plusultra.sim.realistic import MarketData, RealisticSimulator
 
 log = logging.getLogger("plusultra")
@@ -375,7 +376,10 @@ class Backtest:
         w = positions_from_signal(signal, self.method, self.gross, self.net)[lo : hi + 1]
         proposed, events, guarded = w, None, None
         if self.guardrails is not None:
-            w, events = self._guard(w, lo, hi, decide, dates, symbols, context)
+            w, events = guard_segment(
+                self.guardrails, w, lo, context.carried("close"), decide, dates, symbols,
+                context.sectors, self.periods_per_year,
+            )  # fmt: skip
             guarded = np.full((len(dates), len(symbols)), np.nan)
             guarded[lo : hi + 1] = w
         earned = context.earned(mode)  # (T, S)
@@ -437,44 +441,10 @@ class Backtest:
         )
         metrics.update(ir)
         if events is not None:
-            metrics.update(self._event_counts(events))
+            metrics.update(event_counts(self.guardrails, events))
         return BacktestResult(
             metrics, baselines, daily, mode, earned, guardrail_events=events, guarded=guarded
         )
-
-    def _guard(self, w, lo, hi, decide, dates, symbols, context) -> tuple[np.ndarray, pd.DataFrame]:
-        """The model's (hi - lo + 1, S) weights through the guardrails (`Guardrails.apply_path`).
-
-        The path starts flat `history + 1` bars before ``lo`` (or at bar 0), so the vol and CVaR
-        lookbacks hold returns known before the segment and the first bar trades from cash as
-        the simulator does; the closes carry a missing bar's last price."""
-        guards = Guardrails(
-            self.guardrails, symbols, context.sectors, self.periods_per_year, logging.DEBUG
-        )
-        start = max(0, lo - guards.history - 1)
-        path = np.zeros((hi + 1 - start, len(symbols)))
-        path[lo - start :] = w
-        bars = slice(start, hi + 1)
-        close = context.carried("close")[bars]
-        out, found = guards.apply_path(path, close, decide[bars], dates[bars])
-        events = events_frame(found)
-        counts = events["rule"].value_counts()
-        log.info(
-            "guardrails: %d interventions on %s..%s (%s)",
-            len(events),
-            pd.Timestamp(dates[lo]).date(),
-            pd.Timestamp(dates[hi]).date(),
-            ", ".join(f"{r} {n}" for r, n in counts.items()) or "none",
-        )
-        return out[lo - start :], events
-
-    def _event_counts(self, events: pd.DataFrame) -> dict[str, float]:
-        """``guardrail_events`` (all) and ``guardrail_<rule>`` for every rule that is on."""
-        counts = events["rule"].value_counts()
-        out = {"guardrail_events": float(len(events))}
-        for rule in self.guardrails.active_rules:
-            out[f"guardrail_{rule}"] = float(counts.get(rule, 0))
-        return out
 
     def _buyhold(
         self, runs, simulator, decide, earned, bars, tradable, context, mode
