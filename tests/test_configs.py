@@ -105,6 +105,7 @@ BUILDABLE = [
         "curriculum",
         "simulator",
         "evaluation",
+        "guardrails",
         "features",
         "logger",
         "data",

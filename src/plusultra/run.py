@@ -190,6 +190,8 @@ def train(cfg: DictConfig) -> float | list[float] | None:
     write_parquet_atomic(run_dir / "val_backtest.parquet", evaluated.val.daily, index=True)
     write_parquet_atomic(run_dir / "walk_forward.parquet", evaluated.walk.folds)
     write_drift(run_dir, drift)  # drift_reference.parquet, drift.parquet
+    if (events := evaluated.guardrail_events()) is not None:  # guardrails on: every intervention
+        write_parquet_atomic(run_dir / "guardrails.parquet", events)
     write_reports(run_dir, metrics=metrics)  # report.html/.md (plusultra-report redoes them)
     params = hyperparameters(cfg, hc.runtime.choices, hc.overrides.task)  # the HParams tab
     log_summary(logger, params, metrics, objective_metrics(cfg.optimized_metric))  # summary/*

@@ -45,7 +45,8 @@ class Evaluation:
         val: the validation backtest (model and baselines); ``val.daily`` per val bar.
         test: the test backtest; ``test.daily`` per test bar.
         walk: the walk-forward result (test predictions, ``test/*`` metrics, blocks).
-        predictions: test predictions with ``position`` and ``realized_return``.
+        predictions: test predictions with ``position`` and ``realized_return`` (and, with
+            guardrails on, ``guarded_position``: the weight traded after them).
     """
 
     val_metrics: dict[str, float]
@@ -53,6 +54,16 @@ class Evaluation:
     test: BacktestResult
     walk: WalkForwardResult
     predictions: pd.DataFrame
+
+    def guardrail_events(self) -> pd.DataFrame | None:
+        """Both segments' guardrail events with a ``segment`` column (val, test); None when
+        the guardrails are off (the run writes them to ``guardrails.parquet``)."""
+        parts = [
+            r.guardrail_events.assign(segment=name)
+            for name, r in (("val", self.val), ("test", self.test))
+            if r.guardrail_events is not None
+        ]
+        return pd.concat(parts, ignore_index=True) if parts else None
 
 
 def evaluate(
@@ -113,6 +124,10 @@ def evaluate(
         test.earned,  # what each position earns under the run's execution timing
         execution=test.execution,  # the positions exactly as traded
     )
+    if test.guarded is not None:  # guardrails on: what was traded after them
+        rows = pd.DatetimeIndex(panel.dates).get_indexer(predictions["timestamp"])
+        cols = pd.Index(panel.symbols).get_indexer(predictions["symbol"])
+        predictions["guarded_position"] = test.guarded[rows, cols]
     return Evaluation(val_metrics, val, test, walked, predictions)
 
 

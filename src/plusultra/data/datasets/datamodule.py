@@ -490,7 +490,8 @@ class SQLiteDataModule(L.LightningDataModule):
         close: adjusted close; open: adjusted open (NaN for close-only data; the fill price of
         next-bar-open execution); volume: split-adjusted shares; volatility: std of the last
         `window` log returns (per bar); features/targets: model inputs and the labels of the last
-        forecast step, with `label_end` the last train bar whose label is known.
+        forecast step, with `label_end` the last train bar whose label is known; sectors:
+        symbol -> sector, or None.
         """
         close = self.panel.fields["close"]
         volatility = realised_vol(log_returns(close), window, min_periods=2, periods_per_year=None)
@@ -502,7 +503,17 @@ class SQLiteDataModule(L.LightningDataModule):
             "features": self.features,
             "targets": None if self.scaled_targets is None else self.scaled_targets[..., -1],
             "label_end": self.segments.train[1] if self.segments else None,
+            "sectors": self._sectors(),
         }
+
+    def _sectors(self) -> dict[str, str] | None:
+        """symbol -> the assets table's ``sector`` (symbols without one left out); None when
+        the panel has no sector column (read by the guardrails' sector caps)."""
+        assets = self.panel.assets
+        if assets is None or "sector" not in assets.columns:
+            return None
+        column = assets["sector"].reindex(self.panel.symbols)
+        return {s: str(v) for s, v in column.items() if pd.notna(v) and str(v)}
 
     def sizes(self) -> dict[str, int]:
         """Number of labelled samples per segment."""

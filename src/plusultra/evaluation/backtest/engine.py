@@ -34,6 +34,8 @@ from plusultra.execution import (
     has_opens,
     resolve_execution,
 )
+from plusultra.guardrails import GuardrailConfig
+from plusultra.guardrails.segment import event_counts, guard_segment
 from plusultra.sim.realistic import MarketData, RealisticSimulator
 
 log = logging.getLogger("plusultra")
@@ -50,7 +52,9 @@ class MarketContext:
         (T, S) scaled labels of
         the traded step; label_end: last bar whose label is known at the end of training;
         refits: walk-forward blocks ``(fit_lo, fit_hi, lo, hi)``, when the model is refitted
-        (the ridge baseline is then refitted on the same samples before the same blocks).
+        (the ridge baseline is then refitted on the same samples before the same blocks);
+        sectors: symbol -> sector (the assets table's ``sector``), for the guardrails' sector
+        caps.
     """
 
     close: np.ndarray
@@ -61,6 +65,7 @@ class MarketContext:
     targets: np.ndarray | None = None
     label_end: int | None = None
     refits: list[tuple[int, int, int, int]] | None = None
+    sectors: dict[str, str] | None = None
     _carried: dict[str, tuple[np.ndarray, np.ndarray]] = field(
         default_factory=dict, init=False, repr=False
     )
@@ -121,6 +126,10 @@ class BacktestResult:
         execution: the execution mode used (``next_open``, ``next_close`` or ``same_close``).
         earned: (T, S) full-calendar return a position decided at ``t`` earns under that mode
             (NaN where it cannot be held), for attribution (`Backtest.with_positions`).
+        guardrail_events: the guardrails' interventions on the model's positions (columns of
+            `plusultra.guardrails.events_frame`); None when every guardrail is off.
+        guarded: (T, S) full-calendar weights the model traded after the guardrails (NaN
+            outside the backtested bars); None when every guardrail is off.
     """
 
     metrics: dict[str, float | str]
@@ -128,6 +137,8 @@ class BacktestResult:
     daily: pd.DataFrame | None = None
     execution: str = "next_open"
     earned: np.ndarray | None = None
+    guardrail_events: pd.DataFrame | None = None
+    guarded: np.ndarray | None = None
 
 
 @dataclass
@@ -237,6 +248,9 @@ class Backtest:
         bootstrap: stationary-bootstrap replicates for the 95% intervals of Sharpe and annual
             return (0: no intervals).
         seed: seed of the bootstrap.
+        guardrails: risk limits applied to the model's positions after `position_method` and
+            the caps, before the simulator (`plusultra.guardrails`); the baselines are not
+            guarded. None or every rule off: the positions are traded as they are.
     """
 
     def __init__(
@@ -249,6 +263,7 @@ class Backtest:
         net: float | None = None,
         bootstrap: int = 1000,
         seed: int = 0,
+        guardrails: GuardrailConfig | None = None,
     ) -> None:
         if position_method not in POSITION_METHODS:
             raise ConfigError(
@@ -270,6 +285,9 @@ class Backtest:
         self.bootstrap, self.seed = bootstrap, seed
         self.signal_step, self.method = signal_step, position_method
         self.gross, self.periods_per_year = gross, periods_per_year
+        if guardrails is not None and not isinstance(guardrails, GuardrailConfig):
+            raise ConfigError(f"guardrails must be a GuardrailConfig, got {type(guardrails)}")
+        self.guardrails = guardrails if guardrails and guardrails.active_rules else None
 
     def signal_matrix(
         self, preds: pd.DataFrame, dates: np.ndarray, symbols: list[str]
@@ -356,6 +374,14 @@ class Backtest:
         signal = self.signal_matrix(preds, dates, symbols)
         signal[~decide] = np.nan
         w = positions_from_signal(signal, self.method, self.gross, self.net)[lo : hi + 1]
+        proposed, events, guarded = w, None, None
+        if self.guardrails is not None:
+            w, events = guard_segment(
+                self.guardrails, w, lo, context.carried("close"), decide, dates, symbols,
+                context.sectors, self.periods_per_year,
+            )  # fmt: skip
+            guarded = np.full((len(dates), len(symbols)), np.nan)
+            guarded[lo : hi + 1] = w
         earned = context.earned(mode)  # (T, S)
         r = earned[lo : hi + 1]
         held = (w != 0) & np.isnan(r)
@@ -383,6 +409,9 @@ class Backtest:
         for name, cost in (sim.costs_by_type or {}).items():
             daily[f"cost_{name}"] = cost  # currency per bar, realistic simulator only
         runs: dict[str, tuple[np.ndarray, _Run]] = {}
+        if events is not None:  # the model's own positions, unguarded: what the rules changed
+            unguarded = simulate(simulator, proposed, lo, hi, tradable, context, mode)
+            runs["unguarded"] = (proposed, unguarded)
         for name in self.baselines:
             if name == "ridge" and (context.features is None or context.targets is None):
                 continue  # no features to fit on (e.g. a backtest of external forecasts)
@@ -411,7 +440,11 @@ class Backtest:
             )
         )
         metrics.update(ir)
-        return BacktestResult(metrics, baselines, daily, execution=mode, earned=earned)
+        if events is not None:
+            metrics.update(event_counts(self.guardrails, events))
+        return BacktestResult(
+            metrics, baselines, daily, mode, earned, guardrail_events=events, guarded=guarded
+        )
 
     def _buyhold(
         self, runs, simulator, decide, earned, bars, tradable, context, mode

@@ -17,6 +17,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from plusultra.guardrails import RULES
+
 VOL_BARS = 21  # trailing window of buy-and-hold volatility defining the high-volatility regime
 CRASH_BARS = 5  # length of a crash window
 N_CRASHES = 5  # worst buy-and-hold windows shown
@@ -197,4 +199,21 @@ def walk_forward_blocks(
         )
     out = pd.DataFrame(rows)
     out.index = pd.Index(blocks["fold"].to_numpy(), name="block")
+    return out
+
+
+def guardrail_counts(metrics: dict) -> pd.DataFrame | None:
+    """Interventions per guardrail rule (in the order they apply) and in all, on the
+    validation and test segments, from the ``<segment>_guardrail_<rule>`` metrics; None when
+    the run had no guardrails on."""
+    rules = [r for r in RULES if any(f"{s}_guardrail_{r}" in metrics for s in ("val", "test"))]
+    if not rules:
+        return None
+    rows = {}
+    for name in [*rules, "events"]:
+        rows["all" if name == "events" else name] = {
+            f"{s}_events": metrics.get(f"{s}_guardrail_{name}", math.nan) for s in ("val", "test")
+        }
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "rule"
     return out

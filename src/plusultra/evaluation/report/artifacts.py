@@ -32,7 +32,8 @@ class RunArtifacts:
         run_dir: the run directory.
         metrics: flat `split_metric` dict (NaN where null).
         backtest: per test bar (index `timestamp`): strategy/baseline returns and equity, costs.
-        predictions: one row per (symbol, timestamp): forecasts, `position`, `realized_return`.
+        predictions: one row per (symbol, timestamp): forecasts, `position`, `realized_return`
+            (with guardrails on, `position` is the traded `guarded_position`).
         sectors: symbol -> sector (None when unknown).
         segment_dates: segment -> [first, last] decision date.
         run_id: the catalogue id from `run_id.txt`, if any.
@@ -138,6 +139,8 @@ def load_run(run_dir: str | os.PathLike, metrics: dict[str, float] | None = None
         if col not in preds.columns:
             raise DataError(f"{run_dir / 'predictions.parquet'}: no {col} column")
     preds["timestamp"] = pd.to_datetime(preds["timestamp"])
+    if "guarded_position" in preds.columns:  # guardrails on: report what was traded
+        preds["position"] = preds["guarded_position"]
     if "realized_return" not in preds.columns:
         preds["realized_return"] = np.nan
     run_id_path = run_dir / "run_id.txt"

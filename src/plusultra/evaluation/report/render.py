@@ -25,6 +25,7 @@ from plusultra.evaluation.report.analysis import (
     annual_sharpe,
     attribution,
     compound_return,
+    guardrail_counts,
     scenarios,
     walk_forward_blocks,
 )
@@ -62,6 +63,8 @@ FORMATS = {
     "buyhold_return": _pct,
     "model_sharpe": _num,
     "buyhold_sharpe": _num,
+    "val_events": lambda v: "n/a" if v is None or not math.isfinite(float(v)) else f"{int(v)}",
+    "test_events": lambda v: "n/a" if v is None or not math.isfinite(float(v)) else f"{int(v)}",
     "test_loss": lambda v: "n/a" if v is None or not math.isfinite(float(v)) else f"{v:.4f}",
 }
 HEADERS = {
@@ -75,7 +78,15 @@ HEADERS = {
     "buyhold_sharpe": "buy & hold Sharpe",
     "fitted_to": "last training bar",
     "test_loss": "test loss",
+    "val_events": "val interventions",
+    "test_events": "test interventions",
 }
+GUARDRAILS_NOTE = (
+    "The guardrails (guardrails=...) changed the model's positions this many times (bars, or "
+    "symbol-bars for symbol_cap); the baselines are not guarded. The summary's 'model, no "
+    "guardrails' column is the same model traded without them; guardrails.parquet lists every "
+    "intervention with its values and reason."
+)
 
 
 def _cells(df: pd.DataFrame, index: bool = True) -> tuple[list[str], list[list[str]]]:
@@ -196,7 +207,12 @@ def _sections(run: RunArtifacts) -> list[tuple[str, list[tuple[str, str, list, l
         )
         blocks = walk_forward_blocks(run.backtest, run.walk_forward, run.periods_per_year)
         tables.append(("By walk-forward block", text, *_cells(blocks)))
-    return [("Attribution", attr), ("Scenarios", tables)]
+    sections = [("Attribution", attr), ("Scenarios", tables)]
+    counts = guardrail_counts(run.metrics)
+    if counts is not None:
+        table = ("Interventions by rule", GUARDRAILS_NOTE, *_cells(counts))
+        sections.append(("Guardrails", [table]))
+    return sections
 
 
 def _header_lines(run: RunArtifacts) -> list[str]:

@@ -32,6 +32,7 @@ SUMMARY_ROWS = (
 )
 # Baseline columns, in display order, with their headers.
 BASELINE_LABELS = {
+    "unguarded": "model, no guardrails",  # only with guardrails on: the positions before them
     "buyhold": "buy & hold",
     "equal_weight": "equal weight",
     "momentum": "12-1 momentum",
