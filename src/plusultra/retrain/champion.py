@@ -6,8 +6,8 @@ new pointer, never a torn one)::
     {"run_dir": "/abs/path", "promoted_at": "2026-11-30T13:00:00+00:00",
      "metric": "val_sharpe", "value": 1.23, "db": "/abs/new.sqlite", "previous": {...} | null}
 
-`previous` is the pointer it replaced, with that one's own `previous` dropped (one level of
-history: the file stays small; every promotion is also in its retrain workdir's report).
+`previous` is the pointer it replaced, with that one's own `previous` set to null (one level
+of history: the file stays small; every promotion is also in its retrain workdir's report).
 The service (`plusultra-serve --champion FILE`) reloads when `run_dir` changes.
 """
 
@@ -66,10 +66,10 @@ def write_pointer(
         metric: the validation metric the promotion was decided on.
         value: the run's value of `metric` on the validation window it was compared on.
         previous: the pointer replaced (None: the first champion); stored without its own
-            `previous`.
+            `previous` (set to None).
         db: the database the comparison ran on.
     """
-    prev = None if previous is None else {k: v for k, v in previous.items() if k != "previous"}
+    prev = None if previous is None else {**previous, "previous": None}
     pointer = {
         "run_dir": str(Path(run_dir).resolve()),
         "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),

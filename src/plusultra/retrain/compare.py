@@ -79,12 +79,12 @@ def decide(
     Raises:
         ConfigError: a non-validation key or metric, or the metric missing from a side.
     """
+    if not metric.startswith("val_"):
+        raise ConfigError(f"--metric {metric}: promotion is decided on a val_* metric")
     for figures in (challenger_val, champion_val or {}):
         other = [k for k in figures if not k.startswith("val_")]
         if other:
             raise ConfigError(f"promotion reads validation figures only; got {other[:3]}")
-    if not metric.startswith("val_"):
-        raise ConfigError(f"--metric {metric}: promotion is decided on a val_* metric")
     new = _value(challenger_val, metric, "challenger")
     args = dict(metric=metric, direction=direction, challenger=new, margin=float(margin))
     if not math.isfinite(new):
