@@ -8,8 +8,12 @@ run the whole thing on the tiny fixture database (real `plusultra` runs in subpr
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
+import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +102,7 @@ def test_pointer_is_always_complete_json(tmp_path, monkeypatch):
     thread = threading.Thread(target=reader)
     thread.start()
     previous = read_pointer(path)
-    for i in range(1, 150):
+    for i in range(1, 60):
         previous = write_pointer(path, tmp_path / f"run{i}", "val_sharpe", float(i), previous)
     stop.set()
     thread.join()
@@ -297,14 +301,35 @@ def test_train_resumes_an_interrupted_run(settings, tmp_path, monkeypatch):
         write_json_atomic(killed / "metrics.json", {"val_sharpe": 1.0})
         return 0
 
-    monkeypatch.setattr(steps.subprocess, "call", fake_call)
+    monkeypatch.setattr(steps, "run_child", fake_call)
     out = steps.train(state)
     assert commands[0][-1] == "resume=true" and f"data.path={settings.db}" in commands[0]
     assert out == {"run_dir": str(killed.resolve()), "resumed": True}
-    monkeypatch.setattr(steps.subprocess, "call", lambda cmd: 2)
+    monkeypatch.setattr(steps, "run_child", lambda cmd: 2)
     with pytest.raises(steps.TrainingFailed) as failed:
         steps.train(state)
     assert failed.value.exit_code == 2
+
+
+def test_a_sigterm_to_retrain_is_forwarded_to_the_training_run(tmp_path):
+    """An orchestrator stopping plusultra-retrain stops the run cleanly (it can resume)."""
+    ready = tmp_path / "ready"
+    child = (
+        "import pathlib, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        "time.sleep(60)\n"
+    )
+
+    def stop_us():
+        while not ready.exists():
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    threading.Thread(target=stop_us, daemon=True).start()
+    assert steps.run_child([sys.executable, "-c", child]) == 143  # the child got it, not us
+    assert signal.getsignal(signal.SIGTERM) is before  # our handler restored
 
 
 # -------------------------------------------------------------- real runs (slow)

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from plusultra.errors import ConfigError, DataError, PlusUltraError
@@ -86,6 +88,21 @@ def train_command(state: RetrainState, resume: bool) -> list[str]:
     ]
 
 
+def run_child(cmd: list[str]) -> int:
+    """Run `cmd`, forwarding SIGINT and SIGTERM to it and waiting for it to stop (so that an
+    orchestrator's kill interrupts the run cleanly, leaving it resumable); its exit code."""
+    child = subprocess.Popen(cmd)
+    if threading.current_thread() is not threading.main_thread():
+        return child.wait()  # signal handlers can only be installed in the main thread
+    forward = lambda signum, frame: child.send_signal(signum)  # noqa: E731
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def train(state: RetrainState) -> dict:
     """Run `plusultra` on the new database (output shown as it runs).
 
@@ -99,7 +116,7 @@ def train(state: RetrainState) -> dict:
     cmd = train_command(state, resume)
     log.info("train: %s", " ".join(cmd[2:]))
     print(f"plusultra-retrain: train: plusultra {' '.join(cmd[3:])}", flush=True)
-    rc = subprocess.call(cmd)
+    rc = run_child(cmd)
     if rc != 0:
         raise TrainingFailed(
             f"plusultra exited with code {rc} (its message is above; rerun "
