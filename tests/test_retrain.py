@@ -20,16 +20,18 @@ import numpy as np
 import pytest
 
 from plusultra.cli.retrain import main
-from plusultra.errors import ConfigError
+from plusultra.errors import ConfigError, DataError
 from plusultra.io import write_json_atomic
 from plusultra.retrain import steps
 from plusultra.retrain.champion import read_pointer, write_pointer
 from plusultra.retrain.compare import decide
 from plusultra.retrain.pipeline import run_pipeline
+from plusultra.retrain.report import write_report
 from plusultra.retrain.rescore import rescore
 from plusultra.retrain.state import RetrainState, Settings
 from tests.conftest import TINY
 
+REAL_BACKTEST = steps.backtest
 SEGMENTS = {"train": ["2012-01-03", "2012-06-01"], "val": ["2012-07-02", "2012-09-03"],
             "test": ["2012-10-01", "2012-12-03"]}  # fmt: skip
 
@@ -286,6 +288,28 @@ def test_cli_bad_input_exits_2(settings, tmp_path, capsys):
     RetrainState.open(w, settings)
     code, err = _exit(["--db", settings.db, "--workdir", w, "--margin", "0.5"], capsys)
     assert code == 2 and "other settings" in err and "margin" in err
+
+
+def test_backtest_refuses_a_pointer_to_an_unfinished_run(settings, tmp_path, monkeypatch):
+    Fakes(val=0.4, test=0.1).install(monkeypatch)
+    monkeypatch.setattr(steps, "backtest", REAL_BACKTEST)
+    write_pointer(settings.champion, tmp_path / "gone", "val_sharpe", 1.0, None)
+    with pytest.raises(DataError, match="step backtest: champion pointer .* not a finished run"):
+        run_pipeline(tmp_path / "w", settings)
+    assert RetrainState.open(tmp_path / "w", None).completed == ["validate", "train"]
+
+
+def test_report_shows_drift_rows_when_the_run_has_them(settings, tmp_path):
+    figures = {
+        "challenger": {"run_dir": "/c", "metrics": {"val_sharpe": 1.0, "test_max_psi": 0.3}},
+        "champion": {"run_dir": "/p", "metrics": {"val_sharpe": 0.5}},
+        "segments": SEGMENTS,
+    }
+    decision = decide("val_sharpe", "maximize", 0.1, {"val_sharpe": 1.0}, {"val_sharpe": 0.5})
+    md, _ = write_report(tmp_path, settings, figures, decision.as_dict(), {"promoted": True})
+    text = md.read_text()
+    assert "| test_max_psi | 0.3 | – |" in text and "val_max_psi" not in text
+    assert "| val_sharpe (decides) | 1 | 0.5 |" in text and "PROMOTED" in text
 
 
 def test_train_resumes_an_interrupted_run(settings, tmp_path, monkeypatch):

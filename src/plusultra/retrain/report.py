@@ -8,8 +8,10 @@ from pathlib import Path
 
 from plusultra.io import write_json_atomic, write_text_atomic
 
-# rows of the table beside the decision metric (suffixes of val_* / test_* keys)
-SHOWN = ("sharpe", "annual_return", "max_drawdown", "turnover", "ic")
+# rows of the table beside the decision metric (suffixes of val_* / test_* keys), each shown
+# when either side has it (max_psi, drift_features: the drift of a segment's inputs from the
+# run's training data, recorded by runs that compute drift)
+SHOWN = ("sharpe", "annual_return", "max_drawdown", "turnover", "ic", "max_psi", "drift_features")
 
 
 def _cell(value) -> str:

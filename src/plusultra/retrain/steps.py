@@ -154,6 +154,11 @@ def backtest(state: RetrainState) -> dict:
         segments = challenger_market(challenger, state.settings.db).segment_dates()
     else:
         champion = Path(pointer["run_dir"])
+        if not (champion / "metrics.json").is_file():
+            raise DataError(
+                f"champion pointer {state.settings.champion} points at {champion}, which is "
+                "not a finished run (no metrics.json)"
+            )
         scored = rescore(champion, challenger, state.settings.db, state.workdir)
         segments = scored.segments
         theirs = segment_metrics("val", scored.val) | segment_metrics("test", scored.test)
