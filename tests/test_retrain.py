@@ -444,3 +444,28 @@ def test_worse_challenger_keeps_the_pointer_and_test_prices_do_not_decide(
     report = json.loads((w / "report.json").read_text())
     assert not report["promoted"] and champion.read_bytes() == before
     assert len(list((w / "outputs").glob("runs/*/*/metrics.json"))) == 1
+
+
+@pytest.mark.slow
+def test_a_retrain_stopped_during_training_resumes_the_run(tiny_db, tmp_path, capsys):
+    """SIGTERM to plusultra-retrain once the run has a checkpoint: the run stops cleanly (exit
+    143, forwarded), and the rerun continues it with resume=true in the same run dir."""
+    w = tmp_path / "w"
+
+    def stop_after_first_checkpoint():
+        while not list(w.glob("outputs/runs/*/*/checkpoints/*.ckpt")):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_after_first_checkpoint, daemon=True).start()
+    argv = ["--db", str(tiny_db), "--workdir", str(w), "--champion", str(tmp_path / "c.json")]
+    code, err = _exit([*argv, "--", *REAL, "trainer.max_epochs=3"], capsys)
+    assert code == 143 and "step train: plusultra exited with code 143" in err
+    (killed,) = [p.parent for p in w.glob("outputs/runs/*/*/checkpoints")]
+    assert not (killed / "metrics.json").exists()
+    main(["--workdir", str(w)])
+    out = capsys.readouterr().out
+    assert "resuming at step train (validate done)" in out and "resume=true" in out
+    state = RetrainState.open(w, None)
+    assert state.data["outputs"]["train"] == {"run_dir": str(killed.resolve()), "resumed": True}
+    assert read_pointer(tmp_path / "c.json")["run_dir"] == str(killed.resolve())
