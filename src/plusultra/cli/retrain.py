@@ -49,6 +49,9 @@ def _common(parser: argparse.ArgumentParser, workdir_required: bool = True) -> N
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plusultra-retrain",
+        usage="plusultra-retrain --workdir DIR [--db DB] [--champion FILE] [--margin M] "
+        "[--metric val_*] [-- OVERRIDES ...]\n       plusultra-retrain step NAME --workdir DIR "
+        "[...]",
         description="Retrain on a fresh database; promote the challenger only if it beats the "
         "champion on validation by the margin. Overrides for the `plusultra` run follow `--`.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -77,7 +80,8 @@ def _settings(args: argparse.Namespace, overrides: list[str], given: list[str]):
     from plusultra.retrain.state import Settings
 
     if args.db is None:
-        extra = [a for a in ("--champion", "--margin", "--metric") if a in given]
+        flags = ("--champion", "--margin", "--metric")
+        extra = [f for f in flags if any(a == f or a.startswith(f"{f}=") for a in given)]
         if extra or overrides:
             from plusultra.errors import ConfigError
 
