@@ -13,6 +13,7 @@ the app's factories (plusultra.service.hooks).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import sqlite3
@@ -28,6 +29,7 @@ import pandas as pd
 import pytest
 import schemathesis
 import uvicorn
+import yaml
 from hypothesis import HealthCheck, given, settings
 from omegaconf import open_dict
 
@@ -276,6 +278,20 @@ def test_malformed_requests_get_a_4xx_with_a_body(served_run, tiny_db, server):
     assert "indicator 'sentiment'" in r.json()["detail"]
 
 
+def test_a_chunked_body_past_the_limit_is_refused(server):
+    """A body without Content-Length is counted while it is read."""
+
+    def chunks():
+        for _ in range(50):
+            yield b"x" * 10_000
+
+    r = server.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "limit of 400000 bytes" in r.json()["detail"]
+    small = iter([b'{"symbols": ', b'["NOPE"]}'])
+    r = server.post("/predict", content=small, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "NOPE" in r.json()["detail"]
+
+
 def test_reload_needs_the_api_key(server):
     assert server.post("/reload").status_code == 401
     r = server.post("/reload", headers={"X-API-Key": "wrong"})
@@ -308,6 +324,12 @@ def test_metrics_exposes_the_named_metrics(served_run, tiny_db, server, tmp_path
         if line.startswith("plusultra_model_latency_seconds_count")
     ]
     assert float(count[0].split()[-1]) >= 1
+    # every metric the documented alert rules use is exposed
+    doc = (Path(__file__).parents[1] / "docs" / "operations.md").read_text()
+    rules = yaml.safe_load(doc.split("## SLOs and alerts")[1].split("```yaml")[1].split("```")[0])
+    exprs = " ".join(r["expr"] for g in rules["groups"] for r in g["rules"])
+    used = set(re.findall(r"\b(?:plusultra|http)_[a-z_]+", exprs))
+    assert used and all(re.sub(r"_bucket$", "", name) in text for name in used), used
     model = server.get("/model").json()
     assert model["head"] == "quantiles" and model["metrics"]["val_loss"] > 0
     assert model["data_range"]["data_last_date"] and model["data_range"]["segments"]["test"]
@@ -372,3 +394,15 @@ def test_fuzzed_requests_never_get_a_5xx(server, examples):
 
         check()
     assert all(n >= 1 for n in calls.values())
+
+
+@pytest.mark.slow  # three subprocesses, each importing torch (about 15 s)
+def test_cli_help_and_bad_input(tmp_path):
+    from tests.conftest import run_cli
+
+    res = run_cli(["plusultra.cli.serve", "--help"], tmp_path)
+    assert res.returncode == 0 and "--champion" in res.stdout and "127.0.0.1" in res.stdout
+    res = run_cli(["plusultra.cli.serve", str(tmp_path)], tmp_path)
+    assert res.returncode == 2 and "not a finished run" in res.stderr
+    res = run_cli(["plusultra.cli.serve"], tmp_path)
+    assert res.returncode == 2 and "--champion" in res.stderr

@@ -1,0 +1,1 @@
+"""The inference service (`plusultra-serve`): FastAPI app, served model, metrics, API key."""
