@@ -88,6 +88,7 @@ class FakeDrift:
         self.names, self.rows = names, np.zeros((0, len(names)))
 
     def update(self, rows: np.ndarray) -> None:
+        assert rows.shape[1] == len(self.names)
         self.rows = np.concatenate([self.rows, rows])
 
     def table(self) -> pd.DataFrame:
@@ -116,7 +117,9 @@ def fake_guardrails(cfg, universe, sectors, periods_per_year):
 
 
 def fake_drift(run_dir, window):
-    return FakeDrift(json.loads((Path(run_dir) / "data.json").read_text())["features"]["columns"])
+    """A monitor over every model input but the first (the service picks those columns)."""
+    names = json.loads((Path(run_dir) / "data.json").read_text())["features"]["columns"][1:]
+    return FakeDrift(names), names
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -213,6 +216,7 @@ def test_predict_equals_plusultra_predict(served_run, tiny_db, server, tmp_path)
     assert by_symbols.status_code == 200, by_symbols.text
     by_bars = server.post("/predict", json={"bars": _bars(tiny_db, symbols)})
     assert by_bars.status_code == 200, by_bars.text
+    assert by_symbols.headers["server-timing"].startswith("model;dur=")
     for response in (by_symbols.json(), by_bars.json()):
         assert pd.Timestamp(response["decision_timestamp"]) == expected["timestamp"].iloc[0]
         assert "next bar (its open)" in response["timing"]
@@ -311,13 +315,14 @@ def test_metrics_exposes_the_named_metrics(served_run, tiny_db, server, tmp_path
         "plusultra_model_latency_seconds_count",
         "plusultra_prediction_bucket",
         'plusultra_guardrail_hits_total{rule="symbol_cap"}',
-        'plusultra_feature_psi{feature="log_return"}',
+        'plusultra_feature_psi{feature="return_5"}',
         'plusultra_feature_ks{feature="ind_sentiment"}',
         'plusultra_drift_features{level="none"}',
         "plusultra_drift_warnings 1.0",
         'plusultra_predict_rejected_total{reason="unknown_symbol"}',
     ):
         assert name in text, name
+    assert 'plusultra_feature_psi{feature="log_return"}' not in text  # not in the reference
     count = [
         line
         for line in text.splitlines()

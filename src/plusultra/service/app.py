@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
@@ -93,7 +93,7 @@ class ModelHolder:
         """One watcher check: reload on a new champion; record (not raise) a failure."""
         try:
             self.reload(force=False)
-        except (ConfigError, DataError, OSError, ValueError, KeyError, RuntimeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the watcher outlives any failed load
             if str(exc) != self.error:
                 log.error("champion reload failed, still serving %s: %s", self.model.run_dir, exc)
             self.error = str(exc)
@@ -161,11 +161,13 @@ def create_app(
     _errors(app, metrics)
 
     @app.post("/predict", response_model=PredictResponse)
-    def predict(request: PredictRequest) -> dict:
+    def predict(request: PredictRequest, response: Response) -> dict:
         """Forecasts, proposed and guarded positions for the requested symbols' last bar.
-        Positions are decided at that bar's close and are to be filled at the next bar."""
+        Positions are decided at that bar's close and are to be filled at the next bar. The
+        ``Server-Timing`` header gives the model's forward pass (``model;dur=`` ms)."""
         result = holder.model.predict(request)
         metrics.latency.observe(result["seconds"])
+        response.headers["Server-Timing"] = f"model;dur={result['seconds'] * 1000:.3f}"
         for value in result["step1"]:
             metrics.prediction.observe(float(value))
         for event in result["events"]:
@@ -192,7 +194,7 @@ def create_app(
         """Reload the champion pointer's run (or the served run directory) from disk."""
         try:
             changed = holder.reload(force=True)
-        except (ConfigError, DataError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any failed load keeps the old model
             message = f"reload failed, still serving the old model: {exc}"
             raise RequestError(409, message, "reload") from None
         model = holder.model

@@ -16,8 +16,8 @@ from typing import Any
 
 # (run config, universe, symbol -> sector, bars per year) -> a `Guardrails`, or None
 GuardrailsFactory = Callable[[Any, list[str], dict[str, str | None], float], Any]
-# (run dir, window of recent rows) -> a `DriftMonitor`, or None
-DriftFactory = Callable[[Path, int], Any]
+# (run dir, window of recent rows) -> (a `DriftMonitor`, the feature names it compares), or None
+DriftFactory = Callable[[Path, int], tuple[Any, list[str]] | None]
 
 
 def default_guardrails(cfg, universe: list[str], sectors: dict, periods_per_year: float):
@@ -40,10 +40,10 @@ def default_guardrails(cfg, universe: list[str], sectors: dict, periods_per_year
 
 def default_drift(run_dir: Path, window: int):
     """A `DriftMonitor` over the run's drift_reference.parquet (the train segment's model
-    inputs), or None when the run has none."""
+    inputs) and its feature names, or None when the run has none."""
     if not (Path(run_dir) / "drift_reference.parquet").is_file():
         return None
     from plusultra.evaluation.drift import DriftMonitor, load_reference
 
     reference, names = load_reference(run_dir)
-    return DriftMonitor(reference, names, window=window)
+    return DriftMonitor(reference, names, window=window), list(names)

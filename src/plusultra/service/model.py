@@ -40,7 +40,7 @@ from plusultra.service.hooks import (
     default_drift,
     default_guardrails,
 )
-from plusultra.service.schemas import PredictRequest
+from plusultra.service.schemas import MAX_BARS, MAX_SYMBOLS, PredictRequest
 
 TIMING = (
     "positions are decisions at the close of decision_timestamp (the last bar), to be filled "
@@ -73,6 +73,9 @@ class ServiceLimits:
         for key in ("max_symbols", "max_bars", "max_body_bytes", "drift_window"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"service limit {key}={getattr(self, key)} must be >= 1")
+        for key, ceiling in (("max_symbols", MAX_SYMBOLS), ("max_bars", MAX_BARS)):
+            if getattr(self, key) > ceiling:
+                raise ConfigError(f"service limit {key}={getattr(self, key)} > {ceiling}")
 
 
 class RequestError(Exception):
@@ -148,7 +151,17 @@ class LoadedModel:
         self.guardrails = guardrails_factory(
             self.cfg, self.universe, self.sectors, self.periods_per_year
         )
-        self.drift = drift_factory(self.run_dir, self.limits.drift_window)
+        drift = drift_factory(self.run_dir, self.limits.drift_window)
+        self.drift, self._drift_cols = None, []
+        if drift is not None:
+            self.drift, names = drift
+            lacking = [n for n in names if n not in self.columns]
+            if lacking:
+                raise DataError(
+                    f"{self.run_dir}/drift_reference.parquet: features {lacking} are not model "
+                    f"inputs of the run ({self.columns})"
+                )
+            self._drift_cols = [self.columns.index(n) for n in names]
         self._book = (None, None, None if self.guardrails is None else self.guardrails.new_state())
         self._lock = threading.Lock()
         self._cache: tuple[tuple, object] | None = None
@@ -378,7 +391,7 @@ class LoadedModel:
             table = None
             if self.drift is not None:
                 if advancing:
-                    self.drift.update(np.asarray(rows, dtype=np.float64))
+                    self.drift.update(np.asarray(rows, dtype=np.float64)[:, self._drift_cols])
                 warnings, table = list(self.drift.warnings()), self.drift.table()
             if self.guardrails is None:
                 self._book = (when, None, None)
