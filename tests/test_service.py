@@ -308,6 +308,7 @@ def test_reload_needs_the_api_key(server):
 def test_metrics_exposes_the_named_metrics(served_run, tiny_db, server, tmp_path):
     _, symbols = _live_symbols(served_run, tiny_db, tmp_path)
     assert server.post("/predict", json={"symbols": symbols}).status_code == 200
+    assert server.post("/predict", json={"symbols": ["NOPE"]}).status_code == 422
     text = server.get("/metrics").text
     for name in (
         "http_requests_total",

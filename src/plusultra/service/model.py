@@ -306,8 +306,14 @@ class LoadedModel:
         with self._lock:
             out, seconds = self._forward(inputs)
         frame, extras = self._outputs(out, dm.norm.target_scale, symbols, when)
+        # positions are row by row: the last bar's row alone (its decision mask is its
+        # tradable row: a symbol tradable on the last bar has no known delisting)
         frame = self.backtest.with_positions(
-            frame, dm.panel.dates, dm.panel.symbols, dm.tradable, execution=self.execution
+            frame,
+            dm.panel.dates[last:],
+            dm.panel.symbols,
+            dm.tradable[last:],
+            execution=self.execution,
         )
         proposed = frame["position"].to_numpy(dtype=np.float64)
         close = dm.panel.fields["close"]
