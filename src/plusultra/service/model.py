@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -41,6 +42,8 @@ from plusultra.service.hooks import (
     default_guardrails,
 )
 from plusultra.service.schemas import MAX_BARS, MAX_SYMBOLS, PredictRequest
+
+log = logging.getLogger(__name__)
 
 TIMING = (
     "positions are decisions at the close of decision_timestamp (the last bar), to be filled "
@@ -170,7 +173,14 @@ class LoadedModel:
 
     # ------------------------------------------------------------------ model
     def warm_up(self) -> None:
-        """One forward pass on a zero window (allocations, lazy init) before the first request."""
+        """One forward pass on a zero window (allocations, lazy init) before the first request,
+        and the run's own database featurised when it is readable here (a failure is logged
+        and answered per request: bars sent in the body are still served)."""
+        if self.db and Path(self.db).is_file():
+            try:
+                self._own_data()
+            except (DataError, ConfigError) as exc:
+                log.warning("%s: requests by symbol will fail: %s", self.db, exc)
         x = torch.zeros(1, self.window, len(self.columns))
         inputs = [x]
         if self.model.embedding is not None:
