@@ -184,7 +184,7 @@ def report(lat: dict, rows: list, args, model: dict, load_avg: float) -> str:
         f"{args.levels} --requests {args.requests}`; {machine()}. The default experiment's "
         f"model ({model['head']} head, window {model['window']}, "
         f"{len(model['features'])} features; hybrid backbone d_model 64, depth 4) on CPU, "
-        "served by the real command on loopback; each request is "
+        "served by the real command (`--threads 1`, its default) on loopback; each request is "
         '`POST /predict {"symbols": [one symbol]}`: one window, features cached. The '
         f"1-minute load average at the end was {load_avg:.1f} on {os.cpu_count()} cores "
         "(everything running on the machine, this benchmark included).",

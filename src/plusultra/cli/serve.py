@@ -51,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--drift-window", type=int, default=500, help="recent decision rows the drift uses"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads of the forward pass (default 1: one window's operations "
+        "are too small to split, and spinning threads slow a shared CPU; scale out with "
+        "processes; raise it for requests of many symbols)",
+    )
     parser.add_argument("--log-level", default="info", help="uvicorn log level")
     return parser
 
@@ -62,6 +70,11 @@ def make_app(args: argparse.Namespace):
 
     if (args.run_dir is None) == (args.champion is None):
         raise ConfigError("give a run directory or --champion FILE (exactly one)")
+    if args.threads < 1:
+        raise ConfigError(f"--threads {args.threads}: need at least 1")
+    import torch
+
+    torch.set_num_threads(args.threads)  # process-wide: the CLI owns the process
     api_key = None
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
