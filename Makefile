@@ -45,6 +45,7 @@ bench: $(STAMP)  ## run every benchmark in experiments/benchmarks (writes docs/b
 	$(BIN)/python -m experiments.benchmarks.memory
 	$(BIN)/python -m experiments.benchmarks.rl_env
 	$(BIN)/python -m experiments.benchmarks.ppo
+	$(BIN)/python -m experiments.benchmarks.service
 	$(BIN)/python -m experiments.benchmarks.gpu  # skips (exit 0) without CUDA
 
 docs: $(STAMP)  ## regenerate docs/features.md from the feature registry

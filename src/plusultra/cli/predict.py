@@ -33,18 +33,14 @@ from pathlib import Path
 
 from plusultra.cli.common import fail
 from plusultra.errors import ConfigError, DataError
-
-REQUIRED = ("config.yaml", "data.json", "normalisation.json", "metrics.json")
-
-
-def find_checkpoint(run_dir: Path) -> Path:
-    """The run's latest model: the last walk-forward refit (walk_forward.ckpt) when the run
-    refitted, else its best checkpoint (last.ckpt if no best was kept)."""
-    for name in ("walk_forward.ckpt", "best.ckpt", "last.ckpt"):
-        path = run_dir / "checkpoints" / name
-        if path.is_file():
-            return path
-    raise DataError(f"{run_dir}: no checkpoints/best.ckpt or checkpoints/last.ckpt")
+from plusultra.training.run_model import (  # noqa: F401 - find_checkpoint: re-exported
+    build_module,
+    check_finished,
+    find_checkpoint,
+    inference_target,
+    load_forecaster,
+    policy_stage,
+)
 
 
 def predict(
@@ -67,23 +63,15 @@ def predict(
     ``trainer.accelerator`` and ``trainer.precision`` (a policy run: ``32-true``);
     `rollout_start` (a policy run only; ISO date) to the first bar with a complete window.
     """
-    import torch
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from plusultra.data.datasets.datamodule import SQLiteDataModule
     from plusultra.evaluation.backtest.engine import MarketContext
     from plusultra.io import write_parquet_atomic
-    from plusultra.models.module import ForecastModule
-    from plusultra.training.device import InferenceDevice, set_matmul_precision
     from plusultra.training.predict import predictions_frame
 
-    missing = [n for n in REQUIRED if not (run_dir / n).is_file()]
-    if missing:
-        raise DataError(
-            f"{run_dir} is not a finished run: missing {', '.join(missing)} "
-            "(metrics.json is written last, when a run completes)"
-        )
+    check_finished(run_dir)
     cfg = OmegaConf.load(run_dir / "config.yaml")
     stage = policy_stage(cfg)  # the run's PPO stage, or None: a forecaster
     if stage is None and rollout_start is not None:
@@ -91,35 +79,16 @@ def predict(
             f"--rollout-start applies to a run whose last curriculum stage is a PPO stage; "
             f"{run_dir} ({OmegaConf.select(cfg, 'curriculum.name')}) serves a forecaster"
         )
-    run_precision = OmegaConf.select(cfg, "trainer.precision", default="32-true")
-    if stage is not None:  # a policy: float32, as the run's own validation and test rollouts
-        run_precision = "32-true"
-    target = InferenceDevice.from_config(
-        OmegaConf.select(cfg, "trainer.accelerator", default="cpu"),
-        precision if precision is not None else run_precision,
-        device,
-    )
-    set_matmul_precision(OmegaConf.select(cfg, "matmul_precision", default="highest"))
+    target = inference_target(cfg, device, precision, policy=stage is not None)
     given = {"start": start, "end": end, "symbols": symbols}
     overrides = {k: v for k, v in given.items() if v is not None}
     dm = SQLiteDataModule.for_inference(db, run_dir, batch_size=batch_size, **overrides)
-    classes = dm.condition_classes
-    embedding = instantiate(cfg.market_state, n_classes=classes) if classes else None
-    n_inputs = dm.n_features + (embedding.dim if embedding else 0)
-    model = ForecastModule(
-        embedding=embedding,
-        backbone=instantiate(cfg.backbone, n_features=n_inputs, _convert_="all"),
-        head=instantiate(cfg.head, _convert_="all"),
-        loss=instantiate(cfg.loss, _convert_="all"),
-        optim=instantiate(cfg.optim, _convert_="all"),
-    )
+    model = build_module(cfg, dm.n_features, dm.condition_classes)
     panel = dm.panel
     if stage is not None:
         preds = policy_predictions(model, stage, dm, run_dir, target, rollout_start)
     else:
-        state = torch.load(find_checkpoint(run_dir), map_location="cpu", weights_only=True)
-        model.load_state_dict(state["state_dict"])
-        model.to(dtype=target.dtype)  # float32, or the weights' dtype of a "-true" precision
+        model = load_forecaster(run_dir, model, target.dtype)
         preds = predictions_frame(
             model,
             dm.inference_dataset(),
@@ -140,20 +109,6 @@ def predict(
         preds, panel.dates, panel.symbols, dm.tradable, earned, execution=mode
     )
     return write_parquet_atomic(out, preds)
-
-
-def policy_stage(cfg):
-    """The run's last curriculum stage (an `RLStage`) when it is a PPO stage, else None; built
-    from the run's config as the run built it (its simulator's costs, its policy settings)."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    from plusultra.training.curriculum import build_stage
-
-    stages = OmegaConf.select(cfg, "curriculum.stages", default=None)
-    if not stages or stages[-1].get("kind") != "ppo":
-        return None
-    return build_stage(len(stages) - 1, instantiate(stages[-1], _convert_="all"))
 
 
 def policy_predictions(model, stage, dm, run_dir: Path, target, rollout_start: str | None):

@@ -1,4 +1,5 @@
-"""The inference service, its guardrails, drift monitoring and the analyst-feedback store.
+"""The inference service (`plusultra-serve`: FastAPI app, served model, metrics, API key) and
+the analyst-feedback store.
 
 Kept free of imports: `plusultra.service.feedback` (a plain SQLite store) is read by the RL stage,
 which must not pull in the web stack.
