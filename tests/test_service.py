@@ -412,3 +412,66 @@ def test_cli_help_and_bad_input(tmp_path):
     assert res.returncode == 2 and "not a finished run" in res.stderr
     res = run_cli(["plusultra.cli.serve"], tmp_path)
     assert res.returncode == 2 and "--champion" in res.stderr
+
+
+# ------------------------------------------------------------- the real parts, wired
+@pytest.fixture(scope="module")
+def guarded_run(tiny_db, tmp_path_factory) -> Path:
+    """A tiny run with guardrails=standard: its config carries real guardrails and its run dir
+    the drift reference, which the service's default factories load."""
+    tmp = tmp_path_factory.mktemp("serve_guarded")
+    cfg = compose_config(
+        [*TINY, "data=sqlite", f"data.path={tiny_db}", "guardrails=standard"]
+        + ["evaluation.bootstrap=0"]
+    )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp)
+        cfg.hydra.runtime.output_dir = str(tmp / "run")
+    (tmp / "run").mkdir()
+    return run_in_process(cfg)[1]
+
+
+def test_the_cli_app_serves_real_guardrails_drift_and_reviews(
+    guarded_run, tiny_db, tmp_path, monkeypatch
+):
+    """`plusultra-serve`'s own app (cli.serve.make_app): the run's guardrails (standard) adjust
+    the proposed book with their reasons, the drift gauges come from its drift_reference, and
+    the review router reviews the served run's trades behind the API key."""
+    from plusultra.cli.serve import build_parser, make_app
+    from plusultra.guardrails import Guardrails
+
+    monkeypatch.setenv("PLUSULTRA_TEST_KEY", KEY)
+    db = tmp_path / "reviews.sqlite"
+    args = build_parser().parse_args(
+        [str(guarded_run), "--api-key-env", "PLUSULTRA_TEST_KEY", "--review-db", str(db)]
+    )
+    app = make_app(args)
+    assert isinstance(app.state.holder.model.guardrails, Guardrails)
+    assert app.state.run_dir == str(app.state.holder.model.run_dir)
+    traded = pd.read_parquet(guarded_run / "predictions.parquet").iloc[-1]
+    with serving(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        _, symbols = _live_symbols(guarded_run, tiny_db, tmp_path)  # complete at the last bar
+        body = client.post("/predict", json={"symbols": symbols})
+        assert body.status_code == 200, body.text
+        out = body.json()
+        proposed = np.array([p["proposed_position"] for p in out["predictions"]])
+        guarded = np.array([p["position"] for p in out["predictions"]])
+        assert np.abs(proposed).sum() > 0
+        if out["adjustments"]:  # every adjustment names a rule of the standard set and why
+            assert all(a["rule"] and a["detail"] for a in out["adjustments"])
+        else:  # nothing to adjust: the book went through unchanged
+            np.testing.assert_allclose(guarded, proposed)
+        metrics = client.get("/metrics").text
+        assert re.search(r"^plusultra_feature_psi\{", metrics, re.M), "no drift gauges"
+        review = {
+            "symbol": traded["symbol"],
+            "timestamp": str(pd.Timestamp(traded["timestamp"]).date()),
+            "verdict": "veto",
+            "rationale": "too large",
+            "author": "ana",
+        }
+        assert client.post("/reviews", json=review).status_code == 401
+        made = client.post("/reviews", json=review, headers={"X-API-Key": KEY})
+        assert made.status_code == 201, made.text
+        listed = client.get("/reviews", params={"verdict": "veto"}).json()
+        assert listed["count"] == 1 and listed["reviews"][0]["symbol"] == traded["symbol"]

@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
         "are too small to split, and spinning threads slow a shared CPU; scale out with "
         "processes; raise it for requests of many symbols)",
     )
+    parser.add_argument(
+        "--review-db",
+        type=Path,
+        default=None,
+        help="analyst-review store behind /reviews (default: $PLUSULTRA_OUTPUT_DIR/"
+        "reviews.sqlite, else outputs/reviews.sqlite)",
+    )
     parser.add_argument("--log-level", default="info", help="uvicorn log level")
     return parser
 
@@ -67,6 +74,7 @@ def make_app(args: argparse.Namespace):
     """The app the arguments describe (the model loaded and warmed up)."""
     from plusultra.service.app import create_app
     from plusultra.service.model import ServiceLimits
+    from plusultra.service.review_api import router as reviews
 
     if (args.run_dir is None) == (args.champion is None):
         raise ConfigError("give a run directory or --champion FILE (exactly one)")
@@ -81,14 +89,17 @@ def make_app(args: argparse.Namespace):
         if not api_key:
             raise ConfigError(f"--api-key-env {args.api_key_env}: that variable is unset or empty")
     limits = ServiceLimits(args.max_symbols, args.max_bars, args.max_body_bytes, args.drift_window)
-    return create_app(
+    app = create_app(
         run_dir=args.run_dir,
         champion=args.champion,
         api_key=api_key,
         limits=limits,
         device=args.device,
         precision=args.precision,
+        routers=[reviews],  # POST /reviews (API key), GET /reviews
     )
+    app.state.review_db = args.review_db  # None: the store's default
+    return app
 
 
 def main(argv: list[str] | None = None) -> None:

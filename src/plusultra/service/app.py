@@ -70,11 +70,14 @@ class ModelHolder:
         self.model: LoadedModel = load(self.source)
         self.error: str | None = None
         self._swap = threading.Lock()
+        self.on_load = None  # called with each newly loaded model (the app's state follows it)
         self._loaded()
 
     def _loaded(self) -> None:
         self.metrics.reloads.inc()
         self.metrics.loaded.set(datetime.now(UTC).timestamp())
+        if self.on_load is not None:
+            self.on_load(self.model)
 
     def reload(self, force: bool) -> bool:
         """Load the champion's run when it changed (or the same run when `force`); True when
@@ -157,6 +160,12 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.api_key, app.state.holder, app.state.metrics = api_key, holder, metrics
+
+    def follow(model: LoadedModel) -> None:  # the review router reviews the served run
+        app.state.run_dir = str(model.run_dir)
+
+    holder.on_load = follow
+    follow(holder.model)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     _errors(app, metrics)
 
