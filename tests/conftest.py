@@ -72,3 +72,15 @@ def run_cli(args: list[str], out_dir: Path, timeout: int = 300) -> subprocess.Co
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks run fastest on one thread (and leave the shared cores to others); modules
+    of such tests opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch  # here: the conftest itself stays free of torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -24,14 +24,7 @@ from plusultra.rl.policy import ActorCritic, FreezeSchedule
 from plusultra.rl.protocol import Observation
 from plusultra.rl.toy import OUEnv, TrendEnv
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread (and leave the shared cores to others)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class MLPBackbone(nn.Module):

@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from experiments.benchmarks.ppo import EagerEnv  # the eager side the benchmark times too
 from torch import nn
 
 from plusultra.rl.env import EnvConfig, TradingEnv
@@ -21,12 +22,7 @@ from plusultra.rl.protocol import LazyWindows, Observation
 W, S, F, T = 6, 3, 2, 120
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def data(seed: int = 0) -> dict:
@@ -110,23 +106,6 @@ def test_cat_rows_index_and_to_of_lazy_equal_the_eager_equivalents():
     two = _cat([lazy[0], other])
     assert two.windows is None
     same(two, _cat([eager[0], other.materialize()]))
-
-
-class EagerEnv:
-    """A `TradingEnv` whose observations (and final observations) are gathered eagerly."""
-
-    def __init__(self, env: TradingEnv) -> None:
-        self.env = env
-        for k in ("n_envs", "n_symbols", "window", "n_features", "action_kind", "device"):
-            setattr(self, k, getattr(env, k))
-
-    def reset(self, seed=None) -> Observation:
-        return self.env.reset(seed).materialize()
-
-    def step(self, action):
-        obs, reward, term, trunc, info = self.env.step(action)
-        info["final_observation"] = info["final_observation"].materialize()
-        return obs.materialize(), reward, term, trunc, info
 
 
 class MLPBackbone(nn.Module):

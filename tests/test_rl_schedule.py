@@ -23,13 +23,7 @@ from tests.test_ppo import MLPBackbone, StopAfterFirstEpoch, fit
 from tests.test_rl_env import W, make_env, panel
 from tests.test_rl_stage import _module, dm  # noqa: F401 - dm: the tiny data module fixture
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # --------------------------------------------------------------------------- validation

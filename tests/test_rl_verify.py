@@ -33,13 +33,7 @@ W, S, T, EPISODE = 4, 3, 700, 16
 TRAIN, HELD_OUT = (W - 1, 449), (450, T - 1)  # decision bars: train on the first, test on the rest
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread (and leave the shared cores to others)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def leak_market(shuffle: bool, seed: int = 0) -> EnvMarket:

@@ -5,9 +5,9 @@ sent in the body); malformed requests get a 4xx with a JSON body; the API key gu
 POST /reload; /metrics exposes the named metrics; a new champion is picked up without a
 restart; schemathesis fuzzes the OpenAPI schema and finds no 5xx.
 
-The guardrails and the drift monitor are other parts (plusultra.guardrails,
-plusultra.evaluation.drift); here they are small fakes with their interfaces, passed through
-the app's factories (plusultra.service.hooks).
+Most tests pass the app small fakes of the guardrails and the drift monitor through its
+factories (plusultra.service.hooks), so the figures they check are known; the last serves a
+guardrails=standard run through the command's own app with the real parts.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
@@ -34,6 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from omegaconf import open_dict
 
 from plusultra.cli.predict import predict
+from plusultra.guardrails import GuardrailEvent
 from plusultra.io import write_json_atomic
 from plusultra.service.app import create_app
 from plusultra.service.model import ServiceLimits
@@ -44,19 +44,6 @@ KEY = "s3cret-key"
 
 
 # --------------------------------------------------------------------------- fakes
-@dataclass(frozen=True)
-class FakeEvent:
-    timestamp: str | None
-    symbol: str | None
-    rule: str
-    before: float
-    after: float
-    detail: str
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
 class FakeGuardrails:
     """`Guardrails` interface: a per-symbol cap, the state counting the steps taken."""
 
@@ -72,7 +59,9 @@ class FakeGuardrails:
         assert proposed.shape == asset_returns.shape == tradable.shape == (len(self.symbols),)
         out = np.clip(proposed, -self.cap, self.cap)
         events = [
-            FakeEvent(timestamp, s, "symbol_cap", float(a), float(b), f"|w| capped at {self.cap}")
+            GuardrailEvent(
+                timestamp, s, "symbol_cap", float(a), float(b), f"|w| capped at {self.cap}"
+            )
             for s, a, b in zip(self.symbols, proposed, out, strict=True)
             if a != b
         ]
