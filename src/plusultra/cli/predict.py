@@ -121,18 +121,10 @@ def policy_predictions(model, stage, dm, run_dir: Path, target, rollout_start: s
     """
     import numpy as np
     import pandas as pd
-    import torch
 
-    from plusultra.rl.market import EnvMarket
-    from plusultra.rl.predict import load_policy, policy_positions
+    from plusultra.rl.predict import rollout_positions, run_policy
 
-    if target.autocast_dtype is None and target.dtype != torch.float32:
-        raise ConfigError(
-            f"--precision {target.precision}: a policy's rollout runs in float32 (32-true) or "
-            "under autocast (a -mixed precision)"
-        )
-    policy = stage.make_policy(model, dm)
-    load_policy(policy, run_dir / "checkpoints", stage.name)
+    policy = run_policy(model, stage, dm, run_dir, target)
     dates = dm.panel.dates
     first = 0
     if rollout_start is not None:
@@ -146,13 +138,7 @@ def policy_predictions(model, stage, dm, run_dir: Path, target, rollout_start: s
                 f"--rollout-start {rollout_start}: after the data's last bar "
                 f"{pd.Timestamp(dates[-1]).date()}"
             )
-    market = EnvMarket.from_datamodule(
-        dm, stage._env.execution, stage._env.impact_coef, device=target.device
-    )
-    with target.context():
-        return policy_positions(
-            policy, market, dm.tradable, stage._env, dates, dm.panel.symbols, first
-        )
+    return rollout_positions(policy, stage, dm, target, first)
 
 
 def build_parser() -> argparse.ArgumentParser:

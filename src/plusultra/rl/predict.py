@@ -13,6 +13,9 @@ positions the run traded. Past the last bar whose holding return is in the data 
 ``lag + 1`` bars, which a backtest cannot score) it goes on "live" (`live_market`): a target is
 held where the symbol is observable at the decision bar and, when the fill bar is in the data,
 tradable there, so the newest bar has the position to fill at the next one.
+
+`run_policy` (the run's actor-critic with its handed weights) and `rollout_positions` (that
+rollout over a data module) are what `plusultra-predict` and `plusultra-serve` both call.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from plusultra.errors import DataError
+from plusultra.errors import ConfigError, DataError
 from plusultra.io import write_bytes_atomic
 from plusultra.rl.env import EnvConfig
 from plusultra.rl.market import EnvMarket
@@ -148,3 +151,44 @@ def policy_positions(
     lo, hi = decision_bars(live, (int(first_bar), n - 1))
     rollout = segment_rollout(policy, live, (lo, hi), config)
     return positions_frame(rollout, dates, symbols)
+
+
+def run_policy(model, stage, dm, run_dir: Path, target) -> ActorCritic:
+    """The run's policy: the actor-critic of PPO `stage` (`RLStage.make_policy`) on `model`'s
+    architecture, with the weights the stage handed to evaluation (`load_policy`).
+
+    Args:
+        model: the run's `ForecastModule` (`run_model.build_module`), untrained.
+        stage: the run's last curriculum stage (`run_model.policy_stage`).
+        dm: a data module of the run's inputs (its train-segment ``norm.target_scale``).
+        run_dir: the run directory (its ``checkpoints/<stage>-policy.pt``).
+        target: the `InferenceDevice` the rollout runs on.
+
+    Raises:
+        ConfigError: `target` is a "-true" precision other than 32-true.
+        DataError: no policy file, or one that does not fit.
+    """
+    if target.autocast_dtype is None and target.dtype != torch.float32:
+        raise ConfigError(
+            f"--precision {target.precision}: a policy's rollout runs in float32 (32-true) or "
+            "under autocast (a -mixed precision)"
+        )
+    policy = stage.make_policy(model, dm)
+    load_policy(policy, Path(run_dir) / "checkpoints", stage.name)
+    return policy
+
+
+def rollout_positions(policy: ActorCritic, stage, dm, target, first_bar: int = 0) -> pd.DataFrame:
+    """`policy_positions` over data module `dm`: its market (`EnvMarket.from_datamodule`, the
+    stage's fill timing and impact) on `target`, under `target`'s precision.
+
+    Returns:
+        ``symbol, timestamp, pred_1`` (the position) from decision bar `first_bar` on.
+    """
+    market = EnvMarket.from_datamodule(
+        dm, stage._env.execution, stage._env.impact_coef, device=target.device
+    )
+    with target.context():
+        return policy_positions(
+            policy, market, dm.tradable, stage._env, dm.panel.dates, dm.panel.symbols, first_bar
+        )

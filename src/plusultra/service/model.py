@@ -1,4 +1,4 @@
-"""The served model: a finished run's forecaster, its inputs and its guarded book.
+"""The served model: a finished run's forecaster or PPO policy, its inputs and its guarded book.
 
 `LoadedModel(run_dir)` rebuilds the run's model the way `plusultra-predict` does
 (`plusultra.training.run_model`: config, checkpoint loaded with ``weights_only=True``, the run's
@@ -15,6 +15,11 @@ run's backtest. Data after the last bar is never used.
 Symbols read from the run's own database use a cached data module, rebuilt when the database
 file changes (size or modification time), so a request costs one forward pass. Bars sent in
 the body are written to a temporary contract database and featurised per request.
+
+A run whose last curriculum stage is PPO is served by its policy (`plusultra.service.policy`):
+its positions at the last bar come from `plusultra-predict`'s sequential greedy rollout over
+the request's data (the run's database: rolled out once per database version and cached under
+the data module's key; bars in the body: per request), ``prediction`` is the policy's position.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from plusultra.service.hooks import (
     default_drift,
     default_guardrails,
 )
+from plusultra.service.policy import ServedPolicy
 from plusultra.service.schemas import MAX_BARS, MAX_SYMBOLS, PredictRequest
 
 log = logging.getLogger(__name__)
@@ -91,7 +97,7 @@ class RequestError(Exception):
 
 
 class LoadedModel:
-    """A finished run's forecaster, ready to serve.
+    """A finished run's forecaster (or a PPO run's policy), ready to serve.
 
     Args:
         run_dir: the run directory (has metrics.json).
@@ -101,8 +107,8 @@ class LoadedModel:
         drift_factory: builds the feature drift monitor (None: no drift metrics).
 
     Raises:
-        DataError / ConfigError: not a finished run, a PPO run (its policy is served by
-            `plusultra-predict`'s rollout, not per request), or a checkpoint that does not fit.
+        DataError / ConfigError: not a finished run, a checkpoint (or a PPO run's policy
+            file) that does not fit or is missing.
     """
 
     def __init__(
@@ -124,13 +130,7 @@ class LoadedModel:
         self.limits = limits or ServiceLimits()
         run_model.check_finished(self.run_dir)
         self.cfg = OmegaConf.load(self.run_dir / "config.yaml")
-        if run_model.policy_stage(self.cfg) is not None:
-            raise ConfigError(
-                f"{self.run_dir}: a PPO run (curriculum "
-                f"{OmegaConf.select(self.cfg, 'curriculum.name')}) "
-                "decides by a sequential rollout over its own past positions; serve a "
-                "forecaster run, or use plusultra-predict for its positions"
-            )
+        stage = run_model.policy_stage(self.cfg)  # a PPO run's last stage, or None
         self.meta = json.loads((self.run_dir / "data.json").read_text())
         self.metrics = json.loads((self.run_dir / "metrics.json").read_text())
         self.execution = self.metrics.get("execution")
@@ -139,12 +139,19 @@ class LoadedModel:
         self.sectors: dict[str, str | None] = dict(self.meta.get("sectors") or {})
         self.columns: list[str] = list(self.meta["features"]["columns"])
         self.window = int(self.meta["window"])
-        self.target = run_model.inference_target(self.cfg, device, precision, policy=False)
+        self.target = run_model.inference_target(
+            self.cfg, device, precision, policy=stage is not None
+        )
         classes = [N_CLASSES[n] + 1 for n in loader.get("conditioning") or []]
         module = run_model.build_module(self.cfg, len(self.columns), classes)
-        self.model = run_model.load_forecaster(self.run_dir, module, self.target.dtype)
-        self.model.to(self.target.device)
-        self.kind = self.model.kind
+        self.policy: ServedPolicy | None = None
+        if stage is not None:
+            self.policy = ServedPolicy(self.run_dir, module, stage, self.target)
+            self.model, self.kind = self.policy.policy, "policy"
+        else:
+            self.model = run_model.load_forecaster(self.run_dir, module, self.target.dtype)
+            self.model.to(self.target.device)
+            self.kind = self.model.kind
         self.backtest = instantiate(self.cfg.evaluation, _convert_="all")
         self.db = OmegaConf.select(self.cfg, "data.path")
         self.assets = known_assets(self.db, self.universe)  # rows for bars sent in a request
@@ -175,12 +182,18 @@ class LoadedModel:
     def warm_up(self) -> None:
         """One forward pass on a zero window (allocations, lazy init) before the first request,
         and the run's own database featurised when it is readable here (a failure is logged
-        and answered per request: bars sent in the body are still served)."""
+        and answered per request: bars sent in the body are still served); a policy run rolls
+        its policy out over that database instead (the rollout requests by symbol reuse)."""
         if self.db and Path(self.db).is_file():
             try:
-                self._own_data()
+                key, dm = self._own_data()
+                if self.policy is not None:  # the rollout of the run's database, cached
+                    with self._lock:
+                        self.policy.last_bar(dm, key)
             except (DataError, ConfigError) as exc:
                 log.warning("%s: requests by symbol will fail: %s", self.db, exc)
+        if self.policy is not None:
+            return
         x = torch.zeros(1, self.window, len(self.columns))
         inputs = [x]
         if self.model.embedding is not None:
@@ -260,7 +273,7 @@ class LoadedModel:
         """One decision for the requested symbols at their last bar (see the module doc)."""
         symbols = self.check_request(request)
         if request.symbols is not None:
-            return self._decide(self._own_data(), symbols)
+            return self._decide(*self._own_data(), symbols)
         from plusultra.data.datasets.datamodule import SQLiteDataModule
         from plusultra.service.bars import bars_database
 
@@ -271,10 +284,11 @@ class LoadedModel:
                 )
         except (DataError, ConfigError, ValueError, sqlite3.Error) as exc:
             raise RequestError(422, f"bars: {exc}", "bad_bars") from None
-        return self._decide(dm, symbols)
+        return self._decide(None, dm, symbols)
 
-    def _own_data(self):
-        """The run's own database as a data module, rebuilt when the file changes."""
+    def _own_data(self) -> tuple[tuple, object]:
+        """The run's own database as a data module, rebuilt when the file changes, and its
+        cache key (the file's modification time and size)."""
         from plusultra.data.datasets.datamodule import SQLiteDataModule
 
         try:
@@ -289,11 +303,10 @@ class LoadedModel:
         with self._lock:
             if self._cache is None or self._cache[0] != key:
                 self._cache = (key, SQLiteDataModule.for_inference(self.db, self.run_dir))
-            return self._cache[1]
+            return self._cache
 
-    def _decide(self, dm, symbols: list[str]) -> dict:
-        from plusultra.data.datasets.windows import WindowDataset
-
+    def _decide(self, key: tuple | None, dm, symbols: list[str]) -> dict:
+        """The response for `symbols` at `dm`'s last bar (`key`: `dm`'s cache key, or None)."""
         dates = pd.DatetimeIndex(dm.panel.dates)
         last = len(dates) - 1
         when = dates[last]
@@ -307,24 +320,10 @@ class LoadedModel:
                 "need warm-up history before the window; send more bars)",
                 "too_few_bars",
             )
-        lo = last - self.window + 1  # the windows only: W bars of every symbol
-        labels = None if dm.labels is None else dm.labels[lo:]
-        index = np.stack([np.full(len(cols), self.window - 1), cols], axis=1).astype(np.int64)
-        data = WindowDataset(dm.features[lo:], index, self.window, labels=labels)
-        inputs = data.__getitems__(list(range(len(cols))))
-        inputs = list(inputs) if isinstance(inputs, tuple) else [inputs]
-        with self._lock:
-            out, seconds = self._forward(inputs)
-        frame, extras = self._outputs(out, dm.norm.target_scale, symbols, when)
-        # positions are row by row: the last bar's row alone (its decision mask is its
-        # tradable row: a symbol tradable on the last bar has no known delisting)
-        frame = self.backtest.with_positions(
-            frame,
-            dm.panel.dates[last:],
-            dm.panel.symbols,
-            dm.tradable[last:],
-            execution=self.execution,
-        )
+        if self.policy is None:
+            frame, extras, seconds = self._forecast(dm, symbols, cols, when)
+        else:
+            frame, extras, seconds = self._policy_rows(key, dm, symbols)
         proposed = frame["position"].to_numpy(dtype=np.float64)
         close = dm.panel.fields["close"]
         returns = (
@@ -360,6 +359,49 @@ class LoadedModel:
                 "drift_warnings": warnings,
             },
         }
+
+    def _forecast(self, dm, symbols, cols, when) -> tuple[pd.DataFrame, dict, float]:
+        """The forecaster's rows at the last bar (`_outputs`) with their positions, the
+        per-row extras and the forward pass's seconds."""
+        from plusultra.data.datasets.windows import WindowDataset
+
+        last = len(dm.panel.dates) - 1
+        lo = last - self.window + 1  # the windows only: W bars of every symbol
+        labels = None if dm.labels is None else dm.labels[lo:]
+        index = np.stack([np.full(len(cols), self.window - 1), cols], axis=1).astype(np.int64)
+        data = WindowDataset(dm.features[lo:], index, self.window, labels=labels)
+        inputs = data.__getitems__(list(range(len(cols))))
+        inputs = list(inputs) if isinstance(inputs, tuple) else [inputs]
+        with self._lock:
+            out, seconds = self._forward(inputs)
+        frame, extras = self._outputs(out, dm.norm.target_scale, symbols, when)
+        # positions are row by row: the last bar's row alone (its decision mask is its
+        # tradable row: a symbol tradable on the last bar has no known delisting)
+        frame = self.backtest.with_positions(
+            frame,
+            dm.panel.dates[last:],
+            dm.panel.symbols,
+            dm.tradable[last:],
+            execution=self.execution,
+        )
+        return frame, extras, seconds
+
+    def _policy_rows(self, key, dm, symbols) -> tuple[pd.DataFrame, dict, float]:
+        """The policy's rows at the last bar (``pred_1``: its position) with their positions,
+        no extras, and the seconds of the rollout (a cached one: of the lookup).
+
+        The policy's book is every symbol of its rollout (the database's universe, or the sent
+        symbols), as in `plusultra-predict`: the positions are computed across all of them,
+        then the requested symbols' rows are kept."""
+        last = len(dm.panel.dates) - 1
+        with self._lock:
+            rows, seconds = self.policy.last_bar(dm, key)
+        frame = self.backtest.with_positions(
+            rows, dm.panel.dates[last:], dm.panel.symbols, dm.tradable[last:],
+            execution=self.execution,
+        )  # fmt: skip
+        frame = frame.set_index("symbol").loc[symbols].reset_index()
+        return frame, {}, seconds
 
     def _outputs(self, out: torch.Tensor, target_scale, symbols, when) -> tuple[pd.DataFrame, dict]:
         """`symbol, timestamp, pred_k` (return units) and, per row, quantiles / probabilities."""

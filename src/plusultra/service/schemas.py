@@ -98,7 +98,9 @@ class PredictRequest(BaseModel):
 class Prediction(BaseModel):
     symbol: str
     prediction: list[float] = Field(
-        description="forecast forward log return of each step 1..H (a position head: its position)"
+        description="forecast forward log return of each step 1..H (a position head: its "
+        "position; a PPO run: one value, the policy's position from its rollout, as "
+        "plusultra-predict's pred_1)"
     )
     quantiles: dict[str, list[float]] | None = Field(
         default=None, description="level -> forecast of each step (quantile and calibrated heads)"
@@ -106,7 +108,10 @@ class Prediction(BaseModel):
     probabilities: dict[str, list[float]] | None = Field(
         default=None, description="down / flat / up -> probability per step (calibrated head)"
     )
-    proposed_position: float = Field(description="the model's weight, fraction of equity")
+    proposed_position: float = Field(
+        description="the model's weight, fraction of equity (a PPO run: the policy's position "
+        "capped as the run's backtest traded it)"
+    )
     position: float = Field(description="the weight after the guardrails")
 
 
