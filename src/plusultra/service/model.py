@@ -400,6 +400,14 @@ class LoadedModel:
             rows, dm.panel.dates[last:], dm.panel.symbols, dm.tradable[last:],
             execution=self.execution,
         )  # fmt: skip
+        missing = sorted(set(symbols) - set(frame["symbol"]))
+        if missing:
+            raise RequestError(
+                422,
+                f"{missing[:20]}: not observable by the policy's rollout at the last bar "
+                f"{pd.Timestamp(dm.panel.dates[last]).isoformat()}",
+                "too_few_bars",
+            )
         frame = frame.set_index("symbol").loc[symbols].reset_index()
         return frame, {}, seconds
 
