@@ -1,4 +1,4 @@
-"""`plusultra-serve`: a finished run's forecaster as an HTTP service (FastAPI on uvicorn).
+"""`plusultra-serve`: a finished run (a forecaster, or a PPO run's policy) as an HTTP service.
 
   plusultra-serve outputs/runs/2026-11-21/10-00-00
   plusultra-serve --champion outputs/champion.json --port 8000 --api-key-env PLUSULTRA_API_KEY
@@ -7,7 +7,9 @@ Endpoints: POST /predict (recent bars in the body, or symbols read from the run'
 database), GET /health, GET /model, GET /metrics (Prometheus), POST /reload (needs the API key
 when one is set). Binds 127.0.0.1 unless --host says otherwise. With --champion the service
 follows the pointer file and loads a newly promoted run without a restart. Positions in a
-response are decisions at the close of its last bar, to be filled at the next bar.
+response are decisions at the close of its last bar, to be filled at the next bar. A PPO run
+(curriculum=rl, full) is served by its policy: the last bar of plusultra-predict's greedy
+rollout over the request's data (the run's database: rolled out at start-up and cached).
 See docs/operations.md, "Service (plusultra-serve)".
 """
 
