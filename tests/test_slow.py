@@ -62,7 +62,7 @@ def test_default_experiment_end_to_end(tmp_path):
 
     parser = Images()
     parser.feed((Path(row["run_dir"]) / "report.html").read_text())
-    assert len(parser.srcs) == 6 and all(  # 6: with the training-diagnostics plot
+    assert len(parser.srcs) == 7 and all(  # 7: with the training-diagnostics and drift plots
         s.startswith("data:image/png;base64,") for s in parser.srcs
     )
     # and in a real browser: every image decodes, every table lays out
