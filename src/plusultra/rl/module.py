@@ -218,8 +218,10 @@ class PPOModule(L.LightningModule):
         # KL penalty's target and the cloned actions (minibatches reuse it)
         with_ref = pol.residual or s.ref_kl_coef > 0 or self.buffer is not None
         for t in range(s.n_steps):
-            ref = pol.reference_target(obs) if with_ref else None
-            out = pol(obs, base=ref)
+            # gather a lazy observation's windows once for both forwards; the batch keeps `obs`
+            view = obs.materialize() if with_ref else obs
+            ref = pol.reference_target(view) if with_ref else None
+            out = pol(view, base=ref)
             action = pol.sample(out, self.gen)
             logp, _ = pol.log_prob_entropy(out, action, obs.mask)
             if with_ref:
