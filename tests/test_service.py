@@ -205,7 +205,8 @@ def test_predict_equals_plusultra_predict(served_run, tiny_db, server, tmp_path)
     assert by_symbols.status_code == 200, by_symbols.text
     by_bars = server.post("/predict", json={"bars": _bars(tiny_db, symbols)})
     assert by_bars.status_code == 200, by_bars.text
-    assert by_symbols.headers["server-timing"].startswith("model;dur=")
+    timing = by_symbols.headers["server-timing"]
+    assert timing.startswith("model;dur=") and ", predict;dur=" in timing
     for response in (by_symbols.json(), by_bars.json()):
         assert pd.Timestamp(response["decision_timestamp"]) == expected["timestamp"].iloc[0]
         assert "next bar (its open)" in response["timing"]

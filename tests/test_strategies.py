@@ -597,3 +597,34 @@ def test_engine_net_cap_scales_the_traded_weights() -> None:
     assert (np.abs(capped).sum(axis=1) <= 1.0 + 1e-12).all()
     with pytest.raises(ConfigError, match="evaluation.net"):
         Backtest(net=0.0)
+
+
+@pytest.mark.parametrize("method", ["rank", "zscore", "sign", "weights"])
+@pytest.mark.parametrize("signal_step", [None, 1, 2])
+def test_positions_at_equals_with_positions_on_the_last_bar(method, signal_step) -> None:
+    """The service's array path gives the weights of `with_positions` on one bar's rows:
+    a subset of symbols, a NaN forecast, a symbol not tradable, every execution mode."""
+    import pandas as pd
+
+    from plusultra.evaluation.backtest.engine import Backtest
+
+    rng = np.random.default_rng(3)
+    symbols = [f"S{i}" for i in range(7)]
+    cols = np.array([5, 0, 2, 3, 6])
+    forecasts = rng.normal(0, 0.01, (len(cols), 3))
+    forecasts[3, :] = np.nan
+    tradable = np.ones(len(symbols), dtype=bool)
+    tradable[2] = False
+    when = pd.Timestamp("2024-05-02")
+    frame = pd.DataFrame({"symbol": [symbols[c] for c in cols], "timestamp": when})
+    for k in range(3):
+        frame[f"pred_{k + 1}"] = forecasts[:, k]
+    bt = Backtest(bootstrap=0, position_method=method, signal_step=signal_step, net=0.4)
+    for execution in (None, "next_open", "next_close", "same_close"):
+        args = (frame, np.array([when]), symbols, tradable[None])
+        want = bt.with_positions(*args, execution=execution)
+        got = bt.positions_at(forecasts, cols, tradable, execution=execution)
+        np.testing.assert_array_equal(got, want["position"].to_numpy())
+    assert got[2] == 0.0 and got[3] == 0.0  # not tradable; no forecast
+    with pytest.raises(ConfigError, match="signal_step=4"):
+        Backtest(bootstrap=0, signal_step=4).positions_at(forecasts, cols, tradable)

@@ -173,6 +173,7 @@ class LoadedModel:
                 )
             self._drift_cols = [self.columns.index(n) for n in names]
         self._book = (None, None, None if self.guardrails is None else self.guardrails.new_state())
+        self._drift_view: tuple[list[str], pd.DataFrame | None] = ([], None)
         self._lock = threading.Lock()
         self._cache: tuple[tuple, object] | None = None
         self.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -307,10 +308,10 @@ class LoadedModel:
 
     def _decide(self, key: tuple | None, dm, symbols: list[str]) -> dict:
         """The response for `symbols` at `dm`'s last bar (`key`: `dm`'s cache key, or None)."""
-        dates = pd.DatetimeIndex(dm.panel.dates)
-        last = len(dates) - 1
-        when = dates[last]
-        cols = pd.Index(dm.panel.symbols).get_indexer(symbols)
+        last = len(dm.panel.dates) - 1
+        when = pd.Timestamp(dm.panel.dates[last])
+        where = {s: i for i, s in enumerate(dm.panel.symbols)}
+        cols = np.array([where.get(s, -1) for s in symbols], dtype=np.int64)
         short = [s for s, c in zip(symbols, cols, strict=True) if c < 0 or not dm.input_ok[last, c]]
         if short:
             raise RequestError(
@@ -321,10 +322,9 @@ class LoadedModel:
                 "too_few_bars",
             )
         if self.policy is None:
-            frame, extras, seconds = self._forecast(dm, symbols, cols, when)
+            preds, proposed, extras, seconds = self._forecast(dm, cols)
         else:
-            frame, extras, seconds = self._policy_rows(key, dm, symbols)
-        proposed = frame["position"].to_numpy(dtype=np.float64)
+            preds, proposed, extras, seconds = self._policy_rows(key, dm, symbols)
         close = dm.panel.fields["close"]
         returns = (
             close[last, cols] / close[last - 1, cols] - 1.0
@@ -332,15 +332,17 @@ class LoadedModel:
             else np.full(len(cols), np.nan)
         )
         tradable = np.asarray(dm.tradable[last, cols], dtype=bool)
-        guarded, events, warnings, table = self._guard(
+        guarded, events, drift = self._guard(
             when, symbols, proposed, returns, tradable, dm.features[last, cols]
         )
+        warnings, table, fresh = drift
         return {
             "seconds": seconds,
-            "step1": frame["pred_1"].to_numpy(),
+            "step1": preds[:, 0],
             "events": events,
             "drift_warnings": warnings,
             "drift_table": table,
+            "drift_updated": fresh,
             "response": {
                 "run_dir": str(self.run_dir),
                 "decision_timestamp": when.isoformat(),
@@ -348,7 +350,7 @@ class LoadedModel:
                 "predictions": [
                     {
                         "symbol": s,
-                        "prediction": [float(frame[c].iloc[i]) for c in _pred_columns(frame)],
+                        "prediction": preds[i].tolist(),
                         **{k: v[i] for k, v in extras.items()},
                         "proposed_position": float(proposed[i]),
                         "position": float(guarded[i]),
@@ -360,35 +362,32 @@ class LoadedModel:
             },
         }
 
-    def _forecast(self, dm, symbols, cols, when) -> tuple[pd.DataFrame, dict, float]:
-        """The forecaster's rows at the last bar (`_outputs`) with their positions, the
-        per-row extras and the forward pass's seconds."""
+    def _forecast(self, dm, cols) -> tuple[np.ndarray, np.ndarray, dict, float]:
+        """The forecaster at the last bar for the symbols at `cols`: (K, H) forecasts in return
+        units, (K,) positions (`Backtest.positions_at`: those `with_positions` gives the
+        last bar's rows alone; its decision mask is its tradable row: a symbol tradable on the
+        last bar has no known delisting), per-row extras and the forward pass's seconds."""
         from plusultra.data.datasets.windows import WindowDataset
 
         last = len(dm.panel.dates) - 1
-        lo = last - self.window + 1  # the windows only: W bars of every symbol
-        labels = None if dm.labels is None else dm.labels[lo:]
-        index = np.stack([np.full(len(cols), self.window - 1), cols], axis=1).astype(np.int64)
-        data = WindowDataset(dm.features[lo:], index, self.window, labels=labels)
+        lo = last - self.window + 1  # the windows only: W bars of the requested symbols
+        labels = None if dm.labels is None else dm.labels[lo:, cols]
+        k = len(cols)
+        index = np.stack([np.full(k, self.window - 1), np.arange(k)], axis=1).astype(np.int64)
+        data = WindowDataset(dm.features[lo:, cols], index, self.window, labels=labels)
         inputs = data.__getitems__(list(range(len(cols))))
         inputs = list(inputs) if isinstance(inputs, tuple) else [inputs]
         with self._lock:
             out, seconds = self._forward(inputs)
-        frame, extras = self._outputs(out, dm.norm.target_scale, symbols, when)
-        # positions are row by row: the last bar's row alone (its decision mask is its
-        # tradable row: a symbol tradable on the last bar has no known delisting)
-        frame = self.backtest.with_positions(
-            frame,
-            dm.panel.dates[last:],
-            dm.panel.symbols,
-            dm.tradable[last:],
-            execution=self.execution,
+        preds, extras = self._outputs(out, dm.norm.target_scale)
+        positions = self.backtest.positions_at(
+            preds, cols, dm.tradable[last], execution=self.execution
         )
-        return frame, extras, seconds
+        return preds, positions, extras, seconds
 
-    def _policy_rows(self, key, dm, symbols) -> tuple[pd.DataFrame, dict, float]:
-        """The policy's rows at the last bar (``pred_1``: its position) with their positions,
-        no extras, and the seconds of the rollout (a cached one: of the lookup).
+    def _policy_rows(self, key, dm, symbols) -> tuple[np.ndarray, np.ndarray, dict, float]:
+        """The policy's forecasts at the last bar ((K, 1): its position), the positions traded
+        from them, no extras, and the seconds of the rollout (a cached one: of the lookup).
 
         The policy's book is every symbol of its rollout (the database's universe, or the sent
         symbols), as in `plusultra-predict`: the positions are computed across all of them,
@@ -408,36 +407,38 @@ class LoadedModel:
                 f"{pd.Timestamp(dm.panel.dates[last]).isoformat()}",
                 "too_few_bars",
             )
-        frame = frame.set_index("symbol").loc[symbols].reset_index()
-        return frame, {}, seconds
+        frame = frame.set_index("symbol").loc[symbols]
+        preds = frame[_pred_columns(frame)].to_numpy(dtype=np.float64)
+        return preds, frame["position"].to_numpy(dtype=np.float64), {}, seconds
 
-    def _outputs(self, out: torch.Tensor, target_scale, symbols, when) -> tuple[pd.DataFrame, dict]:
-        """`symbol, timestamp, pred_k` (return units) and, per row, quantiles / probabilities."""
+    def _outputs(self, out: torch.Tensor, target_scale) -> tuple[np.ndarray, dict]:
+        """(K, H') forecasts ``pred_1 ..`` in return units and, per row, quantiles /
+        probabilities."""
         head = self.model.head
         signal = head.signal(out).numpy()  # (K, H') in target units
         horizon = signal.shape[1]
         scale = np.ones(horizon) if self.kind == "position" else np.asarray(target_scale[:horizon])
-        frame = pd.DataFrame({"symbol": symbols, "timestamp": [when] * len(symbols)})
-        for k in range(horizon):
-            frame[f"pred_{k + 1}"] = signal[:, k] * scale[k]
+        preds = signal.astype(np.float64) * scale[None, :]
+        rows = range(len(preds))
         extras: dict[str, list] = {}
         if self.kind in ("quantiles", "calibrated"):
             q = out[..., 3:] if self.kind == "calibrated" else out  # (K, H, Q)
             q = q.numpy() * scale[None, :, None]
             extras["quantiles"] = [
                 {str(level): q[i, :, j].tolist() for j, level in enumerate(head.quantiles)}
-                for i in range(len(symbols))
+                for i in rows
             ]
         if self.kind == "calibrated":
             p = head.probabilities(out).numpy()  # (K, H, 3)
             extras["probabilities"] = [
                 {name: p[i, :, j].tolist() for j, name in enumerate(("down", "flat", "up"))}
-                for i in range(len(symbols))
+                for i in rows
             ]
-        return frame, extras
+        return preds, extras
 
     def _guard(self, when, symbols, proposed, returns, tradable, rows) -> tuple:
-        """Guarded weights of the requested symbols, the guardrail events and drift warnings.
+        """Guarded weights of the requested symbols, the guardrail events and the drift
+        monitor's (warnings, table, whether this request updated them).
 
         The book is the run's universe: a symbol not requested has a proposed weight of 0. A
         decision at a later bar than the book's last advances the book; one at the same bar
@@ -453,15 +454,14 @@ class LoadedModel:
                     "stale_decision",
                 )
             advancing = last_when is None or when > last_when
-            warnings: list[str] = []
-            table = None
-            if self.drift is not None:
-                if advancing:
-                    self.drift.update(np.asarray(rows, dtype=np.float64)[:, self._drift_cols])
-                warnings, table = list(self.drift.warnings()), self.drift.table()
+            fresh = advancing and self.drift is not None
+            if fresh:  # the monitor changes only when the book advances: computed then, kept
+                self.drift.update(np.asarray(rows, dtype=np.float64)[:, self._drift_cols])
+                self._drift_view = (list(self.drift.warnings()), self.drift.table())
+            drift = (*self._drift_view, fresh)
             if self.guardrails is None:
                 self._book = (when, None, None)
-                return proposed, [], warnings, table
+                return proposed, [], drift
             state = copy.deepcopy(after if advancing else before)
             start = copy.deepcopy(state)
             cols = pd.Index(self.universe).get_indexer(symbols)
@@ -473,7 +473,7 @@ class LoadedModel:
             ok[cols] = tradable
             guarded, events = self.guardrails.step(state, book, r, ok, timestamp=when.isoformat())
             self._book = (when, start, state)
-        return np.asarray(guarded)[cols], list(events), warnings, table
+        return np.asarray(guarded)[cols], list(events), drift
 
 
 def _pred_columns(frame: pd.DataFrame) -> list[str]:

@@ -296,16 +296,50 @@ class Backtest:
         steps = sorted(int(c[5:]) for c in preds.columns if c.startswith("pred_"))
         col = f"pred_{steps[-1] if self.signal_step is None else self.signal_step}"
         if col not in preds.columns:
-            horizon = sum(c.startswith("pred_") for c in preds.columns)
-            raise ConfigError(
-                f"evaluation.signal_step={self.signal_step} but the model forecasts "
-                f"{horizon} step(s); choose 1..{horizon}"
-            )
+            self._no_step(sum(c.startswith("pred_") for c in preds.columns))
         out = np.full((len(dates), len(symbols)), np.nan)
         rows = pd.DatetimeIndex(dates).get_indexer(preds["timestamp"])
         cols = pd.Index(symbols).get_indexer(preds["symbol"])
         out[rows, cols] = preds[col].to_numpy()
         return out
+
+    def _no_step(self, horizon: int) -> None:
+        raise ConfigError(
+            f"evaluation.signal_step={self.signal_step} but the model forecasts "
+            f"{horizon} step(s); choose 1..{horizon}"
+        )
+
+    def positions_at(
+        self,
+        forecasts: np.ndarray,
+        cols: np.ndarray,
+        tradable: np.ndarray,
+        execution: str | None = None,
+    ) -> np.ndarray:
+        """`with_positions` for the rows of one bar, the calendar's last, from arrays (the
+        service's per-request path, without building frames; a test checks they agree).
+
+        Args:
+            forecasts: (K, H) forecasts ``pred_1 .. pred_H`` of the symbols at columns `cols`.
+            cols: (K,) distinct column indices of those symbols among the S of `tradable`.
+            tradable: (S,) bool, tradable at that bar.
+            execution: the backtest's execution mode (see `with_positions`).
+
+        Returns:
+            (K,) the weights decided at that bar's close.
+        """
+        forecasts = np.asarray(forecasts, dtype=np.float64)
+        horizon = forecasts.shape[1]
+        step = horizon if self.signal_step is None else self.signal_step
+        if not 1 <= step <= horizon:
+            self._no_step(horizon)
+        ok = np.asarray(tradable, dtype=bool)[None, :]
+        if execution is not None:
+            ok = decision_mask(ok, fill_lag(execution))
+        signal = np.full(ok.shape, np.nan)
+        signal[0, cols] = forecasts[:, step - 1]
+        signal[~ok] = np.nan
+        return positions_from_signal(signal, self.method, self.gross, self.net)[0, cols]
 
     def weights(
         self, preds: pd.DataFrame, dates: np.ndarray, symbols: list[str], tradable: np.ndarray
