@@ -335,8 +335,13 @@ def test_cli_run_with_a_market_cap_records_it(tiny_db, tmp_path):
 def test_cli_run_caps_a_factor_etf(tmp_path):
     """data=sp500_stocks_factors (built from skfolio's files) with a cap on the momentum ETF
     series, joined one bar late (factor_lags 1)."""
-    pytest.importorskip("skfolio", exc_type=ImportError)
+    from plusultra.data.io.sp500_stocks import FACTORS_FILE, skfolio_data_file
     from tests.conftest import TINY, run_cli
+
+    try:
+        skfolio_data_file(FACTORS_FILE)
+    except DataError:
+        pytest.skip("skfolio's data files are not installed (extra `stocks`)")
 
     res = run_cli(
         [
@@ -348,8 +353,8 @@ def test_cli_run_caps_a_factor_etf(tmp_path):
             "data.end=2018-12-31",
             "data.embargo=20",
             "evaluation.bootstrap=0",
-            "+guardrails.factor_caps.etf_mtum=0.2",
-            "+guardrails.factor_lags.etf_mtum=1",
+            "++guardrails.factor_caps.etf_mtum=0.2",
+            "++guardrails.factor_lags.etf_mtum=1",
         ],
         tmp_path,
     )
