@@ -312,6 +312,45 @@ def test_backtest_passes_the_context_factors():
         _backtest(case, FrictionlessSimulator(), guardrails=cfg)
 
 
+def _skfolio_files() -> None:
+    from plusultra.data.io.sp500_stocks import FACTORS_FILE, skfolio_data_file
+
+    try:
+        skfolio_data_file(FACTORS_FILE)
+    except DataError:
+        pytest.skip("skfolio's data files are not installed (extra `stocks`)")
+
+
+def test_the_data_module_supplies_its_market_wide_side_columns(tmp_path):
+    """data=sp500_stocks_factors: the backtest context carries etf_* raw, one bar late."""
+    import sqlite3
+
+    import pandas as pd
+    from omegaconf import OmegaConf
+
+    from plusultra.data.datasets.datamodule import SQLiteDataModule
+    from plusultra.data.features.pipeline import FeaturePipeline
+    from plusultra.data.io.sp500_stocks import build_sp500_stocks_database
+    from plusultra.run import CONF_DIR
+
+    _skfolio_files()
+    db = build_sp500_stocks_database(tmp_path / "stocks.sqlite")
+    conf = OmegaConf.load(f"{CONF_DIR}/data/sp500_stocks_factors.yaml")
+    dm = SQLiteDataModule(
+        str(db), FeaturePipeline(["log_return"]), window=16, horizon=2, train_end=conf.train_end,
+        val_end=conf.val_end, embargo=100, start=conf.start,
+        alternative=OmegaConf.to_container(conf.alternative),
+    )  # fmt: skip
+    dm.setup()
+    factors = dm.context()["factors"]
+    assert sorted(factors) == [f"etf_{n}" for n in ("mtum", "qual", "size", "usmv", "vlue")]
+    with sqlite3.connect(db) as con:
+        table = pd.read_sql("SELECT timestamp, mtum FROM factor_returns", con)
+    raw = table.set_index(pd.to_datetime(table["timestamp"]))["mtum"]
+    dates = pd.DatetimeIndex(dm.panel.dates)
+    np.testing.assert_allclose(factors["etf_mtum"][1:], raw.reindex(dates[:-1]).to_numpy())
+
+
 @pytest.mark.slow
 def test_cli_run_with_a_market_cap_records_it(tiny_db, tmp_path):
     """guardrails=standard with a tight market cap: the rule fires in a real run."""
@@ -335,13 +374,9 @@ def test_cli_run_with_a_market_cap_records_it(tiny_db, tmp_path):
 def test_cli_run_caps_a_factor_etf(tmp_path):
     """data=sp500_stocks_factors (built from skfolio's files) with a cap on the momentum ETF
     series, joined one bar late (factor_lags 1)."""
-    from plusultra.data.io.sp500_stocks import FACTORS_FILE, skfolio_data_file
     from tests.conftest import TINY, run_cli
 
-    try:
-        skfolio_data_file(FACTORS_FILE)
-    except DataError:
-        pytest.skip("skfolio's data files are not installed (extra `stocks`)")
+    _skfolio_files()
 
     res = run_cli(
         [
