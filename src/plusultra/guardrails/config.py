@@ -21,11 +21,13 @@ RULES = (
     "cvar_cap",
     "symbol_cap",
     "sector_cap",
+    "factor_cap",
     "net_cap",
     "gross_cap",
     "turnover_cap",
 )
 ANY_SECTOR = "*"  # sector_caps key: the cap of every sector not named
+MARKET = "market"  # factor_caps key: the equal-weight mean return of the book's symbols
 
 
 def _positive(key: str, value, upper: float | None = None) -> float | None:
@@ -41,6 +43,42 @@ def _positive(key: str, value, upper: float | None = None) -> float | None:
     return value
 
 
+def _mapping(key: str, value) -> dict:
+    """`value` as a dict (None: empty); else ConfigError naming the key."""
+    value = {} if value is None else value
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"guardrails.{key}={value!r} must be a mapping factor -> value (or {{}})")
+    return {str(k): v for k, v in value.items()}
+
+
+def _factor_caps(caps) -> dict[str, float]:
+    """factor -> cap > 0, names non-empty; else ConfigError naming ``factor_caps.<name>``."""
+    out = {}
+    for name, cap in _mapping("factor_caps", caps).items():
+        if not name.strip():
+            raise ConfigError(f"guardrails.factor_caps has an empty factor name {name!r}")
+        value = _positive(f"factor_caps.{name}", cap)
+        if value is None:
+            raise ConfigError(f"guardrails.factor_caps.{name}=null must be a number > 0")
+        out[name] = value
+    return out
+
+
+def _factor_lags(lags, caps: dict[str, float]) -> dict[str, int]:
+    """factor -> lag in bars (an integer >= 0) of a capped factor; ``market`` only 0."""
+    out = {}
+    for name, lag in _mapping("factor_lags", lags).items():
+        where = f"guardrails.factor_lags.{name}={lag!r}"
+        if name not in caps:
+            raise ConfigError(f"{where}: no factor cap of that name; capped: {sorted(caps)}")
+        if isinstance(lag, bool) or not isinstance(lag, int) or lag < 0:
+            raise ConfigError(f"{where} must be an integer >= 0 (bars)")
+        if name == MARKET and lag:
+            raise ConfigError(f"{where}: the market factor is built from the same bar's returns")
+        out[name] = lag
+    return out
+
+
 @dataclass(frozen=True)
 class GuardrailConfig:
     """Risk limits applied to a book's target weights at every decision bar.
@@ -54,6 +92,16 @@ class GuardrailConfig:
         sector_caps: sector -> cap on the sector's ``sum |w_s|`` (its symbols scaled down
             together); the key ``"*"`` caps every sector not named. Sectors are the assets
             table's ``sector`` column; a symbol without one is not sector-capped.
+        factor_caps: factor -> cap on ``|sum_s w_s * beta_s|``, the book's exposure to the
+            factor, with ``beta_s`` the OLS beta (intercept included) of symbol ``s``'s returns
+            on the factor's returns over the last `factor_lookback` bars; above a cap the book
+            is scaled down to it. ``"market"`` is the equal-weight mean return of the symbols
+            with a return at each bar; any other name is a return series supplied with the
+            data (`plusultra.guardrails.factors`).
+        factor_lookback: bars of trailing returns for the betas of `factor_caps` (>= 2).
+        factor_lags: factor -> bars by which its series trails the asset returns (its value at
+            bar t is the factor's return of bar t - lag, e.g. 1 for a series joined one bar
+            late); a factor not named has lag 0; ``"market"`` always has lag 0.
         turnover_cap: cap on ``sum_s |w_s,t - w_s,t-1|`` per step against the previous bar's
             guarded targets (the trade moved toward the target by that budget).
         vol_target: annualised ex-ante volatility of the book, as a cap: the book is scaled
@@ -76,6 +124,9 @@ class GuardrailConfig:
     net_cap: float | None = None
     symbol_cap: float | None = None
     sector_caps: dict[str, float] = field(default_factory=dict)
+    factor_caps: dict[str, float] = field(default_factory=dict)
+    factor_lookback: int = 63
+    factor_lags: dict[str, int] = field(default_factory=dict)
     turnover_cap: float | None = None
     vol_target: float | None = None
     vol_lookback: int = 63
@@ -96,7 +147,7 @@ class GuardrailConfig:
         if alpha is None:
             raise ConfigError("guardrails.cvar_alpha=null must be a number in (0, 1)")
         put("cvar_alpha", alpha)
-        for key in ("vol_lookback", "cvar_lookback"):
+        for key in ("vol_lookback", "cvar_lookback", "factor_lookback"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 2:
                 raise ConfigError(f"guardrails.{key}={value!r} must be an integer >= 2")
@@ -109,6 +160,8 @@ class GuardrailConfig:
         if any(v is None for v in self.sector_caps.values()):
             bad = next(k for k, v in self.sector_caps.items() if v is None)
             raise ConfigError(f"guardrails.sector_caps.{bad}=null must be a number > 0")
+        put("factor_caps", _factor_caps(self.factor_caps))
+        put("factor_lags", _factor_lags(self.factor_lags, self.factor_caps))
 
     @classmethod
     def from_mapping(cls, mapping: Mapping | None) -> GuardrailConfig:
@@ -128,6 +181,12 @@ class GuardrailConfig:
         return cls(**values)
 
     @property
+    def factor_series(self) -> tuple[str, ...]:
+        """The capped factors other than ``"market"``, in config order: the columns of the
+        factor returns a caller supplies (`Guardrails.step`'s ``factor_returns``)."""
+        return tuple(name for name in self.factor_caps if name != MARKET)
+
+    @property
     def active_rules(self) -> tuple[str, ...]:
         """The rules that are on, in the order they apply (a subset of `RULES`)."""
         on = {
@@ -136,6 +195,7 @@ class GuardrailConfig:
             "cvar_cap": self.cvar_cap,
             "symbol_cap": self.symbol_cap,
             "sector_cap": self.sector_caps or None,
+            "factor_cap": self.factor_caps or None,
             "net_cap": self.net_cap,
             "gross_cap": self.gross_cap,
             "turnover_cap": self.turnover_cap,

@@ -13,13 +13,20 @@ Order of the rules at one bar (`RULES`), and why:
 2. ``vol_target`` then 3. ``cvar_cap``: scale the whole book down to the risk budget. They come
    first because they size the book; the caps after them only cut further.
 4. ``symbol_cap``, 5. ``sector_cap``: clip names, then scale over-weight sectors down.
-6. ``net_cap``, 7. ``gross_cap``: scale the whole book; after the name and sector cuts, so
-   those cuts are not undone and the book-level limits hold for the final book.
-8. ``turnover_cap`` last, so that the limit holds for what is actually traded: the trade from
+6. ``factor_cap``, 7. ``net_cap``, 8. ``gross_cap``: scale the whole book; after the name and
+   sector cuts, which can raise a factor exposure (clipping a name whose beta offsets the
+   rest), so those cuts are not undone and the book-level limits hold for the final book.
+   Scaling the book by k <= 1 scales every exposure, net and gross by k, so none of the three
+   breaks another or a name or sector cap. The factor cap scales rather than hedging along
+   the betas: a hedge tilt would move single names and could break the caps before it.
+9. ``turnover_cap`` last, so that the limit holds for what is actually traded: the trade from
    the previous guarded targets is shortened to the budget. The previous and the capped
    targets both satisfy the symbol, sector, net and gross caps, which are convex, so every
-   point between them does too; the risk scalings (2, 3) are reached over several bars when
-   the turnover budget is smaller than the cut they ask for.
+   point between them does too; the risk scalings (2, 3) and the factor caps, whose betas
+   move from bar to bar, are reached over several bars when the turnover budget is smaller
+   than the cut they ask for (each factor cap is a convex slab ``|w . beta| <= cap``, so the
+   shortened trade's exposure is at most the larger of the cap and the previous book's,
+   after any forced exits).
 
 Every intervention yields a `GuardrailEvent` and a log record on the logger
 ``plusultra.guardrails`` carrying the event's dict as ``extra={"guardrail_event": ...}``.
@@ -29,71 +36,16 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import pandas as pd
 
 from plusultra.errors import ConfigError, DataError
-from plusultra.guardrails.config import ANY_SECTOR, GuardrailConfig
+from plusultra.guardrails.config import ANY_SECTOR, MARKET, GuardrailConfig
+from plusultra.guardrails.factors import exposure, market_returns, rolling_betas
+from plusultra.guardrails.state import GuardrailEvent, GuardrailState, stamp
 
 log = logging.getLogger("plusultra.guardrails")
 _TOL = 1e-12  # relative slack before a cap counts as breached (float noise is no breach)
-
-
-@dataclass(frozen=True)
-class GuardrailEvent:
-    """One intervention of one rule at one bar.
-
-    Attributes:
-        timestamp: the decision bar (ISO-8601 date or date-time); None when not given.
-        symbol: the symbol it changed, or None for a book-level or sector rule.
-        rule: a name of `RULES`.
-        before, after: the limited quantity before and after the rule (a weight for
-            ``symbol_cap``; gross, net, turnover, a sector's gross, annualised volatility or
-            CVaR (loss per bar) for the others; the proposed gross for ``drawdown_kill``).
-        detail: one plain sentence.
-    """
-
-    timestamp: str | None
-    symbol: str | None
-    rule: str
-    before: float
-    after: float
-    detail: str
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class GuardrailState:
-    """What the rules remember between bars (one book).
-
-    Attributes:
-        weights: (S,) guarded targets of the last step (the book held over the next bar).
-        returns: (K, S) trailing asset returns, newest last, K <= the longest lookback in use.
-        equity: the guarded book's value marked to close, before costs (starts at 1.0).
-        peak: its running maximum.
-        killed: whether the drawdown kill switch has fired; killed_at: the bar it fired.
-        steps: bars stepped.
-    """
-
-    weights: np.ndarray
-    returns: np.ndarray
-    equity: float = 1.0
-    peak: float = 1.0
-    killed: bool = False
-    killed_at: str | None = None
-    steps: int = field(default=0)
-
-
-def stamp(value) -> str | None:
-    """A bar's timestamp as ISO-8601 text: the date alone for a midnight timestamp."""
-    if value is None:
-        return None
-    ts = pd.Timestamp(value)
-    return ts.date().isoformat() if ts == ts.normalize() else ts.isoformat()
 
 
 class Guardrails:
@@ -127,7 +79,10 @@ class Guardrails:
         self.sector_groups = self._sector_groups(sectors or {})
         lookbacks = [config.vol_lookback if config.vol_target is not None else 0]
         lookbacks.append(config.cvar_lookback if config.cvar_cap is not None else 0)
+        if config.factor_caps:
+            lookbacks.append(config.factor_lookback + max(config.factor_lags.values(), default=0))
         self.history = max(lookbacks)  # trailing bars of returns the state keeps
+        self.factor_series = config.factor_series  # the F columns of `factor_returns`
 
     def _sector_groups(self, sectors: dict[str, str]) -> list[tuple[str, float, np.ndarray]]:
         """(sector, cap, column indices) of every capped sector that has symbols."""
@@ -155,15 +110,54 @@ class Guardrails:
 
     def new_state(self) -> GuardrailState:
         """A flat book at equity 1.0 with no return history."""
-        n = len(self.symbols)
-        return GuardrailState(weights=np.zeros(n), returns=np.zeros((0, n)))
+        n, f = len(self.symbols), len(self.factor_series)
+        return GuardrailState(
+            weights=np.zeros(n), returns=np.zeros((0, n)), factors=np.zeros((0, f))
+        )
 
-    def warm_up(self, state: GuardrailState, asset_returns: np.ndarray) -> None:
-        """Add (K, S) past asset returns (oldest first) to the history, without marking the
-        book: a service starting mid-stream fills the vol/CVaR lookbacks with them."""
+    def warm_up(
+        self,
+        state: GuardrailState,
+        asset_returns: np.ndarray,
+        factor_returns: np.ndarray | None = None,
+    ) -> None:
+        """Add (K, S) past asset returns (oldest first) and the (K, F) factor returns of the
+        same bars to the history, without marking the book: a service starting mid-stream
+        fills the vol, CVaR and beta lookbacks with them (factor returns not given: unknown,
+        NaN)."""
         r = self._vector(asset_returns, "asset_returns", ndim=2, allow_nan=True)
+        f = self._factor_rows(factor_returns, (len(r), len(self.factor_series)), required=False)
+        self._remember(state, r, f)
+
+    def _remember(self, state: GuardrailState, r: np.ndarray, f: np.ndarray) -> None:
+        """Append (K, S) asset and (K, F) factor returns to the trailing history."""
         if self.history:
             state.returns = np.vstack([state.returns, r])[-self.history :]
+            state.factors = np.vstack([state.factors, f])[-self.history :]
+
+    def _factor_rows(self, x, shape: tuple[int, ...], required: bool) -> np.ndarray:
+        """Factor returns of `shape` ((F,) or (K, F)) checked (NaN allowed, inf not) as a
+        (K, F) array; None: NaN, or a DataError when `required` and a supplied factor is
+        capped."""
+        names, rows = self.factor_series, 1 if len(shape) == 1 else shape[0]
+        if x is None:
+            if required and names:
+                raise DataError(
+                    f"guardrails: factor_returns of {list(names)} (guardrails.factor_caps) are "
+                    "needed at every step and were not given"
+                )
+            return np.full((rows, len(names)), np.nan)
+        a = np.asarray(x, dtype=float)
+        if a.shape != shape:
+            want = "(F,)" if len(shape) == 1 else "(K, F)"
+            raise DataError(
+                f"guardrails: factor_returns must have shape {want} with F = {len(names)}, one "
+                f"column per factor of {list(names)}, got {a.shape}"
+            )
+        if np.isinf(a).any():
+            j = int(np.argwhere(np.isinf(a))[0][-1])
+            raise DataError(f"guardrails: factor_returns of {names[j]} is not finite")
+        return a.reshape(rows, len(names)).copy()
 
     def _vector(self, x, name: str, ndim: int = 1, allow_nan: bool = False) -> np.ndarray:
         a = np.asarray(x, dtype=float)
@@ -186,6 +180,8 @@ class Guardrails:
         asset_returns: np.ndarray,
         tradable: np.ndarray,
         timestamp: str | None = None,
+        *,
+        factor_returns: np.ndarray | None = None,
     ) -> tuple[np.ndarray, list[GuardrailEvent]]:
         """Guard one decision bar and update `state`.
 
@@ -198,16 +194,20 @@ class Guardrails:
             tradable: (S,) bool, whether each symbol can be traded at t; the weight of one
                 that cannot is 0 (its exit is forced, even past the turnover cap).
             timestamp: the bar, for the events.
+            factor_returns: (F,) this bar's values of the supplied factors, in the order of
+                `GuardrailConfig.factor_series` (the capped factors but ``market``), known at
+                t's close; NaN where unknown. None when no such factor is capped.
 
         Returns:
             (S,) guarded weights and the events of this bar, in rule order.
 
         Raises:
-            DataError: wrong shapes, non-finite weights or returns, or a weight on a symbol
-                that is not tradable.
+            DataError: wrong shapes, non-finite weights or returns, a weight on a symbol
+                that is not tradable, or no `factor_returns` while a supplied factor is capped.
         """
         w = self._vector(proposed, "proposed")
         r = self._vector(asset_returns, "asset_returns", allow_nan=True)
+        f = self._factor_rows(factor_returns, (len(self.factor_series),), required=True)  # (1, F)
         tr = np.asarray(tradable, dtype=bool)
         if tr.shape != w.shape:
             raise DataError(f"guardrails: tradable must have shape {w.shape}, got {tr.shape}")
@@ -220,8 +220,7 @@ class Guardrails:
         # the book held over bar t, marked at t's close; then bar t's returns join the history
         state.equity *= 1.0 + float(state.weights @ np.nan_to_num(r))
         state.peak = max(state.peak, state.equity)
-        if self.history:
-            state.returns = np.vstack([state.returns, r[None]])[-self.history :]
+        self._remember(state, r[None], f)
         state.steps += 1
         if not self.active:
             state.weights = w.copy()
@@ -232,7 +231,9 @@ class Guardrails:
         else:
             prev = state.weights
             w = self._risk(state, w, timestamp, events)
-            w = self._caps(w, timestamp, events)
+            w = self._names(w, timestamp, events)
+            w = self._factors(state, w, timestamp, events)
+            w = self._book(w, timestamp, events)
             w = self._turnover(prev, w, tr, timestamp, events)
         state.weights = w.copy()
         for event in events:
@@ -300,8 +301,8 @@ class Guardrails:
                     events.append(GuardrailEvent(ts, None, "cvar_cap", cvar, cfg.cvar_cap, why))
         return w
 
-    def _caps(self, w, ts, events) -> np.ndarray:
-        """Symbol, sector, net and gross caps, in that order."""
+    def _names(self, w, ts, events) -> np.ndarray:
+        """Symbol then sector caps."""
         cfg = self.config
         if cfg.symbol_cap is not None:
             for j in np.flatnonzero(np.abs(w) > cfg.symbol_cap * (1 + _TOL)):
@@ -315,6 +316,42 @@ class Guardrails:
                 w[idx] = w[idx] * (cap / gross)
                 why = f"sector {name}: gross above its cap {cap:g}; its symbols scaled"
                 events.append(GuardrailEvent(ts, None, "sector_cap", gross, cap, why))
+        return w
+
+    def betas(self, state: GuardrailState) -> dict[str, np.ndarray]:
+        """factor -> (S,) betas of every symbol known at the state's last bar (NaN where
+        undefined), for every capped factor in config order."""
+        cfg, out = self.config, {}
+        for name in cfg.factor_caps:
+            if name == MARKET:
+                series = market_returns(state.returns)
+            else:
+                series = state.factors[:, self.factor_series.index(name)]
+            lag = cfg.factor_lags.get(name, 0)
+            out[name] = rolling_betas(state.returns, series, cfg.factor_lookback, lag)
+        return out
+
+    def _factors(self, state, w, ts, events) -> np.ndarray:
+        """Factor caps, in config order: the whole book scaled down to each breached cap."""
+        caps = self.config.factor_caps
+        if not caps or not w.any():
+            return w
+        for name, beta in self.betas(state).items():
+            before = exposure(w, beta)
+            if abs(before) > caps[name] * (1 + _TOL):
+                k = caps[name] / abs(before)
+                w = w * k
+                why = (
+                    f"factor {name}: |beta exposure| above its cap {caps[name]:g} (betas over "
+                    f"{self.config.factor_lookback} bars); book scaled by {k:.4g}"
+                )
+                after = math.copysign(caps[name], before)
+                events.append(GuardrailEvent(ts, None, "factor_cap", before, after, why))
+        return w
+
+    def _book(self, w, ts, events) -> np.ndarray:
+        """Net then gross cap: the whole book scaled down."""
+        cfg = self.config
         if cfg.net_cap is not None:
             net = float(w.sum())
             if abs(net) > cfg.net_cap * (1 + _TOL):
@@ -362,7 +399,12 @@ class Guardrails:
         return start + k * trade
 
     def apply_path(
-        self, weights: np.ndarray, close: np.ndarray, tradable: np.ndarray, dates=None
+        self,
+        weights: np.ndarray,
+        close: np.ndarray,
+        tradable: np.ndarray,
+        dates=None,
+        factor_returns: np.ndarray | None = None,
     ) -> tuple[np.ndarray, list[GuardrailEvent]]:
         """Guard a whole path: `step` at every bar from a new state (what a backtest trades).
 
@@ -372,6 +414,8 @@ class Guardrails:
                 ``close[t] / close[t - 1] - 1`` (NaN on row 0 and next to a missing close).
             tradable: (T, S) bool.
             dates: (T,) bar timestamps for the events, or None.
+            factor_returns: (T, F) the supplied factors' series (`step`'s
+                ``factor_returns`` of every bar); None when no such factor is capped.
 
         Returns:
             (T, S) guarded weights and every event, in bar then rule order.
@@ -386,6 +430,9 @@ class Guardrails:
             )
         if dates is not None and len(dates) != len(w):
             raise DataError(f"guardrails: {len(dates)} dates for {len(w)} bars")
+        f = None
+        if factor_returns is not None or self.factor_series:
+            f = self._factor_rows(factor_returns, (len(w), len(self.factor_series)), True)  # (T, F)
         returns = np.full_like(c, np.nan)  # (T, S)
         with np.errstate(divide="ignore", invalid="ignore"):
             returns[1:] = c[1:] / c[:-1] - 1.0
@@ -393,14 +440,7 @@ class Guardrails:
         state, out, events = self.new_state(), np.zeros_like(w), []
         for t in range(len(w)):
             ts = None if dates is None else stamp(dates[t])
-            out[t], found = self.step(state, w[t], returns[t], tr[t], ts)
+            ft = None if f is None else f[t]
+            out[t], found = self.step(state, w[t], returns[t], tr[t], ts, factor_returns=ft)
             events += found
         return out, events
-
-
-def events_frame(events: list[GuardrailEvent]) -> pd.DataFrame:
-    """The events as a table: timestamp, symbol, rule, before, after, detail."""
-    columns = ["timestamp", "symbol", "rule", "before", "after", "detail"]
-    return pd.DataFrame([e.as_dict() for e in events], columns=columns).astype(
-        {"before": float, "after": float}
-    )

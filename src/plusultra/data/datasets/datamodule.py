@@ -168,6 +168,7 @@ class SQLiteDataModule(L.LightningDataModule):
         self.segments: Segments | None = None
         self.feature_names: list[str] = []
         self.dropped: dict[str, str] = {}  # symbol -> why it has no complete train window
+        self.market_series: dict[str, np.ndarray] = {}  # market-wide alt column -> (T,) raw
 
     # ----------------------------------------------------------------- preparation
     def prepare_data(self) -> None:
@@ -204,6 +205,12 @@ class SQLiteDataModule(L.LightningDataModule):
                 self.path, self.alternative, self.panel.dates, self.panel.symbols
             )
             # One availability flag per table: 1 where its values are known at that bar.
+            self.market_series = {  # raw values, for the guardrails' factor caps
+                name: alt[name][:, 0]
+                for spec in self.alternative
+                if spec.symbol_column is None
+                for name in spec.names
+            }
             flags = {
                 f"available_{spec.table}": np.isfinite(alt[spec.names[0]]).astype(np.float64)
                 for spec in self.alternative
@@ -491,7 +498,8 @@ class SQLiteDataModule(L.LightningDataModule):
         next-bar-open execution); volume: split-adjusted shares; volatility: std of the last
         `window` log returns (per bar); features/targets: model inputs and the labels of the last
         forecast step, with `label_end` the last train bar whose label is known; sectors:
-        symbol -> sector, or None.
+        symbol -> sector, or None; factors: market-wide alternative-data column -> (T,) raw
+        values (the guardrails' factor series).
         """
         close = self.panel.fields["close"]
         volatility = realised_vol(log_returns(close), window, min_periods=2, periods_per_year=None)
@@ -504,6 +512,7 @@ class SQLiteDataModule(L.LightningDataModule):
             "targets": None if self.scaled_targets is None else self.scaled_targets[..., -1],
             "label_end": self.segments.train[1] if self.segments else None,
             "sectors": self._sectors(),
+            "factors": dict(self.market_series),
         }
 
     def _sectors(self) -> dict[str, str] | None:

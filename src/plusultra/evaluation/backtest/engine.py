@@ -54,7 +54,8 @@ class MarketContext:
         refits: walk-forward blocks ``(fit_lo, fit_hi, lo, hi)``, when the model is refitted
         (the ridge baseline is then refitted on the same samples before the same blocks);
         sectors: symbol -> sector (the assets table's ``sector``), for the guardrails' sector
-        caps.
+        caps; factors: name -> (T,) market-wide return series known at each bar's close (the
+        run's market-wide alternative-data columns), for the guardrails' factor caps.
     """
 
     close: np.ndarray
@@ -66,6 +67,7 @@ class MarketContext:
     label_end: int | None = None
     refits: list[tuple[int, int, int, int]] | None = None
     sectors: dict[str, str] | None = None
+    factors: dict[str, np.ndarray] | None = None
     _carried: dict[str, tuple[np.ndarray, np.ndarray]] = field(
         default_factory=dict, init=False, repr=False
     )
@@ -412,7 +414,7 @@ class Backtest:
         if self.guardrails is not None:
             w, events = guard_segment(
                 self.guardrails, w, lo, context.carried("close"), decide, dates, symbols,
-                context.sectors, self.periods_per_year,
+                context.sectors, self.periods_per_year, context.factors,
             )  # fmt: skip
             guarded = np.full((len(dates), len(symbols)), np.nan)
             guarded[lo : hi + 1] = w
