@@ -48,6 +48,8 @@ class FakeGuardrails:
     """`Guardrails` interface: a per-symbol cap, the state counting the steps taken."""
 
     active = True
+    history = 0  # no trailing returns kept: nothing to warm up
+    factor_series = ()  # no supplied factor capped
 
     def __init__(self, symbols: list[str], cap: float) -> None:
         self.symbols, self.cap = symbols, cap
@@ -55,7 +57,8 @@ class FakeGuardrails:
     def new_state(self) -> dict:
         return {"steps": 0, "previous": np.zeros(len(self.symbols))}
 
-    def step(self, state, proposed, asset_returns, tradable, timestamp=None):
+    def step(self, state, proposed, asset_returns, tradable, timestamp=None, factor_returns=None):
+        assert factor_returns is None
         assert proposed.shape == asset_returns.shape == tradable.shape == (len(self.symbols),)
         out = np.clip(proposed, -self.cap, self.cap)
         events = [
@@ -465,3 +468,61 @@ def test_the_cli_app_serves_real_guardrails_drift_and_reviews(
         assert made.status_code == 201, made.text
         listed = client.get("/reviews", params={"verdict": "veto"}).json()
         assert listed["count"] == 1 and listed["reviews"][0]["symbol"] == traded["symbol"]
+
+
+def test_the_first_decision_warms_the_guardrails_up_with_the_bars_before_it(
+    guarded_run, tiny_db, tmp_path
+):
+    """Before the book's first decision the service fills the guardrails' vol, CVaR and beta
+    lookbacks with the universe's close-to-close returns of the bars before it (closes carried
+    over a missing bar, as in backtests); later decisions add one bar each."""
+    from plusultra.service.model import LoadedModel
+    from plusultra.service.schemas import PredictRequest
+
+    model = LoadedModel(guarded_run)
+    assert "market" in model.guardrails.config.factor_caps  # guardrails=standard caps it
+    _, symbols = _live_symbols(guarded_run, tiny_db, tmp_path)
+    model.predict(PredictRequest(symbols=symbols[:2]))
+    _, dm = model._own_data()
+    close = pd.DataFrame(dm.panel.fields["close"]).ffill().to_numpy()
+    every = np.full((len(close), len(model.universe)), np.nan)
+    at = [model.universe.index(s) for s in dm.panel.symbols]
+    every[1:, at] = close[1:] / close[:-1] - 1.0
+    state = model._book[2]
+    history = model.guardrails.history
+    assert history > 1 and state.returns.shape == (history, len(model.universe))
+    np.testing.assert_allclose(state.returns, every[-history:], rtol=0, atol=1e-12)
+
+
+def test_market_rows_hold_the_universes_returns_and_the_capped_factor_values():
+    """`LoadedModel._market`: (K + 1, U) universe returns in the run's universe order (NaN for
+    a symbol the request's data lacks, closes carried over a gap) and (K + 1, F) values of the
+    capped supplied factors (NaN where the data has no such series)."""
+    from types import SimpleNamespace
+
+    from plusultra.guardrails import GuardrailConfig, Guardrails
+    from plusultra.service.model import LoadedModel
+
+    config = GuardrailConfig(factor_caps={"market": 0.5, "etf_a": 0.2, "etf_b": 0.3})
+    universe = ["A", "B", "C"]
+    guards = Guardrails(config, universe, {}, 252.0)
+    close = np.array([[10.0, 20.0], [11.0, np.nan], [12.1, 22.0], [12.1, 24.2]])  # C, A
+    dm = SimpleNamespace(
+        panel=SimpleNamespace(dates=np.arange(4), symbols=["C", "A"], fields={"close": close}),
+        market_series={"etf_a": np.array([0.01, 0.02, 0.03, 0.04])},
+    )
+    fresh = SimpleNamespace(
+        guardrails=guards, _book=(None, None, None), universe=universe,
+        _universe_at={s: i for i, s in enumerate(universe)},
+    )  # fmt: skip
+    returns, factors = LoadedModel._market(fresh, dm)
+    assert returns.shape == (3, 3) and factors.shape == (3, 2)  # K = 2: the bars available
+    np.testing.assert_allclose(returns[:, 2], [0.1, 0.1, 0.0])  # C
+    np.testing.assert_allclose(returns[:, 0], [0.0, 0.1, 0.1])  # A: its gap carries 20
+    assert np.isnan(returns[:, 1]).all()  # B: not in the data
+    np.testing.assert_allclose(factors[:, 0], [0.02, 0.03, 0.04])
+    assert np.isnan(factors[:, 1]).all()  # etf_b: no such series
+    later = SimpleNamespace(**{**vars(fresh), "_book": ("t", None, None)})
+    returns, factors = LoadedModel._market(later, dm)
+    assert returns.shape == (1, 3) and factors.shape == (1, 2)  # after the first decision
+    np.testing.assert_allclose(factors[0], [0.04, np.nan])

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# (run config, universe, symbol -> sector, bars per year) -> a `Guardrails`, or None
+# (run config, universe, symbol -> sector, bars per year) -> a `Guardrails` (or an object with
+# its `active`, `history`, `factor_series`, `new_state`, `warm_up` and `step`), or None
 GuardrailsFactory = Callable[[Any, list[str], dict[str, str | None], float], Any]
 # (run dir, window of recent rows) -> (a `DriftMonitor`, the feature names it compares), or None
 DriftFactory = Callable[[Path, int], tuple[Any, list[str]] | None]

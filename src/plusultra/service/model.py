@@ -136,6 +136,7 @@ class LoadedModel:
         self.execution = self.metrics.get("execution")
         loader = self.meta["loader"]
         self.universe: list[str] = list(loader.get("symbols") or self.meta.get("sectors") or [])
+        self._universe_at = {s: i for i, s in enumerate(self.universe)}
         self.sectors: dict[str, str | None] = dict(self.meta.get("sectors") or {})
         self.columns: list[str] = list(self.meta["features"]["columns"])
         self.window = int(self.meta["window"])
@@ -325,15 +326,9 @@ class LoadedModel:
             preds, proposed, extras, seconds = self._forecast(dm, cols)
         else:
             preds, proposed, extras, seconds = self._policy_rows(key, dm, symbols)
-        close = dm.panel.fields["close"]
-        returns = (
-            close[last, cols] / close[last - 1, cols] - 1.0
-            if last > 0
-            else np.full(len(cols), np.nan)
-        )
         tradable = np.asarray(dm.tradable[last, cols], dtype=bool)
         guarded, events, drift = self._guard(
-            when, symbols, proposed, returns, tradable, dm.features[last, cols]
+            when, symbols, proposed, tradable, dm.features[last, cols], self._market(dm)
         )
         warnings, table, fresh = drift
         return {
@@ -436,13 +431,45 @@ class LoadedModel:
             ]
         return preds, extras
 
-    def _guard(self, when, symbols, proposed, returns, tradable, rows) -> tuple:
+    def _market(self, dm) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """What the guardrails read from `dm`, or None without guardrails: (K + 1, U)
+        close-to-close returns of the run's universe over `dm`'s last K + 1 bars (closes
+        carried over a missing bar, as in backtests; NaN for a symbol `dm` lacks: a `bars`
+        request holds only the sent symbols, so the ``market`` factor is their mean there)
+        and (K + 1, F) the values of the capped supplied factors
+        (`GuardrailConfig.factor_series`, the data module's market-wide alternative-data
+        columns; NaN where absent, e.g. in a `bars` request: a beta that cannot be estimated
+        does not act), or None when none is capped. K is the guardrails' history before the
+        book's first decision (the lookbacks are warmed up with it) and 0 after."""
+        if self.guardrails is None:
+            return None
+        last = len(dm.panel.dates) - 1
+        k = min(self.guardrails.history if self._book[0] is None else 0, max(last - 1, 0))
+        close = pd.DataFrame(dm.panel.fields["close"][max(last - k - 1, 0) : last + 1]).ffill()
+        close = close.to_numpy()
+        returns = np.full((k + 1, len(self.universe)), np.nan)
+        if last > 0:
+            at = np.array([self._universe_at.get(s, -1) for s in dm.panel.symbols])
+            returns[:, at[at >= 0]] = (close[1:] / close[:-1] - 1.0)[:, at >= 0]
+        names = self.guardrails.factor_series
+        if not names:
+            return returns, None
+        series = getattr(dm, "market_series", None) or {}
+        factors = np.full((k + 1, len(names)), np.nan)
+        for j, name in enumerate(names):
+            if name in series:
+                factors[:, j] = series[name][last - k : last + 1]
+        return returns, factors
+
+    def _guard(self, when, symbols, proposed, tradable, rows, market) -> tuple:
         """Guarded weights of the requested symbols, the guardrail events and the drift
         monitor's (warnings, table, whether this request updated them).
 
         The book is the run's universe: a symbol not requested has a proposed weight of 0. A
         decision at a later bar than the book's last advances the book; one at the same bar
         replaces that decision (recomputed from the state before it); an earlier one is a 409.
+        `market`: `_market`'s universe returns and factor values (the last row: this bar;
+        the rows before it warm up the first decision's lookbacks).
         """
         with self._lock:
             last_when, before, after = self._book
@@ -462,16 +489,21 @@ class LoadedModel:
             if self.guardrails is None:
                 self._book = (when, None, None)
                 return proposed, [], drift
+            returns, factors = market
             state = copy.deepcopy(after if advancing else before)
+            if last_when is None and len(returns) > 1:  # fill the lookbacks before t
+                past = None if factors is None else factors[:-1]
+                self.guardrails.warm_up(state, returns[:-1], factor_returns=past)
             start = copy.deepcopy(state)
-            cols = pd.Index(self.universe).get_indexer(symbols)
+            cols = np.array([self._universe_at[s] for s in symbols], dtype=np.int64)
             book = np.zeros(len(self.universe))
             book[cols] = proposed
-            r = np.full(len(self.universe), np.nan)
-            r[cols] = returns
             ok = np.zeros(len(self.universe), dtype=bool)
             ok[cols] = tradable
-            guarded, events = self.guardrails.step(state, book, r, ok, timestamp=when.isoformat())
+            guarded, events = self.guardrails.step(
+                state, book, returns[-1], ok, timestamp=when.isoformat(),
+                factor_returns=None if factors is None else factors[-1],
+            )  # fmt: skip
             self._book = (when, start, state)
         return np.asarray(guarded)[cols], list(events), drift
 
