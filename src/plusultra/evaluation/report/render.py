@@ -82,8 +82,8 @@ HEADERS = {
     "test_events": "test interventions",
 }
 GUARDRAILS_NOTE = (
-    "The guardrails (guardrails=...) changed the model's positions this many times (bars, or "
-    "symbol-bars for symbol_cap); the baselines are not guarded. The summary's 'model, no "
+    "The guardrails (guardrails=...) changed the model's positions this many times (bars; "
+    "symbol-bars for symbol_cap, factor-bars for factor_cap); the baselines are not guarded. The summary's 'model, no "
     "guardrails' column is the same model traded without them; guardrails.parquet lists every "
     "intervention with its values and reason."
 )
