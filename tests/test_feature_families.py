@@ -562,3 +562,31 @@ def test_an_alternative_column_named_like_an_indicator_is_refused(alt_db, tmp_pa
     dm = SQLiteDataModule(str(db), FeaturePipeline(["log_return"], []), 16, 2, alternative=ALT)
     with pytest.raises(DataError, match=r"data.alternative: column\(s\) \['vix'\] are also"):
         dm.setup()
+
+
+# ----------------------------------------------------------------------------- train-only choices
+def test_full_feature_choice_and_normalisation_ignore_everything_after_train_end(tmp_path):
+    """With every registered feature: the columns computed, the features skipped, and the
+    normalisation statistics are the same when every bar after train_end is rewritten (no
+    selection or statistic looks past the train segment); features up to it are identical."""
+    from tests.test_data import _copy, _perturb_after
+
+    db = generate_fixture(tmp_path / "base.sqlite", 5, 700, seed=7)
+
+    def setup(path: Path) -> SQLiteDataModule:
+        dm = SQLiteDataModule(str(path), FeaturePipeline(None, ["sentiment"]), 16, 2)
+        dm.setup()
+        return dm
+
+    base = setup(db)
+    end = base.segments.train_end
+    (tmp_path / "moved").mkdir()
+    moved_db = _copy(db, tmp_path / "moved")
+    _perturb_after(moved_db, str(pd.Timestamp(base.panel.dates[end]).date()), seed=3)
+    moved = setup(moved_db)
+    assert len(base.feature_names) >= 128
+    assert moved.feature_names == base.feature_names
+    assert moved.pipeline.skipped == base.pipeline.skipped
+    assert moved.norm == base.norm
+    np.testing.assert_array_equal(base.features[: end + 1], moved.features[: end + 1])
+    assert not np.array_equal(base.features[end + 1 :], moved.features[end + 1 :], equal_nan=True)
