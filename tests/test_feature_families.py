@@ -493,8 +493,9 @@ def test_features_full_gives_at_least_128_columns_on_ohlcv(tmp_path):
 # ----------------------------------------------------------------------------- alternative data
 def _side_tables(db: Path) -> Path:
     """Adds daily `vix` and `factor_returns` side tables to a fixture database."""
-    dates = pd.read_sql("SELECT DISTINCT timestamp FROM series ORDER BY timestamp",
-                        sqlite3.connect(db))["timestamp"]  # fmt: skip
+    dates = pd.read_sql(
+        "SELECT DISTINCT timestamp FROM series ORDER BY timestamp", sqlite3.connect(db)
+    )["timestamp"]
     rng = np.random.default_rng(0)
     with sqlite3.connect(db) as con:
         con.execute("CREATE TABLE vix(timestamp TEXT PRIMARY KEY, vix REAL)")
@@ -546,9 +547,18 @@ def test_alternative_data_reaches_the_alt_features(alt_db, tmp_path):
     now = pd.Timestamp.now(tz="UTC").to_pydatetime()
     config = with_dataset_statistics({"features": {"names": None}}, tmp_path)
     row = build_row(
-        run_id="r", run_dir=str(tmp_path), status="completed", error=None, started_at=now,
-        finished_at=now, git_rev="x", overrides=[], choices={}, config=config, metrics={},
-    )  # fmt: skip
+        run_id="r",
+        run_dir=str(tmp_path),
+        status="completed",
+        error=None,
+        started_at=now,
+        finished_at=now,
+        git_rev="x",
+        overrides=[],
+        choices={},
+        config=config,
+        metrics={},
+    )
     assert json.loads(row["features.columns"]) == dm.feature_names
     assert row["n_features"] == len(dm.feature_names)
 

@@ -44,12 +44,7 @@ def _ma_gap(n: int) -> Fn:
 
 
 def _extreme(n: int, high: bool) -> Fn:
-    def fn(x: FeatureInputs) -> np.ndarray:
-        roll = K._roll(x["close"], n)
-        ext = (roll.max() if high else roll.min()).to_numpy().reshape(x["close"].shape)
-        return np.log(x["close"] / ext)
-
-    return fn
+    return lambda x: np.log(x["close"] / K.rolling_extreme(x["close"], n, high))
 
 
 def _vol(n: int) -> Fn:
@@ -61,7 +56,7 @@ def _semivol(n: int, downside: bool) -> Fn:
 
 
 def _ratio(num: str, den: str) -> Fn:
-    return lambda x: K._div(x[num], x[den])
+    return lambda x: K.ratio(x[num], x[den])
 
 
 def _moments(x: FeatureInputs) -> tuple[np.ndarray, np.ndarray]:
@@ -69,11 +64,7 @@ def _moments(x: FeatureInputs) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _rolling_extreme_return(n: int, high: bool) -> Fn:
-    def fn(x: FeatureInputs) -> np.ndarray:
-        roll = K._roll(x["log_return"], n)
-        return (roll.max() if high else roll.min()).to_numpy().reshape(x["close"].shape)
-
-    return fn
+    return lambda x: K.rolling_extreme(x["log_return"], n, high)
 
 
 def _autocorr(n: int) -> Fn:
@@ -132,7 +123,7 @@ SYMBOL_FEATURES: tuple[FeatureSpec, ...] = (
             ("returns", "momentum"),
         )
         for k in (2, 60, 120, 250)
-    ),  # fmt: skip
+    ),
     FeatureSpec(
         "intraday_return",
         lambda x: np.log(x["close"] / x["open"]),
@@ -244,7 +235,7 @@ SYMBOL_FEATURES: tuple[FeatureSpec, ...] = (
         "sample skewness (G1) of 60 log returns",
         R,
         ("distribution",),
-    ),  # fmt: skip
+    ),
     FeatureSpec(
         "kurt_60",
         lambda x: _moments(x)[1],
@@ -252,7 +243,7 @@ SYMBOL_FEATURES: tuple[FeatureSpec, ...] = (
         "sample excess kurtosis (G2) of 60 log returns",
         R,
         ("distribution",),
-    ),  # fmt: skip
+    ),
     FeatureSpec(
         "max_return_20",
         _rolling_extreme_return(20, True),
@@ -260,7 +251,7 @@ SYMBOL_FEATURES: tuple[FeatureSpec, ...] = (
         "largest one-bar log return of the last 20 (lottery demand)",
         R,
         ("distribution",),
-    ),  # fmt: skip
+    ),
     FeatureSpec(
         "min_return_20",
         _rolling_extreme_return(20, False),
@@ -268,7 +259,7 @@ SYMBOL_FEATURES: tuple[FeatureSpec, ...] = (
         "smallest one-bar log return of the last 20 (crash risk)",
         R,
         ("distribution",),
-    ),  # fmt: skip
+    ),
     FeatureSpec(
         "autocorr_60",
         _autocorr(60),
@@ -276,14 +267,14 @@ SYMBOL_FEATURES: tuple[FeatureSpec, ...] = (
         "lag-1 autocorrelation of log returns: corr(r_t, r_{t-1}) over 60 bars",
         R,
         ("distribution",),
-    ),  # fmt: skip
+    ),
     # -------------------------------------------------------------- liquidity
     *(
         FeatureSpec(
             f"amihud_{n}",
             _amihud(n),
             n,
-            f"Amihud illiquidity: log(1e6 x mean |log return| / (close x volume)) over {n} "
+            f"Amihud illiquidity: log(1e6 x mean abs(log return) / (close x volume)) over {n} "
             "bars, zero-volume bars left out",
             ("close", "volume", "log_return"),
             ("liquidity",),

@@ -128,7 +128,7 @@ MARKET_FEATURES: tuple[FeatureSpec, ...] = (
         "simple returns)",
         R,
         ("market", "returns"),
-    ),  # fmt: skip
+    ),
     *(
         FeatureSpec(
             f"market_return_{n}",
@@ -137,7 +137,7 @@ MARKET_FEATURES: tuple[FeatureSpec, ...] = (
             f"equal-weight market log return over {n} bars",
             R,
             ("market", "returns"),
-        )  # fmt: skip
+        )
         for n in (5, 20)
     ),
     *(
@@ -148,7 +148,7 @@ MARKET_FEATURES: tuple[FeatureSpec, ...] = (
             f"annualised realised vol of the equal-weight market over {n} bars",
             R,
             ("market", "volatility"),
-        )  # fmt: skip
+        )
         for n in (20, 60)
     ),
     *(
@@ -162,7 +162,7 @@ MARKET_FEATURES: tuple[FeatureSpec, ...] = (
                 f"OLS beta of the symbol's log return to the market's over {n} bars",
                 R,
                 ("market",),
-            ),  # fmt: skip
+            ),
             FeatureSpec(
                 f"corr_mkt_{n}",
                 _beta(n, 1),
@@ -170,7 +170,7 @@ MARKET_FEATURES: tuple[FeatureSpec, ...] = (
                 f"correlation of the symbol's log return with the market's over {n} bars",
                 R,
                 ("market",),
-            ),  # fmt: skip
+            ),
             FeatureSpec(
                 f"idio_vol_{n}",
                 _beta(n, 2, float(np.sqrt(TRADING_DAYS))),
@@ -179,7 +179,7 @@ MARKET_FEATURES: tuple[FeatureSpec, ...] = (
                 "std (ddof 1) of the OLS residuals x sqrt(252)",
                 R,
                 ("market", "volatility"),
-            ),  # fmt: skip
+            ),
         )
     ),
     *(
@@ -190,7 +190,7 @@ MARKET_FEATURES: tuple[FeatureSpec, ...] = (
             f"log(close_t / close_{{t-{n}}}) minus the market's {n}-bar log return",
             R,
             ("market", "momentum"),
-        )  # fmt: skip
+        )
         for n in (5, 20, 60)
     ),
     *(
@@ -201,7 +201,7 @@ MARKET_FEATURES: tuple[FeatureSpec, ...] = (
             f"share of the listed symbols whose {n}-bar log return is > 0",
             (f, "close"),
             ("market",),
-        )  # fmt: skip
+        )
         for n, f in ((1, "log_return"), (20, "return_20"))
     ),
     *(
@@ -212,7 +212,7 @@ MARKET_FEATURES: tuple[FeatureSpec, ...] = (
             f"cross-sectional std (ddof 0) of the listed symbols' {n}-bar log returns",
             (f, "close"),
             ("market", "volatility"),
-        )  # fmt: skip
+        )
         for n, f in ((1, "log_return"), (20, "return_20"))
     ),
 )
@@ -242,7 +242,7 @@ CALENDAR_FEATURES: tuple[FeatureSpec, ...] = (
             f"{trig.__name__}(2 pi {desc}): cyclical {field}",
             ("close",),
             ("calendar",),
-        )  # fmt: skip
+        )
         for name, field, period, offset, desc in (
             ("dow", "weekday", 7, 0, "weekday / 7, Monday = 0"),
             ("month", "month", 12, 1, "(month - 1) / 12"),
@@ -256,7 +256,7 @@ CALENDAR_FEATURES: tuple[FeatureSpec, ...] = (
         "weekdays of the month before the bar's date (0 on the month's first weekday)",
         ("close",),
         ("calendar",),
-    ),  # fmt: skip
+    ),
     FeatureSpec(
         "bdays_to_month_end",
         lambda x: _on_bars(x, _calendar(x)["bdays_to_month_end"]),
@@ -264,7 +264,7 @@ CALENDAR_FEATURES: tuple[FeatureSpec, ...] = (
         "weekdays of the month after the bar's date (0 on its last weekday)",
         ("close",),
         ("calendar",),
-    ),  # fmt: skip
+    ),
     FeatureSpec(
         "turn_of_month",
         _turn_of_month,
@@ -272,7 +272,7 @@ CALENDAR_FEATURES: tuple[FeatureSpec, ...] = (
         "1 on the month's last weekday and its first three weekdays, else 0",
         ("close",),
         ("calendar",),
-    ),  # fmt: skip
+    ),
 )
 
 ALTDATA_FEATURES: tuple[FeatureSpec, ...] = (
@@ -283,7 +283,7 @@ ALTDATA_FEATURES: tuple[FeatureSpec, ...] = (
         "z-score (ddof 1) of the VIX level vs its last 60 bars",
         ("ind_vix", "close"),
         ("altdata", "volatility"),
-    ),  # fmt: skip
+    ),
     FeatureSpec(
         "vix_change_5",
         _log_change("ind_vix", 5),
@@ -291,7 +291,7 @@ ALTDATA_FEATURES: tuple[FeatureSpec, ...] = (
         "log(VIX_t / VIX_{t-5})",
         ("ind_vix", "close"),
         ("altdata", "volatility"),
-    ),  # fmt: skip
+    ),
     FeatureSpec(
         "vol_premium_20",
         lambda x: _on_bars(x, x["ind_vix"] / 100.0 - x["volatility_20"]),
@@ -300,7 +300,7 @@ ALTDATA_FEATURES: tuple[FeatureSpec, ...] = (
         "(variance risk premium proxy)",
         ("ind_vix", "volatility_20", "close"),
         ("altdata", "volatility"),
-    ),  # fmt: skip
+    ),
     FeatureSpec(
         "wti_return_20",
         _log_change("ind_wti", 20),
@@ -308,7 +308,7 @@ ALTDATA_FEATURES: tuple[FeatureSpec, ...] = (
         "log(WTI_t / WTI_{t-20}), crude oil 20-bar log return (NaN where a price is <= 0)",
         ("ind_wti", "close"),
         ("altdata", "returns"),
-    ),  # fmt: skip
+    ),
     FeatureSpec(
         "core_cpi_yoy",
         _log_change("ind_core_cpi", 252),
@@ -317,7 +317,7 @@ ALTDATA_FEATURES: tuple[FeatureSpec, ...] = (
         "print (252 bars ~ 12 monthly prints)",
         ("ind_core_cpi", "close"),
         ("altdata",),
-    ),  # fmt: skip
+    ),
     *(
         FeatureSpec(
             f"beta_etf_{etf}_60",
@@ -327,7 +327,7 @@ ALTDATA_FEATURES: tuple[FeatureSpec, ...] = (
             "factor ETF's return, which is joined one bar late (its value at t is bar t-1's)",
             (f"ind_etf_{etf}", "log_return", "close"),
             ("altdata", "market"),
-        )  # fmt: skip
+        )
         for etf in FACTOR_ETFS
     ),
 )

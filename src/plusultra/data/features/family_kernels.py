@@ -27,6 +27,17 @@ def rolling_mean(x: np.ndarray, n: int) -> np.ndarray:
     return _back(_roll(x, n).mean(), x)
 
 
+def rolling_extreme(x: np.ndarray, n: int, high: bool = True) -> np.ndarray:
+    """Max (`high`) or min of the n bars ending at t; NaN if any of them is missing."""
+    roll = _roll(x, n)
+    return _back(roll.max() if high else roll.min(), x)
+
+
+def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, NaN where den is zero or undefined."""
+    return _div(num, den)
+
+
 def shift(x: np.ndarray, k: int = 1) -> np.ndarray:
     """``x[t - k]`` at t (NaN for t < k): the previous bar of the panel calendar."""
     x = np.asarray(x, dtype=np.float64)
