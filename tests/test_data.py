@@ -21,14 +21,16 @@ from plusultra.data.datasets.windows import (
     sample_index,
     valid_window_mask,
 )
-from plusultra.data.features.pipeline import REGISTRY, FeaturePipeline
+from plusultra.data.features.library import BUILTIN_FEATURES
+from plusultra.data.features.pipeline import FeaturePipeline
 from plusultra.errors import ConfigError, DataError
 
 WINDOW, HORIZON = 16, 3
 
 
 def _pipeline(**kw) -> FeaturePipeline:
-    return FeaturePipeline(list(REGISTRY), ["sentiment"], **kw)
+    """The built-in features (the 250-bar families need more than tiny_db's train segment)."""
+    return FeaturePipeline([spec.name for spec in BUILTIN_FEATURES], ["sentiment"], **kw)
 
 
 def _dm(path, **kw) -> SQLiteDataModule:

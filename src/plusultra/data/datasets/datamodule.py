@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import lightning as L
@@ -70,6 +70,24 @@ class FixtureSpec:
     start: str = "2012-01-03"
 
 
+def _with_side_series(panel: Panel, alt: dict[str, np.ndarray]) -> Panel:
+    """The panel as features see it: joined side-table columns added as indicators.
+
+    A registered feature reads a side-table column as ``ind_<name>`` (e.g. ``ind_vix``, see
+    `plusultra.data.features.families_context`); the columns are still appended as ``alt_``
+    features afterwards. A name also in the indicators table is ambiguous: DataError.
+    """
+    if not alt:
+        return panel
+    clash = sorted(set(alt) & set(panel.indicators))
+    if clash:
+        raise DataError(
+            f"data.alternative: column(s) {clash} are also names in the indicators table; "
+            "set a prefix on the side table so that features can tell them apart"
+        )
+    return replace(panel, indicators={**panel.indicators, **alt})
+
+
 class SQLiteDataModule(L.LightningDataModule):
     """Windows of features and forward-return targets from a SQLite market database.
 
@@ -90,7 +108,8 @@ class SQLiteDataModule(L.LightningDataModule):
         validate: run the pandera checks on load.
         validation: data-quality rules (`ValidationRules` keys: max_gap_days, max_stale_bars).
         alternative: point-in-time side tables (`AlternativeDataSpec` keys), appended as
-            ``alt_<name>`` feature columns.
+            ``alt_<name>`` feature columns and readable by registered features as
+            ``ind_<name>`` (the alternative-data family).
         conditioning: regime labels (`plusultra.data.features.regimes.REGIME_LABELS`) served with
             each
             window as integer inputs (label + 1; 0 = unknown) for market-state embeddings.
@@ -199,11 +218,13 @@ class SQLiteDataModule(L.LightningDataModule):
         """Feature array (T, S, F) of the loaded panel, alternative-data columns appended."""
         if strict_indicators:
             self.pipeline.skip_missing_indicators = False
-        feats, self.feature_names = self.pipeline.compute(self.panel)
+        alt = {}
         if self.alternative:
             alt = load_alternative(
                 self.path, self.alternative, self.panel.dates, self.panel.symbols
             )
+        feats, self.feature_names = self.pipeline.compute(_with_side_series(self.panel, alt))
+        if self.alternative:
             # One availability flag per table: 1 where its values are known at that bar.
             self.market_series = {  # raw values, for the guardrails' factor caps
                 name: alt[name][:, 0]

@@ -116,18 +116,22 @@ def with_dataset_statistics(config: Mapping, run_dir: str | os.PathLike) -> dict
     """A run's job config with its data.json statistics merged in, for its catalogue row.
 
     The statistics become root keys (catalogue columns ``n_symbols``, ``data_first_date`` ...)
-    and ``data.path`` is replaced by the absolute path of the file read. Returns `config`
-    unchanged (as a dict) when the run wrote no readable data.json (it failed before its data
-    was loaded).
+    and ``data.path`` is replaced by the absolute path of the file read. The model's input
+    columns, in order, become ``features.columns`` (a JSON list: which features the run used,
+    also under ``features=full`` where ``features.names`` is null). Returns `config` unchanged
+    (as a dict) when the run wrote no readable data.json (it failed before its data was loaded).
     """
     out = dict(config)
     try:
-        stats = json.loads((Path(run_dir) / DATA_FILE).read_text())["statistics"]
+        data = json.loads((Path(run_dir) / DATA_FILE).read_text())
+        stats = dict(data["statistics"])
     except (OSError, ValueError, KeyError, TypeError):
         return out
-    stats = dict(stats)
     path = stats.pop("data_path", None)
     out.update(stats)
     if path is not None:
         out["data"] = {**(out.get("data") or {}), "path": path}
+    columns = (data.get("features") or {}).get("columns")
+    if isinstance(columns, list):
+        out["features"] = {**(out.get("features") or {}), "columns": list(columns)}
     return out
