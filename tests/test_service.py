@@ -526,3 +526,26 @@ def test_market_rows_hold_the_universes_returns_and_the_capped_factor_values():
     returns, factors = LoadedModel._market(later, dm)
     assert returns.shape == (1, 3) and factors.shape == (1, 2)  # after the first decision
     np.testing.assert_allclose(factors[0], [0.04, np.nan])
+
+
+def test_bars_for_part_of_the_universe_are_refused_when_features_span_it():
+    """A run whose inputs are computed across symbols (market, cross-sectional, sector
+    regimes) is served `bars` only for its whole universe: a subset would change them."""
+    from types import SimpleNamespace
+
+    from plusultra.service.model import LoadedModel, RequestError, _universe_wide
+    from plusultra.service.schemas import PredictRequest
+
+    columns = ["log_return", "beta_mkt_20", "cs_rank_return_5", "regime_sector_rank"]
+    assert _universe_wide(columns) == columns[1:]
+    assert _universe_wide(["log_return", "volatility_20", "regime_volatility"]) == []
+    bars = {"timestamp": ["2020-01-01"], "close": [1.0]}
+    model = SimpleNamespace(limits=ServiceLimits(), universe=["A", "B"], universe_wide=columns[1:])
+    with pytest.raises(RequestError, match=r"bars for \['B'\] are missing") as err:
+        LoadedModel.check_request(model, PredictRequest(bars={"A": bars}))
+    assert err.value.status == 422 and err.value.reason == "partial_universe"
+    both = PredictRequest(bars={"A": bars, "B": bars})
+    assert LoadedModel.check_request(model, both) == ["A", "B"]
+    assert LoadedModel.check_request(model, PredictRequest(symbols=["A"])) == ["A"]
+    narrow = SimpleNamespace(**{**vars(model), "universe_wide": []})
+    assert LoadedModel.check_request(narrow, PredictRequest(bars={"A": bars})) == ["A"]

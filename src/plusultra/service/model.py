@@ -140,6 +140,7 @@ class LoadedModel:
         self.sectors: dict[str, str | None] = dict(self.meta.get("sectors") or {})
         self.columns: list[str] = list(self.meta["features"]["columns"])
         self.window = int(self.meta["window"])
+        self.universe_wide = _universe_wide(self.columns)
         self.target = run_model.inference_target(
             self.cfg, device, precision, policy=stage is not None
         )
@@ -268,6 +269,15 @@ class LoadedModel:
                 422,
                 f"unknown symbol(s) {unknown[:20]}: the model's universe is {self.universe[:50]}",
                 "unknown_symbol",
+            )
+        lacking = [s for s in self.universe if s not in symbols]
+        if request.bars is not None and self.universe_wide and lacking:
+            raise RequestError(
+                422,
+                f"bars: the run's features {self.universe_wide[:10]} are computed across the "
+                f"whole universe (market or cross-sectional); bars for {lacking[:20]} are "
+                "missing: send every symbol's bars, or request by `symbols`",
+                "partial_universe",
             )
         return symbols
 
@@ -506,6 +516,20 @@ class LoadedModel:
             )  # fmt: skip
             self._book = (when, start, state)
         return np.asarray(guarded)[cols], list(events), drift
+
+
+def _universe_wide(columns: list[str]) -> list[str]:
+    """The model inputs whose value for a symbol depends on the other symbols: registered
+    features tagged ``market`` or ``cross_section``, and the sector regimes (a sector's
+    strength and rank are computed across its symbols)."""
+    from plusultra.data.features.pipeline import REGISTRY
+
+    wide = {"market", "cross_section"}
+    return [
+        c
+        for c in columns
+        if (c in REGISTRY and wide & set(REGISTRY[c].tags)) or c.startswith("regime_sector_")
+    ]
 
 
 def _pred_columns(frame: pd.DataFrame) -> list[str]:
