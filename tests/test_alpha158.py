@@ -31,11 +31,17 @@ from plusultra.errors import DataError
 EPS, FLAT = 1e-12, 2e-5
 KBAR = ["KMID", "KLEN", "KMID2", "KUP", "KUP2", "KLOW", "KLOW2", "KSFT", "KSFT2"]
 PRICE = ["OPEN0", "HIGH0", "LOW0", "VWAP0"]
-OPS = (
-    "ROC MA STD BETA RSQR RESI MAX MIN QTLU QTLD RANK RSV IMAX IMIN IMXD CORR CORD CNTP CNTN "
-    "CNTD SUMP SUMN SUMD VMA VSTD WVMA VSUMP VSUMN VSUMD"
-).split()
-CLOSE_OPS = "ROC MA STD BETA RSQR RESI QTLU QTLD RANK CNTP CNTN CNTD SUMP SUMN SUMD".split()
+# fmt: off
+OPS = [
+    "ROC", "MA", "STD", "BETA", "RSQR", "RESI", "MAX", "MIN", "QTLU", "QTLD", "RANK", "RSV",
+    "IMAX", "IMIN", "IMXD", "CORR", "CORD", "CNTP", "CNTN", "CNTD", "SUMP", "SUMN", "SUMD",
+    "VMA", "VSTD", "WVMA", "VSUMP", "VSUMN", "VSUMD",
+]
+CLOSE_OPS = [  # the operators that read only the close
+    "ROC", "MA", "STD", "BETA", "RSQR", "RESI", "QTLU", "QTLD", "RANK", "CNTP", "CNTN", "CNTD",
+    "SUMP", "SUMN", "SUMD",
+]
+# fmt: on
 QLIB_NAMES = KBAR + PRICE + [f"{op}{d}" for op in OPS for d in (5, 10, 20, 30, 60)]
 
 
@@ -60,9 +66,9 @@ def _corr(x: pd.Series, y: pd.Series, d: int) -> pd.Series:
     xs, ys = x.to_numpy(), y.to_numpy()
     for t in range(d - 1, len(x)):
         wx, wy = xs[t - d + 1 : t + 1], ys[t - d + 1 : t + 1]
-        if np.isfinite(wx).all() and np.isfinite(wy).all():
-            if min(np.std(wx, ddof=1), np.std(wy, ddof=1)) > FLAT:
-                out[t] = np.corrcoef(wx, wy)[0, 1]
+        complete = np.isfinite(wx).all() and np.isfinite(wy).all()
+        if complete and min(np.std(wx, ddof=1), np.std(wy, ddof=1)) > FLAT:
+            out[t] = np.corrcoef(wx, wy)[0, 1]
     return pd.Series(out, index=x.index)
 
 
