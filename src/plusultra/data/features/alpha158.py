@@ -340,14 +340,26 @@ ROLLING: dict[str, tuple[Callable[[FeatureInputs, int], np.ndarray], int, tuple,
         CORD_EXPR,
         f"correlation of price and volume changes ({NOT_FLAT} or the previous volume is 0)",
     ),
-    "CNTP": (lambda x, d: _counts(x, d)[0], 0, (C,), CNT_UP, "share of up bars"),
-    "CNTN": (lambda x, d: _counts(x, d)[1], 0, (C,), CNT_DOWN, "share of down bars"),
+    "CNTP": (
+        lambda x, d: _counts(x, d)[0],
+        0,
+        (C,),
+        CNT_UP,
+        "share of up bars (a bar after a missing one is NaN, not a non-move)",
+    ),
+    "CNTN": (
+        lambda x, d: _counts(x, d)[1],
+        0,
+        (C,),
+        CNT_DOWN,
+        "share of down bars (a bar after a missing one is NaN, not a non-move)",
+    ),
     "CNTD": (
         lambda x, d: _counts(x, d)[0] - _counts(x, d)[1],
         0,
         (C,),
         f"{CNT_UP}-{CNT_DOWN}",
-        "up share minus down share",
+        "up share minus down share (a bar after a missing one is NaN, not a non-move)",
     ),
     "SUMP": (
         _sum_ratio(C, 0),
@@ -413,7 +425,9 @@ def _window_note(op: str, d: int) -> str:
     if op == "ROC":
         return f"NaN unless bars t and t-{d} are present"
     extra = ROLLING[op][1]
-    return f"NaN unless all {d + extra + 1} bars t-{d + extra}..t are present"
+    return (
+        f"NaN unless all {d + extra + 1} bars t-{d + extra}..t are present (Qlib: partial windows)"
+    )
 
 
 SOURCE = "Qlib Alpha158"
