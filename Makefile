@@ -35,6 +35,7 @@ bench: $(STAMP)  ## run every benchmark in experiments/benchmarks (writes docs/b
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python -m experiments.benchmarks.sqlite_reader
 	$(BIN)/python -m experiments.benchmarks.indicators
+	$(BIN)/python -m experiments.benchmarks.alpha158
 	$(BIN)/python -m experiments.benchmarks.data_pipeline
 	$(BIN)/python -m experiments.benchmarks.models
 	$(BIN)/python -m experiments.benchmarks.simulator

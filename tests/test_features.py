@@ -37,6 +37,7 @@ def make_panel(t_len: int = T, s_len: int = S, seed: int = 0, gaps: bool = True)
     low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, 0.006, close.shape)))
     volume = rng.lognormal(12, 0.6, close.shape)
     fields = {"open": open_, "high": high, "low": low, "close": close, "volume": volume}
+    fields["vwap"] = (high + low + close) / 3  # optional column (Alpha158's VWAP0)
     if gaps:
         for f in fields.values():
             f[:40, 1] = np.nan  # listed late
@@ -282,7 +283,8 @@ def _feature(panel: Panel, name: str) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- references
 def test_every_default_feature_has_a_reference():
-    """Built-in features here; the families' references are in test_feature_families.py."""
+    """Built-in features here; the families' references are in test_feature_families.py,
+    Alpha158's in test_alpha158.py."""
     assert set(REFERENCES) == {spec.name for spec in BUILTIN_FEATURES}
 
 
@@ -412,7 +414,7 @@ def _perturb_after(panel: Panel, cut: int, seed: int = 1, explode: bool = False)
     shock = np.exp(rng.normal(0, 0.05, fields["close"][cut + 1 :].shape))
     if explode:
         shock *= np.exp(2.0 * np.arange(1, len(shock) + 1))[:, None]
-    for k in ("open", "high", "low", "close", "close_raw"):
+    for k in ("open", "high", "low", "close", "close_raw", "vwap"):
         fields[k][cut + 1 :] *= shock * (1.01 if k == "high" else 0.99 if k == "low" else 1.0)
     fields["volume"][cut + 1 :] *= rng.uniform(0.5, 2.0, shock.shape)
     for f in fields.values():

@@ -32,7 +32,8 @@ class Panel:
         dates: (T,) calendar, datetime64[ns], strictly increasing.
         symbols: (S,) symbol names, sorted.
         fields: name -> (T, S) float64; adjusted open/high/low/close, split-adjusted volume,
-            raw ``close_raw``; NaN where a symbol has no bar.
+            raw ``close_raw``, and adjusted ``vwap`` when table series has that optional
+            column; NaN where a symbol has no bar (or the value is NULL).
         indicators: indicator name -> (T, S) float64 from the long `indicators` table.
         assets: the `assets` rows of the selected symbols, indexed by symbol.
     """
@@ -178,6 +179,8 @@ def load_panel(
         "volume": raw["volume"] / cum_split,
         "close_raw": raw["close"],
     }
+    if "vwap" in series.columns:  # optional column: volume-weighted average price, adjusted
+        fields["vwap"] = _wide(series, dates, names, "vwap") * factor
     indicators = {}
     if "indicators" in tables and not tables["indicators"].empty:
         ind = tables["indicators"].assign(ts=lambda d: _to_naive_utc(d["timestamp"]))

@@ -16,6 +16,7 @@ import pandas as pd
 
 from plusultra.data.datasets.panel import Panel
 from plusultra.data.features import regimes
+from plusultra.data.features.alpha158 import ALPHA158_FEATURES
 from plusultra.data.features.families import FAMILY_FEATURES
 from plusultra.data.features.library import BUILTIN_FEATURES
 from plusultra.data.features.registry import FeatureInputs, FeatureRegistry, FeatureSpec
@@ -24,7 +25,7 @@ from plusultra.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- registry
-REGISTRY = FeatureRegistry((*BUILTIN_FEATURES, *FAMILY_FEATURES))
+REGISTRY = FeatureRegistry((*BUILTIN_FEATURES, *FAMILY_FEATURES, *ALPHA158_FEATURES))
 
 
 def register(spec: FeatureSpec) -> FeatureSpec:

@@ -22,7 +22,7 @@ CONTRACT_TABLES = ("assets", "series", "indicators", "corporate_actions")
 ALL_NULL_ALLOWED = {
     ("assets", "delisted"),
     ("assets", "sector"),
-    *(("series", c) for c in ("open", "high", "low", "volume")),
+    *(("series", c) for c in ("open", "high", "low", "volume", "vwap")),
 }
 TIME_COLUMNS = ("timestamp", "ex_date")  # key columns compared as instants after parsing
 _ISO_RE = r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)?)?"
@@ -87,6 +87,8 @@ SERIES_SCHEMA = pa.DataFrameSchema(
         "low": pa.Column(float, _PRICE, nullable=True),
         "close": pa.Column(float, _PRICE, nullable=False),
         "volume": pa.Column(float, pa.Check.ge(0, error=">= 0"), nullable=True),
+        # optional volume-weighted average price (Alpha158's VWAP0); NULL allowed
+        "vwap": pa.Column(float, _PRICE, nullable=True, required=False),
     },
     checks=[pa.Check(_high_ok, error=_HIGH), pa.Check(_low_ok, error=_LOW)],
     unique=["symbol", "timestamp"],
