@@ -478,15 +478,19 @@ def test_calendar_on_known_dates():
 # ----------------------------------------------------------------------------- counts and config
 def test_features_full_gives_at_least_128_columns_on_ohlcv(tmp_path):
     """features=full on the generated OHLCV fixture, without any alternative data: the
-    registered features alone (built-in + families) give >= 128 computed columns."""
+    registered features without Alpha158 (built-in + families) give >= 128 computed
+    columns, and Alpha158 adds its 157 factors that need no vwap."""
     db = generate_fixture(tmp_path / "f.sqlite", 6, 300, seed=2)
     panel = load_panel(db)
     conf = Path(__file__).resolve().parents[1] / "conf" / "features" / "full.yaml"
     full = instantiate(OmegaConf.load(conf), _convert_="all")
     x, names = full.compute(panel)
     registered = [n for n in names if n in REGISTRY]
-    assert len(registered) >= 128 and x.shape[-1] == len(names) >= 128 + 1
-    assert all(REGISTRY[n].tags[0] == "altdata" for n in full.skipped if n in REGISTRY)
+    ours = [n for n in registered if "alpha158" not in REGISTRY[n].tags]
+    assert len(ours) >= 128 and x.shape[-1] == len(names) >= 128 + 1
+    assert len(registered) - len(ours) == 157  # Alpha158 without VWAP0 (no vwap column)
+    skipped = [n for n in full.skipped if n in REGISTRY]
+    assert all(REGISTRY[n].tags[0] == "altdata" for n in skipped if n != "VWAP0")
     assert set(registered) >= set(FAMILY) - {n for n in FAMILY if "altdata" in REGISTRY[n].tags}
 
 
