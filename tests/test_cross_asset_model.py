@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from experiments.benchmarks.cross_asset import fit_lead_lag, lead_lag_market
 from hydra.utils import instantiate
 from omegaconf import open_dict
 from torch import nn
 
-from experiments.benchmarks.cross_asset import fit_lead_lag, lead_lag_market
 from plusultra.data.datasets.cross_section import CrossSectionDataset, window_members
 from plusultra.errors import ConfigError
 from plusultra.models.backbones.hybrid import HybridBackbone
@@ -197,7 +197,8 @@ def _curriculum(*stages) -> Curriculum:
 def test_unsupported_combinations_are_refused():
     sup = {"kind": "supervised", "name": "supervised"}
     check_cross_asset(True, True, _curriculum(sup))
-    check_cross_asset(True, True, _curriculum({"kind": "pretrain", "name": "pre", "masked": {}}, sup))
+    pre = {"kind": "pretrain", "name": "pre", "masked": {}}
+    check_cross_asset(True, True, _curriculum(pre, sup))  # pretrains the per-symbol backbone
     check_cross_asset(False, False, _curriculum({**sup, "window": 8}))
     with pytest.raises(ConfigError, match=r"cross_asset.enabled=True but data.cross_section"):
         check_cross_asset(True, False, _curriculum(sup))
@@ -229,8 +230,8 @@ def test_only_the_cross_asset_model_learns_a_lead_lag_market():
 
 
 def test_cli_run_trains_predicts_and_records(tiny_cfg, tmp_path):
-    """`cross_asset.enabled=true` end to end: the catalogue row, predictions for listed symbols
-    only, in the test segment, and plusultra-predict reproducing them from the run dir."""
+    """`cross_asset.enabled=true` end to end: the usual predictions frame, plusultra-predict
+    reproducing it from the run dir, and plusultra-serve refusing the run."""
     from plusultra.cli.predict import predict
     from tests.test_run import run_in_process
 
@@ -245,3 +246,7 @@ def test_cli_run_trains_predicts_and_records(tiny_cfg, tmp_path):
     again = preds.merge(pd.read_parquet(out), on=["symbol", "timestamp"], suffixes=("", "_cli"))
     assert len(again) == len(preds)
     np.testing.assert_allclose(again["pred_1"], again["pred_1_cli"], rtol=1e-5, atol=1e-7)
+    from plusultra.service.model import LoadedModel
+
+    with pytest.raises(ConfigError, match="a cross-asset run"):  # serving is per-symbol
+        LoadedModel(run_dir)
