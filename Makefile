@@ -38,6 +38,7 @@ bench: $(STAMP)  ## run every benchmark in experiments/benchmarks (writes docs/b
 	$(BIN)/python -m experiments.benchmarks.alpha158
 	$(BIN)/python -m experiments.benchmarks.data_pipeline
 	$(BIN)/python -m experiments.benchmarks.models
+	$(BIN)/python -m experiments.benchmarks.cross_asset
 	$(BIN)/python -m experiments.benchmarks.simulator
 	$(BIN)/python -m experiments.benchmarks.simulator_realistic
 	$(BIN)/python -m experiments.benchmarks.sweeps

@@ -53,8 +53,9 @@ from plusultra.lifecycle import (
     check_no_ddp_in_multirun,
     handle_signals,
 )
+from plusultra.models.cross_asset import forecast_module
 from plusultra.models.memory import check_fits
-from plusultra.models.module import ForecastModule
+from plusultra.training.cross_asset import check_cross_asset, check_cross_sharding
 from plusultra.training.device import set_matmul_precision
 from plusultra.training.evaluate import check_evaluation, evaluate
 from plusultra.training.hparams import hyperparameters, log_summary
@@ -104,7 +105,9 @@ def train(cfg: DictConfig) -> float | list[float] | None:
     classes = datamodule.condition_classes  # market-state labels, if data.conditioning is set
     embedding = build(cfg.market_state, n_classes=classes) if classes else None
     n_inputs = datamodule.n_features + (embedding.dim if embedding else 0)
-    model = ForecastModule(
+    cross = build(cfg.cross_asset)  # attention across symbols (off: the pooled ForecastModule)
+    model = forecast_module(
+        cross,
         embedding=embedding,
         backbone=build(cfg.backbone, n_features=n_inputs),
         head=build(cfg.head),
@@ -127,6 +130,7 @@ def train(cfg: DictConfig) -> float | list[float] | None:
     def make_trainer(*extra: L.Callback, **overrides) -> L.Trainer:
         callbacks = [build(c) for c in cfg.callbacks.values()] + list(extra)
         trainer = build(cfg.trainer, **({"logger": logger, "callbacks": callbacks} | overrides))
+        trainer = check_cross_sharding(trainer, datamodule.cross_section)
         return prepare(check_sharding(trainer, datamodule.block))  # plusultra.distributed
 
     in_trial = cfg.optuna.trial is not None  # a job of an Optuna sweep: its storage and pruner
@@ -143,6 +147,7 @@ def train(cfg: DictConfig) -> float | list[float] | None:
     ckpt_path = None if cfg.ckpt_path is None else to_absolute_path(cfg.ckpt_path)
     resume = Resumer(cfg.seed, config, run_dir / "checkpoints", cfg.resume, ckpt_path)
     curriculum = build(cfg.curriculum)
+    check_cross_asset(cross.enabled, datamodule.cross_section, curriculum)  # before training
     check_evaluation(curriculum, walk)  # e.g. refits of a PPO stage's policy: refused
     stages = curriculum.run(model, datamodule, make_trainer, supervised, resume)
     last, evaluator = stages[-1].trainer, make_trainer

@@ -145,11 +145,10 @@ class ForecastModule(L.LightningModule):
 
     def _step(self, batch: tuple[torch.Tensor, ...], split: str) -> torch.Tensor:
         inputs, y, market = self._split_batch(batch)
-        x = inputs[0]
         out = self(*inputs)
         loss = self.loss_fn(out, y, *market)
         on_step = split == "train"
-        kw = {"on_epoch": True, "batch_size": len(x), "sync_dist": True}  # DDP: mean over ranks
+        kw = {"on_epoch": True, "batch_size": len(y), "sync_dist": True}  # DDP: mean over ranks
         self.log(f"{split}/loss", loss, on_step=on_step, prog_bar=True, **kw)
         aux = getattr(self.backbone, "aux_loss", None)  # e.g. MoE load balancing, weighted
         if aux is not None:

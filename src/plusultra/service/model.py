@@ -130,6 +130,11 @@ class LoadedModel:
         self.limits = limits or ServiceLimits()
         run_model.check_finished(self.run_dir)
         self.cfg = OmegaConf.load(self.run_dir / "config.yaml")
+        if OmegaConf.select(self.cfg, "cross_asset.enabled", default=False):
+            raise ConfigError(
+                f"{self.run_dir}: a cross-asset run (cross_asset.enabled=true) forecasts whole "
+                "cross-sections, the service per-symbol windows; use plusultra-predict"
+            )
         stage = run_model.policy_stage(self.cfg)  # a PPO run's last stage, or None
         self.meta = json.loads((self.run_dir / "data.json").read_text())
         self.metrics = json.loads((self.run_dir / "metrics.json").read_text())

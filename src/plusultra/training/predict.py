@@ -26,9 +26,12 @@ def predict_windows(
     Runs on `device` (the training run's device and precision; None: wherever the model is,
     in its weights' dtype): the model goes there for the pass and back afterwards (outside
     inference mode, so its weights stay trainable); batches come from pinned memory with
-    non-blocking copies on CUDA. The result is float32, on the CPU.
+    non-blocking copies on CUDA. The result is float32, on the CPU. Over a cross-section
+    dataset (one item = every symbol of a date), a batch holds about `batch_size`
+    symbol-windows: ``batch_size // symbols_per_item`` dates.
     """
     device = device or InferenceDevice.of_model(model)
+    batch_size = max(1, batch_size // getattr(dataset, "symbols_per_item", 1))
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -39,7 +42,7 @@ def predict_windows(
     out = []
     with device.placed(model), torch.inference_mode(), device.context():
         for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
-            inputs = batch if isinstance(batch, tuple) else (batch,)  # x, or (x, labels)
+            inputs = batch if isinstance(batch, tuple) else (batch,)  # x, (x, labels), ...
             out.append(model.signal(*(device.put(i) for i in inputs)).float())  # on the device
     if not out:
         return np.zeros((0, 0), dtype=np.float32)

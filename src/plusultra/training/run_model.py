@@ -72,16 +72,20 @@ def inference_target(cfg, device: str | None, precision: str | None, policy: boo
 
 def build_module(cfg, n_features: int, condition_classes: list[int]):
     """The run's `ForecastModule` (untrained) from its config, for `n_features` input columns
-    and the conditioning labels' class counts (empty: no market-state embedding)."""
+    and the conditioning labels' class counts (empty: no market-state embedding); a
+    `CrossAssetModule` for a run with ``cross_asset.enabled``."""
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
-    from plusultra.models.module import ForecastModule
+    from plusultra.models.cross_asset import forecast_module
 
     embedding = (
         instantiate(cfg.market_state, n_classes=condition_classes) if condition_classes else None
     )
     n_inputs = n_features + (embedding.dim if embedding else 0)
-    return ForecastModule(
+    cross = OmegaConf.select(cfg, "cross_asset", default=None)  # absent in older runs
+    return forecast_module(
+        None if cross is None else instantiate(cross, _convert_="all"),
         embedding=embedding,
         backbone=instantiate(cfg.backbone, n_features=n_inputs, _convert_="all"),
         head=instantiate(cfg.head, _convert_="all"),

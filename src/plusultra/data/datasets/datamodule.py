@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from plusultra.data.datasets.cross_section import CrossSectionDataset
 from plusultra.data.datasets.panel import Panel, load_panel, tradable_mask
 from plusultra.data.datasets.sampler import (
     BlockBatchSampler,
@@ -119,6 +120,9 @@ class SQLiteDataModule(L.LightningDataModule):
             `plusultra.data.datasets.sampler`); None: pooled (date, symbol) samples, shuffled.
         execution: fill timing of the execution returns (`plusultra.execution`); None:
             next_open where the data has opens, else next_close. Used only with `block`.
+        cross_section: serve whole cross-sections (every listed symbol's window per decision
+            date, `plusultra.data.datasets.cross_section`) for the cross-asset model, in
+            batches of `dates_per_batch` consecutive dates (the date-block sampler).
     """
 
     def __init__(
@@ -146,8 +150,10 @@ class SQLiteDataModule(L.LightningDataModule):
         clip: float = 10.0,
         block: int | None = None,
         execution: str | None = None,
+        cross_section: bool = False,
     ) -> None:
         super().__init__()
+        self.cross_section = bool(cross_section)
         self.block = None if block is None else check_block(block)
         self.execution = check_execution(execution)
         self.exec_returns: np.ndarray | None = None  # (T, S), portfolio batches only
@@ -392,6 +398,7 @@ class SQLiteDataModule(L.LightningDataModule):
                     "conditioning": self.conditioning,
                     "symbols": self.symbols,  # universe (null: every symbol)
                     "start": self.start,  # first date loaded (null: all)
+                    **({"cross_section": True} if self.cross_section else {}),
                 },
                 "sectors": {
                     sym: (None if pd.isna(sec) else str(sec))
@@ -417,7 +424,17 @@ class SQLiteDataModule(L.LightningDataModule):
     @property
     def batch_samples(self) -> int:
         """Most samples in one training batch: batch_size, or block dates x every symbol."""
+        if self.cross_section:
+            return self.dates_per_batch * len(self.panel.symbols)
         return self.batch_size if self.block is None else self.block * len(self.panel.symbols)
+
+    @property
+    def dates_per_batch(self) -> int:
+        """Cross-sections: dates per batch, `block` when a portfolio loss sets it, else about
+        batch_size symbol-windows (``max(2, round(batch_size / n_symbols))``)."""
+        if self.block is not None:
+            return self.block
+        return max(2, round(self.batch_size / len(self.panel.symbols)))
 
     def segment_dates(self) -> dict[str, list[str]]:
         """First and last decision date of each segment (ISO)."""
@@ -431,6 +448,14 @@ class SQLiteDataModule(L.LightningDataModule):
     def labelled_dataset(self, lo: int, hi: int) -> WindowDataset:
         """Windows with complete inputs and targets whose decision bar is in lo..hi (may be
         empty: the last `horizon` bars of the calendar have no label yet)."""
+        if self.cross_section:
+            returns = None
+            if self.block is not None:  # portfolio losses: execution returns, hi as below
+                returns, hi = self._execution_returns(hi)
+            return CrossSectionDataset(
+                self.features, self.tradable, self.window, lo, hi, self.scaled_targets,
+                self.labels, returns,
+            )  # fmt: skip
         if self.block is not None:
             return self._portfolio_dataset(lo, hi)
         idx = sample_index(self.input_ok & self.target_ok, lo, hi)
@@ -443,17 +468,22 @@ class SQLiteDataModule(L.LightningDataModule):
         is later than the label's last bar t + horizon, `hi` moves back so that no sample of a
         segment uses a price past the segment's last label bar.
         """
-        if self.exec_returns is None:
-            fields = self.panel.fields
-            mode = resolve_execution(self.execution, fields.get("open"), fields["close"])
-            self.exec_returns = execution_returns(mode, fields.get("open"), fields["close"])
-            self.exec_lag = fill_lag(mode)
-        hi -= max(0, self.exec_lag + 1 - self.horizon)
+        _, hi = self._execution_returns(hi)
         ok = self.input_ok & self.target_ok & np.isfinite(self.exec_returns)
         idx = sample_index(ok, lo, hi)
         return WindowDataset(
             self.features, idx, self.window, self.scaled_targets, self.labels, self.exec_returns
         )
+
+    def _execution_returns(self, hi: int) -> tuple[np.ndarray, int]:
+        """(T, S) execution returns of the portfolio losses, and `hi` moved back so that they
+        end by the segment's last label bar (see `_portfolio_dataset`)."""
+        if self.exec_returns is None:
+            fields = self.panel.fields
+            mode = resolve_execution(self.execution, fields.get("open"), fields["close"])
+            self.exec_returns = execution_returns(mode, fields.get("open"), fields["close"])
+            self.exec_lag = fill_lag(mode)
+        return self.exec_returns, hi - max(0, self.exec_lag + 1 - self.horizon)
 
     def _dataset(self, segment: str) -> WindowDataset:
         ds = self.labelled_dataset(*getattr(self.segments, segment))
@@ -475,6 +505,10 @@ class SQLiteDataModule(L.LightningDataModule):
             lo, hi = getattr(self.segments, segment)
         if bars is not None:
             lo, hi = max(lo, bars[0]), min(hi, bars[1])
+        if self.cross_section:
+            return CrossSectionDataset(
+                self.features, self.tradable, self.window, lo, hi, labels=self.labels
+            )
         index = sample_index(self.input_ok, lo, hi)
         return WindowDataset(self.features, index, self.window, labels=self.labels)
 
@@ -482,8 +516,13 @@ class SQLiteDataModule(L.LightningDataModule):
         """A resumable DataLoader over `dataset` with this data module's batch and worker
         settings; over a portfolio dataset, batches of `block` consecutive dates (blocks
         shuffled if `shuffle`). Each epoch's order depends only on the sampler's seed (drawn
-        from torch's global generator when shuffling) and the epoch (`sampler.EpochSampler`)."""
-        if dataset.returns is not None:
+        from torch's global generator when shuffling) and the epoch (`sampler.EpochSampler`).
+        Over a `CrossSectionDataset` (one item per date): batches of `dates_per_batch`
+        consecutive dates, the same way."""
+        if isinstance(dataset, CrossSectionDataset):
+            batches = BlockBatchSampler(dataset.times.numpy(), self.dates_per_batch, shuffle)
+            kwargs = {"batch_sampler": batches}
+        elif dataset.returns is not None:
             batches = BlockBatchSampler(dataset.index[:, 0].numpy(), self.block, shuffle)
             kwargs = {"batch_sampler": batches}
         else:
@@ -546,8 +585,8 @@ class SQLiteDataModule(L.LightningDataModule):
         return {s: str(v) for s, v in column.items() if pd.notna(v) and str(v)}
 
     def sizes(self) -> dict[str, int]:
-        """Number of labelled samples per segment."""
-        return {f"{s}_samples": len(self._dataset(s)) for s in ("train", "val", "test")}
+        """Number of labelled samples (symbol-windows) per segment."""
+        return {f"{s}_samples": len(self._dataset(s).index) for s in ("train", "val", "test")}
 
     def statistics(self) -> dict[str, int | str]:
         """Dataset statistics of the loaded data (`plusultra.data.datasets.statistics`)."""
