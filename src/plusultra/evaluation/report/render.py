@@ -83,9 +83,9 @@ HEADERS = {
 }
 GUARDRAILS_NOTE = (
     "The guardrails (guardrails=...) changed the model's positions this many times (bars; "
-    "symbol-bars for symbol_cap, factor-bars for factor_cap); the baselines are not guarded. The summary's 'model, no "
-    "guardrails' column is the same model traded without them; guardrails.parquet lists every "
-    "intervention with its values and reason."
+    "symbol-bars for symbol_cap, factor-bars for factor_cap); the baselines are not guarded. "
+    "The summary's 'model, no guardrails' column is the same model traded without them; "
+    "guardrails.parquet lists every intervention with its values and reason."
 )
 
 
