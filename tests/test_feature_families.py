@@ -34,6 +34,7 @@ from plusultra.data.features.registry import FeatureInputs
 from plusultra.data.io.fixture import generate_fixture
 from plusultra.errors import DataError
 from tests.test_features import _each, _perturb_after, _ret, _window, make_panel, zscore_ref
+from tests.test_index_features import INDEX_REFERENCES
 
 T = 420
 FAMILY = [spec.name for spec in FAMILY_FEATURES]
@@ -390,6 +391,7 @@ REFERENCES = {
     "wti_return_20": _log_change_ref("wti", 20),
     "core_cpi_yoy": _log_change_ref("core_cpi", 252),
     **{f"beta_etf_{e}_60": _etf_beta_ref(e) for e in ("mtum", "qual", "size", "usmv", "vlue")},
+    **INDEX_REFERENCES,  # index_return, beta/corr/idio_vol_idx_* (np.polyfit)
 }
 CS_INPUTS = [n[len("cs_rank_") :] for n in FAMILY if n.startswith("cs_rank_")]
 

@@ -45,23 +45,28 @@ def make_panel(t_len: int = T, s_len: int = S, seed: int = 0, gaps: bool = True)
             f[[120, 121, 180], 3] = np.nan  # missing days
     fields["close_raw"] = close.copy()
     sentiment = rng.normal(size=close.shape)
+    side = market_side_series(rng, t_len, s_len)
+    if gaps:
+        side["index_sp500"][30] = np.nan  # a day without an index close
     return Panel(
         dates=pd.bdate_range("2020-01-01", periods=t_len).to_numpy(),
         symbols=[f"S{i}" for i in range(s_len)],
         fields=fields,
-        indicators={"sentiment": sentiment, **market_side_series(rng, t_len, s_len)},
+        indicators={"sentiment": sentiment, **side},
     )
 
 
 def market_side_series(rng: np.random.Generator, t_len: int, s_len: int) -> dict[str, np.ndarray]:
     """Market-wide side series as the alternative-data join serves them (broadcast to S):
-    VIX and WTI levels, a monthly core CPI step series and five factor ETF returns."""
+    VIX and WTI levels, a monthly core CPI step series, five factor ETF returns and an index
+    level (`index_sp500`, a random walk)."""
     walk = np.cumsum(rng.normal(0, 0.02, (2, t_len)), axis=1)
     month = np.arange(t_len) // 21
     cpi = 250.0 * np.exp(np.cumsum(rng.normal(0.002, 0.001, month[-1] + 1))[month])
     out = {"vix": 18.0 * np.exp(walk[0]), "wti": 60.0 * np.exp(walk[1]), "core_cpi": cpi}
     for etf in ("mtum", "qual", "size", "usmv", "vlue"):
         out[f"etf_{etf}"] = rng.normal(0, 0.01, t_len)
+    out["index_sp500"] = 3000.0 * np.exp(np.cumsum(rng.normal(0, 0.01, t_len)))
     return {k: np.repeat(v[:, None], s_len, axis=1) for k, v in out.items()}
 
 

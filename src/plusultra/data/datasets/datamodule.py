@@ -75,8 +75,9 @@ def _with_side_series(panel: Panel, alt: dict[str, np.ndarray]) -> Panel:
     """The panel as features see it: joined side-table columns added as indicators.
 
     A registered feature reads a side-table column as ``ind_<name>`` (e.g. ``ind_vix``, see
-    `plusultra.data.features.families_context`); the columns are still appended as ``alt_``
-    features afterwards. A name also in the indicators table is ambiguous: DataError.
+    `plusultra.data.features.families_context`); the columns of a table with ``model_input``
+    are still appended as ``alt_`` features afterwards. A name also in the indicators table is
+    ambiguous: DataError.
     """
     if not alt:
         return panel
@@ -110,7 +111,8 @@ class SQLiteDataModule(L.LightningDataModule):
         validation: data-quality rules (`ValidationRules` keys: max_gap_days, max_stale_bars).
         alternative: point-in-time side tables (`AlternativeDataSpec` keys), appended as
             ``alt_<name>`` feature columns and readable by registered features as
-            ``ind_<name>`` (the alternative-data family).
+            ``ind_<name>`` (the alternative-data family); ``model_input: false`` keeps a
+            table out of the model inputs.
         conditioning: regime labels (`plusultra.data.features.regimes.REGIME_LABELS`) served with
             each
             window as integer inputs (label + 1; 0 = unknown) for market-state embeddings.
@@ -238,13 +240,17 @@ class SQLiteDataModule(L.LightningDataModule):
                 if spec.symbol_column is None
                 for name in spec.names
             }
+            inputs = [spec for spec in self.alternative if spec.model_input]
+            shown = {name: alt[name] for spec in inputs for name in spec.names}
             flags = {
                 f"available_{spec.table}": np.isfinite(alt[spec.names[0]]).astype(np.float64)
-                for spec in self.alternative
+                for spec in inputs
             }
-            columns = [*alt.values(), *flags.values()]
-            feats = np.concatenate([feats, np.stack(columns, axis=-1).astype(np.float32)], axis=-1)
-            self.feature_names += [f"alt_{name}" for name in [*alt, *flags]]
+            if shown:
+                columns = [*shown.values(), *flags.values()]
+                stacked = np.stack(columns, axis=-1).astype(np.float32)
+                feats = np.concatenate([feats, stacked], axis=-1)
+                self.feature_names += [f"alt_{name}" for name in [*shown, *flags]]
         return feats
 
     def setup(self, stage: str | None = None) -> None:

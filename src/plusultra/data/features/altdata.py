@@ -107,6 +107,9 @@ class AlternativeDataSpec:
         ffill_limit: carry a value at most this many bars after it became available; None:
             without limit.
         prefix: feature-name prefix; None means ``f"{table}_"``.
+        model_input: append the columns (and the table's availability flag) as ``alt_`` model
+            inputs; false: only registered features read them (as ``ind_<name>``), e.g. a
+            non-stationary index level that only feeds the index features.
     """
 
     table: str
@@ -116,6 +119,7 @@ class AlternativeDataSpec:
     publication_lag: str = "0D"
     ffill_limit: int | None = None
     prefix: str | None = None
+    model_input: bool = True
 
     def __post_init__(self) -> None:
         _identifier("table", self.table)
@@ -144,6 +148,10 @@ class AlternativeDataSpec:
             isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 0
         ):
             raise AlternativeSpecError("ffill_limit", f"must be null or an int >= 0, got {limit!r}")
+        if not isinstance(self.model_input, bool):
+            raise AlternativeSpecError(
+                "model_input", f"must be true or false, got {self.model_input!r}"
+            )
         if self.prefix is not None and (
             not isinstance(self.prefix, str) or not _PREFIX.fullmatch(self.prefix)
         ):

@@ -5,7 +5,8 @@ volatility, return distribution, OHLC range-based volatility estimators (Parkins
 Garman-Klass, Rogers-Satchell, Yang-Zhang) and liquidity (Amihud, volume ratios, dollar
 volume, Corwin-Schultz spread). The families that look across symbols or outside the price
 series (market beta and correlation, cross-sectional ranks and z-scores, calendar, alternative
-data) are in `plusultra.data.features.families_context`. Kernels:
+data) are in `plusultra.data.features.families_context`; beta and correlation to a joined index
+in `plusultra.data.features.families_index`. Kernels:
 `plusultra.data.features.family_kernels` and `plusultra.data.features.indicators`; conventions
 (causality, NaN, lookback, units): `plusultra.data.features.registry`. Horizons already in the
 built-in set are not repeated (``return_5/20``, ``volatility_20/60``; ``velocity_3/10/40`` are
@@ -21,6 +22,7 @@ import numpy as np
 
 from plusultra.data.features import family_kernels as K
 from plusultra.data.features.families_context import CONTEXT_FEATURES
+from plusultra.data.features.families_index import INDEX_FEATURES
 from plusultra.data.features.indicators import log_returns, realised_vol, rolling_skew_kurt
 from plusultra.data.features.regimes import trailing_dollar_volume
 from plusultra.data.features.registry import FeatureInputs, FeatureSpec
@@ -321,4 +323,4 @@ SYMBOL_FEATURES: tuple[FeatureSpec, ...] = (
     ),
 )
 
-FAMILY_FEATURES: tuple[FeatureSpec, ...] = (*SYMBOL_FEATURES, *CONTEXT_FEATURES)
+FAMILY_FEATURES: tuple[FeatureSpec, ...] = (*SYMBOL_FEATURES, *CONTEXT_FEATURES, *INDEX_FEATURES)

@@ -33,8 +33,9 @@ What is stored, and what is not:
   an ETF closes at the same 16:00 ET instant as the stocks, so its close is not known before a
   decision taken at that close.
 * ``sp500_index(timestamp, sp500)``: the S&P 500 price index level (``sp500_index.csv.gz``),
-  1990-2022, a market-wide side table for benchmarks or features (lag one bar for the same
-  reason).
+  1990-2022, a market-wide side table for benchmarks or features. ``data=sp500_stocks_index``
+  joins it unlagged for the index features: unlike an ETF's own closing price, the index close
+  is computed from its members' closes at t (`plusultra.data.features.families_index`).
 
 Survivorship bias: the 20 names are large caps of the early 2020s, chosen with hindsight; every
 one of them survived 1990-2022 and most grew into mega caps. A universe chosen this way overstates
