@@ -549,3 +549,28 @@ def test_bars_for_part_of_the_universe_are_refused_when_features_span_it():
     assert LoadedModel.check_request(model, PredictRequest(symbols=["A"])) == ["A"]
     narrow = SimpleNamespace(**{**vars(model), "universe_wide": []})
     assert LoadedModel.check_request(narrow, PredictRequest(bars={"A": bars})) == ["A"]
+
+
+@pytest.mark.slow
+def test_compile_serves_one_window_compiled_and_the_rest_eagerly(served_run, tiny_db):
+    """`--compile` (create_app(compile=True)): warm-up compiles the one-window forward pass;
+    a one-symbol request uses it and answers as the eager model does (to float rounding); a
+    request of several symbols uses the eager model, so it never waits for a compilation."""
+    from plusultra.service.model import LoadedModel
+    from plusultra.service.schemas import PredictRequest
+
+    eager = LoadedModel(served_run)
+    compiled = LoadedModel(served_run, compile=True)
+    assert compiled.describe()["compiled"] and not eager.describe()["compiled"]
+    key, dm = compiled._own_data()
+    last = len(dm.panel.dates) - 1
+    ready = [s for i, s in enumerate(dm.panel.symbols) if dm.input_ok[last, i]]
+    calls = []
+    forward = compiled._compiled.forward
+    compiled._compiled.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    for symbols in ([ready[0]], ready[:3]):
+        want = eager.predict(PredictRequest(symbols=symbols))["response"]["predictions"]
+        got = compiled.predict(PredictRequest(symbols=symbols))["response"]["predictions"]
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a["prediction"], b["prediction"], rtol=1e-5, atol=1e-6)
+    assert len(calls) == 1  # the one-symbol request only

@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         "processes; raise it for requests of many symbols)",
     )
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the forward pass of one window at warm-up (seconds to minutes, "
+        "needs a C++ compiler on CPU); requests of one symbol then use it, larger ones the "
+        "eager model (docs/operations.md)",
+    )
+    parser.add_argument(
         "--review-db",
         type=Path,
         default=None,
@@ -98,6 +105,7 @@ def make_app(args: argparse.Namespace):
         limits=limits,
         device=args.device,
         precision=args.precision,
+        compile=args.compile,
         routers=[reviews],  # POST /reviews (API key), GET /reviews
     )
     app.state.review_db = args.review_db  # None: the store's default

@@ -110,6 +110,7 @@ def create_app(
     limits: ServiceLimits | None = None,
     device: str | None = None,
     precision: str | None = None,
+    compile: bool = False,
     routers: Sequence[APIRouter] = (),
     guardrails_factory: GuardrailsFactory = default_guardrails,
     drift_factory: DriftFactory = default_drift,
@@ -124,6 +125,7 @@ def create_app(
             None: no key.
         limits: request bounds (symbols, bars per symbol, body bytes); None: the defaults.
         device, precision: override the run's inference device / precision.
+        compile: torch.compile the one-window forward pass at warm-up (`LoadedModel`).
         routers: more routers to mount (e.g. the analyst review router).
         guardrails_factory, drift_factory: see `plusultra.service.hooks`.
         poll_seconds: how often the champion pointer is checked.
@@ -135,7 +137,9 @@ def create_app(
     metrics = ServiceMetrics(registry)
 
     def load(path: Path) -> LoadedModel:
-        return LoadedModel(path, device, precision, limits, guardrails_factory, drift_factory)
+        return LoadedModel(
+            path, device, precision, limits, guardrails_factory, drift_factory, compile=compile
+        )
 
     holder = ModelHolder(load, run_dir, None if champion is None else Path(champion), metrics)
     stop = threading.Event()

@@ -105,6 +105,9 @@ class LoadedModel:
         limits: request bounds (None: the defaults).
         guardrails_factory: builds the run's guardrails (None: positions pass unchanged).
         drift_factory: builds the feature drift monitor (None: no drift metrics).
+        compile: `torch.compile` a forecaster's forward pass for one window (batch 1, static
+            shapes) at warm-up; requests of one symbol use it, larger ones the eager model,
+            so no request ever waits for a compilation (a policy run is served eagerly).
 
     Raises:
         DataError / ConfigError: not a finished run, a checkpoint (or a PPO run's policy
@@ -119,6 +122,7 @@ class LoadedModel:
         limits: ServiceLimits | None = None,
         guardrails_factory: GuardrailsFactory = default_guardrails,
         drift_factory: DriftFactory = default_drift,
+        compile: bool = False,
     ) -> None:
         from hydra.utils import instantiate
         from omegaconf import OmegaConf
@@ -181,6 +185,8 @@ class LoadedModel:
             self._drift_cols = [self.columns.index(n) for n in names]
         self._book = (None, None, None if self.guardrails is None else self.guardrails.new_state())
         self._drift_view: tuple[list[str], pd.DataFrame | None] = ([], None)
+        self._compiled = None  # the one-window forward pass, when compiled
+        self._compile = compile and self.policy is None
         self._lock = threading.Lock()
         self._cache: tuple[tuple, object] | None = None
         self.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -207,13 +213,26 @@ class LoadedModel:
         if self.model.embedding is not None:
             n = len(self.meta["loader"]["conditioning"])
             inputs.append(torch.zeros(1, self.window, n, dtype=torch.int64))
+        if self._compile:
+            compiled = torch.compile(self.model, dynamic=False)
+            try:
+                with torch.inference_mode(), self.target.context():
+                    compiled(*(self.target.put(i) for i in inputs))  # compiles here
+            except Exception as exc:  # noqa: BLE001 - any compiler failure, named for the user
+                raise ConfigError(
+                    f"--compile: torch.compile of {self.run_dir}'s model failed "
+                    f"({type(exc).__name__}: {str(exc)[:300]}); serve without --compile"
+                ) from None
+            self._compiled = compiled
         self._forward(inputs)
 
     def _forward(self, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
         """The head's output for (x, [labels]) and the seconds the pass took."""
+        one = self._compiled is not None and len(inputs[0]) == 1
+        model = self._compiled if one else self.model
         start = time.perf_counter()
         with torch.inference_mode(), self.target.context():
-            out = self.model(*(self.target.put(i) for i in inputs)).float().cpu()
+            out = model(*(self.target.put(i) for i in inputs)).float().cpu()
         return out, time.perf_counter() - start
 
     def describe(self) -> dict:
@@ -236,6 +255,7 @@ class LoadedModel:
             "guardrails": self.guardrails is not None
             and bool(getattr(self.guardrails, "active", True)),
             "drift": self.drift is not None,
+            "compiled": self._compiled is not None,
             "metrics": metrics,
             "config": OmegaConf.to_container(self.cfg, resolve=False),
         }
