@@ -295,8 +295,9 @@ class LoadedModel:
                 f"unknown symbol(s) {unknown[:20]}: the model's universe is {self.universe[:50]}",
                 "unknown_symbol",
             )
-        lacking = [s for s in self.universe if s not in symbols]
-        if request.bars is not None and self.universe_wide and lacking:
+        sent = set(symbols) if request.bars is not None and self.universe_wide else None
+        lacking = [] if sent is None else [s for s in self.universe if s not in sent]
+        if lacking:
             raise RequestError(
                 422,
                 f"bars: the run's features {self.universe_wide[:10]} are computed across the "

@@ -233,7 +233,6 @@ class SQLiteDataModule(L.LightningDataModule):
             )
         feats, self.feature_names = self.pipeline.compute(_with_side_series(self.panel, alt))
         if self.alternative:
-            # One availability flag per table: 1 where its values are known at that bar.
             self.market_series = {  # raw values, for the guardrails' factor caps
                 name: alt[name][:, 0]
                 for spec in self.alternative
@@ -242,6 +241,7 @@ class SQLiteDataModule(L.LightningDataModule):
             }
             inputs = [spec for spec in self.alternative if spec.model_input]
             shown = {name: alt[name] for spec in inputs for name in spec.names}
+            # One availability flag per table: 1 where its values are known at that bar.
             flags = {
                 f"available_{spec.table}": np.isfinite(alt[spec.names[0]]).astype(np.float64)
                 for spec in inputs
