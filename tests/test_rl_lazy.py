@@ -74,6 +74,29 @@ def test_lazy_observations_read_as_the_windows_at_every_step_and_stay_valid():
         np.testing.assert_array_equal(old.features.numpy(), want)
 
 
+def test_features_into_an_agents_buffer_reads_as_the_windows_and_reuses_it():
+    d = data()
+    env = make_env(d, episode_len=4)
+    gen = torch.Generator().manual_seed(2)
+    buf = torch.full((5, S, W, F), float("nan"))
+    obs = env.reset(seed=0)
+    for _ in range(12):  # across auto-resets
+        got = obs.features_into(buf)
+        assert got is buf  # the same memory, step after step
+        np.testing.assert_array_equal(buf.numpy(), reference_windows(d, env.t))
+        eager = obs.materialize()  # an eager observation copies into the buffer as well
+        buf.fill_(float("nan"))
+        np.testing.assert_array_equal(eager.features_into(buf).numpy(), obs.features.numpy())
+        obs = env.step(torch.rand(5, S, generator=gen) * 2 - 1)[0]
+    for bad, what in (
+        (torch.zeros(4, S, W, F), "shape"),
+        (torch.zeros(5, S, W, F, dtype=torch.float64), "float64"),
+        (torch.zeros(5, S, F, W).transpose(2, 3), "contiguous"),
+    ):
+        with pytest.raises(ValueError, match=what):
+            obs.features_into(bad)
+
+
 def test_cat_rows_index_and_to_of_lazy_equal_the_eager_equivalents():
     env = make_env(data(), episode_len=5)
     gen = torch.Generator().manual_seed(3)

@@ -10,19 +10,19 @@ The environment is `plusultra.rl.env.TradingEnv` with the realistic simulator's 
 
 - **Batched** (the measured side): ``--envs`` environments x all symbols in one `TradingEnv`,
   stepped with uniform random target positions drawn in torch; env steps per second =
-  envs x steps / seconds. Twice: not reading the observations' features (a random agent's
-  loop: the lazy observations hold window row indices, `rl.protocol.LazyWindows`, and nothing
-  gathers them), and reading ``obs.features`` once per step (the gather any agent that looks
-  at its observations pays; the like-for-like side, since the Gymnasium loop always
-  flattens the features).
+  envs x steps / seconds. Three times: not reading the observations' features (a random
+  agent's loop: the lazy observations hold window row indices, `rl.protocol.LazyWindows`, and
+  nothing gathers them); reading them once per step with ``obs.features_into(buf)`` into one
+  buffer the agent keeps (the like-for-like side: the Gymnasium loop copies the same window
+  bytes into its observation each step); and reading ``obs.features``, a fresh tensor per step.
 - **Gymnasium loop** (the reference): `plusultra.rl.gym.TradingGymEnv` (the same environment
   with E = 1) in a Python loop: ``action_space.sample()``, ``step``, ``reset`` when an episode
   ends, as a Gymnasium agent would drive it; env steps per second = steps / seconds.
 
 Rows: the root config's window (64 bars) with the net P&L reward, the same with every shaping
 term switched on, and a 16-bar window. After one warm-up episode each, every repeat times each
-side back to back (batched without the read, with it, one observation's ``features`` read
-alone, the Gymnasium loop) and each ratio is the median of the per-repeat ratios (the machine
+side back to back (batched without the read, with a fresh read, with the buffered read, one
+observation's ``features`` read alone, the Gymnasium loop) and each ratio is the median of the per-repeat ratios (the machine
 may be shared: both sides of a ratio then see about the same load). Both sides run in this
 process with the same torch thread count (``--threads``; default 1: the machine the committed
 numbers came from was shared, and one thread was the faster setting there).
@@ -76,9 +76,10 @@ def config(n_envs: int) -> EnvConfig:
 
 
 def batched_runner(m: EnvMarket, window: int, envs: int, reward):
-    """(steps(n), steps_read(n), read(n)): n batched steps with random actions, not reading
-    the observations' features / the same reading every observation's ``features`` / n
-    reads of one observation's ``features`` alone."""
+    """(steps(n), steps_read(n), steps_into(n), read(n)): n batched steps with random actions,
+    not reading the observations' features / the same reading every observation's
+    ``features`` (a fresh tensor each) / reading them into one buffer the agent keeps
+    (``features_into``) / n reads of one observation's ``features`` alone."""
     env = TradingEnv(m, (window - 1, m.n_bars - 1), window, config(envs), reward)
     dev = m.returns.device
     gen = torch.Generator(device=dev).manual_seed(0)
@@ -99,6 +100,14 @@ def batched_runner(m: EnvMarket, window: int, envs: int, reward):
             obs.features  # noqa: B018 (the gather an agent pays to read the windows)
         sync()
 
+    buf = torch.empty((envs, env.n_symbols, window, m.features.shape[2]), device=dev)
+
+    def steps_into(n: int) -> None:
+        for _ in range(n):
+            obs, *_ = env.step(torch.rand(shape, generator=gen, device=dev) * 2 - 1)
+            obs.features_into(buf)  # the same bytes copied, into memory the agent reuses
+        sync()
+
     def read(n: int) -> None:
         obs = env.observe()
         for _ in range(n):
@@ -106,7 +115,7 @@ def batched_runner(m: EnvMarket, window: int, envs: int, reward):
         sync()
 
     env.reset(seed=0)
-    return steps, steps_read, read
+    return steps, steps_read, steps_into, read
 
 
 def gym_runner(m: EnvMarket, window: int, reward):
@@ -131,26 +140,27 @@ def timed(fn, n: int) -> float:
 
 
 def measure(batched_market, gym_market, window, reward, args) -> tuple[float, ...]:
-    """Batched env steps/s without and with reading the features, Gymnasium env steps/s, the
-    two ratios and the gather share: medians over repeats, each repeat timing the sides back
-    to back (so that they see the same load)."""
-    steps, steps_read, read = batched_runner(batched_market, window, args.envs, reward)
+    """Batched env steps/s without the read, with a fresh read and read into a kept buffer,
+    Gymnasium env steps/s, the three ratios and the gather share: medians over repeats, each
+    repeat timing the sides back to back (so that they see the same load)."""
+    steps, steps_read, steps_into, read = batched_runner(batched_market, window, args.envs, reward)
     gym_steps = gym_runner(gym_market, window, reward)
-    steps(EPISODE), steps_read(EPISODE), gym_steps(EPISODE)  # warm-up
-    out: dict[str, list[float]] = {k: [] for k in ("bare", "read", "gym", "r_bare", "r_read")}
-    out["share"] = []
+    steps(EPISODE), steps_read(EPISODE), steps_into(EPISODE), gym_steps(EPISODE)  # warm-up
+    keys = ("bare", "read", "into", "gym", "r_bare", "r_read", "r_into", "share")
+    out: dict[str, list[float]] = {k: [] for k in keys}
     for _ in range(args.repeats):
         t_bare = timed(steps, args.steps)
         t_read = timed(steps_read, args.steps)
+        t_into = timed(steps_into, args.steps)
         t_gather = timed(read, args.steps)
         t_gym = timed(gym_steps, args.gym_steps)
         out["bare"].append(args.envs * args.steps / t_bare)
         out["read"].append(args.envs * args.steps / t_read)
+        out["into"].append(args.envs * args.steps / t_into)
         out["gym"].append(args.gym_steps / t_gym)
-        out["r_bare"].append(out["bare"][-1] / out["gym"][-1])
-        out["r_read"].append(out["read"][-1] / out["gym"][-1])
+        for k in ("bare", "read", "into"):
+            out[f"r_{k}"].append(out[k][-1] / out["gym"][-1])
         out["share"].append(t_gather / t_read)
-    keys = ("bare", "read", "gym", "r_bare", "r_read", "share")
     return tuple(statistics.median(out[k]) for k in keys)
 
 
@@ -180,12 +190,14 @@ def main() -> None:
             if args.device == "cpu"
             else market(args.bars, args.symbols, args.features, window, "cpu")
         )
-        bare, read, single, r_bare, r_read, share = measure(m, m_cpu, window, reward, args)
-        rows.append((window, label, bare, read, single, r_bare, r_read, share))
+        bare, read, into, single, r_bare, r_read, r_into, share = measure(
+            m, m_cpu, window, reward, args
+        )
+        rows.append((window, label, bare, read, into, single, r_bare, r_read, r_into, share))
         print(
-            f"W={window} {label}: batched {bare:,.0f}/s (features read: {read:,.0f}/s), "
-            f"gym {single:,.0f}/s, x{r_bare:.0f} (features read: x{r_read:.0f}), "
-            f"gather share {share:.0%}"
+            f"W={window} {label}: batched {bare:,.0f}/s (read fresh: {read:,.0f}/s, read into "
+            f"a buffer: {into:,.0f}/s), gym {single:,.0f}/s, x{r_bare:.0f} (read fresh: "
+            f"x{r_read:.0f}, into a buffer: x{r_into:.0f}), gather share {share:.0%}"
         )
 
     lines = [
@@ -204,14 +216,15 @@ def main() -> None:
         f"{args.gym_steps} Gymnasium steps back to back (the ratio is the median of the "
         "per-repeat ratios, so that both sides of a ratio saw the same machine load).",
         "",
-        "| window | reward | batched, features not read | batched, every observation's "
-        "features read | Gymnasium loop | ratio, not read | ratio, read | gather share |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| window | reward | batched, features not read | batched, features read into the "
+        "agent's buffer | batched, features read into a fresh tensor | Gymnasium loop | "
+        "ratio, not read | ratio, read into a buffer | ratio, read fresh | gather share |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for window, label, bare, read, single, r_bare, r_read, share in rows:
+    for window, label, bare, read, into, single, r_bare, r_read, r_into, share in rows:
         lines.append(
-            f"| {window} | {label} | {bare:,.0f} | {read:,.0f} | {single:,.0f} | "
-            f"{r_bare:.0f}x | {r_read:.0f}x | {share:.0%} |"
+            f"| {window} | {label} | {bare:,.0f} | {into:,.0f} | {read:,.0f} | {single:,.0f} | "
+            f"{r_bare:.0f}x | **{r_into:.0f}x** | {r_read:.0f}x | {share:.0%} |"
         )
 
     def verdict(col: int) -> str:
@@ -224,36 +237,33 @@ def main() -> None:
         "",
         "Columns are env steps per second. The environment's observations are lazy "
         "(`rl.protocol.LazyWindows`): a step returns the (E, S) row indices of the windows in "
-        "an overlapping strided view of the features, and `obs.features` gathers them into a "
-        f"fresh (E, S, W, F) float32 tensor ({mb:.1f} MB per step at W = 64) on each read. "
-        '"Features not read" steps as a random agent does, never reading them; "every '
-        "observation's features read\" also reads `obs.features` once per step, as any agent "
-        "that looks at its observations must. The Gymnasium loop always pays for the features "
-        "(each step flattens them into the numpy observation), so the honest like-for-like "
-        'ratio is "ratio, read". "Gather share": the time of reading one observation\'s '
-        "features alone (timed separately) over that of a whole step with the read.",
+        "an overlapping strided view of the features, and reading them is one gather of "
+        f'{mb:.1f} MB (E x S x W x F float32 at W = 64). "Not read" steps as a random agent '
+        "does, never reading them. \"Read into the agent's buffer\" reads every observation's "
+        "windows with `obs.features_into(buf)` into one (E, S, W, F) tensor the agent keeps "
+        "from step to step, as a rollout buffer or a policy's input staging does; \"read into a "
+        'fresh tensor" reads `obs.features`, which allocates a new tensor each step. The '
+        "Gymnasium loop copies the same window bytes into its numpy observation each step (46 "
+        "KB at W = 64, reused by the allocator), so the like-for-like ratio is the buffered "
+        'read\'s (bold): both sides copy every window once per step. "Gather share": one '
+        "fresh read timed alone over a whole step with a fresh read.",
         "",
-        f"Target >= 100x, features not read: {verdict(5)}. Features read: {verdict(6)}. The "
-        "gather is a memory copy that grows with the window, bound by one core's memory "
-        "bandwidth and by the page faults of fresh memory, while a Gymnasium step costs Python "
-        "and per-op overhead that hardly grows with it; so the ratio with the read moves with "
-        "the machine's load and the window.",
+        f"Target >= 100x, read into the agent's buffer: {verdict(8)}. Not read: {verdict(6)}. "
+        f"Read into a fresh tensor: {verdict(7)}. A fresh 11.8 MB tensor per step is above "
+        "glibc's mmap threshold, so each read maps and faults in new pages and each free "
+        "returns them; that, not the copy, is what makes the fresh read slow and its ratio "
+        "swing between runs (21-113x over the runs before the buffered read existed).",
     ]
-    ms = [(w, lab, 1e3 * args.envs / b, 1e3 * args.envs / r, sh) for w, lab, b, r, *_, sh in rows]
+    ms = [
+        (w, lab, 1e3 * args.envs / b, 1e3 * args.envs / i, 1e3 * args.envs / r, sh)
+        for w, lab, b, r, i, *_, sh in rows
+    ]
     parts = [
-        f"W = {w} ({lab}): {r:.2f} ms = {b:.2f} bare + {r * sh:.2f} gather alone + "
-        f"{r * (1 - sh) - b:.2f} more"
-        for w, lab, b, r, sh in ms
+        f"W = {w} ({lab}): bare {b:.2f} ms, read into a buffer {i:.2f} ms, read fresh {r:.2f} ms"
+        f" ({r * sh:.2f} of it the gather timed alone)"
+        for w, lab, b, i, r, sh in ms
     ]
-    lines += [
-        "",
-        "Per batched step with the read: " + "; ".join(parts) + '. The rest ("more") '
-        "varies between runs and rows, from nearly nothing to several times the gather; it "
-        "seems tied to the allocator (both runs with glibc told to keep freed memory had less) but "
-        "not pinned down: a read step costs more than a bare step plus a gather timed alone "
-        "when the heap's state (which the step's own small allocations change) has the freed "
-        "windows tensor go back to the kernel and the next read fault fresh pages in.",
-    ]
+    lines += ["", "Per batched step: " + "; ".join(parts) + "."]
     print(f"written to {write_section('rl_env', chr(10).join(lines))}")
 
 

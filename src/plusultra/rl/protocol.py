@@ -53,11 +53,28 @@ class LazyWindows:
         """(K, S, W, F), without gathering."""
         return (*self.rows.shape, self.window, self.n_features)
 
-    def gather(self) -> torch.Tensor:
-        """(K, S, W, F): the windows copied into a fresh contiguous tensor (one gather)."""
+    def gather(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(K, S, W, F): the windows copied into one contiguous tensor (one gather).
+
+        Args:
+            out: where to copy them: a contiguous (K, S, W, F) tensor of the table's dtype and
+                device, reused across steps by an agent that keeps its own observation buffer
+                (no fresh memory to allocate and fault in per step); None: a fresh tensor.
+
+        Returns:
+            ``out`` filled, or the fresh tensor.
+
+        Raises:
+            ValueError: ``out`` of another shape, dtype or device, or not contiguous.
+        """
         k, s = self.rows.shape
-        flat = self.table.index_select(0, self.rows.reshape(-1))  # (K * S, W * F)
-        return flat.view(k, s, self.window, self.n_features)
+        idx = self.rows.reshape(-1)
+        if out is None:
+            flat = self.table.index_select(0, idx)  # (K * S, W * F)
+            return flat.view(k, s, self.window, self.n_features)
+        _check_out(out, self.shape, self.table)
+        torch.index_select(self.table, 0, idx, out=out.view(k * s, -1))
+        return out
 
     def index(self, rows: torch.Tensor) -> LazyWindows:
         """The windows of env rows ``rows`` ((K',) long or (K,) bool), still lazy."""
@@ -110,6 +127,19 @@ class Observation:
         f = self._features
         return f.gather() if isinstance(f, LazyWindows) else f
 
+    def features_into(self, out: torch.Tensor) -> torch.Tensor:
+        """The (E, S, W, F) windows copied into ``out``, an agent's own contiguous buffer of
+        that shape on the observation's device (reused step after step); returns ``out``.
+
+        Raises:
+            ValueError: ``out`` of another shape, dtype or device, or not contiguous.
+        """
+        f = self._features
+        if isinstance(f, LazyWindows):
+            return f.gather(out)
+        _check_out(out, tuple(f.shape), f)
+        return out.copy_(f)
+
     @property
     def windows(self) -> LazyWindows | None:
         """The lazy windows, or None for an observation holding an eager tensor."""
@@ -153,6 +183,19 @@ class Observation:
     def __repr__(self) -> str:
         kind = "lazy" if self.windows is not None else "eager"
         return f"Observation({kind}, features (E, S, W, F) = {tuple(self._features.shape)})"
+
+
+def _check_out(out: torch.Tensor, shape: tuple[int, ...], like: torch.Tensor) -> None:
+    """ValueError unless ``out`` is a contiguous tensor of ``shape`` with ``like``'s dtype and
+    device (the buffer an observation's windows are read into)."""
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"out has shape {tuple(out.shape)}; the windows are {tuple(shape)}")
+    if out.dtype != like.dtype or out.device != like.device:
+        raise ValueError(
+            f"out is {out.dtype} on {out.device}; the windows are {like.dtype} on {like.device}"
+        )
+    if not out.is_contiguous():
+        raise ValueError("out must be contiguous")
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
