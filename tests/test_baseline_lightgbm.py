@@ -3,6 +3,7 @@ validation, and the baselines' IC, cost drag, excess return and Sharpe intervals
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import numpy as np
@@ -32,7 +33,9 @@ from plusultra.evaluation.metrics.performance import ic_summary
 from plusultra.sim.frictionless import FrictionlessSimulator
 from plusultra.sim.realistic import RealisticSimulator
 
-pytest.importorskip("lightgbm")
+needs_lightgbm = pytest.mark.skipif(
+    importlib.util.find_spec("lightgbm") is None, reason="pip install 'plusultra[lightgbm]'"
+)
 
 NAN = float("nan")
 TRAIN_END, VAL, TEST_LO = 149, (170, 199), 220  # bars of the synthetic segments
@@ -77,6 +80,7 @@ def _future(p: dict, t0: int, rng_seed: int = 9) -> dict:
 # ---------------------------------------------------------------- LightGBM
 
 
+@needs_lightgbm
 def test_lightgbm_learns_and_is_deterministic() -> None:
     p = _panel()
     args = (p["features"], p["targets"], p["tradable"], TRAIN_END, VAL, FAST, 3)
@@ -90,6 +94,7 @@ def test_lightgbm_learns_and_is_deterministic() -> None:
     assert ic > 0.2  # it found the signal out of sample
 
 
+@needs_lightgbm
 def test_test_labels_never_reach_the_fit_or_the_early_stopping() -> None:
     """Redraw every test-segment target and every feature after bar 250: the booster (its
     rounds and forecasts) and every val/test weight before bar 250 are unchanged."""
@@ -109,6 +114,7 @@ def test_test_labels_never_reach_the_fit_or_the_early_stopping() -> None:
     assert not np.array_equal(np.nan_to_num(pred[250:]), np.nan_to_num(pred_q[250:]))
 
 
+@needs_lightgbm
 def test_validation_labels_drive_the_early_stopping() -> None:
     """Control of the test above: redrawing only validation targets changes the booster."""
     p = _panel()
@@ -128,6 +134,7 @@ def test_lightgbm_refuses_overlapping_or_missing_validation() -> None:
         lightgbm_predictions(p["features"], p["targets"], p["tradable"], TRAIN_END, None, FAST)
 
 
+@needs_lightgbm
 def test_walk_forward_refits_each_block_on_its_past_only() -> None:
     """Block 0 is the validation-stopped fit; block k >= 1 is refitted on its fit window,
     stopped on the window's last bars; a block's forecasts ignore targets after its fit window
@@ -169,8 +176,6 @@ def test_lightgbm_params_are_checked(key: str, value) -> None:
 
 
 def test_missing_lightgbm_package_is_a_config_error(monkeypatch) -> None:
-    import importlib.util
-
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "lightgbm" else real(name)
@@ -247,6 +252,7 @@ def _engine_inputs(p: dict):
     return preds, dates, symbols, p["tradable"], returns, ctx
 
 
+@needs_lightgbm
 @pytest.mark.parametrize("realistic", [False, True])
 def test_backtest_reports_learned_baselines_and_new_metrics(realistic: bool) -> None:
     p = _panel()
@@ -278,6 +284,7 @@ def test_backtest_reports_learned_baselines_and_new_metrics(realistic: bool) -> 
     assert test.baselines["lightgbm"]["ic"] > 0.2  # the synthetic signal, out of sample
 
 
+@needs_lightgbm
 def test_learned_ic_uses_the_models_ic_function() -> None:
     p = _panel()
     preds, dates, symbols, tradable, returns, ctx = _engine_inputs(p)

@@ -64,8 +64,9 @@ class BacktestResult:
         metrics: strategy metrics (see `compute_metrics` and `risk_metrics`); besides numbers,
             ``information_ratio_benchmark`` names the benchmark of the information ratio
             (``cash`` or ``buyhold``).
-        baselines: baseline name -> its metrics on the same bars (turnover and information
-            ratio included).
+        baselines: baseline name -> its metrics on the same bars (`Backtest._book_metrics`:
+            turnover, information ratio, excess return, cost drag, the Sharpe interval; the IC
+            metrics, ``alpha`` or ``best_iteration`` of the learned ones).
         daily: one row per decision date: strategy/baseline returns and equity (start 1.0),
             turnover and gross exposure of the strategy. The return of row ``t`` is earned from
             the fill of the decision at ``t`` to the next fill.
