@@ -12,10 +12,13 @@ from scipy.stats import skew as scipy_skew
 from plusultra.errors import ConfigError, DataError
 from plusultra.evaluation.metrics.bootstrap import sharpe_interval
 from plusultra.evaluation.metrics.risk import (
+    cost_drag,
     cost_share,
     cvar,
     drawdown_duration,
+    excess_annual_return,
     exposure,
+    gross_returns,
     information_ratio,
     ir_benchmark,
     return_moments,
@@ -312,3 +315,56 @@ def test_risk_metrics_bad_inputs() -> None:
         risk_metrics(np.array([0.1, np.inf]))
     with pytest.raises(DataError, match="1-D"):
         drawdown_duration(np.ones((2, 2)))
+
+
+# ---------------------------------------------------------------- excess return and cost drag
+
+
+def excess_annual_return_ref(r: list[float], b: list[float], p: float) -> float:
+    """Loop reference: the mean active return times the periods in a year."""
+    total = 0.0
+    for x, y in zip(r, b, strict=True):
+        total += x - y
+    return total / len(r) * p
+
+
+def cost_drag_ref(r: list[float], costs: list[float], equity: list[float], p: float) -> float:
+    """Loop reference: compound the book with and without its costs, per bar."""
+    net = gross = 1.0
+    for t, x in enumerate(r):
+        net *= 1.0 + x
+        gross *= 1.0 + x + (costs[t] / equity[t] if equity[t] != 0 else 0.0)
+    n = len(r)
+    return gross ** (p / n) - net ** (p / n)
+
+
+def test_excess_annual_return_reference_and_ir_identity() -> None:
+    assert excess_annual_return(np.array([0.02, 0.0]), np.array([0.01, 0.01]), 4) == 0.0
+    for seed in range(3):
+        r, b = _random_returns(seed), _random_returns(seed + 10)
+        got = excess_annual_return(r, b)
+        assert got == pytest.approx(excess_annual_return_ref(r.tolist(), b.tolist(), 252))
+        tracking = np.std(r - b, ddof=1) * math.sqrt(252)
+        assert information_ratio(r, b) == pytest.approx(got / tracking, rel=1e-12)
+    assert math.isnan(excess_annual_return(np.array([]), np.array([])))
+    with pytest.raises(DataError, match="must match"):
+        excess_annual_return(r, b[:-1])
+
+
+def test_cost_drag_reference_and_frictionless_zero() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        r = _random_returns(int(rng.integers(100)))
+        equity = 1e6 * np.concatenate([[1.0], np.cumprod(1.0 + r)])
+        costs = rng.uniform(0, 5e-4, r.size) * equity[:-1]  # up to 5 bp of equity a bar
+        costs[3] = 0.0
+        g = gross_returns(r, costs, equity)
+        got = cost_drag(r, g)
+        assert got == pytest.approx(cost_drag_ref(r.tolist(), costs, equity, 252), rel=1e-9)
+        assert got > 0
+    assert cost_drag(r, gross_returns(r, None, None)) == 0.0  # no costs: no drag
+    flat = np.zeros(3)
+    assert gross_returns(flat, np.ones(3), np.array([0.0, 0.0, 1.0, 1.0]))[:2].tolist() == [0, 0]
+    assert math.isnan(cost_drag(np.array([]), np.array([])))
+    with pytest.raises(DataError, match=r"\(T \+ 1,\)"):
+        gross_returns(r, costs, equity[:-1])

@@ -563,7 +563,8 @@ class SQLiteDataModule(L.LightningDataModule):
         close: adjusted close; open: adjusted open (NaN for close-only data; the fill price of
         next-bar-open execution); volume: split-adjusted shares; volatility: std of the last
         `window` log returns (per bar); features/targets: model inputs and the labels of the last
-        forecast step, with `label_end` the last train bar whose label is known; sectors:
+        forecast step, with `label_end` the last train bar whose label is known and `val_span`
+        the validation segment's decision bars (their labels known by its end); sectors:
         symbol -> sector, or None; factors: market-wide alternative-data column -> (T,) raw
         values (the guardrails' factor series).
         """
@@ -577,6 +578,7 @@ class SQLiteDataModule(L.LightningDataModule):
             "features": self.features,
             "targets": None if self.scaled_targets is None else self.scaled_targets[..., -1],
             "label_end": self.segments.train[1] if self.segments else None,
+            "val_span": self.segments.val if self.segments else None,
             "sectors": self._sectors(),
             "factors": dict(self.market_series),
         }

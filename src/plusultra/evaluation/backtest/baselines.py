@@ -275,6 +275,71 @@ def walk_forward_ridge_weights(
     return out
 
 
+def sample_mask(
+    features: np.ndarray, targets: np.ndarray, tradable: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Checked inputs of a learned baseline: ``(x, y, tradable, has_x)``.
+
+    Args:
+        features: ``(T, S, F)`` normalised features known at close ``t``; NaN = missing.
+        targets: ``(T, S)`` forward returns from ``t`` (the model's label), NaN = unknown.
+        tradable: ``(T, S)`` bool, True where the symbol can be held from close ``t``.
+
+    Returns:
+        ``x`` ``(T, S, F)`` and ``y`` ``(T, S)`` as floats, ``tradable`` as bools, and
+        ``has_x`` ``(T, S)``: True where every feature is finite.
+
+    Raises:
+        DataError: on bad shapes or infinite values.
+    """
+    x = np.asarray(features, dtype=float)
+    if x.ndim != 3:
+        raise DataError(f"features must be a 3-D (T, S, F) array, got shape {x.shape}")
+    if np.isinf(x).any():
+        raise DataError("features must be finite or NaN; found an infinite value")
+    y = as_panel(targets, "targets")
+    if y.shape != x.shape[:2]:
+        raise DataError(f"targets.shape={y.shape} must match features (T, S)={x.shape[:2]}")
+    m = _check_tradable(tradable, y.shape)
+    return x, y, m, np.isfinite(x).all(axis=2)
+
+
+def ridge_predictions(
+    features: np.ndarray,
+    targets: np.ndarray,
+    tradable: np.ndarray,
+    train_end: int,
+    alpha: float = 1.0,
+    train_start: int = 0,
+) -> np.ndarray:
+    """The forecasts of ``ridge_weights``: ``(T, S)``, NaN where not tradable or a feature is
+    NaN (arguments and errors as there)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float | np.integer | np.floating):
+        raise ConfigError(f"alpha must be a number >= 0, got {alpha!r}")
+    if not (math.isfinite(alpha) and alpha >= 0):
+        raise ConfigError(f"alpha must be a finite number >= 0, got {alpha!r}")
+    x, y, m, has_x = sample_mask(features, targets, tradable)
+    n_t = y.shape[0]
+    train_end = _check_int(train_end, "train_end", 0)
+    if train_end >= n_t:
+        raise ConfigError(f"train_end={train_end} must be < T={n_t}")
+    train_start = _check_int(train_start, "train_start", 0)
+    if train_start > train_end:
+        raise ConfigError(f"train_start={train_start} must be <= train_end={train_end}")
+
+    train = has_x & np.isfinite(y) & m
+    train[train_end + 1 :] = False
+    train[:train_start] = False
+    if not train.any():
+        raise DataError(
+            f"ridge_weights: no training sample ({train_start} <= t <= {train_end}) with "
+            "features+target"
+        )
+    w, b = fit_ridge(x[train], y[train], float(alpha))  # (F,), scalar
+    pred = np.where(has_x, np.where(has_x[..., None], x, 0.0) @ w + b, np.nan)  # (T, S)
+    return np.where(m, pred, np.nan)
+
+
 def ridge_weights(
     features: np.ndarray,
     targets: np.ndarray,
@@ -289,7 +354,7 @@ def ridge_weights(
     Fits one pooled ridge (``fit_ridge``) on the samples ``(t, s)`` with
     ``train_start <= t <= train_end`` that
     are tradable and have finite features and target, predicts every ``(t, s)`` with finite
-    features, and turns the predictions into weights row by row with
+    features (``ridge_predictions``), and turns the predictions into weights row by row with
     ``positions_from_signal(pred, method)`` (gross 1). Rows ``t >= train_end`` use only
     ``features[t]`` and the fit, so they are causal provided the label of ``train_end`` is known
     at ``train_end`` (the caller's contract); rows before it are in-sample.
@@ -311,37 +376,5 @@ def ridge_weights(
         DataError: on bad shapes, infinite values, or no training sample.
     """
     check_position_method(method)
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float | np.integer | np.floating):
-        raise ConfigError(f"alpha must be a number >= 0, got {alpha!r}")
-    if not (math.isfinite(alpha) and alpha >= 0):
-        raise ConfigError(f"alpha must be a finite number >= 0, got {alpha!r}")
-    x = np.asarray(features, dtype=float)
-    if x.ndim != 3:
-        raise DataError(f"features must be a 3-D (T, S, F) array, got shape {x.shape}")
-    if np.isinf(x).any():
-        raise DataError("features must be finite or NaN; found an infinite value")
-    y = as_panel(targets, "targets")
-    if y.shape != x.shape[:2]:
-        raise DataError(f"targets.shape={y.shape} must match features (T, S)={x.shape[:2]}")
-    m = _check_tradable(tradable, y.shape)
-    n_t = y.shape[0]
-    train_end = _check_int(train_end, "train_end", 0)
-    if train_end >= n_t:
-        raise ConfigError(f"train_end={train_end} must be < T={n_t}")
-    train_start = _check_int(train_start, "train_start", 0)
-    if train_start > train_end:
-        raise ConfigError(f"train_start={train_start} must be <= train_end={train_end}")
-
-    has_x = np.isfinite(x).all(axis=2)  # (T, S)
-    train = has_x & np.isfinite(y) & m
-    train[train_end + 1 :] = False
-    train[:train_start] = False
-    if not train.any():
-        raise DataError(
-            f"ridge_weights: no training sample ({train_start} <= t <= {train_end}) with "
-            "features+target"
-        )
-    w, b = fit_ridge(x[train], y[train], float(alpha))  # (F,), scalar
-    pred = np.where(has_x, np.where(has_x[..., None], x, 0.0) @ w + b, np.nan)  # (T, S)
-    pred = np.where(m, pred, np.nan)
+    pred = ridge_predictions(features, targets, tradable, train_end, alpha, train_start)
     return positions_from_signal(pred, method)

@@ -23,13 +23,28 @@ import numpy as np
 import pandas as pd
 
 from plusultra.errors import ConfigError, DataError
-from plusultra.evaluation.backtest import baselines as strategies
+from plusultra.evaluation.backtest.books import (
+    BASELINES,
+    DEFAULT_BASELINES,
+    LEARNED,
+    BaselineSettings,
+    Book,
+    MarketContext,
+    baseline_book,
+)
+from plusultra.evaluation.backtest.learned import LightGBMParams, require_lightgbm
 from plusultra.evaluation.backtest.positions import POSITION_METHODS, positions_from_signal
+from plusultra.evaluation.metrics.bootstrap import sharpe_interval
 from plusultra.evaluation.metrics.performance import compute_metrics, ic_summary
-from plusultra.evaluation.metrics.risk import information_ratio, ir_benchmark, risk_metrics
+from plusultra.evaluation.metrics.risk import (
+    cost_drag,
+    excess_annual_return,
+    gross_returns,
+    information_ratio,
+    ir_benchmark,
+    risk_metrics,
+)
 from plusultra.execution import (
-    carry_prices,
-    execution_returns,
     fill_lag,
     has_opens,
     resolve_execution,
@@ -42,77 +57,6 @@ log = logging.getLogger("plusultra")
 
 
 @dataclass
-class MarketContext:
-    """Full-calendar (T, S) arrays the baselines and simulators may need.
-
-    Attributes:
-        close: adjusted close; open: adjusted open (None or NaN for close-only data; the fill
-        price of ``next_open``); volume: split-adjusted shares (NaN: unknown); volatility:
-        per-bar return std known at t; features: (T, S, F) normalised model inputs; targets:
-        (T, S) scaled labels of
-        the traded step; label_end: last bar whose label is known at the end of training;
-        refits: walk-forward blocks ``(fit_lo, fit_hi, lo, hi)``, when the model is refitted
-        (the ridge baseline is then refitted on the same samples before the same blocks);
-        sectors: symbol -> sector (the assets table's ``sector``), for the guardrails' sector
-        caps; factors: name -> (T,) market-wide return series known at each bar's close (the
-        run's market-wide alternative-data columns), for the guardrails' factor caps.
-    """
-
-    close: np.ndarray
-    open: np.ndarray | None = None
-    volume: np.ndarray | None = None
-    volatility: np.ndarray | None = None
-    features: np.ndarray | None = None
-    targets: np.ndarray | None = None
-    label_end: int | None = None
-    refits: list[tuple[int, int, int, int]] | None = None
-    sectors: dict[str, str] | None = None
-    factors: dict[str, np.ndarray] | None = None
-    _carried: dict[str, tuple[np.ndarray, np.ndarray]] = field(
-        default_factory=dict, init=False, repr=False
-    )
-
-    def carried(self, name: str) -> np.ndarray:
-        """`close` or `open` with a missing bar inside a symbol's life carrying the last price
-        (NaN outside its life), computed once per array: the model and every baseline are
-        simulated on the same fill prices. Assigning a new array recomputes it; the arrays are
-        not to be changed in place."""
-        raw = getattr(self, name)
-        cached = self._carried.get(name)
-        if cached is None or cached[0] is not raw:
-            cached = self._carried[name] = (raw, carry_prices(raw))
-        return cached[1]
-
-    def earned(self, mode: str) -> np.ndarray:
-        """(T, S) simple return a position decided at ``t`` earns under `mode`, from the
-        carried fill prices."""
-        opens = self.carried("open") if mode == "next_open" else None
-        return execution_returns(mode, opens, self.carried("close"))
-
-
-# Baseline weights on the full calendar (momentum needs history before the test segment);
-# buy-and-hold starts at the first test bar, so it is computed on the segment alone.
-BASELINES = {
-    "buyhold": lambda c, tr, r, lo, hi: strategies.buy_and_hold_weights(
-        r[lo : hi + 1], tr[lo : hi + 1]
-    ),
-    "equal_weight": lambda c, tr, r, lo, hi: strategies.equal_weight_weights(tr)[lo : hi + 1],
-    "momentum": lambda c, tr, r, lo, hi: strategies.momentum_weights(c.close, tr)[lo : hi + 1],
-    "mean_reversion": lambda c, tr, r, lo, hi: strategies.mean_reversion_weights(c.close, tr)[
-        lo : hi + 1
-    ],
-    "ridge": lambda c, tr, r, lo, hi: _ridge(c, tr)[lo : hi + 1],
-}
-
-
-def _ridge(c: MarketContext, tradable: np.ndarray) -> np.ndarray:
-    """Ridge fitted once on the train labels, or refitted per walk-forward block."""
-    if c.refits and len(c.refits) > 1:
-        return strategies.walk_forward_ridge_weights(c.features, c.targets, tradable, c.refits)
-    return strategies.ridge_weights(c.features, c.targets, tradable, c.label_end)
-
-
-@dataclass
 class BacktestResult:
     """Metrics of the strategy and its baselines, and the daily record.
 
@@ -120,8 +64,9 @@ class BacktestResult:
         metrics: strategy metrics (see `compute_metrics` and `risk_metrics`); besides numbers,
             ``information_ratio_benchmark`` names the benchmark of the information ratio
             (``cash`` or ``buyhold``).
-        baselines: baseline name -> its metrics on the same bars (turnover and information
-            ratio included).
+        baselines: baseline name -> its metrics on the same bars (`Backtest._book_metrics`:
+            turnover, information ratio, excess return, cost drag, the Sharpe interval; the IC
+            metrics, ``alpha`` or ``best_iteration`` of the learned ones).
         daily: one row per decision date: strategy/baseline returns and equity (start 1.0),
             turnover and gross exposure of the strategy. The return of row ``t`` is earned from
             the fill of the decision at ``t`` to the next fill.
@@ -154,6 +99,11 @@ class _Run:
     gross_pnl: np.ndarray | None = None  # (T,) P&L before costs per bar, currency
     trade_pnl: np.ndarray | None = None  # P&L of each closed trade, currency
     costs_by_type: dict[str, np.ndarray] | None = None  # name -> (T,) currency
+    equity: np.ndarray | None = None  # (T + 1,) currency, with costs (realistic only)
+
+    def gross_returns(self) -> np.ndarray:
+        """(T,) returns before costs (the returns themselves without costs)."""
+        return gross_returns(self.portfolio_returns, self.costs, self.equity)
 
 
 def simulate(
@@ -205,6 +155,7 @@ def simulate(
         gross_pnl=np.diff(equity) + costs,
         trade_pnl=res.trades.loc[~res.trades["open"], "pnl"].to_numpy(),
         costs_by_type={k: v.numpy() for k, v in res.costs.items()},
+        equity=equity,
     )
 
 
@@ -246,13 +197,17 @@ class Backtest:
         net: cap on the net exposure ``|sum w|`` per bar (rows scaled down to it); None: none
             beyond the gross cap. The portfolio losses read the same cap.
         periods_per_year: bars per year, for annualisation (252 for daily bars).
-        baselines: strategies run on the same simulator beside the model (see `BASELINES`).
+        baselines: strategies run on the same simulator beside the model (see
+            `books.BASELINES`); None: `books.DEFAULT_BASELINES`.
         bootstrap: stationary-bootstrap replicates for the 95% intervals of Sharpe and annual
             return (0: no intervals).
-        seed: seed of the bootstrap.
+        seed: seed of the bootstrap and of the LightGBM baseline.
         guardrails: risk limits applied to the model's positions after `position_method` and
             the caps, before the simulator (`plusultra.guardrails`); the baselines are not
             guarded. None or every rule off: the positions are traded as they are.
+        ridge_alphas: penalties of the ridge baseline, each fitted on train; with several, the
+            best validation IC is kept (`learned.select_ridge_alpha`). None: ``[1.0]``.
+        lightgbm: booster settings of the ``lightgbm`` baseline; None: the defaults.
     """
 
     def __init__(
@@ -266,6 +221,8 @@ class Backtest:
         bootstrap: int = 1000,
         seed: int = 0,
         guardrails: GuardrailConfig | None = None,
+        ridge_alphas: list[float] | None = None,
+        lightgbm: LightGBMParams | None = None,
     ) -> None:
         if position_method not in POSITION_METHODS:
             raise ConfigError(
@@ -275,10 +232,24 @@ class Backtest:
             raise ConfigError(f"evaluation.signal_step={signal_step} must be >= 1")
         if periods_per_year < 1:
             raise ConfigError(f"evaluation.periods_per_year={periods_per_year} must be >= 1")
-        self.baselines = list(BASELINES if baselines is None else baselines)
+        self.baselines = list(DEFAULT_BASELINES if baselines is None else baselines)
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
             raise ConfigError(f"evaluation.baselines: unknown {unknown}; valid: {list(BASELINES)}")
+        if "lightgbm" in self.baselines:
+            require_lightgbm()
+        alphas = [1.0] if ridge_alphas is None else list(ridge_alphas)
+        bad = [a for a in alphas if isinstance(a, bool) or not isinstance(a, int | float)]
+        if not alphas or bad or not all(np.isfinite(a) and a >= 0 for a in alphas):
+            raise ConfigError(
+                f"evaluation.ridge_alphas={ridge_alphas!r} must be a non-empty list of finite "
+                "numbers >= 0"
+            )
+        if lightgbm is not None and not isinstance(lightgbm, LightGBMParams):
+            raise ConfigError(f"evaluation.lightgbm must be a LightGBMParams, got {type(lightgbm)}")
+        self.learned = BaselineSettings(
+            tuple(float(a) for a in alphas), lightgbm or LightGBMParams(), int(seed)
+        )
         if bootstrap < 0:
             raise ConfigError(f"evaluation.bootstrap={bootstrap} must be >= 0")
         if net is not None and not (isinstance(net, int | float) and net > 0):
@@ -433,6 +404,9 @@ class Backtest:
         sim = simulate(simulator, w, lo, hi, tradable, context, mode)
         metrics = compute_metrics(sim.portfolio_returns, self.periods_per_year, sim.turnover)
         metrics.update(ic_summary(signal[lo : hi + 1], r))
+        metrics["cost_drag"] = cost_drag(
+            sim.portfolio_returns, sim.gross_returns(), self.periods_per_year
+        )
         daily = pd.DataFrame(
             {
                 "strategy_return": sim.portfolio_returns,
@@ -444,23 +418,21 @@ class Backtest:
         )
         for name, cost in (sim.costs_by_type or {}).items():
             daily[f"cost_{name}"] = cost  # currency per bar, realistic simulator only
-        runs: dict[str, tuple[np.ndarray, _Run]] = {}
+        runs: dict[str, tuple[Book, _Run]] = {}
         if events is not None:  # the model's own positions, unguarded: what the rules changed
             unguarded = simulate(simulator, proposed, lo, hi, tradable, context, mode)
-            runs["unguarded"] = (proposed, unguarded)
+            runs["unguarded"] = (Book(proposed), unguarded)
         for name in self.baselines:
-            if name == "ridge" and (context.features is None or context.targets is None):
+            if name in LEARNED and (context.features is None or context.targets is None):
                 continue  # no features to fit on (e.g. a backtest of external forecasts)
-            wb = BASELINES[name](context, decide, earned, lo, hi)
-            runs[name] = (wb, simulate(simulator, wb, lo, hi, tradable, context, mode))
+            book = baseline_book(name, context, decide, earned, lo, hi, self.learned)
+            runs[name] = (book, simulate(simulator, book.weights, lo, hi, tradable, context, mode))
         bench = self._buyhold(runs, simulator, decide, earned, (lo, hi), tradable, context, mode)
         baselines = {}
-        for name, (wb, b) in runs.items():
-            ret = b.portfolio_returns
-            baselines[name] = compute_metrics(ret, self.periods_per_year, b.turnover)
-            baselines[name].update(self._ir(ret, wb, bench))
-            daily[f"{name}_return"] = ret
-            daily[f"{name}_equity"] = np.cumprod(1 + ret)
+        for name, (book, b) in runs.items():
+            baselines[name] = self._book_metrics(book, b, bench, r)
+            daily[f"{name}_return"] = b.portfolio_returns
+            daily[f"{name}_equity"] = np.cumprod(1 + b.portfolio_returns)
         ir = self._ir(sim.portfolio_returns, w, bench)
         metrics.update(
             risk_metrics(
@@ -488,15 +460,37 @@ class Backtest:
         """(T,) buy-and-hold returns on the same simulator: the benchmark of net-long books."""
         if "buyhold" in runs:
             return runs["buyhold"][1].portfolio_returns
-        wb = BASELINES["buyhold"](context, decide, earned, *bars)
+        wb = baseline_book("buyhold", context, decide, earned, *bars, self.learned).weights
         return simulate(simulator, wb, *bars, tradable, context, mode).portfolio_returns
 
+    def _book_metrics(self, book: Book, run: _Run, bench: np.ndarray, earned: np.ndarray) -> dict:
+        """A baseline's metrics: those of `compute_metrics`, the information ratio and excess
+        return (`_ir`), cost drag, the Sharpe interval (with `bootstrap` > 0), the IC metrics of
+        a learned baseline's forecasts against `earned` (``(n, S)``, as the model's), and its
+        fit's `extra`."""
+        ret, p = run.portfolio_returns, self.periods_per_year
+        out: dict[str, float | str] = compute_metrics(ret, p, run.turnover)
+        out.update(self._ir(ret, book.weights, bench))
+        out["cost_drag"] = cost_drag(ret, run.gross_returns(), p)
+        if self.bootstrap > 0:
+            _, out["sharpe_lo"], out["sharpe_hi"] = sharpe_interval(
+                ret, p, n_boot=self.bootstrap, seed=self.seed
+            )
+        if book.signal is not None:
+            out.update(ic_summary(book.signal, earned))
+        return out | book.extra
+
     def _ir(self, returns: np.ndarray, weights: np.ndarray, bh: np.ndarray) -> dict:
-        """Information ratio against the book's like-for-like benchmark (`ir_benchmark`)."""
+        """Information ratio and annual excess return against the book's like-for-like
+        benchmark (`ir_benchmark`): the same active returns, so IR = excess / tracking error."""
         name = ir_benchmark(weights)
         bench = np.zeros_like(returns) if name == "cash" else bh
-        value = information_ratio(returns, bench, self.periods_per_year)
-        return {"information_ratio": value, "information_ratio_benchmark": name}
+        p = self.periods_per_year
+        return {
+            "information_ratio": information_ratio(returns, bench, p),
+            "excess_annual_return": excess_annual_return(returns, bench, p),
+            "information_ratio_benchmark": name,
+        }
 
 
 def _closes_from_returns(returns: np.ndarray) -> np.ndarray:

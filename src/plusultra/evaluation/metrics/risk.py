@@ -26,6 +26,14 @@ Definitions:
   ``a = r``; a net-exposed book (long-only and other net-long or net-short books) against
   buy-and-hold on the same simulator. ``information_ratio_benchmark`` records which
   (``"cash"`` or ``"buyhold"``).
+- ``excess_annual_return``: ``mean(a) * P`` for the same active return ``a`` and benchmark, a
+  fraction per year (arithmetic, not compounded), so that
+  ``information_ratio = excess_annual_return / (std(a, ddof=1) * sqrt(P))``.
+- ``cost_drag``: ``CAGR(g) - CAGR(r)``, fraction per year, where ``r`` is the book's return
+  after every simulated cost and ``g = r + costs_t / equity_t`` its return before them (costs
+  of bar ``t`` over the equity at its start: commission, spread, impact, borrow and funding of
+  the realistic simulator; ``g = r`` for the frictionless one, so 0.0). CAGR as
+  ``compute_metrics``' ``annual_return``; NaN where either CAGR is undefined.
 - trade analytics over per-trade P&L ``x``: ``win_rate = #(x > 0) / n_trades`` (a zero trade
   counts as a trade that did not win), ``avg_win = mean(x[x > 0])``, ``avg_loss = mean(x[x < 0])``
   (negative), ``profit_factor = sum(x[x > 0]) / |sum(x[x < 0])|`` (NaN without losing trades),
@@ -193,6 +201,100 @@ def information_ratio(
     if active.size < 2 or active.max() == active.min():
         return _NAN
     return finite_or_nan(active.mean() / active.std(ddof=1) * math.sqrt(p))
+
+
+def excess_annual_return(
+    returns: np.ndarray, benchmark: np.ndarray, periods_per_year: float = 252
+) -> float:
+    """Annualised mean active return, the numerator of ``information_ratio``.
+
+    Args:
+        returns: ``(T,)`` simple per-period returns of the strategy.
+        benchmark: ``(T,)`` simple per-period returns of the benchmark over the same periods.
+        periods_per_year: periods in a year.
+
+    Returns:
+        ``mean(returns - benchmark) * P``, fraction per year (arithmetic); NaN when ``T = 0``.
+
+    Raises:
+        ConfigError: if ``periods_per_year`` is not a number > 0.
+        DataError: if the inputs are not finite 1-D arrays of the same length.
+    """
+    p = check_periods_per_year(periods_per_year)
+    r = as_series(returns, "returns")
+    b = as_series(benchmark, "benchmark")
+    if r.shape != b.shape:
+        raise DataError(f"benchmark.shape={b.shape} must match returns.shape={r.shape}")
+    return finite_or_nan((r - b).mean() * p) if r.size else _NAN
+
+
+def gross_returns(
+    returns: np.ndarray, costs: np.ndarray | None, equity: np.ndarray | None
+) -> np.ndarray:
+    """Per-period returns before costs: ``r + costs / equity[:-1]`` (``r`` where the starting
+    equity is 0, or without costs).
+
+    Args:
+        returns: ``(T,)`` simple returns after costs, ``equity[t + 1] / equity[t] - 1``.
+        costs: ``(T,)`` costs paid in period ``t``, currency, positive; None: no costs.
+        equity: ``(T + 1,)`` equity, currency, ``equity[0]`` the start; needed with costs.
+
+    Returns:
+        ``(T,)`` gross returns.
+
+    Raises:
+        DataError: on mismatched shapes or non-finite values.
+    """
+    r = as_series(returns, "returns")
+    if costs is None:
+        return r
+    c = as_series(costs, "costs")
+    e = as_series(equity, "equity") if equity is not None else None
+    if e is None or c.shape != r.shape or e.shape != (r.size + 1,):
+        shape = None if e is None else e.shape
+        raise DataError(
+            f"gross_returns: costs {c.shape} and equity {shape} must be (T,) and (T + 1,) "
+            f"for T={r.size}"
+        )
+    start = e[:-1]
+    return np.where(start != 0, r + c / np.where(start != 0, start, 1.0), r)
+
+
+def cost_drag(returns: np.ndarray, gross: np.ndarray, periods_per_year: float = 252) -> float:
+    """Annualised return lost to costs: ``CAGR(gross) - CAGR(returns)``.
+
+    Args:
+        returns: ``(T,)`` simple per-period returns after costs.
+        gross: ``(T,)`` the same book's returns before costs (``gross_returns``).
+        periods_per_year: periods in a year.
+
+    Returns:
+        Fraction per year (0.02 = costs took 2 % a year); 0.0 when ``gross == returns``; NaN
+        for ``T = 0`` or where a CAGR is undefined (equity below 0).
+
+    Raises:
+        ConfigError: if ``periods_per_year`` is not a number > 0.
+        DataError: if the inputs are not finite 1-D arrays of the same length.
+    """
+    p = check_periods_per_year(periods_per_year)
+    r = as_series(returns, "returns")
+    g = as_series(gross, "gross")
+    if r.shape != g.shape:
+        raise DataError(f"gross.shape={g.shape} must match returns.shape={r.shape}")
+    if r.size == 0:
+        return _NAN
+    if np.array_equal(r, g):
+        return 0.0
+
+    def cagr(x: np.ndarray) -> float:
+        base = float(np.prod(1.0 + x))
+        return base ** (p / x.size) - 1.0 if base >= 0 else _NAN
+
+    with np.errstate(over="ignore"):
+        try:
+            return finite_or_nan(cagr(g) - cagr(r))
+        except OverflowError:
+            return _NAN
 
 
 IR_BENCHMARKS = {"cash": "cash", "buyhold": "B&H"}  # name -> label in tables

@@ -38,6 +38,7 @@ BASELINE_LABELS = {
     "momentum": "12-1 momentum",
     "mean_reversion": "mean reversion",
     "ridge": "ridge",
+    "lightgbm": "LightGBM",
 }
 
 
