@@ -218,6 +218,13 @@ def test_write_results_fills_markers_and_writes_plots(out, tmp_path):
     assert "`plusultra -m test`" in text
     assert "| 1 | **tcn** | 2 | 5 | full | plain | sp500_stocks | 3 |" in text
     assert "6 configurations (15 runs) outside the timing part." in text
+    assert "- LightGBM at its best on validation (full, horizon 2): test IC 0.0110" in text
+    variants = text.split("<!-- results-variants -->")[1].split("<!-- /results-variants -->")[0]
+    assert "tcn, depth 2, horizon 5" in variants  # the grid's best on validation
+    rows = [line for line in variants.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + 3  # header; tcn d2 h5 plain, buy & hold and LightGBM at horizon 5
+    timing = text.split("<!-- results-timing -->")[1].split("<!-- /results-timing -->")[0]
+    assert timing.count("| sp500 |") == 2 + 6  # two families, six baselines
     for name in report_plots_names():
         png = doc.parent / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -261,6 +268,9 @@ def test_facts_count_what_beats_the_baselines(loaded):
     k = sum(r["test_sharpe"] > bh[r["horizon"]] for _, r in models.iterrows())
     assert f"- {k} of {len(models)} configurations have a higher mean test Sharpe" in text
     assert "LightGBM on the same data and horizon" in text
+    rl = _row(w, kind="model", part="rl")
+    twin = _row(w, kind="model", part="grid", family="tcn", horizon=2)
+    assert f"test Sharpe {rl['test_sharpe']:.2f} against {twin['test_sharpe']:.2f}" in text
 
 
 def test_no_results_runs_is_a_clear_error(tmp_path):

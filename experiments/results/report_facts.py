@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 import pandas as pd
-from experiments.results.report_tables import best_family, interval, label, main_rows
+from experiments.results.report_tables import interval, label, main_rows
 
 from plusultra.evaluation.metrics.deflated import deflated_sharpe, expected_max_sharpe
 
@@ -89,6 +89,10 @@ def deflated_table(d: dict | None) -> str:
     )
 
 
+def _fmt(x, fmt: str) -> str:
+    return "n/a" if x is None or pd.isna(x) else format(float(x), fmt)
+
+
 def _name(r: pd.Series) -> str:
     if r["kind"] == "baseline":
         return f"{label(r)} ({r['features']}, horizon {int(r['horizon'])})"
@@ -145,11 +149,23 @@ def facts(w: pd.DataFrame, d: dict | None) -> str:
         f"{top['val_sharpe']:.2f}, test Sharpe {top['test_sharpe']:.2f} (95% interval "
         f"{interval(top)})"
     )
-    for name in ("buyhold", "lightgbm"):
-        b = _baseline(rows, name, top)
-        if b is not None:
-            line += f"; {label(b)}: {b['test_sharpe']:.2f}"
+    same = [(label(b), b["test_sharpe"]) for b in (_baseline(rows, n, top) for n in
+            ("buyhold", "lightgbm")) if b is not None]  # fmt: skip
+    if same:
+        line += "; on the same data, features and horizon, test Sharpe of " + ", ".join(
+            f"{name} {value:.2f}" for name, value in same
+        )
     out.append(line + ".")
+    lgb = rows[(rows["kind"] == "baseline") & (rows["family"] == "lightgbm")]
+    lgb = lgb.dropna(subset=["val_sharpe", "test_sharpe"])
+    if not lgb.empty:  # rows are in validation order: its first is its best on validation
+        g = lgb.iloc[0]
+        out.append(
+            f"- LightGBM at its best on validation ({g['features']}, horizon {int(g['horizon'])}):"
+            f" test IC {_fmt(g.get('test_ic'), '.4f')}, test Sharpe {g['test_sharpe']:.2f};"
+            f" the deep configuration selected on validation: test IC "
+            f"{_fmt(top.get('test_ic'), '.4f')}, test Sharpe {top['test_sharpe']:.2f}."
+        )
     ranked = models.dropna(subset=["val_sharpe", "test_sharpe"])
     if len(ranked) >= 2:
         hit = ranked.loc[ranked["test_sharpe"].idxmax()]
@@ -164,8 +180,8 @@ def facts(w: pd.DataFrame, d: dict | None) -> str:
         sure = models["test_sharpe_lo"].dropna()
         if len(sure):
             out.append(
-                f"- {int((sure > 0).sum())} of {len(sure)} configurations have a mean 95% "
-                "interval of test Sharpe above 0."
+                f"- {int((sure > 0).sum())} of {len(sure)} configurations have the mean lower "
+                "end of their 95% interval of test Sharpe above 0."
             )
     if "test_cost_drag" in models and models["test_cost_drag"].notna().any():
         drag = models["test_cost_drag"].dropna()
@@ -173,13 +189,17 @@ def facts(w: pd.DataFrame, d: dict | None) -> str:
             f"- Costs take {drag.median():.2%} a year from the median configuration on test "
             f"(range {drag.min():.2%} to {drag.max():.2%})."
         )
-    rl, best = models[models["part"] == "rl"], best_family(w)
-    if not rl.empty and best is not None:
-        r = rl.iloc[0]
+    grid = models[models["part"] == "grid"]
+    for _, r in models[models["part"] == "rl"].iterrows():  # against its supervised twin
+        key = ["family", "depth", "horizon", "features", "data"]
+        twin = grid[(grid[key] == r[key]).all(axis=1)]
+        if twin.empty:
+            continue
+        t = twin.iloc[0]
         out.append(
-            f"- RL fine-tuning of {r['family']}: test Sharpe {r['test_sharpe']:.2f} against "
-            f"{best['test_sharpe']:.2f} for the supervised configuration it starts from "
-            f"(validation {r['val_sharpe']:.2f} against {best['val_sharpe']:.2f})."
+            f"- RL fine-tuning ({_name(r)}): test Sharpe {r['test_sharpe']:.2f} against "
+            f"{t['test_sharpe']:.2f} for the supervised grid configuration of the same family, "
+            f"depth and horizon (validation {r['val_sharpe']:.2f} against {t['val_sharpe']:.2f})."
         )
     if d is not None and not math.isnan(d["dsr"]):
         verdict = "at or above" if d["dsr"] >= 0.95 else "below"
