@@ -43,7 +43,8 @@ model_keys AS (
         tbl, part, data, backbone AS family, depth, horizon, features, variant,
         count(DISTINCT seed) AS n_seeds,
         array_to_string(list_sort(list_distinct(list(seed))), ' ') AS seeds,
-        string_agg(DISTINCT test_information_ratio_benchmark, '/') AS ir_vs
+        nullif(array_to_string(list_sort(list_distinct(list(test_information_ratio_benchmark))),
+            '/'), '') AS ir_vs
     FROM m
     GROUP BY ALL
 ),
@@ -89,7 +90,7 @@ base_keys AS (
     SELECT
         tbl, data, features, horizon, setting,
         regexp_extract(col, '^test_(.+)_information_ratio_benchmark$', 1) AS family,
-        string_agg(DISTINCT v, '/') AS ir_vs
+        nullif(array_to_string(list_sort(list_distinct(list(v))), '/'), '') AS ir_vs
     FROM base_ir
     GROUP BY ALL
 ),
