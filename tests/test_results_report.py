@@ -51,7 +51,7 @@ def _run(i: int, part: str, data: str, family: str, horizon: int, seed: int, **e
     level = FAMILIES[family] + 0.05 * horizon
     row = {
         "run_id": f"r{i:03d}",
-        "run_dir": f"/tmp/results/{part}/{i}",
+        "run_dir": f"/nonexistent/results/{part}/{i}",  # the equity test writes some
         "status": "completed",
         "multirun": True,
         "job_num": i,
@@ -112,7 +112,19 @@ def write_catalogue(out, runs: pd.DataFrame):
 
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
-    return write_catalogue(tmp_path_factory.mktemp("results"), synthetic_runs())
+    root = tmp_path_factory.mktemp("results")
+    runs = synthetic_runs()
+    selected = runs.query("backbone == 'tcn' and horizon == 5 and sweep_name == 'results/grid'")
+    days = pd.bdate_range("2020-01-01", periods=50, name="timestamp")
+    for i, row in selected.iterrows():  # the selected configuration's test backtests
+        run_dir = root / "runs" / str(i)
+        run_dir.mkdir(parents=True)
+        r = np.full(len(days), 0.001 * (1 + row["seed"]))
+        pd.DataFrame({"strategy_return": r, "buyhold_return": 0.0005}, index=days).to_parquet(
+            run_dir / "backtest.parquet"
+        )
+        runs.loc[i, "run_dir"] = str(run_dir)
+    return write_catalogue(root, runs)
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +194,14 @@ def test_order_and_selection_use_validation_only(tmp_path, loaded):
     assert (d2["family"], d2["horizon"], d2["part"]) == (d["family"], d["horizon"], d["part"])
 
 
+def test_equity_curves_of_the_selected_runs(loaded):
+    _, d, _ = loaded
+    curves, why = report.equity_curves(d)
+    assert why == ""
+    assert list(curves) == ["tcn, seed 0", "tcn, seed 1", "tcn, seed 2", "baseline: buy & hold"]
+    assert curves["tcn, seed 2"].iloc[0] == pytest.approx(0.003)
+
+
 def test_deflated_sharpe_equals_the_reference(loaded):
     _, d, _ = loaded
     runs = synthetic_runs()
@@ -225,7 +245,7 @@ def test_write_results_fills_markers_and_writes_plots(out, tmp_path):
     assert len(rows) == 1 + 3  # header; tcn d2 h5 plain, buy & hold and LightGBM at horizon 5
     timing = text.split("<!-- results-timing -->")[1].split("<!-- /results-timing -->")[0]
     assert timing.count("| sp500 |") == 2 + 6  # two families, six baselines
-    for name in report_plots_names():
+    for name in [*report_plots_names(), "results_equity.png"]:
         png = doc.parent / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in text
@@ -252,6 +272,7 @@ def test_older_catalogue_without_new_columns(tmp_path):
     assert "LightGBM" not in main and "| n/a |" in main
     assert "LightGBM: not in this catalogue" in text
     assert "normal moments assumed" in text
+    assert "*No equity plot: the selected configuration's run directories" in text
     w, d, _ = report.load(out)
     assert "test_cost_drag" not in w.columns
     assert d["periods_per_year"] == 252.0  # the default when neither column exists

@@ -10,7 +10,8 @@
 -- n_configs: N; sharpe_variance: var_samp of the per-period Sharpes over the N configurations
 -- (NULL for N = 1); the other columns are the one configuration of the non-timing parts with the
 -- highest mean VALIDATION Sharpe (ties: validation IC, then the key): its test Sharpe, and the
--- means over its seeds of test skew, kurtosis (not excess) and n_periods. Never chosen on test.
+-- means over its seeds of test skew, kurtosis (not excess) and n_periods, and its runs'
+-- directories (run_dirs, by seed). Never chosen on test.
 WITH r AS (
     SELECT
         *,
@@ -36,7 +37,9 @@ configs AS (
         avg(test_sharpe) / sqrt(avg(ppy)) AS sharpe_per_period,
         avg(test_skew) AS test_skew,
         avg(test_kurtosis) AS test_kurtosis,
-        avg(test_n_periods) AS test_n_periods
+        avg(test_n_periods) AS test_n_periods,
+        list(run_dir ORDER BY seed, run_id) AS run_dirs,  -- for the equity plot only
+        list(seed ORDER BY seed, run_id) AS run_seeds
     FROM r
     GROUP BY ALL
 ),

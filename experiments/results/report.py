@@ -5,8 +5,10 @@
 replaces the generated blocks between the markers ``<!-- results-* -->`` of ``doc``; the
 hand-written text around them is kept. A ``doc`` that does not exist yet starts as a copy of the
 repository's docs/results.md (its method text and markers). Plots are PNG files: in docs/img/
-for the repository's docs/results.md, beside ``doc`` otherwise. Every number comes from the
-catalogue; the ordering and every selection use validation, never test.
+for the repository's docs/results.md, beside ``doc`` otherwise; the equity plot reads the
+selected configuration's ``backtest.parquet`` files from the run directories the catalogue
+names. Every number comes from the catalogue; the ordering and every selection use validation,
+never test.
 
 Columns the catalogue may lack (older runs; LightGBM, cost drag and excess return before they
 existed) are NULL in the queries (``open_catalogue``) and "n/a" in the tables.
@@ -147,6 +149,41 @@ def _source(out_dir: Path, runs: pd.DataFrame, command: str) -> str:
     )
 
 
+def _selected(d: dict) -> str:
+    return (
+        f"Test segment: {d['family']}, depth {d['depth']}, horizon {d['horizon']}, "
+        f"{d['features']}, {d['variant']} (selected on validation)"
+    )
+
+
+def equity_curves(d: dict | None) -> tuple[dict[str, pd.Series], str]:
+    """Per-bar test returns of the selected configuration's runs, and its first run's baselines.
+
+    Read from each run directory's ``backtest.parquet`` (the test segment's simulated returns,
+    net of costs, as the run's own report plots them).
+
+    Returns:
+        (label -> returns, "") or ({}, why not): no selection, or no run directory readable.
+    """
+    if d is None:
+        return {}, "no configuration selected"
+    curves: dict[str, pd.Series] = {}
+    baselines = None
+    for seed, run_dir in d["runs"]:
+        path = Path(str(run_dir)) / "backtest.parquet"
+        if not path.is_file():
+            continue
+        bt = pd.read_parquet(path)
+        curves[f"{d['family']}, seed {seed}"] = bt["strategy_return"]
+        baselines = bt if baselines is None else baselines
+    if baselines is None:
+        return {}, "the selected configuration's run directories (backtest.parquet) are not here"
+    for b, name in report_tables.BASELINES.items():
+        if f"{b}_return" in baselines:
+            curves[f"baseline: {name}"] = baselines[f"{b}_return"]
+    return curves, ""
+
+
 def write_results(out_dir: Path, doc: Path, command: str) -> None:
     """Write the results tables, facts and plots of ``<out_dir>/catalogue`` into ``doc``.
 
@@ -173,6 +210,13 @@ def write_results(out_dir: Path, doc: Path, command: str) -> None:
         (images / name).write_bytes(plot(main))
         rel = os.path.relpath(images / name, doc.parent)
         links.append(f"![{Path(name).stem}]({Path(rel).as_posix()})\n\n*{caption}*")
+    curves, why = equity_curves(deflated)
+    if curves:
+        (images / report_plots.EQUITY).write_bytes(report_plots.equity(curves, _selected(deflated)))
+        rel = Path(os.path.relpath(images / report_plots.EQUITY, doc.parent)).as_posix()
+        links.append(f"![results_equity]({rel})\n\n*{report_plots.EQUITY_CAPTION}*")
+    else:
+        links.append(f"*No equity plot: {why}.*")
     best = report_tables.best_family(wide)
     variants_note = (
         ""

@@ -30,6 +30,7 @@ def deflated(row: pd.Series | None) -> dict | None:
         true Sharpe exceeds the expected maximum of ``n_configs`` zero-skill ones, NaN when
         undefined), ``sr0`` (that expected maximum, per period) and ``sr0_annual``;
         ``normal_moments`` is true where skew or kurtosis was missing and 0 and 3 were used.
+        ``runs``: (seed, run directory) of the selected configuration's runs.
     """
     if row is None or pd.isna(row.get("family")) or pd.isna(row.get("sharpe_per_period")):
         return None
@@ -48,6 +49,7 @@ def deflated(row: pd.Series | None) -> dict | None:
     return {
         **{k: row[k] for k in ("family", "depth", "horizon", "features", "variant", "data")},
         "part": row["part"],
+        "runs": list(zip(row.get("run_seeds", []), row.get("run_dirs", []), strict=True)),
         "n_seeds": int(row["n_seeds"]),
         "n_configs": n,
         "sharpe_variance": var,

@@ -88,6 +88,25 @@ def ic_by_family(rows: pd.DataFrame) -> bytes:
     return _png(fig)
 
 
+def equity(curves: dict[str, pd.Series], title: str) -> bytes:
+    """Growth of 1 unit over the test segment, one line per label (per-bar net returns)."""
+    fig, ax = _figure(3.8)
+    for i, (name, r) in enumerate(curves.items()):
+        model = not name.startswith("baseline")
+        style = {"lw": 1.6, "ls": "-"} if model else {"lw": 1.1, "ls": "--"}
+        growth = (1.0 + r.fillna(0.0)).cumprod()
+        ax.plot(growth, label=name.removeprefix("baseline: "), color=f"C{i % 10}", **style)
+    ax.set(ylabel="growth of 1 (net of costs)", title=title)
+    ax.legend(frameon=False, fontsize=8)
+    return _png(fig)
+
+
+EQUITY = "results_equity.png"
+EQUITY_CAPTION = (
+    "Growth of 1 unit over the test segment, net of costs: the configuration selected on "
+    "validation, one line per seed, beside the baselines of its first seed's run (dashed)."
+)
+
 PLOTS = {
     "results_sharpe.png": (
         sharpe_intervals,
