@@ -289,6 +289,8 @@ def test_facts_count_what_beats_the_baselines(loaded):
     k = sum(r["test_sharpe"] > bh[r["horizon"]] for _, r in models.iterrows())
     assert f"- {k} of {len(models)} configurations have a higher mean test Sharpe" in text
     assert "LightGBM on the same data and horizon" in text
+    assert "- Timing the index pair: 1 of 2 configurations have a higher mean test Sharpe" in text
+    assert "- Test cost drag: 2.10% a year at the median configuration" in text
     rl = _row(w, kind="model", part="rl")
     twin = _row(w, kind="model", part="grid", family="tcn", horizon=2)
     assert f"test Sharpe {rl['test_sharpe']:.2f} against {twin['test_sharpe']:.2f}" in text

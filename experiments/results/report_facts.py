@@ -188,7 +188,7 @@ def facts(w: pd.DataFrame, d: dict | None) -> str:
     if "test_cost_drag" in models and models["test_cost_drag"].notna().any():
         drag = models["test_cost_drag"].dropna()
         out.append(
-            f"- Costs take {drag.median():.2%} a year from the median configuration on test "
+            f"- Test cost drag: {drag.median():.2%} a year at the median configuration "
             f"(range {drag.min():.2%} to {drag.max():.2%})."
         )
     grid = models[models["part"] == "grid"]
@@ -202,6 +202,13 @@ def facts(w: pd.DataFrame, d: dict | None) -> str:
             f"- RL fine-tuning ({_name(r)}): test Sharpe {r['test_sharpe']:.2f} against "
             f"{t['test_sharpe']:.2f} for the supervised grid configuration of the same family, "
             f"depth and horizon (validation {r['val_sharpe']:.2f} against {t['val_sharpe']:.2f})."
+        )
+    timing = w[w["tbl"] == "timing"]
+    k, m = _beats(timing[timing["kind"] == "model"], timing, "buyhold")
+    if m:
+        out.append(
+            f"- Timing the index pair: {k} of {m} configurations have a higher mean test Sharpe "
+            "after costs than buy & hold."
         )
     if d is not None and not math.isnan(d["dsr"]):
         verdict = "at or above" if d["dsr"] >= 0.95 else "below"
