@@ -1,0 +1,219 @@
+"""The deflated Sharpe of the whole sweep and the data-dependent facts of docs/results.md.
+
+Both read only the saved queries' results (``results_deflated.sql``, and ``report_tables.wide``
+of ``results_table.sql``); every number in the text is formatted from them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from experiments.results.report_tables import interval, label, main_rows
+
+from plusultra.evaluation.metrics.deflated import deflated_sharpe, expected_max_sharpe
+
+
+def _num(x) -> float:
+    return float("nan") if x is None or x is pd.NA else float(x)
+
+
+def deflated(row: pd.Series | None) -> dict | None:
+    """The deflated Sharpe of the best-on-validation configuration against the whole sweep.
+
+    Args:
+        row: ``results_deflated.sql``'s one row (None or a row without a selected configuration:
+            no completed run outside the timing part).
+
+    Returns:
+        None without a selected configuration; else the inputs and ``dsr`` (probability that the
+        true Sharpe exceeds the expected maximum of ``n_configs`` zero-skill ones, NaN when
+        undefined), ``sr0`` (that expected maximum, per period) and ``sr0_annual``;
+        ``normal_moments`` is true where skew or kurtosis was missing and 0 and 3 were used.
+        ``runs``: (seed, run directory) of the selected configuration's runs.
+    """
+    if row is None or pd.isna(row.get("family")) or pd.isna(row.get("sharpe_per_period")):
+        return None
+    n = int(row["n_configs"])
+    var = _num(row["sharpe_variance"])
+    var = 0.0 if math.isnan(var) else var  # one configuration: no spread
+    skew, kurt = _num(row["test_skew"]), _num(row["test_kurtosis"])
+    normal = math.isnan(skew) or math.isnan(kurt)
+    skew, kurt = (0.0, 3.0) if normal else (skew, kurt)
+    t = _num(row["test_n_periods"])
+    periods = int(t) if math.isfinite(t) else 0
+    sr = float(row["sharpe_per_period"])
+    sr0 = expected_max_sharpe(n, var)
+    dsr = deflated_sharpe(sr, n, var, periods, skew, kurt)
+    ppy = float(row["periods_per_year"])
+    return {
+        **{k: row[k] for k in ("family", "depth", "horizon", "features", "variant", "data")},
+        "part": row["part"],
+        "runs": list(zip(row.get("run_seeds", []), row.get("run_dirs", []), strict=True)),
+        "n_seeds": int(row["n_seeds"]),
+        "n_configs": n,
+        "sharpe_variance": var,
+        "test_sharpe": float(row["test_sharpe"]),
+        "sharpe_per_period": sr,
+        "skew": skew,
+        "kurtosis": kurt,
+        "n_periods": periods,
+        "normal_moments": normal,
+        "periods_per_year": ppy,
+        "sr0": sr0,
+        "sr0_annual": sr0 * math.sqrt(ppy),
+        "dsr": dsr,
+    }
+
+
+def deflated_table(d: dict | None) -> str:
+    """Markdown: one row of the deflated Sharpe's inputs and result."""
+    if d is None:
+        return "_No completed run outside the timing part: nothing selected, nothing deflated._"
+    normal = d["normal_moments"]
+    moments = " (normal moments assumed: the runs lack skew/kurtosis)" if normal else ""
+    return "\n".join(
+        [
+            "| configurations tried (N) | variance of their per-period test Sharpes (V) "
+            "| selected on validation | seeds | its test Sharpe (annualised; per period) "
+            "| skew | kurtosis | test periods (T) "
+            "| expected max Sharpe of N null configurations (annualised; per period) "
+            "| deflated Sharpe (probability) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            f"| {d['n_configs']} | {d['sharpe_variance']:.3g} "
+            f"| {d['family']}, depth {d['depth']}, horizon {d['horizon']}, {d['features']}, "
+            f"{d['variant']}, {d['data']} | {d['n_seeds']} "
+            f"| {d['test_sharpe']:.2f}; {d['sharpe_per_period']:.4f} "
+            f"| {d['skew']:.2f} | {d['kurtosis']:.2f}{moments} | {d['n_periods']} "
+            f"| {d['sr0_annual']:.2f}; {d['sr0']:.4f} "
+            f"| {'n/a' if math.isnan(d['dsr']) else format(d['dsr'], '.3f')} |",
+        ]
+    )
+
+
+def _fmt(x, fmt: str) -> str:
+    return "n/a" if x is None or pd.isna(x) else format(float(x), fmt)
+
+
+def _name(r: pd.Series) -> str:
+    if r["kind"] == "baseline":
+        return f"{label(r)} ({r['features']}, horizon {int(r['horizon'])})"
+    return (
+        f"{r['family']} (depth {int(r['depth'])}, horizon {int(r['horizon'])}, {r['features']}, "
+        f"{r['variant']})"
+    )
+
+
+def _baseline(rows: pd.DataFrame, name: str, like: pd.Series) -> pd.Series | None:
+    """Baseline ``name``'s row on ``like``'s data, features and horizon (None if absent)."""
+    hit = rows[(rows["kind"] == "baseline") & (rows["family"] == name)]
+    hit = hit[(hit["data"] == like["data"]) & (hit["horizon"] == like["horizon"])]
+    same = hit[hit["features"] == like["features"]]
+    hit = same if not same.empty else hit
+    return None if hit.empty or pd.isna(hit.iloc[0].get("test_sharpe")) else hit.iloc[0]
+
+
+def _beats(models: pd.DataFrame, rows: pd.DataFrame, name: str) -> tuple[int, int]:
+    """(configurations beating ``name``'s mean test Sharpe on their data/horizon, with one)."""
+    k = m = 0
+    for _, r in models.iterrows():
+        b = _baseline(rows, name, r)
+        if b is None or pd.isna(r.get("test_sharpe")):
+            continue
+        m += 1
+        k += int(r["test_sharpe"] > b["test_sharpe"])
+    return k, m
+
+
+def facts(w: pd.DataFrame, d: dict | None) -> str:
+    """Markdown bullets: what beats buy-and-hold and LightGBM on test after costs, and how far
+    validation predicts test. Selection is by validation throughout; test is only reported."""
+    rows = main_rows(w)
+    models = rows[rows["kind"] == "model"]
+    if models.empty:
+        return "_No completed configuration in the catalogue._"
+    out = []
+    n_runs = int(models["n_seeds"].sum())
+    out.append(f"- {len(models)} configurations ({n_runs} runs) outside the timing part.")
+    for name in ("buyhold", "lightgbm"):
+        k, m = _beats(models, rows, name)
+        title = label(pd.Series({"kind": "baseline", "family": name}))
+        if m == 0:
+            out.append(f"- {title}: not in this catalogue (its test columns are absent).")
+        else:
+            out.append(
+                f"- {k} of {m} configurations have a higher mean test Sharpe after costs than "
+                f"{title} on the same data and horizon."
+            )
+    top = models.iloc[0]  # the table's order: the highest mean validation Sharpe, all parts
+    line = (
+        f"- Selected on validation (every part but timing): {_name(top)}, validation Sharpe "
+        f"{top['val_sharpe']:.2f}, test Sharpe {top['test_sharpe']:.2f} (95% interval "
+        f"{interval(top)})"
+    )
+    same = [(label(b), b["test_sharpe"]) for b in (_baseline(rows, n, top) for n in
+            ("buyhold", "lightgbm")) if b is not None]  # fmt: skip
+    if same:
+        line += "; on the same data, features and horizon, test Sharpe of " + ", ".join(
+            f"{name} {value:.2f}" for name, value in same
+        )
+    out.append(line + ".")
+    lgb = rows[(rows["kind"] == "baseline") & (rows["family"] == "lightgbm")]
+    lgb = lgb.dropna(subset=["val_sharpe", "test_sharpe"])
+    if not lgb.empty:  # rows are in validation order: its first is its best on validation
+        g = lgb.iloc[0]
+        out.append(
+            f"- LightGBM at its best on validation ({g['features']}, horizon {int(g['horizon'])}):"
+            f" test IC {_fmt(g.get('test_ic'), '.4f')}, test Sharpe {g['test_sharpe']:.2f};"
+            f" the deep configuration selected on validation: test IC "
+            f"{_fmt(top.get('test_ic'), '.4f')}, test Sharpe {top['test_sharpe']:.2f}."
+        )
+    ranked = models.dropna(subset=["val_sharpe", "test_sharpe"])
+    if len(ranked) >= 2:
+        hit = ranked.loc[ranked["test_sharpe"].idxmax()]
+        val_rank = int((ranked["val_sharpe"] > hit["val_sharpe"]).sum()) + 1
+        rho = ranked["val_sharpe"].rank().corr(ranked["test_sharpe"].rank())
+        out.append(
+            f"- The highest test Sharpe ({hit['test_sharpe']:.2f}, {_name(hit)}) ranks "
+            f"{val_rank} of {len(ranked)} on validation; the rank correlation of validation and "
+            f"test Sharpe across configurations is {rho:.2f}."
+        )
+    if "test_sharpe_lo" in models:
+        sure = models["test_sharpe_lo"].dropna()
+        if len(sure):
+            out.append(
+                f"- {int((sure > 0).sum())} of {len(sure)} configurations have the mean lower "
+                "end of their 95% interval of test Sharpe above 0."
+            )
+    if "test_cost_drag" in models and models["test_cost_drag"].notna().any():
+        drag = models["test_cost_drag"].dropna()
+        out.append(
+            f"- Test cost drag: {drag.median():.2%} a year at the median configuration "
+            f"(range {drag.min():.2%} to {drag.max():.2%})."
+        )
+    grid = models[models["part"] == "grid"]
+    for _, r in models[models["part"] == "rl"].iterrows():  # against its supervised twin
+        key = ["family", "depth", "horizon", "features", "data"]
+        twin = grid[(grid[key] == r[key]).all(axis=1)]
+        if twin.empty:
+            continue
+        t = twin.iloc[0]
+        out.append(
+            f"- RL fine-tuning ({_name(r)}): test Sharpe {r['test_sharpe']:.2f} against "
+            f"{t['test_sharpe']:.2f} for the supervised grid configuration of the same family, "
+            f"depth and horizon (validation {r['val_sharpe']:.2f} against {t['val_sharpe']:.2f})."
+        )
+    timing = w[w["tbl"] == "timing"]
+    k, m = _beats(timing[timing["kind"] == "model"], timing, "buyhold")
+    if m:
+        out.append(
+            f"- Timing the index pair: {k} of {m} configurations have a higher mean test Sharpe "
+            "after costs than buy & hold."
+        )
+    if d is not None and not math.isnan(d["dsr"]):
+        verdict = "at or above" if d["dsr"] >= 0.95 else "below"
+        out.append(
+            f"- Deflated Sharpe of the selected configuration over {d['n_configs']} tried: "
+            f"{d['dsr']:.3f}, {verdict} the 0.95 that a skill claim at 5% would need."
+        )
+    return "\n".join(out)
