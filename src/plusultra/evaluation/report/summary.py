@@ -28,7 +28,9 @@ SUMMARY_ROWS = (
     ("max_drawdown_duration", "max DD duration (bars)", "{:.0f}"),
     ("cvar_95", "CVaR 95% (per bar)", "{:+.2%}"),
     ("information_ratio", "information ratio vs cash|B&H", "{:.2f}"),
+    ("excess_annual_return", "excess return / year vs cash|B&H", "{:+.2%}"),
     ("cost_share", "costs / gross P&L", "{:.1%}"),
+    ("cost_drag", "cost drag / year", "{:.2%}"),
 )
 # Baseline columns, in display order, with their headers.
 BASELINE_LABELS = {
@@ -85,6 +87,12 @@ def _fmt(value: float | str | None, pattern: str, missing: str = "n/a") -> str:
     return pattern.format(value)
 
 
+def _interval(metrics: dict, prefix: str, pattern: str) -> str:
+    """``[lo, hi]``: the stationary-bootstrap 95% interval of ``prefix``'s Sharpe; "" without."""
+    lo, hi = metrics.get(f"{prefix}sharpe_lo"), metrics.get(f"{prefix}sharpe_hi")
+    return "" if lo is None else f"[{_fmt(lo, pattern)}, {_fmt(hi, pattern)}]"
+
+
 def _ir_cell(metrics: dict, prefix: str, pattern: str, missing: str = "n/a") -> str:
     """The information ratio with its benchmark, e.g. ``0.42 (cash)``."""
     cell = _fmt(metrics.get(f"{prefix}information_ratio"), pattern, missing)
@@ -131,10 +139,11 @@ def summary_rows(
         ]
         row += [_fmt(metrics.get(f"test_{b}_{key}"), pattern) for b in baselines]
         rows.append(row)
-        if key == "sharpe" and f"test_{key}_lo" in metrics:  # stationary-bootstrap interval
-            interval = f"[{_fmt(metrics[f'test_{key}_lo'], pattern)}, "
-            interval += f"{_fmt(metrics[f'test_{key}_hi'], pattern)}]"
-            rows.append(["  95% interval", "", interval] + ["" for _ in baselines])
+        if key == "sharpe" and f"test_{key}_lo" in metrics:  # stationary-bootstrap intervals
+            rows.append(
+                ["  95% interval", "", _interval(metrics, "test_", pattern)]
+                + [_interval(metrics, f"test_{b}_", pattern) for b in baselines]
+            )
     return rows
 
 
