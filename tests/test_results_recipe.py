@@ -221,3 +221,11 @@ def test_smoke_recipe_reproduces_its_stored_metrics(tmp_path):
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "starting 0" in again.stdout and "starting 1" not in again.stdout
+
+
+def test_jobs_match_the_overrides_hydra_records():
+    """The sweeper rewrites values (true -> True, ${seed} escaped); a job still finds its row."""
+    job = Job("rl", ("cross_asset.enabled=true", "curriculum.stages.1.ppo.seed=${seed}", "seed=0"))
+    recorded = r"cross_asset.enabled=True curriculum.stages.1.ppo.seed=$\{seed\} seed=0"
+    assert pending([job], {frozenset(recorded.split())}) == []
+    assert pending([job], {frozenset(recorded.replace("seed=0", "seed=1").split())}) == [job]

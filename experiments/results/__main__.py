@@ -49,7 +49,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-run", action="store_true", help="start no run; report --out")
     parser.add_argument("--no-doc", action="store_true", help="write no results page")
     parser.add_argument(
-        "--jobs", type=int, default=1, help="runs in parallel (>1: Hydra's joblib launcher)"
+        "--jobs",
+        type=int,
+        default=None,
+        help="runs in parallel (>1: Hydra's joblib launcher, cores // jobs threads each); "
+        "default: 2 for the full recipe, 1 with --smoke",
     )
     parser.add_argument(
         "--threads",
@@ -79,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     out = out.resolve()
     threads = args.threads if args.threads is not None else (2 if args.smoke else None)
     print(f"output dir: {out}", flush=True)
-    best = run_recipe(sizes, out, run=not args.no_run, jobs=args.jobs, threads=threads)
+    jobs = args.jobs if args.jobs is not None else (1 if args.smoke else 2)
+    best = run_recipe(sizes, out, run=not args.no_run, jobs=jobs, threads=threads)
     if args.write_expected:
         data = smoke.collect(
             out / "catalogue", None if best is None else (best.family, best.depth, best.horizon)

@@ -1,16 +1,19 @@
-"""The runs of issue 15's results recipe: which jobs each part holds, which are done, and how
+r"""The runs of issue 15's results recipe: which jobs each part holds, which are done, and how
 they are batched into Hydra multiruns.
 
 A job is the set of task overrides of one `plusultra` run (``key=value`` strings, including
 ``experiment=...`` and ``sweep_name=results/<part>``). The catalogue stores each run's task
-overrides (column ``overrides``, joined by one space), so a job is finished when a completed row
-holds exactly its set; the recipe then starts only the others. Several pending jobs that differ
+overrides as Hydra's sweeper hands them to the job (column ``overrides``, joined by one space;
+the sweeper rewrites values: ``true`` -> ``True``, ``${seed}`` -> ``$\{seed\}``), so a job is
+finished when a completed row holds exactly its set in that form (:func:`canonical`); the
+recipe then starts only the others. Several pending jobs that differ
 only in swept keys and form a full Cartesian product over them run as one multirun
 (``plusultra -m backbone=a,b seed=0,1 ...``): one process start-up instead of one per job.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +21,15 @@ from pathlib import Path
 
 FAMILIES = ("hybrid", "transformer", "tcn", "ssm", "moe", "multiscale")
 SWEPT = ("backbone", "depth", "horizon", "seed")  # keys a multirun may sweep, outermost first
+
+
+@functools.cache
+def canonical(override: str) -> str:
+    """``override`` as Hydra's basic sweeper passes it to a job (and the catalogue stores it)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides([override])[0]
+    return f"{parsed.get_key_element()}={parsed.get_value_element_as_str()}"
 
 
 @dataclass(frozen=True)
@@ -30,7 +42,7 @@ class Job:
     @property
     def key(self) -> frozenset[str]:
         """What the catalogue's ``overrides`` column holds for this run, as a set."""
-        return frozenset(self.overrides)
+        return frozenset(canonical(o) for o in self.overrides)
 
     def value(self, name: str) -> str | None:
         """The value this job gives ``name`` (None if it does not set it)."""

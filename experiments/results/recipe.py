@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -179,8 +180,14 @@ def best_family(catalogue: Path) -> Best | None:
     return Best(str(family), int(depth), int(horizon))
 
 
-def launch(batch: list[Job], out: Path, log: Path, jobs: int, threads: int | None) -> float:
-    """One `plusultra -m` process running ``batch`` into ``out``'s catalogue; wall seconds."""
+def launch(
+    batch: list[Job], out: Path, log: Path, jobs: int, threads: int | None
+) -> tuple[float, float]:
+    """One `plusultra -m` process running ``batch`` into ``out``'s catalogue.
+
+    Returns:
+        Wall seconds and CPU seconds (user + system, of the process and its children).
+    """
     args = [sys.executable, "-m", "plusultra.run", "-m", *multirun_overrides(batch)]
     if jobs > 1:  # joblib workers, each with cpu_count // jobs threads
         args += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
@@ -190,15 +197,18 @@ def launch(batch: list[Job], out: Path, log: Path, jobs: int, threads: int | Non
         env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     with log.open("w") as fh:
         fh.write(" ".join(args) + "\n")
         fh.flush()
         done = subprocess.run(args, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - start
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
     if done.returncode != 0:
         tail = log.read_text()[-3000:]
         raise SystemExit(f"runs failed (exit {done.returncode}); log {log}:\n{tail}")
-    return wall
+    return wall, cpu_s
 
 
 def run_part(
@@ -216,8 +226,8 @@ def run_part(
     print(f"[{part}] {total - len(todo)} of {total} runs done; starting {len(todo)}", flush=True)
     for i, batch in enumerate(batches(todo)):
         log = out / "logs" / f"{part}-{time.strftime('%Y%m%d-%H%M%S')}-{i}.log"
-        wall = launch(batch, out, log, jobs, threads)
-        line = {"part": part, "runs": len(batch), "wall_s": round(wall, 1)}
+        wall, cpu = launch(batch, out, log, jobs, threads)
+        line = {"part": part, "runs": len(batch), "wall_s": round(wall, 1), "cpu_s": round(cpu)}
         print(json.dumps(line | {"overrides": multirun_overrides(batch)}), flush=True)
 
 
