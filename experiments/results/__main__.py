@@ -1,6 +1,6 @@
 """Run issue 15's results recipe: ``python -m experiments.results [--smoke] [--out DIR] ...``.
 
-The full recipe (about 2 hours on 2 CPU cores) runs into ``outputs/results`` and writes
+The full recipe (about 1.5 to 2 hours on 2 CPU cores) runs into ``outputs/results`` and writes
 docs/results.md; ``--smoke`` (minutes) runs a tiny variant into a temporary dir (or ``--out``)
 and writes ``<out>/results.md``. Finished runs in the output dir are not rerun.
 """

@@ -17,8 +17,7 @@ MODEL = ("sharpe", "ic", "rank_ic", "max_drawdown", "turnover")  # the model's, 
 BASELINES = ("buyhold", "equal_weight", "momentum", "mean_reversion", "ridge", "lightgbm")
 # Two consecutive smoke runs on one machine agree to the last bit (docs/results.md,
 # "Reproducing"); the tolerance allows for a different CPU's or library build's rounding,
-# amplified through a few training steps, without letting a changed model, feature or simulator
-# through (those move Sharpe by 1e-2 and more).
+# amplified through a few training steps.
 RTOL = 1e-3
 ATOL = 1e-4
 
