@@ -229,3 +229,10 @@ def test_jobs_match_the_overrides_hydra_records():
     recorded = r"cross_asset.enabled=True curriculum.stages.1.ppo.seed=$\{seed\} seed=0"
     assert pending([job], {frozenset(recorded.split())}) == []
     assert pending([job], {frozenset(recorded.replace("seed=0", "seed=1").split())}) == [job]
+
+
+def test_batches_never_impose_a_key_on_a_job_without_it():
+    jobs = [Job("x", ("seed=0",)), Job("x", ("seed=0", "depth=2"))]
+    groups = batches(jobs)
+    assert sorted(len(g) for g in groups) == [1, 1]
+    assert {frozenset(multirun_overrides(g)) for g in groups} == {j.key for j in jobs}

@@ -114,7 +114,8 @@ def batches(jobs: Sequence[Job], swept: Sequence[str] = SWEPT) -> list[list[Job]
 
 def _product_batches(group: list[Job], swept: list[str]) -> list[list[Job]]:
     values = [sorted({j.value(k) for j in group}, key=str) for k in swept]
-    if len(group) == _count(values) and len({j.key for j in group}) == len(group):
+    mixed = any(None in v and len(v) > 1 for v in values)  # a key some jobs leave unset
+    if not mixed and len(group) == _count(values) and len({j.key for j in group}) == len(group):
         return [group]
     first, rest = swept[0], swept[1:]
     out: list[list[Job]] = []
