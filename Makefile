@@ -5,10 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup demo test test-slow test-full bench docs lint format clean
+.PHONY: help setup demo test test-slow test-full bench results results-smoke docs lint format clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or make PYTHON=...)"; exit 1; }
@@ -49,6 +49,13 @@ bench: $(STAMP)  ## run every benchmark in experiments/benchmarks (writes docs/b
 	$(BIN)/python -m experiments.benchmarks.ppo
 	$(BIN)/python -m experiments.benchmarks.service
 	$(BIN)/python -m experiments.benchmarks.gpu  # skips (exit 0) without CUDA
+
+results: $(STAMP)  ## issue 15's results recipe (~2 h on 2 cores; resumes; writes docs/results.md)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,lightgbm]'
+	$(BIN)/python -m experiments.results
+
+results-smoke: $(STAMP)  ## the results recipe's smoke variant (minutes, into a temporary dir)
+	$(BIN)/python -m experiments.results --smoke
 
 docs: $(STAMP)  ## regenerate docs/features.md from the feature registry
 	$(BIN)/plusultra-data features --markdown > docs/features.md
