@@ -89,10 +89,17 @@ def synthetic_runs() -> pd.DataFrame:
                 rows.append(_run(i, "grid", "sp500_stocks", family, horizon, seed))
                 i += 1
     for seed in SEEDS[:2]:  # the rl part: its baseline copies must not count again
-        rl = _run(i, "rl", "sp500_stocks", "tcn", 2, seed, curriculum="rl")
-        rl |= {c: v + 100.0 for c, v in rl.items() if "_buyhold_" in c and isinstance(v, float)}
-        rows.append(rl)
-        i += 1
+        for curriculum in ("rl", "supervised"):  # PPO, and its supervised reference
+            rl = _run(i, "rl", "sp500_stocks", "tcn", 2, seed, curriculum=curriculum)
+            rl |= {"evaluation": "weights", "test_sharpe": rl["test_sharpe"] + 0.01 * i}
+            rl |= {c: v + 100.0 for c, v in rl.items() if "_buyhold_" in c and isinstance(v, float)}
+            rows.append(rl)
+            i += 1
+    alpha = _run(i, "alpha158", "sp500_stocks", "tcn", 2, 0, features="alpha158")
+    alpha |= {c: v + 50.0 for c, v in alpha.items() if "_lightgbm_" in c and isinstance(v, float)}
+    shift = {c: v + 100.0 for c, v in alpha.items() if "_buyhold_" in c and isinstance(v, float)}
+    rows.append(alpha | shift)
+    i += 1
     cross = {"cross_asset.enabled": True}
     rows.append(_run(i, "cross_asset", "sp500_stocks", "tcn", 2, 0, **cross))
     i += 1
@@ -154,9 +161,10 @@ def test_mean_and_sample_std_over_seeds(loaded):
 
 def test_variants_named_from_the_config(loaded):
     w, _, _ = loaded
-    assert _row(w, kind="model", part="rl")["variant"] == "rl"
+    tuned = _row(w, kind="model", part="rl", variant="rl, evaluation=weights")
+    assert tuned["n_seeds"] == 2
+    assert _row(w, kind="model", part="rl", variant="evaluation=weights")["n_seeds"] == 2
     assert _row(w, kind="model", part="cross_asset")["variant"] == "cross-asset"
-    assert _row(w, kind="model", part="rl")["n_seeds"] == 2
 
 
 def test_baselines_taken_once_per_data_horizon_seed(loaded):
@@ -169,8 +177,15 @@ def test_baselines_taken_once_per_data_horizon_seed(loaded):
     assert r["ir_vs"] == "cash"
     timing = _row(w, kind="baseline", family="buyhold", tbl="timing")
     assert timing["test_sharpe"] == pytest.approx(np.mean([0.55, 0.65]))
-    # six baselines x two horizons on the stocks, six on the index pair
-    assert (w["kind"] == "baseline").sum() == 18
+    # six baselines x two horizons on the stocks, six on the index pair, and the two learned
+    # ones again on alpha158 (the rule baselines read prices only: no alpha158 copy of them)
+    assert (w["kind"] == "baseline").sum() == 20
+    lgb = _row(w, kind="baseline", family="lightgbm", features="alpha158")
+    assert lgb["n_seeds"] == 1 and lgb["test_sharpe"] == pytest.approx(1.0 + 0.05 + 50.0)
+    assert not ((w["kind"] == "baseline") & (w["features"] == "alpha158")
+                & (w["family"] == "buyhold")).any()  # fmt: skip
+    # the evaluation group does not change a baseline: no evaluation=weights copies
+    assert set(w.loc[w["kind"] == "baseline", "variant"]) == {"baseline"}
 
 
 def _order(w: pd.DataFrame) -> list[tuple]:
@@ -206,23 +221,24 @@ def test_deflated_sharpe_equals_the_reference(loaded):
     _, d, _ = loaded
     runs = synthetic_runs()
     runs = runs[runs["status"] == "completed"]
-    cfg = runs.groupby(["sweep_name", "data", "backbone", "horizon"])
+    cfg = runs.groupby(["sweep_name", "data", "backbone", "horizon", "features", "curriculum"])
     sr = cfg["test_sharpe"].mean() / math.sqrt(252.0)
-    assert d["n_configs"] == len(sr) == 8  # grid 4, rl 1, cross-asset 1, timing 2
+    # grid 4, rl 2 (PPO and its supervised reference), alpha158 1, cross-asset 1, timing 2
+    assert d["n_configs"] == len(sr) == 10
     assert d["sharpe_variance"] == pytest.approx(sr.var(ddof=1))
     # selected on validation: tcn at horizon 5 of the grid (highest mean val Sharpe)
     assert (d["family"], d["horizon"], d["part"]) == ("tcn", 5, "grid")
     sel = runs.query("backbone == 'tcn' and horizon == 5 and sweep_name == 'results/grid'")
     expect = deflated_sharpe(
         sel["test_sharpe"].mean() / math.sqrt(252.0),
-        8,
+        10,
         sr.var(ddof=1),
         1400,
         sel["test_skew"].mean(),
         sel["test_kurtosis"].mean(),
     )
     assert d["dsr"] == pytest.approx(expect, rel=1e-12)
-    assert d["sr0"] == pytest.approx(expected_max_sharpe(8, sr.var(ddof=1)))
+    assert d["sr0"] == pytest.approx(expected_max_sharpe(10, sr.var(ddof=1)))
     assert not d["normal_moments"]
 
 
@@ -237,8 +253,9 @@ def test_write_results_fills_markers_and_writes_plots(out, tmp_path):
     assert "## What the numbers cannot say" in text  # hand-written text kept
     assert "`plusultra -m test`" in text
     assert "| 1 | **tcn** | 2 | 5 | full | plain | sp500_stocks | 3 |" in text
-    assert "6 configurations (15 runs) outside the timing part." in text
-    assert "- LightGBM at its best on validation (full, horizon 2): test IC 0.0110" in text
+    assert "8 configurations (18 runs) outside the timing part." in text
+    # the alpha158 copy of LightGBM (+50 on every metric) is its best on validation
+    assert "- LightGBM at its best on validation (alpha158, horizon 2): test IC 50.0" in text
     variants = text.split("<!-- results-variants -->")[1].split("<!-- /results-variants -->")[0]
     assert "tcn, depth 2, horizon 5" in variants  # the grid's best on validation
     rows = [line for line in variants.splitlines() if line.startswith("| ") and "---" not in line]
@@ -290,10 +307,13 @@ def test_facts_count_what_beats_the_baselines(loaded):
     assert f"- {k} of {len(models)} configurations have a higher mean test Sharpe" in text
     assert "LightGBM on the same data and horizon" in text
     assert "- Timing the index pair: 1 of 2 configurations have a higher mean test Sharpe" in text
-    assert "- Test cost drag: 2.10% a year at the median configuration" in text
-    rl = _row(w, kind="model", part="rl")
-    twin = _row(w, kind="model", part="grid", family="tcn", horizon=2)
+    drag = models["test_cost_drag"].median()  # each configuration's mean over its seeds
+    assert f"- Test cost drag: {drag:.2%} a year at the median configuration" in text
+    rl = _row(w, kind="model", part="rl", variant="rl, evaluation=weights")
+    twin = _row(w, kind="model", part="rl", variant="evaluation=weights")  # traded alike
+    assert rl["test_sharpe"] != twin["test_sharpe"]
     assert f"test Sharpe {rl['test_sharpe']:.2f} against {twin['test_sharpe']:.2f}" in text
+    assert text.count("- RL fine-tuning") == 1  # the supervised reference is not an RL run
 
 
 def test_no_results_runs_is_a_clear_error(tmp_path):

@@ -22,8 +22,9 @@ The environment is `plusultra.rl.env.TradingEnv` with the realistic simulator's 
 Rows: the root config's window (64 bars) with the net P&L reward, the same with every shaping
 term switched on, and a 16-bar window. After one warm-up episode each, every repeat times each
 side back to back (batched without the read, with a fresh read, with the buffered read, one
-observation's ``features`` read alone, the Gymnasium loop) and each ratio is the median of the per-repeat ratios (the machine
-may be shared: both sides of a ratio then see about the same load). Both sides run in this
+observation's ``features`` read alone, the Gymnasium loop) and each ratio is the median of the
+per-repeat ratios (the machine may be shared: both sides of a ratio then see about the same
+load). Both sides run in this
 process with the same torch thread count (``--threads``; default 1: the machine the committed
 numbers came from was shared, and one thread was the faster setting there).
 """

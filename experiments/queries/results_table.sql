@@ -8,9 +8,14 @@
 --   cross_asset.enabled, the curriculum when it is not `supervised`, `evaluation=X` when not
 --   `default`, `simulator=X` when not `realistic`; `plain` when nothing does.
 -- kind 'baseline': the runs' baseline columns ({seg}_{baseline}_{metric}). A baseline does not
---   depend on the model, so each (data, features, horizon, evaluation, simulator, seed) gives
---   one value, taken from one run (the results/grid run first, then the earliest started): no
---   configuration's copy counts twice. family = the baseline, depth and part NULL.
+--   depend on the model or on how the model's output is traded (the `evaluation` group), so
+--   one run per key gives its value (the results/grid run first, then the earliest started):
+--   no configuration's copy counts twice. The learned baselines (ridge, lightgbm) are fitted on
+--   the run's features and label horizon: key (data, features, horizon, simulator, seed). The
+--   rule baselines (buyhold, equal_weight, momentum, mean_reversion) read prices only, so
+--   every features set gives the same value: key (data, horizon, simulator, seed), shown with
+--   the features of the run it is read from (the grid's). family = the baseline, depth and
+--   part NULL.
 -- tbl: 'timing' for results/timing (the index pair), 'main' otherwise.
 -- metric: ic, ic_ir, rank_ic, rank_ic_ir, sharpe, sharpe_lo, sharpe_hi (each run's 95%
 --   stationary-bootstrap interval; mean = the mean interval over seeds), annual_return,
@@ -24,7 +29,9 @@ WITH r AS (
         CASE WHEN sweep_name = 'results/timing' THEN 'timing' ELSE 'main' END AS tbl,
         nullif(concat_ws(', ',
             CASE WHEN evaluation <> 'default' THEN 'evaluation=' || evaluation END,
-            CASE WHEN simulator <> 'realistic' THEN 'simulator=' || simulator END), '') AS setting
+            CASE WHEN simulator <> 'realistic' THEN 'simulator=' || simulator END), '') AS setting,
+        -- what a baseline's value depends on besides data and seed (not the evaluation group)
+        CASE WHEN simulator <> 'realistic' THEN 'simulator=' || simulator END AS base_setting
     FROM runs
     WHERE status = 'completed' AND sweep_name LIKE 'results/%'
 ),
@@ -64,26 +71,46 @@ model_stats AS (
     FROM model_long
     GROUP BY ALL
 ),
-b AS (
+b_learned AS (
     SELECT *
     FROM r
     QUALIFY row_number() OVER (
-        PARTITION BY tbl, data, features, horizon, evaluation, simulator, seed
+        PARTITION BY tbl, data, features, horizon, base_setting, seed
+        ORDER BY sweep_name = 'results/grid' DESC, started_at, run_id
+    ) = 1
+),
+b_rule AS (
+    SELECT *
+    FROM r
+    QUALIFY row_number() OVER (
+        PARTITION BY tbl, data, horizon, base_setting, seed
         ORDER BY sweep_name = 'results/grid' DESC, started_at, run_id
     ) = 1
 ),
 base_long AS (
     UNPIVOT (
-        SELECT tbl, data, features, horizon, coalesce(setting, '') AS setting, seed,
-            COLUMNS('^(val|test)_(buyhold|equal_weight|momentum|mean_reversion|ridge|lightgbm)_(ic|ic_ir|rank_ic|rank_ic_ir|sharpe|sharpe_lo|sharpe_hi|annual_return|excess_annual_return|information_ratio|max_drawdown|turnover|cost_drag)$')
-        FROM b
+        SELECT tbl, data, features, horizon, coalesce(base_setting, '') AS setting, seed,
+            COLUMNS('^(val|test)_(ridge|lightgbm)_(ic|ic_ir|rank_ic|rank_ic_ir|sharpe|sharpe_lo|sharpe_hi|annual_return|excess_annual_return|information_ratio|max_drawdown|turnover|cost_drag)$')
+        FROM b_learned
+    ) ON COLUMNS('^(val|test)_') INTO NAME col VALUE v
+    UNION ALL BY NAME
+    UNPIVOT (
+        SELECT tbl, data, features, horizon, coalesce(base_setting, '') AS setting, seed,
+            COLUMNS('^(val|test)_(buyhold|equal_weight|momentum|mean_reversion)_(sharpe|sharpe_lo|sharpe_hi|annual_return|excess_annual_return|information_ratio|max_drawdown|turnover|cost_drag)$')
+        FROM b_rule
     ) ON COLUMNS('^(val|test)_') INTO NAME col VALUE v
 ),
 base_ir AS (
     UNPIVOT (
-        SELECT tbl, data, features, horizon, coalesce(setting, '') AS setting, seed,
-            COLUMNS('^test_(buyhold|equal_weight|momentum|mean_reversion|ridge|lightgbm)_information_ratio_benchmark$')
-        FROM b
+        SELECT tbl, data, features, horizon, coalesce(base_setting, '') AS setting, seed,
+            COLUMNS('^test_(ridge|lightgbm)_information_ratio_benchmark$')
+        FROM b_learned
+    ) ON COLUMNS('^test_') INTO NAME col VALUE v
+    UNION ALL BY NAME
+    UNPIVOT (
+        SELECT tbl, data, features, horizon, coalesce(base_setting, '') AS setting, seed,
+            COLUMNS('^test_(buyhold|equal_weight|momentum|mean_reversion)_information_ratio_benchmark$')
+        FROM b_rule
     ) ON COLUMNS('^test_') INTO NAME col VALUE v
 ),
 base_keys AS (

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+
 from experiments._markers import write_marked
 from experiments.results import report_facts, report_plots, report_tables
-
 from plusultra.catalogue.query import connect, saved_query
 from plusultra.errors import DataError
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 
 import pandas as pd
-from experiments.results.report_tables import interval, label, main_rows
 
+from experiments.results.report_tables import interval, label, main_rows
 from plusultra.evaluation.metrics.deflated import deflated_sharpe, expected_max_sharpe
 
 
@@ -191,17 +191,19 @@ def facts(w: pd.DataFrame, d: dict | None) -> str:
             f"- Test cost drag: {drag.median():.2%} a year at the median configuration "
             f"(range {drag.min():.2%} to {drag.max():.2%})."
         )
-    grid = models[models["part"] == "grid"]
-    for _, r in models[models["part"] == "rl"].iterrows():  # against its supervised twin
+    rl = models[models["part"] == "rl"]
+    tuned = rl[rl["variant"].str.split(", ").map(lambda v: "rl" in v)]
+    for _, r in tuned.iterrows():  # against its supervised twin traded the same way
         key = ["family", "depth", "horizon", "features", "data"]
-        twin = grid[(grid[key] == r[key]).all(axis=1)]
+        twin = rl[(rl[key] == r[key]).all(axis=1) & ~rl.index.isin(tuned.index)]
         if twin.empty:
             continue
         t = twin.iloc[0]
         out.append(
             f"- RL fine-tuning ({_name(r)}): test Sharpe {r['test_sharpe']:.2f} against "
-            f"{t['test_sharpe']:.2f} for the supervised grid configuration of the same family, "
-            f"depth and horizon (validation {r['val_sharpe']:.2f} against {t['val_sharpe']:.2f})."
+            f"{t['test_sharpe']:.2f} for the same supervised model traded the same way "
+            f"({t['variant']}; validation {r['val_sharpe']:.2f} against "
+            f"{t['val_sharpe']:.2f})."
         )
     timing = w[w["tbl"] == "timing"]
     k, m = _beats(timing[timing["kind"] == "model"], timing, "buyhold")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from experiments.results.report_tables import label
 
+from experiments.results.report_tables import label
 from plusultra.evaluation.report.plots import _figure, _png
 
 
