@@ -12,16 +12,12 @@ import math
 
 import pandas as pd
 
+from plusultra.evaluation.report.summary import BASELINE_LABELS
+
 KEY = ["kind", "tbl", "part", "family", "depth", "horizon", "features", "variant", "data"]
 INFO = ["n_seeds", "seeds", "ir_vs"]
-BASELINES = {  # catalogue name -> label, in the order of the list
-    "buyhold": "buy & hold",
-    "equal_weight": "equal weight",
-    "momentum": "12-1 momentum",
-    "mean_reversion": "mean reversion",
-    "ridge": "ridge",
-    "lightgbm": "LightGBM",
-}
+# catalogue name -> label, as the run reports label them (the unguarded book is no baseline)
+BASELINES = {k: v for k, v in BASELINE_LABELS.items() if k != "unguarded"}
 IR_VS = {"buyhold": "vs B&H", "cash": "vs cash"}
 
 
