@@ -193,11 +193,7 @@ def information_ratio(
         DataError: if the inputs are not finite 1-D arrays of the same length.
     """
     p = check_periods_per_year(periods_per_year)
-    r = as_series(returns, "returns")
-    b = as_series(benchmark, "benchmark")
-    if r.shape != b.shape:
-        raise DataError(f"benchmark.shape={b.shape} must match returns.shape={r.shape}")
-    active = r - b
+    active = _active(returns, benchmark)
     if active.size < 2 or active.max() == active.min():
         return _NAN
     return finite_or_nan(active.mean() / active.std(ddof=1) * math.sqrt(p))
@@ -221,11 +217,18 @@ def excess_annual_return(
         DataError: if the inputs are not finite 1-D arrays of the same length.
     """
     p = check_periods_per_year(periods_per_year)
+    active = _active(returns, benchmark)
+    return finite_or_nan(active.mean() * p) if active.size else _NAN
+
+
+def _active(returns: np.ndarray, benchmark: np.ndarray) -> np.ndarray:
+    """``(T,)`` active returns ``returns - benchmark``; DataError unless both are finite 1-D
+    arrays of the same length."""
     r = as_series(returns, "returns")
     b = as_series(benchmark, "benchmark")
     if r.shape != b.shape:
         raise DataError(f"benchmark.shape={b.shape} must match returns.shape={r.shape}")
-    return finite_or_nan((r - b).mean() * p) if r.size else _NAN
+    return r - b
 
 
 def gross_returns(
