@@ -57,6 +57,7 @@ def _run(i: int, part: str, data: str, family: str, horizon: int, seed: int, **e
         "job_num": i,
         "started_at": pd.Timestamp("2026-01-01", tz="UTC") + pd.Timedelta(minutes=i),
         "finished_at": pd.Timestamp("2026-01-01", tz="UTC") + pd.Timedelta(minutes=i + 1),
+        "duration_s": 60.0,
         "study": f"results/{part}",
         "sweep_name": f"results/{part}",
         "backbone": family,
@@ -92,6 +93,9 @@ def synthetic_runs() -> pd.DataFrame:
         for curriculum in ("rl", "supervised"):  # PPO, and its supervised reference
             rl = _run(i, "rl", "sp500_stocks", "tcn", 2, seed, curriculum=curriculum)
             rl |= {"evaluation": "weights", "test_sharpe": rl["test_sharpe"] + 0.01 * i}
+            ppo = curriculum == "rl"  # seed 0 keeps the supervised start, seed 1 a PPO epoch
+            rl |= {"ppo_best_epoch": (1 if seed else -1) if ppo else None}
+            rl |= {"test_gross_exposure": 0.3 if ppo else 0.1}
             rl |= {c: v + 100.0 for c, v in rl.items() if "_buyhold_" in c and isinstance(v, float)}
             rows.append(rl)
             i += 1
@@ -148,7 +152,7 @@ def _row(w, **key) -> pd.Series:
 
 
 def test_mean_and_sample_std_over_seeds(loaded):
-    w, _, _ = loaded
+    w, _, _, _ = loaded
     r = _row(w, kind="model", family="transformer", horizon=5, part="grid")
     level = FAMILIES["transformer"] + 0.25
     test = [level + 0.1 * s - 0.3 * level for s in SEEDS]
@@ -160,7 +164,7 @@ def test_mean_and_sample_std_over_seeds(loaded):
 
 
 def test_variants_named_from_the_config(loaded):
-    w, _, _ = loaded
+    w, _, _, _ = loaded
     tuned = _row(w, kind="model", part="rl", variant="rl, evaluation=weights")
     assert tuned["n_seeds"] == 2
     assert _row(w, kind="model", part="rl", variant="evaluation=weights")["n_seeds"] == 2
@@ -168,7 +172,7 @@ def test_variants_named_from_the_config(loaded):
 
 
 def test_baselines_taken_once_per_data_horizon_seed(loaded):
-    w, _, _ = loaded
+    w, _, _, _ = loaded
     r = _row(w, kind="baseline", family="buyhold", horizon=2, tbl="main")
     values = [0.1 * s + 0.05 for s in SEEDS]  # the grid's copies, not the rl part's (+100)
     assert r["n_seeds"] == 3
@@ -193,7 +197,7 @@ def _order(w: pd.DataFrame) -> list[tuple]:
 
 
 def test_order_and_selection_use_validation_only(tmp_path, loaded):
-    w, d, _ = loaded
+    w, d, _, _ = loaded
     main = report_tables.main_rows(w)
     val = main["val_sharpe"].to_numpy()
     assert (np.diff(val) <= 1e-12).all()  # best on validation first
@@ -203,14 +207,14 @@ def test_order_and_selection_use_validation_only(tmp_path, loaded):
     for c in runs.columns:  # scramble every test metric, keep validation
         if c.startswith("test_") and runs[c].dtype.kind == "f" and c != "test_n_periods":
             runs[c] = rng.normal(size=len(runs)) * 3
-    w2, d2, _ = report.load(write_catalogue(tmp_path, runs))
+    w2, d2, _, _ = report.load(write_catalogue(tmp_path, runs))
     assert _order(w2) == _order(w)
     assert report_tables.best_family(w2)["family"] == "tcn"
     assert (d2["family"], d2["horizon"], d2["part"]) == (d["family"], d["horizon"], d["part"])
 
 
 def test_equity_curves_of_the_selected_runs(loaded):
-    _, d, _ = loaded
+    _, d, _, _ = loaded
     curves, why = report.equity_curves(d)
     assert why == ""
     assert list(curves) == ["tcn, seed 0", "tcn, seed 1", "tcn, seed 2", "baseline: buy & hold"]
@@ -218,7 +222,7 @@ def test_equity_curves_of_the_selected_runs(loaded):
 
 
 def test_deflated_sharpe_equals_the_reference(loaded):
-    _, d, _ = loaded
+    _, d, _, _ = loaded
     runs = synthetic_runs()
     runs = runs[runs["status"] == "completed"]
     cfg = runs.groupby(["sweep_name", "data", "backbone", "horizon", "features", "curriculum"])
@@ -254,6 +258,11 @@ def test_write_results_fills_markers_and_writes_plots(out, tmp_path):
     assert "`plusultra -m test`" in text
     assert "| 1 | **tcn** | 2 | 5 | full | plain | sp500_stocks | 3 |" in text
     assert "8 configurations (18 runs) outside the timing part." in text
+    n_runs = int((synthetic_runs()["status"] == "completed").sum())
+    assert f"durations sum to {n_runs / 60:.2f} h (" in text  # 60 s each
+    assert "results/grid 12 min" in text  # 2 families x 2 horizons x 3 seeds
+    assert "| grid | tcn | 2 | supervised | 6 | 60; 60-60 | 6.0 |" in text  # run-time table
+    assert "| rl | tcn | 2 | rl | 2 |" in text  # PPO apart from its supervised reference
     # the alpha158 copy of LightGBM (+50 on every metric) is its best on validation
     assert "- LightGBM at its best on validation (alpha158, horizon 2): test IC 50.0" in text
     variants = text.split("<!-- results-variants -->")[1].split("<!-- /results-variants -->")[0]
@@ -279,7 +288,7 @@ def report_plots_names() -> list[str]:
 def test_older_catalogue_without_new_columns(tmp_path):
     runs = synthetic_runs()
     drop = [c for c in runs.columns if "lightgbm" in c or any(c.endswith(n) for n in NEW)]
-    drop += ["periods_per_year", "cross_asset.enabled", "test_skew", "test_kurtosis"]
+    drop += ["periods_per_year", "cross_asset.enabled", "test_skew", "test_kurtosis", "duration_s"]
     runs = runs.drop(columns=drop)
     out = write_catalogue(tmp_path / "out", runs)
     doc = tmp_path / "results.md"
@@ -289,8 +298,10 @@ def test_older_catalogue_without_new_columns(tmp_path):
     assert "LightGBM" not in main and "| n/a |" in main
     assert "LightGBM: not in this catalogue" in text
     assert "normal moments assumed" in text
+    assert "durations sum to" not in text  # no duration_s: no compute line
+    assert "_The catalogue records no run duration._" in text
     assert "*No equity plot: the selected configuration's run directories" in text
-    w, d, _ = report.load(out)
+    w, d, _, _ = report.load(out)
     assert "test_cost_drag" not in w.columns
     assert d["periods_per_year"] == 252.0  # the default when neither column exists
     # cross_asset.enabled absent: that run reads as plain, beside the grid's row
@@ -298,14 +309,22 @@ def test_older_catalogue_without_new_columns(tmp_path):
 
 
 def test_facts_count_what_beats_the_baselines(loaded):
-    w, d, _ = loaded
+    w, d, _, _ = loaded
     text = report_facts.facts(w, d)
     models = report_tables.main_rows(w)
     models = models[models["kind"] == "model"]
     bh = {2: np.mean([0.1 * s + 0.05 for s in SEEDS]), 5: np.mean([0.1 * s + 0.05 for s in SEEDS])}
     k = sum(r["test_sharpe"] > bh[r["horizon"]] for _, r in models.iterrows())
     assert f"- {k} of {len(models)} configurations have a higher mean test Sharpe" in text
+    n = len(models)  # every model's validation Sharpe (level >= 0.5) beats buy & hold's (0.1)
+    assert f"than buy & hold on the same data and horizon ({n} of {n} on validation)." in text
     assert "LightGBM on the same data and horizon" in text
+    # test Sharpe rises with the horizon (level + 0.05 h): both (family, depth 2) pairs
+    assert (
+        "- The grid at horizon 5 against horizon 2: 2 of 2 (family, depth) pairs have the higher "
+        "mean test Sharpe at horizon 5; median test turnover 0.30 a bar at horizon 2 against "
+        "0.30, median cost drag 2.10% a year against 2.10%." in text
+    )
     assert "- Timing the index pair: 1 of 2 configurations have a higher mean test Sharpe" in text
     drag = models["test_cost_drag"].median()  # each configuration's mean over its seeds
     assert f"- Test cost drag: {drag:.2%} a year at the median configuration" in text
@@ -314,6 +333,23 @@ def test_facts_count_what_beats_the_baselines(loaded):
     assert rl["test_sharpe"] != twin["test_sharpe"]
     assert f"test Sharpe {rl['test_sharpe']:.2f} against {twin['test_sharpe']:.2f}" in text
     assert text.count("- RL fine-tuning") == 1  # the supervised reference is not an RL run
+
+
+def test_rl_facts_seed_by_seed(out):
+    w, d, _, seeds = report.load(out)
+    assert seeds["seed"].tolist() == [0, 1] and seeds["ppo_best_epoch"].tolist() == [-1, 1]
+    runs = synthetic_runs().query("sweep_name == 'results/rl' and seed == 1")
+    ppo, sup = (runs[runs["curriculum"] == c].iloc[0] for c in ("rl", "supervised"))
+    text = report_facts.facts(w, d, seeds)
+    assert (
+        "- RL seed by seed (tcn, depth 2, horizon 2, full, evaluation=weights): PPO replaced the "
+        "supervised policy on validation in 1 of 2 seeds; in the other 1 no PPO epoch beat the "
+        "supervised start on validation, so the run trades it unchanged (seed 1: test Sharpe "
+        f"{ppo['test_sharpe']:.2f} against {sup['test_sharpe']:.2f}, validation "
+        f"{ppo['val_sharpe']:.2f} against {sup['val_sharpe']:.2f}, gross exposure 0.30 against "
+        "0.10)." in text
+    )
+    assert "RL seed by seed" not in report_facts.facts(w, d)  # without the query's rows
 
 
 def test_no_results_runs_is_a_clear_error(tmp_path):

@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "results.md"
 TABLE_QUERY = "results_table"
 DEFLATED_QUERY = "results_deflated"
+RL_QUERY = "results_rl_seeds"
 MARKS = (
     "results-source",
     "results-main",
@@ -45,12 +46,14 @@ MARKS = (
     "results-deflated",
     "results-facts",
     "results-plots",
+    "results-runtime",
 )
 # Columns the saved queries name outside their COLUMNS(...) patterns, with the type of the NULL
 # put in their place when a catalogue lacks them.
 PAD = {
     "sweep_name": "VARCHAR",
     "git_revision": "VARCHAR",
+    "duration_s": "DOUBLE",
     "backbone": "VARCHAR",
     "data": "VARCHAR",
     "features": "VARCHAR",
@@ -70,6 +73,8 @@ PAD = {
     "test_kurtosis": "DOUBLE",
     "test_n_periods": "DOUBLE",
     "test_information_ratio_benchmark": "VARCHAR",
+    "ppo_best_epoch": "BIGINT",
+    "test_gross_exposure": "DOUBLE",
     "val_buyhold_sharpe": "DOUBLE",  # so the baselines' column pattern always matches one
     "test_buyhold_information_ratio_benchmark": "VARCHAR",
 }
@@ -111,23 +116,26 @@ def open_catalogue(out_dir: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def load(out_dir: Path) -> tuple[pd.DataFrame, dict | None, pd.DataFrame]:
-    """(the wide table of every configuration and baseline, the deflated Sharpe, the raw runs).
+def load(out_dir: Path) -> tuple[pd.DataFrame, dict | None, pd.DataFrame, pd.DataFrame]:
+    """(the wide table of every configuration and baseline, the deflated Sharpe, the raw runs,
+    the rl part seed by seed: ``results_rl_seeds.sql``).
 
-    The raw runs (``sweep_name``, ``status``, ``git_revision``) only feed the source note.
+    The raw runs (``sweep_name``, ``git_revision``, ``duration_s``, ``backbone``, ``depth``,
+    ``curriculum``) only feed the source note and the run-time table.
     """
     con = open_catalogue(out_dir)
     try:
         wide = report_tables.wide(con.execute(saved_query(TABLE_QUERY)).df())
         row = con.execute(saved_query(DEFLATED_QUERY)).df()
+        rl_seeds = con.execute(saved_query(RL_QUERY)).df()
         runs = con.execute(
-            "SELECT sweep_name, git_revision FROM runs "
+            "SELECT sweep_name, git_revision, duration_s, backbone, depth, curriculum FROM runs "
             "WHERE status = 'completed' AND sweep_name LIKE 'results/%'"
         ).df()
     finally:
         con.close()
     deflated = report_facts.deflated(None if row.empty else row.iloc[0])
-    return wide, deflated, runs
+    return wide, deflated, runs, rl_seeds
 
 
 def _images(doc: Path) -> Path:
@@ -145,8 +153,51 @@ def _source(out_dir: Path, runs: pd.DataFrame, command: str) -> str:
         f"Generated on {dt.date.today().isoformat()} by `{command}` from the catalogue "
         f"`{with_repo}`: {len(runs)} completed runs ({shown}); git revision(s) "
         f"{', '.join(revisions) or 'unrecorded'}. Queries: `experiments/queries/"
-        f"{TABLE_QUERY}.sql`, `{DEFLATED_QUERY}.sql`."
+        f"{TABLE_QUERY}.sql`, `{DEFLATED_QUERY}.sql`, `{RL_QUERY}.sql`." + _compute(runs)
     )
+
+
+def _compute(runs: pd.DataFrame) -> str:
+    """The runs' own durations (the catalogue's ``duration_s``: start to end of each run), per part.
+
+    The sum is compute, not wall time: the recipe runs ``--jobs`` runs at once.
+    """
+    seconds = runs.dropna(subset=["duration_s"]).groupby("sweep_name")["duration_s"].sum()
+    if seconds.empty:
+        return ""
+    parts = ", ".join(f"{name} {s / 60:.0f} min" for name, s in seconds.sort_index().items())
+    return (
+        f" The runs' own durations sum to {seconds.sum() / 3600:.2f} h ({parts}); run "
+        "`--jobs N` at a time, the recipe's wall time is about 1/N of that plus each multirun's "
+        "start-up."
+    )
+
+
+def _runtime(runs: pd.DataFrame) -> str:
+    """Markdown: seconds per run (the catalogue's ``duration_s``) by part, family, depth and
+    curriculum.
+
+    A run's duration is its own start to end (training, evaluation, report), measured while the
+    recipe's other jobs shared the machine; a multirun's start-up is not in it.
+    """
+    timed = runs.dropna(subset=["duration_s"])
+    if timed.empty:
+        return "_The catalogue records no run duration._"
+    keys = ["sweep_name", "backbone", "depth", "curriculum"]
+    g = timed.groupby(keys, dropna=False)["duration_s"].agg(["count", "mean", "min", "max", "sum"])
+    lines = [
+        "| part | family | depth | curriculum | runs | seconds per run (mean; min-max) "
+        "| minutes in all |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (part, family, depth, curriculum), r in g.sort_index().iterrows():
+        d = "" if pd.isna(depth) else int(depth)
+        lines.append(
+            f"| {str(part).removeprefix('results/')} | {family} | {d} | {curriculum} "
+            f"| {int(r['count'])} | {r['mean']:.0f}; {r['min']:.0f}-{r['max']:.0f} "
+            f"| {r['sum'] / 60:.1f} |"
+        )
+    return "\n".join(lines)
 
 
 def _selected(d: dict) -> str:
@@ -198,7 +249,7 @@ def write_results(out_dir: Path, doc: Path, command: str) -> None:
         CatalogueError: the catalogue directory is missing or a query fails.
     """
     doc = Path(doc)
-    wide, deflated, runs = load(Path(out_dir))
+    wide, deflated, runs, rl_seeds = load(Path(out_dir))
     if not doc.exists():
         doc.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(DOC, doc)
@@ -230,8 +281,9 @@ def write_results(out_dir: Path, doc: Path, command: str) -> None:
         "results-variants": variants_note + report_tables.table(report_tables.variant_rows(wide)),
         "results-timing": report_tables.table(report_tables.timing_rows(wide)),
         "results-deflated": report_facts.deflated_table(deflated),
-        "results-facts": report_facts.facts(wide, deflated),
+        "results-facts": report_facts.facts(wide, deflated, rl_seeds),
         "results-plots": "\n\n".join(links),
+        "results-runtime": _runtime(runs),
     }
     for mark in MARKS:
         write_marked(doc, mark, blocks[mark], append=True)

@@ -1,7 +1,8 @@
 """The deflated Sharpe of the whole sweep and the data-dependent facts of docs/results.md.
 
-Both read only the saved queries' results (``results_deflated.sql``, and ``report_tables.wide``
-of ``results_table.sql``); every number in the text is formatted from them.
+Both read only the saved queries' results (``results_deflated.sql``, ``results_rl_seeds.sql``
+and ``report_tables.wide`` of ``results_table.sql``); every number in the text is formatted from
+them.
 """
 
 from __future__ import annotations
@@ -113,21 +114,82 @@ def _baseline(rows: pd.DataFrame, name: str, like: pd.Series) -> pd.Series | Non
     return None if hit.empty or pd.isna(hit.iloc[0].get("test_sharpe")) else hit.iloc[0]
 
 
-def _beats(models: pd.DataFrame, rows: pd.DataFrame, name: str) -> tuple[int, int]:
-    """(configurations beating ``name``'s mean test Sharpe on their data/horizon, with one)."""
+def _beats(
+    models: pd.DataFrame, rows: pd.DataFrame, name: str, seg: str = "test"
+) -> tuple[int, int]:
+    """(configurations beating ``name``'s mean ``seg`` Sharpe on their data/horizon, with one)."""
     k = m = 0
+    col = f"{seg}_sharpe"
     for _, r in models.iterrows():
         b = _baseline(rows, name, r)
-        if b is None or pd.isna(r.get("test_sharpe")):
+        if b is None or pd.isna(r.get(col)) or pd.isna(b.get(col)):
             continue
         m += 1
-        k += int(r["test_sharpe"] > b["test_sharpe"])
+        k += int(r[col] > b[col])
     return k, m
 
 
-def facts(w: pd.DataFrame, d: dict | None) -> str:
+def _horizons(models: pd.DataFrame) -> str | None:
+    """The grid's horizon effect: pairs where the longer horizon has the higher test Sharpe,
+    and the median test turnover and cost drag at each horizon (None without two horizons)."""
+    grid = models[models["part"] == "grid"].dropna(subset=["test_sharpe"])
+    hs = sorted(grid["horizon"].dropna().unique())
+    if len(hs) < 2:
+        return None
+    short, long = hs[0], hs[-1]
+    by = grid.set_index(["family", "depth", "horizon"])["test_sharpe"].unstack("horizon")
+    by = by[[short, long]].dropna()
+    if by.empty:
+        return None
+    k = int((by[long] > by[short]).sum())
+    med = grid.groupby("horizon")[["test_turnover", "test_cost_drag"]].median()
+    return (
+        f"- The grid at horizon {int(long)} against horizon {int(short)}: {k} of {len(by)} "
+        f"(family, depth) pairs have the higher mean test Sharpe at horizon {int(long)}; median "
+        f"test turnover {_fmt(med.loc[short, 'test_turnover'], '.2f')} a bar at horizon "
+        f"{int(short)} against {_fmt(med.loc[long, 'test_turnover'], '.2f')}, median cost drag "
+        f"{_fmt(med.loc[short, 'test_cost_drag'], '.2%')} a year against "
+        f"{_fmt(med.loc[long, 'test_cost_drag'], '.2%')}."
+    )
+
+
+def _rl_seeds(seeds: pd.DataFrame | None) -> list[str]:
+    """Bullets from ``results_rl_seeds.sql``: per seed, did PPO change the policy kept on
+    validation, and its test Sharpe and gross exposure against its supervised reference."""
+    if seeds is None or seeds.empty:
+        return []
+    out = []
+    key = ["family", "depth", "horizon", "features", "data", "evaluation"]
+    for k, g in seeds.groupby(key, sort=False):
+        kept = g[g["ppo_best_epoch"] == -1]
+        changed = g[g["ppo_best_epoch"] != -1]
+        each = "; ".join(
+            f"seed {int(r['seed'])}: test Sharpe {_fmt(r['rl_test_sharpe'], '.2f')} against "
+            f"{_fmt(r['supervised_test_sharpe'], '.2f')}, validation "
+            f"{_fmt(r['rl_val_sharpe'], '.2f')} against {_fmt(r['supervised_val_sharpe'], '.2f')}"
+            f", gross exposure {_fmt(r['rl_test_gross_exposure'], '.2f')} against "
+            f"{_fmt(r['supervised_test_gross_exposure'], '.2f')}"
+            for _, r in changed.iterrows()
+        )
+        line = (
+            f"- RL seed by seed ({k[0]}, depth {int(k[1])}, horizon {int(k[2])}, {k[3]}, "
+            f"evaluation={k[5]}): PPO replaced the supervised policy on validation in "
+            f"{len(changed)} of {len(g)} seeds"
+        )
+        if len(kept):
+            line += (
+                f"; in the other {len(kept)} no PPO epoch beat the supervised start on validation,"
+                " so the run trades it unchanged"
+            )
+        out.append(line + (f" ({each})." if each else "."))
+    return out
+
+
+def facts(w: pd.DataFrame, d: dict | None, rl_seeds: pd.DataFrame | None = None) -> str:
     """Markdown bullets: what beats buy-and-hold and LightGBM on test after costs, and how far
-    validation predicts test. Selection is by validation throughout; test is only reported."""
+    validation predicts test. Selection is by validation throughout; test is only reported.
+
+    ``rl_seeds``: ``results_rl_seeds.sql``'s rows, for the RL part seed by seed (optional)."""
     rows = main_rows(w)
     models = rows[rows["kind"] == "model"]
     if models.empty:
@@ -141,9 +203,10 @@ def facts(w: pd.DataFrame, d: dict | None) -> str:
         if m == 0:
             out.append(f"- {title}: not in this catalogue (its test columns are absent).")
         else:
+            kv, mv = _beats(models, rows, name, seg="val")
             out.append(
                 f"- {k} of {m} configurations have a higher mean test Sharpe after costs than "
-                f"{title} on the same data and horizon."
+                f"{title} on the same data and horizon ({kv} of {mv} on validation)."
             )
     top = models.iloc[0]  # the table's order: the highest mean validation Sharpe, all parts
     line = (
@@ -178,6 +241,10 @@ def facts(w: pd.DataFrame, d: dict | None) -> str:
             f"{val_rank} of {len(ranked)} on validation; the rank correlation of validation and "
             f"test Sharpe across configurations is {rho:.2f}."
         )
+    if {"test_turnover", "test_cost_drag"} <= set(models.columns):
+        line = _horizons(models)
+        if line:
+            out.append(line)
     if "test_sharpe_lo" in models:
         sure = models["test_sharpe_lo"].dropna()
         if len(sure):
@@ -205,6 +272,7 @@ def facts(w: pd.DataFrame, d: dict | None) -> str:
             f"({t['variant']}; validation {r['val_sharpe']:.2f} against "
             f"{t['val_sharpe']:.2f})."
         )
+    out.extend(_rl_seeds(rl_seeds))
     timing = w[w["tbl"] == "timing"]
     k, m = _beats(timing[timing["kind"] == "model"], timing, "buyhold")
     if m:
