@@ -18,7 +18,9 @@ from experiments.results.recipe import (
     SMOKE,
     Best,
     best_family,
+    check_settings,
     evaluation_overrides,
+    extends,
     part_jobs,
 )
 
@@ -59,6 +61,43 @@ def test_parts_on_the_best_family():
         part_jobs("alpha158", FULL, [], None)
     smoke_grid = part_jobs("grid", SMOKE, [], None)
     assert len(smoke_grid) == 2 and _values(smoke_grid, "experiment") == {"results_smoke"}
+
+
+def test_structure_part_sweeps_dilations_and_scales():
+    jobs = part_jobs("structure", FULL, [], None)  # needs no best family
+    assert len(jobs) == 2 * 2 * 3 == len({j.key for j in jobs})  # 2 families x 2 values x seeds
+    assert _values(jobs, "sweep_name") == {"results/structure"}
+    assert _values(jobs, "depth") == {"2"} and _values(jobs, "horizon") == {"5"}
+    tcn = [j for j in jobs if j.value("backbone") == "tcn"]
+    assert _values(tcn, "backbone.dilations") == {"[4,8]", "[8,16]"}
+    assert _values(tcn, "backbone.scales") == {None}
+    ms = [j for j in jobs if j.value("backbone") == "multiscale"]
+    assert _values(ms, "backbone.scales") == {"[1]", "[1,5,21,63]"}
+    # one multirun per value (the value is not a swept key), each over the seeds
+    groups = batches(jobs)
+    assert len(groups) == 4 and all(len(g) == 3 for g in groups)
+    assert any("backbone.dilations=[4,8]" in multirun_overrides(g) for g in groups)
+    assert len(part_jobs("structure", SMOKE, [], None)) == 1
+
+
+def test_settings_stamp_accepts_added_parts_only(tmp_path):
+    out = tmp_path / "out"
+    check_settings(out, FULL, ["evaluation.bootstrap=10"])
+    stamp = json.loads((out / "recipe.json").read_text())
+    check_settings(out, FULL, ["evaluation.bootstrap=10"])  # the same settings again
+    older = json.loads(json.dumps(stamp))  # a recipe from before the structure part
+    older["sizes"]["parts"].remove("structure")
+    for key in ("structure", "structure_depth", "structure_horizon"):
+        del older["sizes"][key]
+    assert extends(older, stamp) and not extends(stamp, older)  # parts may only be added
+    (out / "recipe.json").write_text(json.dumps(older))
+    check_settings(out, FULL, ["evaluation.bootstrap=10"])  # kept, and the stamp updated
+    assert json.loads((out / "recipe.json").read_text()) == stamp
+    changed = json.loads(json.dumps(stamp))
+    changed["sizes"]["seeds"] = [0, 1]
+    assert not extends(changed, stamp)
+    with pytest.raises(SystemExit, match="other recipe settings"):
+        check_settings(out, FULL, ["evaluation.bootstrap=20"])
 
 
 def _expand(overrides: list[str]) -> set[frozenset[str]]:

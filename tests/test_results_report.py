@@ -356,3 +356,36 @@ def test_no_results_runs_is_a_clear_error(tmp_path):
     runs = synthetic_runs().assign(sweep_name="other")
     with pytest.raises(DataError, match="no completed run with a sweep_name starting 'results/'"):
         report.load(write_catalogue(tmp_path, runs))
+
+
+def test_structure_part_beside_the_grid_default(tmp_path):
+    runs = synthetic_runs()
+    runs["backbone.dilations"] = runs["backbone"].map({"tcn": "[1, 2, 4, 8]"})
+    extra = []
+    for k, seed in enumerate(SEEDS):  # tcn depth 2 horizon 5 with other dilations
+        r = _run(900 + k, "structure", "sp500_stocks", "tcn", 5, seed)
+        r |= {"backbone.dilations": "[4, 8]", "val_sharpe": r["val_sharpe"] + 0.2}
+        r |= {"test_sharpe": r["test_sharpe"] - 0.5}
+        extra.append(r)
+    out = write_catalogue(tmp_path / "out", pd.concat([runs, pd.DataFrame(extra)]))
+    w, d, _, _ = report.load(out)
+    rows = report_tables.structure_rows(w)
+    assert rows["variant"].tolist() == ["dilations=[4, 8]", "plain"]  # validation order
+    assert rows["part"].tolist() == ["structure", "grid"]
+    assert set(rows["horizon"]) == {5} and set(rows["family"]) == {"tcn"}
+    grid = _row(w, kind="model", part="grid", family="tcn", horizon=5)
+    assert rows.iloc[1]["test_sharpe"] == pytest.approx(grid["test_sharpe"])
+    assert rows.iloc[0]["test_sharpe"] == pytest.approx(grid["test_sharpe"] - 0.5)
+    # the structure rows are configurations of their own, not the best family's variants
+    assert "structure" not in set(report_tables.variant_rows(w)["part"])
+    text = report_facts.facts(w, d)
+    assert (
+        "- tcn (depth 2, horizon 5), 2 settings of its temporal structure: best on validation "
+        f"dilations=[4, 8] (test Sharpe {grid['test_sharpe'] - 0.5:.2f}); the highest test Sharpe "
+        f"the default; the default (the grid's runs) has test Sharpe {grid['test_sharpe']:.2f}."
+        in text
+    )
+    doc = tmp_path / "results.md"
+    report.write_results(out, doc, "t")
+    block = doc.read_text().split("<!-- results-structure -->")[1].split("<!-- /results-")[0]
+    assert "| dilations=[4, 8] |" in block and "| plain |" in block

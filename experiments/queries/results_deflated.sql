@@ -18,6 +18,8 @@ WITH r AS (
         substr(sweep_name, 9) AS part,
         coalesce(nullif(concat_ws(', ',
             CASE WHEN coalesce(CAST("cross_asset.enabled" AS BOOLEAN), false) THEN 'cross-asset' END,
+            CASE WHEN sweep_name = 'results/structure' THEN nullif(concat_ws(', ',
+                'dilations=' || "backbone.dilations", 'scales=' || "backbone.scales"), '') END,
             CASE WHEN curriculum <> 'supervised' THEN curriculum END,
             CASE WHEN evaluation <> 'default' THEN 'evaluation=' || evaluation END,
             CASE WHEN simulator <> 'realistic' THEN 'simulator=' || simulator END), ''), 'plain')

@@ -2,10 +2,12 @@
 -- Launch: plusultra-catalogue --catalogue outputs/results/catalogue --query results_table
 -- experiments/results/report.py pivots it into the main, variant and timing tables.
 -- Rows: the completed runs whose sweep_name starts with `results/` (the recipe's parts:
--- results/grid, results/alpha158, results/cross_asset, results/rl, results/timing).
+-- results/grid, results/alpha158, results/cross_asset, results/rl, results/timing,
+-- results/structure).
 -- kind 'model': one row per (part, data, family = backbone, depth, horizon, features, variant)
 --   where variant names what differs from a plain supervised run: `cross-asset` when
---   cross_asset.enabled, the curriculum when it is not `supervised`, `evaluation=X` when not
+--   cross_asset.enabled, in the structure part the backbone's `dilations=[..]` or
+--   `scales=[..]`, the curriculum when it is not `supervised`, `evaluation=X` when not
 --   `default`, `simulator=X` when not `realistic`; `plain` when nothing does.
 -- kind 'baseline': the runs' baseline columns ({seg}_{baseline}_{metric}). A baseline does not
 --   depend on the model or on how the model's output is traded (the `evaluation` group), so
@@ -41,6 +43,8 @@ m AS (
         substr(sweep_name, 9) AS part,
         coalesce(nullif(concat_ws(', ',
             CASE WHEN coalesce(CAST("cross_asset.enabled" AS BOOLEAN), false) THEN 'cross-asset' END,
+            CASE WHEN sweep_name = 'results/structure' THEN nullif(concat_ws(', ',
+                'dilations=' || "backbone.dilations", 'scales=' || "backbone.scales"), '') END,
             CASE WHEN curriculum <> 'supervised' THEN curriculum END,
             setting), ''), 'plain') AS variant
     FROM r

@@ -10,7 +10,9 @@ Parts, told apart in the catalogue by ``sweep_name = results/<part>`` (docs/resu
 - ``rl``: the same fine-tuned with PPO (``curriculum=rl``), beside a supervised reference
   traded the same way (``evaluation=weights``, which ``curriculum=rl`` selects);
 - ``timing``: the six families on ``data=sp500`` (S&P 500 and NASDAQ), each index traded by the
-  sign of its forecast.
+  sign of its forecast;
+- ``structure``: dilation and temporal scale: tcn's ``backbone.dilations`` and multiscale's
+  ``backbone.scales`` at values other than their defaults (the defaults are the grid's runs).
 
 "Best" is the saved query ``experiments/queries/results_best_family.sql`` over the grid's
 completed runs: the highest mean validation Sharpe over seeds (tie-break: validation IC); test
@@ -64,6 +66,11 @@ class Sizes:
     timing_horizon: int
     ppo: tuple[str, ...]  # the PPO stage's budget (curriculum=rl)
     parts: tuple[str, ...]  # the parts run, in order (grid first: the others need its best)
+    # the structure part: (family, backbone key, values other than its default), at one depth
+    # and horizon; the default's runs are the grid's at that depth and horizon
+    structure: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+    structure_depth: int = 2
+    structure_horizon: int = 5
 
 
 def ppo_budget(epochs: int, updates: int, envs: int, steps: int) -> tuple[str, ...]:
@@ -89,7 +96,16 @@ FULL = Sizes(
     timing_depth=2,
     timing_horizon=5,
     ppo=ppo_budget(epochs=2, updates=5, envs=16, steps=32),
-    parts=("grid", "alpha158", "cross_asset", "rl", "timing"),
+    parts=("grid", "alpha158", "cross_asset", "rl", "timing", "structure"),
+    # tcn default [1,2,4,8] cycled over 2 blocks = 1, 2: a 13-bar receptive field of the 64-bar
+    # window; [4,8]: 49 bars; [8,16]: 97 (the whole window). multiscale default [1,5,21]: one
+    # scale only, or a fourth, quarterly one (63 <= window)
+    structure=(
+        ("tcn", "dilations", ("[4,8]", "[8,16]")),
+        ("multiscale", "scales", ("[1]", "[1,5,21,63]")),
+    ),
+    structure_depth=2,
+    structure_horizon=5,
 )
 SMOKE = Sizes(
     experiment="results_smoke",
@@ -101,7 +117,10 @@ SMOKE = Sizes(
     timing_depth=1,
     timing_horizon=2,
     ppo=ppo_budget(epochs=1, updates=2, envs=4, steps=16),
-    parts=("grid", "alpha158", "cross_asset", "rl", "timing"),
+    parts=("grid", "alpha158", "cross_asset", "rl", "timing", "structure"),
+    structure=(("tcn", "dilations", ("[4,8]",)),),
+    structure_depth=1,
+    structure_horizon=2,
 )
 
 
@@ -123,6 +142,22 @@ def evaluation_overrides(default_yaml: Path = REPO / "conf/evaluation/default.ya
 def grid(sizes: Sizes, evaluation: list[str]) -> Grid:
     """The model-family grid (``results/grid``)."""
     return Grid("grid", sizes.families, sizes.depths, sizes.horizons, sizes.seeds, evaluation)
+
+
+def structure_grids(sizes: Sizes, evaluation: list[str]) -> list[Grid]:
+    """The structure part: one grid (of seeds) per family and value of its structural key."""
+    return [
+        Grid(
+            "structure",
+            (family,),
+            (sizes.structure_depth,),
+            (sizes.structure_horizon,),
+            sizes.seeds,
+            [f"backbone.{key}={value}", *evaluation],
+        )
+        for family, key, values in sizes.structure
+        for value in values
+    ]
 
 
 def part_grid(part: str, sizes: Sizes, evaluation: list[str], best: Best | None) -> Grid:
@@ -157,6 +192,8 @@ def rl_reference(sizes: Sizes, evaluation: list[str], best: Best) -> Grid:
 
 def part_jobs(part: str, sizes: Sizes, evaluation: list[str], best: Best | None) -> list[Job]:
     """Every job of one part."""
+    if part == "structure":
+        return [j for g in structure_grids(sizes, evaluation) for j in g.jobs(sizes.experiment)]
     jobs = part_grid(part, sizes, evaluation, best).jobs(sizes.experiment)
     if part == "rl":
         jobs = rl_reference(sizes, evaluation, best).jobs(sizes.experiment) + jobs
@@ -231,6 +268,24 @@ def run_part(
         print(json.dumps(line | {"overrides": multirun_overrides(batch)}), flush=True)
 
 
+def extends(old: dict, new: dict) -> bool:
+    """Whether the recipe settings ``new`` keep every run made under ``old``.
+
+    True when they are equal, or when ``new`` only adds parts: the same evaluation overrides and
+    experiment files, every size ``old`` records unchanged, and ``old``'s parts among ``new``'s
+    (a size key ``old`` lacks configures an added part only).
+    """
+    if old == new:
+        return True
+    if old.get("evaluation") != new.get("evaluation") or old.get("experiment") != new.get(
+        "experiment"
+    ):
+        return False
+    was, now = old.get("sizes", {}), new.get("sizes", {})
+    same = all(now.get(k) == v for k, v in was.items() if k != "parts")
+    return same and set(was.get("parts", [])) <= set(now.get("parts", []))
+
+
 def check_settings(out: Path, sizes: Sizes, evaluation: list[str]) -> None:
     """Refuse an ``out`` holding runs of other settings (finished runs are reused from it)."""
     conf = REPO / "conf" / "experiment"
@@ -238,15 +293,17 @@ def check_settings(out: Path, sizes: Sizes, evaluation: list[str]) -> None:
         [f"{sizes.experiment}.yaml"] if sizes.experiment != "results" else []
     )
     settings = {
-        "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(sizes).items()},
+        "sizes": dict(vars(sizes)),
         "evaluation": evaluation,
         "experiment": {n: (conf / n).read_text() for n in names},
     }
+    settings = json.loads(json.dumps(settings))  # as the stamp reads back: tuples are lists
     stamp = out / "recipe.json"
-    if stamp.exists() and json.loads(stamp.read_text()) != settings:
+    if stamp.exists() and not extends(json.loads(stamp.read_text()), settings):
         raise SystemExit(
             f"{out} holds runs of other recipe settings ({stamp}: sizes, evaluation overrides or "
-            "conf/experiment files changed); use another --out, or delete it to start over"
+            "conf/experiment files changed, not only parts added); use another --out, or delete "
+            "it to start over"
         )
     out.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(settings, indent=1))
@@ -261,7 +318,7 @@ def run_recipe(
         check_settings(out, sizes, evaluation)
     best = None
     for part in sizes.parts:
-        if part != "grid" and part != "timing" and best is None:
+        if part not in ("grid", "timing", "structure") and best is None:
             best = best_family(out / "catalogue")
             if best is None:
                 raise SystemExit(f"no completed results/grid run in {out / 'catalogue'}")

@@ -43,6 +43,7 @@ MARKS = (
     "results-main",
     "results-variants",
     "results-timing",
+    "results-structure",
     "results-deflated",
     "results-facts",
     "results-plots",
@@ -61,6 +62,8 @@ PAD = {
     "evaluation": "VARCHAR",
     "simulator": "VARCHAR",
     "cross_asset.enabled": "BOOLEAN",
+    "backbone.dilations": "VARCHAR",
+    "backbone.scales": "VARCHAR",
     "seed": "BIGINT",
     "depth": "BIGINT",
     "horizon": "BIGINT",
@@ -111,7 +114,7 @@ def open_catalogue(out_dir: Path) -> duckdb.DuckDBPyConnection:
         raise DataError(
             f"catalogue {directory}: no completed run with a sweep_name starting 'results/' "
             "(the recipe's parts: results/grid, results/alpha158, results/cross_asset, "
-            "results/rl, results/timing); nothing to report"
+            "results/rl, results/timing, results/structure); nothing to report"
         )
     return con
 
@@ -280,6 +283,7 @@ def write_results(out_dir: Path, doc: Path, command: str) -> None:
         "results-main": report_tables.table(main),
         "results-variants": variants_note + report_tables.table(report_tables.variant_rows(wide)),
         "results-timing": report_tables.table(report_tables.timing_rows(wide)),
+        "results-structure": report_tables.table(report_tables.structure_rows(wide)),
         "results-deflated": report_facts.deflated_table(deflated),
         "results-facts": report_facts.facts(wide, deflated, rl_seeds),
         "results-plots": "\n\n".join(links),

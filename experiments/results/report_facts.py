@@ -11,7 +11,7 @@ import math
 
 import pandas as pd
 
-from experiments.results.report_tables import interval, label, main_rows
+from experiments.results.report_tables import interval, label, main_rows, structure_rows
 from plusultra.evaluation.metrics.deflated import deflated_sharpe, expected_max_sharpe
 
 
@@ -153,6 +153,29 @@ def _horizons(models: pd.DataFrame) -> str | None:
     )
 
 
+def _structure(w: pd.DataFrame) -> list[str]:
+    """Per family of the structure part: the setting best on validation, and test beside it."""
+    rows = structure_rows(w).dropna(subset=["val_sharpe", "test_sharpe"])
+    out = []
+    for (family, depth, horizon), g in rows.groupby(["family", "depth", "horizon"], sort=False):
+        if len(g) < 2:
+            continue
+        names = g["variant"].where(g["part"] != "grid", "the default")
+        top = g.iloc[0]  # the table's order: the highest mean validation Sharpe first
+        best_test = names.loc[g["test_sharpe"].idxmax()]
+        line = (
+            f"- {family} (depth {int(depth)}, horizon {int(horizon)}), {len(g)} settings of its "
+            f"temporal structure: best on validation {names.iloc[0]} (test Sharpe "
+            f"{top['test_sharpe']:.2f}); the highest test Sharpe {best_test}"
+        )
+        default = g[g["part"] == "grid"]
+        if not default.empty:
+            line += "; the default (the grid's runs) has test Sharpe "
+            line += f"{default.iloc[0]['test_sharpe']:.2f}"
+        out.append(line + ".")
+    return out
+
+
 def _rl_seeds(seeds: pd.DataFrame | None) -> list[str]:
     """Bullets from ``results_rl_seeds.sql``: per seed, did PPO change the policy kept on
     validation, and its test Sharpe and gross exposure against its supervised reference."""
@@ -273,6 +296,7 @@ def facts(w: pd.DataFrame, d: dict | None, rl_seeds: pd.DataFrame | None = None)
             f"{t['val_sharpe']:.2f})."
         )
     out.extend(_rl_seeds(rl_seeds))
+    out.extend(_structure(w))
     timing = w[w["tbl"] == "timing"]
     k, m = _beats(timing[timing["kind"] == "model"], timing, "buyhold")
     if m:

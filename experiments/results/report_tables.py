@@ -150,6 +150,20 @@ def variant_rows(w: pd.DataFrame) -> pd.DataFrame:
     main = main_rows(w)
     same = (main["horizon"] == best["horizon"]) & (main["data"] == best["data"])
     model = (main["kind"] == "model") & (main["family"] == best["family"])
-    model &= main["depth"] == best["depth"]
+    model &= (main["depth"] == best["depth"]) & (main["part"] != "structure")
     base = (main["kind"] == "baseline") & main["family"].isin(["buyhold", "lightgbm"])
     return main[same & (model | base)].reset_index(drop=True)
+
+
+def structure_rows(w: pd.DataFrame) -> pd.DataFrame:
+    """The structure part (dilations, scales) beside the grid's runs of the same family, depth,
+    horizon and data at the backbone's defaults (variant ``plain``), in the table's order."""
+    main = main_rows(w)
+    model = main["kind"] == "model"
+    swept = model & (main["part"] == "structure")
+    key = ["family", "depth", "horizon", "data"]
+    keys = set(main.loc[swept, key].itertuples(index=False, name=None))
+    default = model & (main["part"] == "grid") & (main["variant"] == "plain")
+    default &= pd.Series([k in keys for k in main[key].itertuples(index=False, name=None)],
+                         index=main.index)  # fmt: skip
+    return main[swept | default].reset_index(drop=True)
