@@ -50,7 +50,7 @@ bench: $(STAMP)  ## run every benchmark in experiments/benchmarks (writes docs/b
 	$(BIN)/python -m experiments.benchmarks.service
 	$(BIN)/python -m experiments.benchmarks.gpu  # skips (exit 0) without CUDA
 
-results: $(STAMP)  ## issue 15's results recipe (~2 h on 2 cores; resumes; writes docs/results.md)
+results: $(STAMP)  ## issue 15's results recipe (2-2.5 h on 2 cores; resumes; writes docs/results.md)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,lightgbm]'
 	$(BIN)/python -m experiments.results
 

@@ -260,6 +260,7 @@ def test_write_results_fills_markers_and_writes_plots(out, tmp_path):
     assert "8 configurations (18 runs) outside the timing part." in text
     n_runs = int((synthetic_runs()["status"] == "completed").sum())
     assert f"durations sum to {n_runs / 60:.2f} h (" in text  # 60 s each
+    assert f"at least one run was going for {n_runs / 60:.2f} h of wall time" in text  # 1 a minute
     assert "results/grid 12 min" in text  # 2 families x 2 horizons x 3 seeds
     assert "| grid | tcn | 2 | supervised | 6 | 60; 60-60 | 6.0 |" in text  # run-time table
     assert "| rl | tcn | 2 | rl | 2 |" in text  # PPO apart from its supervised reference
@@ -283,6 +284,14 @@ def report_plots_names() -> list[str]:
     from experiments.results.report_plots import PLOTS
 
     return list(PLOTS)
+
+
+def test_busy_seconds_is_the_union_of_the_runs_intervals():
+    t0 = pd.Timestamp("2026-01-01", tz="UTC")
+    start = pd.Series([t0, t0 + pd.Timedelta(seconds=30), t0 + pd.Timedelta(hours=5)])
+    # two overlapping runs (0-60 s and 30-120 s), then one 5 hours later (a resumed recipe)
+    assert report.busy_seconds(start, pd.Series([60.0, 90.0, 10.0])) == 120.0 + 10.0
+    assert report.busy_seconds(start[:1], pd.Series([60.0])) == 60.0
 
 
 def test_older_catalogue_without_new_columns(tmp_path):
@@ -382,7 +391,7 @@ def test_structure_part_beside_the_grid_default(tmp_path):
     assert (
         "- tcn (depth 2, horizon 5), 2 settings of its temporal structure: best on validation "
         f"dilations=[4, 8] (test Sharpe {grid['test_sharpe'] - 0.5:.2f}); the highest test Sharpe "
-        f"the default; the default (the grid's runs) has test Sharpe {grid['test_sharpe']:.2f}."
+        f"at the default; the default (the grid's runs) has test Sharpe {grid['test_sharpe']:.2f}."
         in text
     )
     doc = tmp_path / "results.md"

@@ -55,6 +55,7 @@ PAD = {
     "sweep_name": "VARCHAR",
     "git_revision": "VARCHAR",
     "duration_s": "DOUBLE",
+    "started_at": "TIMESTAMP WITH TIME ZONE",
     "backbone": "VARCHAR",
     "data": "VARCHAR",
     "features": "VARCHAR",
@@ -132,7 +133,8 @@ def load(out_dir: Path) -> tuple[pd.DataFrame, dict | None, pd.DataFrame, pd.Dat
         row = con.execute(saved_query(DEFLATED_QUERY)).df()
         rl_seeds = con.execute(saved_query(RL_QUERY)).df()
         runs = con.execute(
-            "SELECT sweep_name, git_revision, duration_s, backbone, depth, curriculum FROM runs "
+            "SELECT sweep_name, git_revision, started_at, duration_s, backbone, depth, curriculum "
+            "FROM runs "
             "WHERE status = 'completed' AND sweep_name LIKE 'results/%'"
         ).df()
     finally:
@@ -160,20 +162,47 @@ def _source(out_dir: Path, runs: pd.DataFrame, command: str) -> str:
     )
 
 
-def _compute(runs: pd.DataFrame) -> str:
-    """The runs' own durations (the catalogue's ``duration_s``: start to end of each run), per part.
+def busy_seconds(start: pd.Series, seconds: pd.Series) -> float:
+    """The length of the union of the intervals ``[start, start + seconds]``: wall time during
+    which at least one run was going (gaps between sittings of a resumed recipe left out)."""
+    begin = pd.to_datetime(start, utc=True)
+    spans = sorted(zip(begin, begin + pd.to_timedelta(seconds, unit="s"), strict=True))
+    total, cur_start, cur_end = 0.0, None, None
+    for b, e in spans:
+        if cur_end is None or b > cur_end:
+            if cur_end is not None:
+                total += (cur_end - cur_start).total_seconds()
+            cur_start, cur_end = b, e
+        else:
+            cur_end = max(cur_end, e)
+    if cur_end is not None:
+        total += (cur_end - cur_start).total_seconds()
+    return total
 
-    The sum is compute, not wall time: the recipe runs ``--jobs`` runs at once.
+
+def _compute(runs: pd.DataFrame) -> str:
+    """The runs' own durations (the catalogue's ``duration_s``: start to end of each run), per
+    part, and the wall time the runs kept the machine busy.
+
+    The sum is compute, not wall time: the recipe runs ``--jobs`` runs at once. The busy time is
+    the union of the runs' intervals: it leaves out the gaps of a recipe resumed later, and each
+    multirun's start-up.
     """
-    seconds = runs.dropna(subset=["duration_s"]).groupby("sweep_name")["duration_s"].sum()
+    timed = runs.dropna(subset=["duration_s"])
+    seconds = timed.groupby("sweep_name")["duration_s"].sum()
     if seconds.empty:
         return ""
     parts = ", ".join(f"{name} {s / 60:.0f} min" for name, s in seconds.sort_index().items())
-    return (
-        f" The runs' own durations sum to {seconds.sum() / 3600:.2f} h ({parts}); run "
-        "`--jobs N` at a time, the recipe's wall time is about 1/N of that plus each multirun's "
-        "start-up."
-    )
+    text = f" The runs' own durations sum to {seconds.sum() / 3600:.2f} h ({parts})"
+    timed = timed.dropna(subset=["started_at"])
+    if not timed.empty:
+        busy = busy_seconds(timed["started_at"], timed["duration_s"])
+        text += (
+            f"; at least one run was going for {busy / 3600:.2f} h of wall time (the union of "
+            "their intervals: without the gaps between sittings of a resumed recipe and without "
+            "each multirun's start-up)"
+        )
+    return text + "."
 
 
 def _runtime(runs: pd.DataFrame) -> str:

@@ -166,7 +166,7 @@ def _structure(w: pd.DataFrame) -> list[str]:
         line = (
             f"- {family} (depth {int(depth)}, horizon {int(horizon)}), {len(g)} settings of its "
             f"temporal structure: best on validation {names.iloc[0]} (test Sharpe "
-            f"{top['test_sharpe']:.2f}); the highest test Sharpe {best_test}"
+            f"{top['test_sharpe']:.2f}); the highest test Sharpe at {best_test}"
         )
         default = g[g["part"] == "grid"]
         if not default.empty:
