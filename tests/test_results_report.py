@@ -378,6 +378,13 @@ def test_structure_part_beside_the_grid_default(tmp_path):
         extra.append(r)
     out = write_catalogue(tmp_path / "out", pd.concat([runs, pd.DataFrame(extra)]))
     w, d, _, _ = report.load(out)
+    # results_deflated.sql names variants as results_table.sql does (the expression is in both):
+    # the same configurations, the structure one apart from the grid's default
+    assert d["n_configs"] == int((w["kind"] == "model").sum())
+    deflated_key = (d["family"], d["depth"], d["horizon"], d["features"], d["variant"], d["part"])
+    table_keys = set(w[["family", "depth", "horizon", "features", "variant", "part"]].itertuples(
+        index=False, name=None))  # fmt: skip
+    assert deflated_key in table_keys
     rows = report_tables.structure_rows(w)
     assert rows["variant"].tolist() == ["dilations=[4, 8]", "plain"]  # validation order
     assert rows["part"].tolist() == ["structure", "grid"]
